@@ -1,0 +1,317 @@
+"""Recurrent Independent Mechanisms (Goyal et al., 2019, arXiv 1909.10893, v6).
+
+``num_units`` small recurrent cells (the RIMs) share one hidden vector, split in blocks. At each
+step:
+
+1. **Input attention.** A null element (a row of zeros) is prepended to the set of input
+   elements. Keys and values are shared, bias-free projections of the elements, so the null
+   element's key and value are exactly zero (its score is exactly 0). Each RIM computes its own
+   query from its own state with its own weights. Multi-head; probabilities are averaged over
+   heads for the selection.
+2. **Selection.** The ``k`` RIMs that put the *least* attention on the null element are active.
+   The selection is a hard top-k and is not differentiated through.
+3. **Independent dynamics.** Each RIM runs its own LSTM or GRU cell (own weights) on what it read.
+   Inactive RIMs keep ``h`` (and ``c``) bit-for-bit; their new state is the kept state, so an
+   inactive RIM's output does not depend on the current input while gradient still flows,
+   unchanged, through its kept state.
+4. **Communication.** Active RIMs query all RIMs (per-RIM query/key/value weights, multi-head,
+   softmax); the result, projected back to the RIM's size, is added residually to the active RIMs
+   only.
+5. **Output.** The concatenation of all RIM states, ``(T, B, num_units * hidden_size)``.
+
+Defaults follow the paper's Table 3 (input key 64, input value 4 x hidden, one input head as in
+the text, communication 4 heads with key/value 32, dropout 0.1 on both attentions). Where the
+paper and the authors' code differ we follow the paper and say so:
+
+* Communication reads the states *after* the independent step, where inactive RIMs hold their
+  kept state (paper, eq. 3); the authors' code lets inactive RIMs' keys/values come from a cell
+  update on null input that is then discarded.
+* The communication output is a per-RIM linear projection plus the residual (the paper's
+  equation needs value size == hidden size; a projection lets both be set freely). The authors'
+  code uses a gated tanh output; not implemented.
+* Selection uses the head-averaged probability on the null element (paper); the authors' sequence
+  code uses the raw score of the real input, equivalent only for one head and one element.
+
+One deliberate deviation, on by default and switchable: ``query_bias=True`` gives each RIM's
+query projection a bias. With the zero initial state the paper's bias-free queries are all zero
+at every episode start, so every RIM ties and the selection at t=0 falls to index order; with a
+bias the first step's selection is learned and depends on the input. The null element's score
+stays exactly 0 either way (the null key is 0).
+
+All RIMs run together with batched matmuls over a leading RIM dimension; there is no Python loop
+over RIMs and no host-device synchronisation inside the time loop. Everything that does not
+depend on the recurrent state (the input keys, values, and, for small input sets, the products of
+the values with every RIM's input-to-gate weights) is computed for the whole sequence before the
+time loop in a few large matmuls. Internally the state is kept RIM-major ``(U, B, H)``; the public
+state is batch-major ``(B, U, H)`` like every other core.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policies.core import (
+    CoreInfo,
+    State,
+    check_episode_starts,
+    check_positive,
+    check_sequence_input,
+    keep_factor,
+)
+
+CELLS = ("lstm", "gru")
+_GATES = {"lstm": 4, "gru": 3}
+
+
+def _uniform_(tensor: Tensor, fan_in: int) -> Tensor:
+    """PyTorch's default ``nn.Linear`` / ``nn.LSTM`` init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.init.uniform_(tensor, -bound, bound)
+
+
+class RIMs(nn.Module):
+    """Recurrent Independent Mechanisms core.
+
+    Args:
+        input_size: size ``D`` of one input element.
+        num_units: number of RIMs ``U``.
+        k: number of active RIMs per step, ``1 <= k <= num_units``.
+        hidden_size: state size ``H`` of one RIM (output size is ``num_units * hidden_size``).
+        cell: ``"lstm"`` or ``"gru"``.
+        input_heads: heads of the input attention (paper text: 1).
+        input_key_size: key/query size per input head (paper: 64).
+        input_value_size: value size per input head; a RIM's cell input is
+            ``input_heads * input_value_size`` (paper: 4 x hidden_size; ``None`` means that).
+        comm_heads: heads of the communication attention (paper: 4).
+        comm_key_size: key/query size per communication head (paper: 32).
+        comm_value_size: value size per communication head (paper: 32).
+        dropout: dropout on both attentions' probabilities in training mode (paper: 0.1).
+        query_bias: give each RIM's input query a bias (see the module docstring).
+        fuse_input_gates_max: precompute value x input-to-gate products for the whole sequence
+            when ``num_elements * input_heads`` is at most this (saves a matmul per step; costs
+            memory ``T*B*U*N*heads*gates``). Set 0 to never fuse. Same function either way.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_units: int = 6,
+        k: int = 4,
+        hidden_size: int = 100,
+        cell: str = "lstm",
+        input_heads: int = 1,
+        input_key_size: int = 64,
+        input_value_size: int | None = None,
+        comm_heads: int = 4,
+        comm_key_size: int = 32,
+        comm_value_size: int = 32,
+        dropout: float = 0.1,
+        query_bias: bool = True,
+        fuse_input_gates_max: int = 4,
+    ) -> None:
+        super().__init__()
+        if input_value_size is None:
+            input_value_size = 4 * hidden_size if isinstance(hidden_size, int) else hidden_size
+        check_positive(
+            input_size=input_size,
+            num_units=num_units,
+            hidden_size=hidden_size,
+            input_heads=input_heads,
+            input_key_size=input_key_size,
+            input_value_size=input_value_size,
+            comm_heads=comm_heads,
+            comm_key_size=comm_key_size,
+            comm_value_size=comm_value_size,
+        )
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_units:
+            raise ValueError(f"k must be an integer in 1..num_units={num_units}, got {k!r}")
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if fuse_input_gates_max < 0:
+            raise ValueError(f"fuse_input_gates_max must be >= 0, got {fuse_input_gates_max!r}")
+
+        self.input_size = input_size
+        self.num_units = num_units
+        self.k = k
+        self.hidden_size = hidden_size
+        self.cell = cell
+        self.input_heads = input_heads
+        self.input_key_size = input_key_size
+        self.input_value_size = input_value_size
+        self.comm_heads = comm_heads
+        self.comm_key_size = comm_key_size
+        self.comm_value_size = comm_value_size
+        self.dropout = dropout
+        self.query_bias = query_bias
+        self.fuse_input_gates_max = fuse_input_gates_max
+        self.output_size = num_units * hidden_size
+
+        U, H = num_units, hidden_size
+        gates = _GATES[cell] * H
+        read_size = input_heads * input_value_size  # one RIM's cell input
+        query_size = input_heads * input_key_size
+        comm_qkv = comm_heads * (2 * comm_key_size + comm_value_size)
+
+        # Input attention: shared, bias-free key/value projections of the input elements.
+        self.input_key = nn.Parameter(_uniform_(torch.empty(input_size, query_size), input_size))
+        self.input_value = nn.Parameter(_uniform_(torch.empty(input_size, read_size), input_size))
+        # Per-RIM weights applied to the RIM's own state h: [hidden-to-gates | input query].
+        # Stacked so one batched matmul per step serves both.
+        self.state_weight = nn.Parameter(_uniform_(torch.empty(U, H, gates + query_size), H))
+        self.hidden_gate_bias = nn.Parameter(_uniform_(torch.empty(U, 1, gates), H))
+        if query_bias:
+            self.input_query_bias = nn.Parameter(_uniform_(torch.empty(U, 1, query_size), H))
+        else:
+            self.register_buffer("input_query_bias", torch.zeros(U, 1, query_size))
+        # Per-RIM input-to-gate weights and bias (the bias is not scaled by attention).
+        self.input_gate_weight = nn.Parameter(_uniform_(torch.empty(U, read_size, gates), H))
+        self.input_gate_bias = nn.Parameter(_uniform_(torch.empty(U, 1, gates), H))
+        # Communication: per-RIM query/key/value from the state, per-RIM output projection.
+        self.comm_qkv = nn.Parameter(_uniform_(torch.empty(U, H, comm_qkv), H))
+        comm_out_in = comm_heads * comm_value_size
+        self.comm_out = nn.Parameter(_uniform_(torch.empty(U, comm_out_in, H), comm_out_in))
+        self.comm_out_bias = nn.Parameter(_uniform_(torch.empty(U, 1, H), comm_out_in))
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, num_units={self.num_units}, k={self.k}, "
+            f"hidden_size={self.hidden_size}, cell={self.cell!r}, input_heads={self.input_heads}, "
+            f"comm_heads={self.comm_heads}, dropout={self.dropout}"
+        )
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Zeros: ``(h, c)`` for LSTM or ``(h,)`` for GRU, each ``(B, num_units, hidden_size)``."""
+        device = self.input_key.device if device is None else device
+        shape = (batch_size, self.num_units, self.hidden_size)
+        dtype = self.input_key.dtype
+        parts = 2 if self.cell == "lstm" else 1
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(parts))
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, x: Tensor, state: State, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, State, CoreInfo]:
+        """Run the sequence.
+
+        x: ``(T, B, D)`` (one input element per step) or ``(T, B, N, D)`` (a set of N elements).
+        state: from ``initial_state`` or a previous call, each ``(B, U, H)``.
+        episode_starts: ``(T, B)`` bool or ``None``; where True the state is reset to zeros
+            before step t.
+        Returns ``out (T, B, U*H)``, the final state, and ``CoreInfo(mask, null_attention)``
+        with both ``(T, B, U)``.
+        """
+        check_sequence_input(x, self.input_size, allow_set=True)
+        if x.dim() == 3:
+            x = x.unsqueeze(2)  # (T, B, D) -> (T, B, 1, D): a set of one element
+        T, B, N, _ = x.shape
+        check_episode_starts(episode_starts, T, B)
+        U, H = self.num_units, self.hidden_size
+        heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
+        gates = _GATES[self.cell] * H
+
+        # --- everything that does not depend on the state, for the whole sequence at once
+        keys = (x @ self.input_key).view(T, B, N, heads, dk)  # (T,B,N,D) -> (T,B,N,heads,dk)
+        keys = keys.permute(0, 1, 3, 4, 2)  # (T,B,N,heads,dk) -> (T,B,heads,dk,N)
+        values = (x @ self.input_value).view(T, B, N, heads, dv)  # (T,B,N,D) -> (T,B,N,heads,dv)
+        fused = N * heads <= self.fuse_input_gates_max
+        if fused:
+            # Per-RIM input-to-gate products of every value: read_u @ W_u = sum_{h,n} p * (v W_u,h).
+            w = self.input_gate_weight.view(U, heads, dv, gates)  # (U,heads*dv,G) -> (U,heads,dv,G)
+            # (T,B,N,heads,dv) x (U,heads,dv,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
+            value_gates = torch.einsum("tbnhd,uhdg->tubhng", values, w).reshape(
+                T, U, B, heads * N, gates
+            )
+        else:
+            values = values.permute(0, 1, 3, 2, 4)  # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
+
+        state_bias = torch.cat((self.hidden_gate_bias, self.input_query_bias), dim=-1)
+        keep = None if episode_starts is None else keep_factor(episode_starts, x.dtype)
+        # public (B, U, H) -> internal (U, B, H)
+        hs = [s.transpose(0, 1) for s in state]
+        outputs, masks, nulls = [], [], []
+        for t in range(T):
+            if keep is not None:
+                hs = [s * keep[t].view(1, B, 1) for s in hs]
+            h = hs[0]
+            # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state.
+            hq = torch.baddbmm(state_bias, h, self.state_weight)  # (U,B,H) -> (U,B,G+heads*dk)
+            gates_h, query = hq.split((gates, heads * dk), dim=-1)
+            query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
+            # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
+            # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
+            scores = (query @ keys[t].unsqueeze(0)).squeeze(3) / math.sqrt(dk)
+            probs = torch.softmax(F.pad(scores, (1, 0)), dim=-1)  # (U,B,heads,1+N), null first
+            null_attention = probs[..., 0].mean(-1)  # (U, B), averaged over heads
+            mask = self._select(null_attention.detach())  # (U, B) bool
+            read = F.dropout(probs[..., 1:], self.dropout, self.training)  # (U,B,heads,N)
+            if fused:
+                # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
+                gates_x = (read.reshape(U, B, 1, heads * N) @ value_gates[t]).squeeze(2)
+            else:
+                # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
+                read_in = (read.unsqueeze(-2) @ values[t].unsqueeze(0)).view(U, B, heads * dv)
+                gates_x = torch.bmm(read_in, self.input_gate_weight)  # -> (U, B, G)
+            new = self._cell(gates_x + self.input_gate_bias, gates_h, hs)
+            # Inactive RIMs keep their state exactly.
+            m = mask.unsqueeze(-1)  # (U, B) -> (U, B, 1)
+            hs = [torch.where(m, n, s) for n, s in zip(new, hs)]
+            hs[0] = torch.where(m, hs[0] + self._communicate(hs[0]), hs[0])
+            outputs.append(hs[0])
+            masks.append(mask)
+            nulls.append(null_attention)
+
+        out = torch.stack(outputs)  # T x (U,B,H) -> (T,U,B,H)
+        out = out.permute(0, 2, 1, 3).reshape(T, B, U * H)  # (T,U,B,H) -> (T,B,U*H)
+        info = CoreInfo(
+            mask=torch.stack(masks).transpose(1, 2),  # T x (U,B) -> (T,B,U)
+            null_attention=torch.stack(nulls).transpose(1, 2),  # T x (U,B) -> (T,B,U)
+        )
+        return out, tuple(s.transpose(0, 1) for s in hs), info  # (U,B,H) -> (B,U,H)
+
+    def _select(self, null_attention: Tensor) -> Tensor:
+        """``(U, B)`` null attention -> ``(U, B)`` bool mask of the ``k`` least-null RIMs."""
+        if self.k == self.num_units:
+            return torch.ones_like(null_attention, dtype=torch.bool)
+        idx = torch.topk(null_attention, self.k, dim=0, largest=False).indices  # (k, B)
+        mask = torch.zeros_like(null_attention, dtype=torch.bool)
+        return mask.scatter_(0, idx, True)
+
+    def _cell(self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]) -> list[Tensor]:
+        """All RIMs' cells at once. gates_x, gates_h: ``(U, B, G)``; hs: states ``(U, B, H)``."""
+        if self.cell == "lstm":
+            h, c = hs
+            gates = gates_x + gates_h
+            ifo = torch.sigmoid(gates[..., : 2 * self.hidden_size].contiguous())
+            i, f = ifo.chunk(2, dim=-1)
+            g, o = gates[..., 2 * self.hidden_size :].chunk(2, dim=-1)
+            c_new = f * c + i * torch.tanh(g)
+            return [torch.sigmoid(o) * torch.tanh(c_new), c_new]
+        # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only.
+        (h,) = hs
+        x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
+        h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return [n + z * (h - n)]
+
+    def _communicate(self, h: Tensor) -> Tensor:
+        """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM reads from all RIMs."""
+        U, B, _ = h.shape
+        heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
+        qkv = torch.bmm(h, self.comm_qkv)  # (U,B,H) -> (U,B,heads*(2dk+dv))
+        q, k, v = qkv.split((heads * dk, heads * dk, heads * dv), dim=-1)
+        q = q.reshape(U, B, heads, dk).permute(1, 2, 0, 3)  # (U,B,heads*dk) -> (B,heads,U,dk)
+        k = k.reshape(U, B, heads, dk).permute(1, 2, 3, 0)  # (U,B,heads*dk) -> (B,heads,dk,U)
+        v = v.reshape(U, B, heads, dv).permute(1, 2, 0, 3)  # (U,B,heads*dv) -> (B,heads,U,dv)
+        attn = torch.softmax((q @ k) / math.sqrt(dk), dim=-1)  # (B, heads, U, U)
+        attn = F.dropout(attn, self.dropout, self.training)
+        # (B,heads,U,U) @ (B,heads,U,dv) -> (B,heads,U,dv) -> (U,B,heads*dv)
+        read = (attn @ v).permute(2, 0, 1, 3).reshape(U, B, heads * dv)
+        return torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)

@@ -1,0 +1,274 @@
+"""Invariants of the RIMs core (paper rules, the core interface, both cells, both input paths)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from policies.rims import RIMs
+from tests.rims_reference import reference_sequence
+
+CELLS = ["lstm", "gru"]
+
+
+def make_rims(cell: str = "lstm", dtype: torch.dtype = torch.float32, **overrides) -> RIMs:
+    kwargs = dict(
+        input_size=10,
+        num_units=5,
+        k=2,
+        hidden_size=6,
+        cell=cell,
+        input_key_size=8,
+        input_value_size=7,
+        comm_key_size=4,
+        comm_value_size=3,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    return RIMs(**kwargs).to(dtype).eval()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("elements", [1, 3])
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("fuse", [0, 100])
+def test_matches_naive_reference_float64(cell, elements, heads, fuse):
+    m = make_rims(cell, torch.float64, input_heads=heads, fuse_input_gates_max=fuse)
+    x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
+    out, _, info = m(x, m.initial_state(3))
+    ref_out, ref_mask, ref_null = reference_sequence(m, x)
+    assert torch.equal(info.mask, ref_mask)
+    torch.testing.assert_close(info.null_attention, ref_null, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("elements", [1, 4])
+def test_fused_and_plain_paths_agree_float32(cell, elements):
+    fused = make_rims(cell, input_heads=2, fuse_input_gates_max=100)
+    plain = make_rims(cell, input_heads=2, fuse_input_gates_max=0)
+    x = torch.randn(8, 4, elements, 10)
+    a, _, info_a = fused(x, fused.initial_state(4))
+    b, _, info_b = plain(x, plain.initial_state(4))
+    assert torch.equal(info_a.mask, info_b.mask)
+    rel = (a - b).norm() / b.norm()
+    assert rel < 1e-5
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_exactly_k_active_and_they_are_the_least_null(cell):
+    m = make_rims(cell, num_units=6, k=4)
+    x = torch.randn(9, 5, 10)
+    _, _, info = m(x, m.initial_state(5))
+    assert info.mask.shape == (9, 5, 6) and info.mask.dtype == torch.bool
+    assert (info.mask.sum(-1) == 4).all()
+    # Every active RIM put no more attention on the null than any inactive one.
+    null = info.null_attention
+    worst_active = null.masked_fill(~info.mask, -1.0).amax(-1)
+    best_inactive = null.masked_fill(info.mask, 2.0).amin(-1)
+    assert (worst_active <= best_inactive).all()
+    assert ((null > 0) & (null < 1)).all()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inactive_rims_keep_their_state_bit_for_bit(cell):
+    m = make_rims(cell)
+    x = torch.randn(10, 4, 10)
+    state = m.initial_state(4)
+    kept = changed = 0
+    for t in range(10):
+        _, new_state, info = m(x[t : t + 1], state)
+        inactive = ~info.mask[0]  # (B, U)
+        for old, new in zip(state, new_state):
+            assert torch.equal(new[inactive], old[inactive])
+            # Active RIMs do move (otherwise the test above would be vacuous).
+            changed += int((new[~inactive] != old[~inactive]).any())
+        kept += int(inactive.sum())
+        state = new_state
+    assert kept > 0 and changed > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("elements", [None, 3])
+def test_stepwise_equals_one_sequence_call(cell, elements):
+    m = make_rims(cell)
+    shape = (7, 3, 10) if elements is None else (7, 3, elements, 10)
+    x = torch.randn(*shape)
+    starts = torch.zeros(7, 3, dtype=torch.bool)
+    starts[4, 1] = True
+    out, final, info = m(x, m.initial_state(3), starts)
+    state, outs, masks = m.initial_state(3), [], []
+    for t in range(7):
+        o, state, i = m(x[t : t + 1], state, starts[t : t + 1])
+        outs.append(o)
+        masks.append(i.mask)
+    torch.testing.assert_close(torch.cat(outs), out, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.cat(masks), info.mask)
+    for a, b in zip(state, final):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_episode_start_equals_fresh_state_and_does_not_leak(cell):
+    m = make_rims(cell)
+    x = torch.randn(8, 3, 10)
+    plain, _, _ = m(x, m.initial_state(3))
+    starts = torch.zeros(8, 3, dtype=torch.bool)
+    starts[5, 1] = True
+    out, _, _ = m(x, m.initial_state(3), starts)
+    fresh, _, _ = m(x[5:, 1:2], m.initial_state(1))
+    torch.testing.assert_close(out[5:, 1:2], fresh, rtol=1e-5, atol=1e-6)
+    # The other sequences and the steps before the start are untouched.
+    torch.testing.assert_close(out[:, [0, 2]], plain[:, [0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(out[:5], plain[:5], rtol=0, atol=0)
+    assert not torch.allclose(out[5:, 1], plain[5:, 1])
+    # A start at t=0 discards whatever state was passed in.
+    warm = tuple(torch.randn_like(s) for s in m.initial_state(3))
+    all_start = torch.zeros(8, 3, dtype=torch.bool)
+    all_start[0] = True
+    torch.testing.assert_close(m(x, warm, all_start)[0], plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inactive_output_does_not_depend_on_current_input(cell):
+    m = make_rims(cell)
+    x = torch.randn(4, 2, 10, requires_grad=True)
+    out, _, info = m(x, m.initial_state(2))
+    H = m.hidden_size
+    t, b = 3, 1
+    for u in range(m.num_units):
+        (grad,) = torch.autograd.grad(out[t, b, u * H : (u + 1) * H].sum(), x, retain_graph=True)
+        if info.mask[t, b, u]:
+            assert grad[t, b].abs().sum() > 0
+        else:
+            assert torch.equal(grad[t, b], torch.zeros_like(grad[t, b]))
+        assert torch.equal(grad[t, 1 - b], torch.zeros_like(grad[t, 1 - b]))  # no batch leak
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradient_flows_unchanged_through_kept_state(cell):
+    m = make_rims(cell)
+    x = torch.randn(1, 3, 10)
+    state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
+    _, new_state, info = m(x, state)
+    mask = info.mask[0]  # (B, U)
+    b, u = (~mask).nonzero()[0].tolist()
+    for old, new in zip(state, new_state):
+        w = torch.randn(m.hidden_size)
+        (grad,) = torch.autograd.grad((new[b, u] * w).sum(), old, retain_graph=True)
+        expected = torch.zeros_like(old)
+        expected[b, u] = w
+        assert torch.equal(grad, expected)
+
+
+def test_selection_is_not_differentiated():
+    m = make_rims("lstm")
+    x = torch.randn(3, 2, 10)
+    _, _, info = m(x, m.initial_state(2))
+    assert not info.mask.requires_grad
+    # The null attention itself is differentiable (it is also the read weight).
+    assert info.null_attention.requires_grad
+
+
+def test_set_input_is_permutation_invariant_and_one_element_equals_flat():
+    m = make_rims("lstm", input_heads=2)
+    x = torch.randn(5, 3, 4, 10)
+    out, _, info = m(x, m.initial_state(3))
+    perm = torch.tensor([2, 0, 3, 1])
+    out_p, _, info_p = m(x[:, :, perm], m.initial_state(3))
+    torch.testing.assert_close(out_p, out, rtol=1e-5, atol=1e-6)
+    assert torch.equal(info_p.mask, info.mask)
+    flat, _, _ = m(x[:, :, 0], m.initial_state(3))
+    single, _, _ = m(x[:, :, :1], m.initial_state(3))
+    torch.testing.assert_close(flat, single, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_k_equal_num_units_runs_every_rim(cell):
+    m = make_rims(cell, k=5)
+    x = torch.randn(4, 2, 10)
+    state = m.initial_state(2)
+    _, new_state, info = m(x, state)
+    assert info.mask.all()
+    assert (new_state[0] != 0).all()
+
+
+def test_dropout_only_in_training_mode():
+    m = make_rims("lstm", dropout=0.5)
+    x = torch.randn(5, 4, 10)
+    s = m.initial_state(4)
+    torch.testing.assert_close(m(x, s)[0], m(x, s)[0], rtol=0, atol=0)
+    m.train()
+    torch.manual_seed(1)
+    a = m(x, s)[0]
+    torch.manual_seed(2)
+    b = m(x, s)[0]
+    assert not torch.allclose(a, b)
+
+
+def test_interface_shapes_and_initial_state():
+    m = RIMs(12, num_units=6, k=3, hidden_size=5, cell="lstm")
+    assert m.output_size == 30
+    h, c = m.initial_state(4)
+    assert h.shape == c.shape == (4, 6, 5) and not h.any() and not c.any()
+    (g,) = RIMs(12, hidden_size=5, cell="gru").initial_state(2)
+    assert g.shape == (2, 6, 5)
+    assert m.input_value_size == 20  # paper default: 4 x hidden
+
+
+def test_null_key_and_value_are_exactly_zero():
+    m = make_rims("lstm")
+    zero = torch.zeros(1, 10)
+    assert torch.equal(zero @ m.input_key, torch.zeros(1, m.input_key.shape[1]))
+    assert torch.equal(zero @ m.input_value, torch.zeros(1, m.input_value.shape[1]))
+    # With query_bias=False and a zero state every query is 0: all RIMs tie at 1/(N+1).
+    m2 = make_rims("lstm", query_bias=False)
+    _, _, info = m2(torch.randn(1, 2, 3, 10), m2.initial_state(2))
+    torch.testing.assert_close(info.null_attention, torch.full((1, 2, 5), 0.25))
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"k": 0}, "k"),
+        ({"k": 6}, "k"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_units": -1}, "num_units"),
+        ({"input_heads": 0}, "input_heads"),
+        ({"cell": "rnn"}, "cell"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_impossible_configs_raise_value_error_naming_the_field(overrides, field):
+    kwargs = dict(input_size=10, num_units=5, k=2, hidden_size=6)
+    kwargs.update(overrides)
+    with pytest.raises(ValueError, match=field):
+        RIMs(**kwargs)
+
+
+def test_bad_input_shapes_raise_value_error():
+    m = make_rims("lstm")
+    with pytest.raises(ValueError, match="D=10"):
+        m(torch.randn(3, 2, 9), m.initial_state(2))
+    with pytest.raises(ValueError, match="episode_starts"):
+        m(torch.randn(3, 2, 10), m.initial_state(2), torch.zeros(2, 3, dtype=torch.bool))
+
+
+def test_training_changes_only_through_used_paths():
+    """A short optimisation on a toy target lowers the loss: gradients reach every parameter."""
+    m = make_rims("gru", k=3)
+    m.train()
+    x = torch.randn(6, 8, 10)
+    target = torch.randn(6, 8, m.output_size)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        out, _, _ = m(x, m.initial_state(8))
+        loss = (out - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        for name, p in m.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+    assert losses[-1] < 0.9 * losses[0]
