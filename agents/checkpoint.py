@@ -1,0 +1,110 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)`` only.
+
+A checkpoint is a dict of plain values and tensors (never pickled objects) with a format tag and
+version. It holds the full training config, so it alone rebuilds the policy and its env.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "rims-rl-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, corrupt, foreign or of another version."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: temp file, flush, fsync, rename, fsync dir."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely; raise ``CheckpointError`` with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or objects that are not plain weights
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a readable rims-rl checkpoint ({first[:160]})"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a rims-rl checkpoint")
+    if data.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {data.get('version')!r}; "
+            f"this rims-rl reads version {VERSION}"
+        )
+    return data
+
+
+def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/<which>.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / f"{which}.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"run directory {path} has no {which} checkpoint")
+        return candidate
+    if not path.exists():
+        raise CheckpointError(f"no run directory or checkpoint file at {path}")
+    return path
+
+
+def load_policy(path: str | Path, which: str = "latest", device: str | torch.device = "cpu"):
+    """Rebuild the policy a checkpoint (or run directory) holds, with no other input.
+
+    Returns ``(policy, config, checkpoint dict)``; ``CheckpointError`` if it does not fit.
+    """
+    from agents.config import ConfigError, TrainConfig
+    from envs.factory import EnvError, make_env
+    from policies.actor_critic import ActorCritic, PolicySpec
+
+    file = resolve_checkpoint(path, which)
+    data = load_checkpoint(file)
+    try:
+        config = TrainConfig.from_dict(data["config"])
+        env = make_env(config.env)
+        observation_space = env.observation_space
+        env.close()
+        policy = ActorCritic(
+            observation_space, int(data["num_actions"]), PolicySpec.from_dict(data["policy_spec"])
+        )
+        policy.load_state_dict(data["model"])
+    except (KeyError, TypeError, RuntimeError, ConfigError, EnvError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{file} does not rebuild a policy ({first[:160]})") from None
+    return policy.to(device).eval(), config, data

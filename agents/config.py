@@ -1,0 +1,224 @@
+"""The training config: one typed dataclass, validated on construction, with per-family presets.
+
+Every field has a one-line help that becomes its ``--help`` text. Values a user does not give
+come from the preset of the env's family (``PRESETS``), then from the field defaults below
+(which are the Minigrid preset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agents.flags import option
+from envs.factory import check_env_id, env_family
+from policies.actor_critic import CORES, PolicySpec
+from policies.rims import CELLS
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent setting; the message is one line naming the field."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recurrent PPO with a RIMs, LSTM, GRU or feed-forward core."""
+
+    # --- run
+    env: str = option("MiniGrid-DoorKey-5x5-v0", "Gymnasium env id to train on")
+    core: str = option("rims", "recurrent core of the policy", CORES)
+    total_steps: int = option(
+        150_000, "agent-env interactions to train for, summed over envs (Atari: 4 frames each)"
+    )
+    seed: int = option(1, "seed of torch, the envs (env i gets seed+i) and minibatch order")
+    run_dir: str | None = option(
+        None, "run directory for config, TensorBoard events, checkpoints (default runs/<name>)"
+    )
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    resume: bool = option(False, "continue the run in --run-dir from its latest checkpoint")
+    overwrite: bool = option(False, "start afresh even if --run-dir already holds a run")
+    # --- rollout and PPO
+    num_envs: int = option(16, "parallel envs")
+    async_envs: bool = option(False, "step envs in subprocesses (AsyncVectorEnv) instead of inline")
+    num_steps: int = option(128, "steps per env per rollout (the rollout is num_steps x num_envs)")
+    num_minibatches: int = option(4, "minibatches per epoch")
+    update_epochs: int = option(4, "PPO epochs per rollout")
+    bptt: int = option(
+        0, "train on chunks of this many steps with their stored start states (0: whole rollout)"
+    )
+    learning_rate: float = option(1e-3, "Adam learning rate")
+    anneal_lr: bool = option(True, "anneal the learning rate linearly to 0 over the run")
+    gamma: float = option(0.99, "discount factor")
+    gae_lambda: float = option(0.95, "GAE lambda")
+    clip_coef: float = option(0.2, "PPO ratio clip")
+    clip_vloss: bool = option(True, "clip the value loss around the old values")
+    ent_coef: float = option(0.01, "entropy bonus coefficient")
+    vf_coef: float = option(0.5, "value loss coefficient")
+    max_grad_norm: float = option(0.5, "global gradient-norm clip")
+    norm_adv: bool = option(True, "normalise advantages per minibatch")
+    target_kl: float | None = option(None, "stop the epochs early past this approximate KL")
+    # --- policy
+    feature_size: int = option(64, "encoder output size")
+    hidden_size: int = option(
+        32, "state size of one RIM; lstm/gru/ff get num_units x hidden_size (same total state)"
+    )
+    num_units: int = option(6, "number of RIMs")
+    k: int = option(4, "active RIMs per step (1..num_units)")
+    cell: str = option("lstm", "cell of each RIM", CELLS)
+    input_heads: int = option(1, "input attention heads")
+    input_key_size: int = option(32, "input attention key size per head")
+    input_value_size: int | None = option(
+        None, "input attention value size per head (none: 4 x hidden_size, as the paper)"
+    )
+    comm_heads: int = option(4, "communication attention heads")
+    comm_key_size: int = option(32, "communication key size per head")
+    comm_value_size: int = option(32, "communication value size per head")
+    attention_dropout: float = option(
+        0.0, "dropout on both RIMs attentions (paper 0.1; off for PPO: it makes ratios noisy)"
+    )
+    # --- logging and checkpoints
+    checkpoint_every: int = option(
+        10, "write a checkpoint every this many updates (and at the end)"
+    )
+    keep_checkpoints: int = option(3, "numbered checkpoints kept besides latest and best")
+    progress: bool = option(True, "show a progress bar")
+    torch_threads: int = option(0, "torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- derived values
+    @property
+    def family(self) -> str:
+        return env_family(self.env)
+
+    @property
+    def batch_size(self) -> int:
+        """Steps per rollout, all envs together."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def sequence_length(self) -> int:
+        """Length of one training sequence: ``bptt`` or the whole rollout."""
+        return self.bptt or self.num_steps
+
+    @property
+    def num_sequences(self) -> int:
+        """Training sequences per rollout."""
+        return self.num_envs * (self.num_steps // self.sequence_length)
+
+    @property
+    def num_updates(self) -> int:
+        """Rollout-and-update iterations: ``total_steps`` rounded up to whole rollouts."""
+        return max(1, -(-self.total_steps // self.batch_size))
+
+    def policy_spec(self) -> PolicySpec:
+        return PolicySpec(
+            core=self.core,
+            feature_size=self.feature_size,
+            hidden_size=self.hidden_size,
+            num_units=self.num_units,
+            k=self.k,
+            cell=self.cell,
+            input_heads=self.input_heads,
+            input_key_size=self.input_key_size,
+            input_value_size=self.input_value_size,
+            comm_heads=self.comm_heads,
+            comm_key_size=self.comm_key_size,
+            comm_value_size=self.comm_value_size,
+            dropout=self.attention_dropout,
+        )
+
+    def default_run_dir(self) -> str:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.env)
+        return f"runs/{name}__{self.core}__s{self.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from ``to_dict`` output; unknown keys are an error (a foreign file)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}")
+        return cls(**data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The field defaults are the Minigrid preset (solves DoorKey-5x5 on a laptop CPU).
+    "minigrid": {},
+    # Classic-control style envs (CartPole, rims/CueMemory-v0): CleanRL's defaults.
+    "gym": {"num_envs": 8, "num_steps": 64, "learning_rate": 2.5e-4, "ent_coef": 0.0},
+    "atari": {},
+}
+
+
+def resolve_config(given: dict[str, Any]) -> TrainConfig:
+    """Field defaults, then the env family's preset, then what the user gave."""
+    env = given.get("env", TrainConfig.__dataclass_fields__["env"].default)
+    return TrainConfig(**{**PRESETS[env_family(env)], **given})
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(c: TrainConfig) -> None:
+    """Raise ``ConfigError`` (one line, naming the flag) for any impossible setting."""
+    positive = [
+        "total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
+        "feature_size", "hidden_size", "num_units", "input_heads", "input_key_size",
+        "comm_heads", "comm_key_size", "comm_value_size", "checkpoint_every",
+    ]  # fmt: skip
+    for name in positive:
+        value = getattr(c, name)
+        _check(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
+        )
+    _check(c.core in CORES, f"--core must be one of {', '.join(CORES)}, got {c.core!r}")
+    _check(c.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {c.cell!r}")
+    _check(
+        c.input_value_size is None or c.input_value_size >= 1,
+        f"--input-value-size must be a positive integer or none, got {c.input_value_size!r}",
+    )
+    if c.core == "rims":
+        _check(
+            1 <= c.k <= c.num_units,
+            f"--k must be in 1..num_units={c.num_units}, got {c.k}",
+        )
+    _check(c.bptt >= 0, f"--bptt must be >= 0, got {c.bptt}")
+    _check(
+        c.num_steps % c.sequence_length == 0,
+        f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt}",
+    )
+    _check(
+        c.num_sequences % c.num_minibatches == 0,
+        f"--num-minibatches={c.num_minibatches} must divide the {c.num_sequences} training "
+        f"sequences per rollout (num_envs x num_steps / bptt)",
+    )
+    _check(c.learning_rate > 0, f"--learning-rate must be > 0, got {c.learning_rate}")
+    _check(0 < c.gamma <= 1, f"--gamma must be in (0, 1], got {c.gamma}")
+    _check(0 <= c.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {c.gae_lambda}")
+    _check(c.clip_coef > 0, f"--clip-coef must be > 0, got {c.clip_coef}")
+    _check(c.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {c.max_grad_norm}")
+    _check(c.ent_coef >= 0 and c.vf_coef >= 0, "--ent-coef and --vf-coef must be >= 0")
+    _check(
+        0 <= c.attention_dropout < 1,
+        f"--attention-dropout must be in [0, 1), got {c.attention_dropout}",
+    )
+    _check(c.target_kl is None or c.target_kl > 0, "--target-kl must be > 0 or none")
+    _check(c.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0")
+    _check(c.torch_threads >= 0, "--torch-threads must be >= 0")
+    _check(
+        c.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", c.device) is not None,
+        f"--device must be auto, cpu, cuda or cuda:N, got {c.device!r}",
+    )
+    _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
+    check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written

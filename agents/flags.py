@@ -1,0 +1,80 @@
+"""Command-line flags from a typed config dataclass (CleanRL style).
+
+Each field becomes ``--field-name``; its ``help`` metadata becomes the ``--help`` line, its
+``choices`` metadata the allowed values. Booleans get ``--flag/--no-flag``. Optional fields accept
+``none``. Flags the user did not give are absent from the result, so presets can fill them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, Field
+from typing import Any
+
+
+def option(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A dataclass field with a ``--help`` line (and optional choices)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """``int | None`` -> ``(int, True)``; ``float`` -> ``(float, False)``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {}, {})  # the dataclass uses postponed annotations
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return annotation, False
+
+
+def _parser_for(kind: type, optional: bool, name: str):
+    def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--{name} takes {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Add one flag per field of ``config_cls``; defaults are suppressed (absent if not given)."""
+    for f in dataclasses.fields(config_cls):
+        _add_flag(parser, f)
+
+
+def _add_flag(parser: argparse.ArgumentParser, f: Field) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    kind, optional = _base_type(f.type)
+    default = f.default if f.default is not MISSING else None
+    help_text = f"{f.metadata.get('help', '')} (default: {default})"
+    if kind is bool:
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+        )
+        return
+    parser.add_argument(
+        flag,
+        type=_parser_for(kind, optional, f.name.replace("_", "-"))
+        if kind is not str or optional
+        else None,
+        choices=f.metadata.get("choices"),
+        default=argparse.SUPPRESS,
+        metavar=None if f.metadata.get("choices") else f.name.upper(),
+        help=help_text,
+    )
+
+
+def given_flags(namespace: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The config fields the user set on the command line."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in vars(namespace).items() if k in names}

@@ -1,0 +1,67 @@
+"""Logging outside the algorithm: TensorBoard scalars and a progress bar."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from agents.ppo import UpdateStats
+from agents.rollout import RolloutStats
+
+
+class RunLogger:
+    """Writes ``charts/*``, ``losses/*`` and ``rims/*`` scalars; shows steps/s and recent return."""
+
+    def __init__(
+        self, run_dir: Path, total_steps: int, start_step: int, progress: bool = True
+    ) -> None:
+        # purge_step drops events a crashed run wrote after its last checkpoint (step > start),
+        # so resumed curves continue from the checkpoint's step without overlaps.
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, disable=not progress, unit="step",
+            dynamic_ncols=True, smoothing=0.1,
+        )  # fmt: skip
+
+    @property
+    def mean_recent_return(self) -> float | None:
+        """Mean return of the last 100 finished training episodes (None before the first)."""
+        return float(np.mean(self.recent_returns)) if self.recent_returns else None
+
+    def log_update(
+        self,
+        global_step: int,
+        steps_this_update: int,
+        rollout: RolloutStats,
+        update: UpdateStats,
+        learning_rate: float,
+        sps: float,
+    ) -> None:
+        w = self.writer
+        if rollout.episode_returns:
+            self.recent_returns.extend(rollout.episode_returns)
+            w.add_scalar("charts/episodic_return", np.mean(rollout.episode_returns), global_step)
+            w.add_scalar("charts/episodic_length", np.mean(rollout.episode_lengths), global_step)
+        w.add_scalar("charts/SPS", sps, global_step)
+        w.add_scalar("charts/learning_rate", learning_rate, global_step)
+        for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
+            w.add_scalar(f"losses/{name}", getattr(update, name), global_step)
+        w.add_scalar("losses/explained_variance", update.explained_variance, global_step)
+        w.add_scalar("losses/grad_norm", update.grad_norm, global_step)
+        if rollout.active_fraction is not None:
+            for unit, frac in enumerate(rollout.active_fraction):
+                w.add_scalar(f"rims/active_fraction_unit_{unit}", frac, global_step)
+        recent = self.mean_recent_return
+        self.bar.set_postfix_str(
+            f"SPS {sps:,.0f} | return {'-' if recent is None else f'{recent:.3f}'}", refresh=False
+        )
+        self.bar.update(steps_this_update)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()

@@ -1,0 +1,140 @@
+"""The PPO loss (a pure function) and one PPO update over a rollout (returns a stats record)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from agents.config import TrainConfig
+from agents.sampler import SequenceBatch, sequence_minibatches
+from agents.storage import RolloutStorage
+from policies.actor_critic import ActorCritic
+
+
+@dataclass
+class LossParts:
+    """The total loss and its parts (scalar tensors)."""
+
+    loss: Tensor
+    policy_loss: Tensor
+    value_loss: Tensor
+    entropy: Tensor
+    approx_kl: Tensor
+    clipfrac: Tensor
+
+
+def ppo_loss(
+    new_logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    entropy: Tensor,
+    new_values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    clip_coef: float,
+    vf_coef: float,
+    ent_coef: float,
+    clip_vloss: bool = True,
+    norm_adv: bool = True,
+) -> LossParts:
+    """Clipped-surrogate PPO loss (as CleanRL). Every input has the same shape (any)."""
+    log_ratio = new_logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    if norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    policy_loss = torch.max(
+        -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    ).mean()
+    value_error = (new_values - returns).pow(2)
+    if clip_vloss:
+        clipped = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+        value_error = torch.max(value_error, (clipped - returns).pow(2))
+    value_loss = 0.5 * value_error.mean()
+    entropy = entropy.mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's unbiased k3 estimator
+        clipfrac = ((ratio - 1).abs() > clip_coef).float().mean()
+    loss = policy_loss - ent_coef * entropy + vf_coef * value_loss
+    return LossParts(loss, policy_loss, value_loss, entropy, approx_kl, clipfrac)
+
+
+@dataclass
+class UpdateStats:
+    """Means over the minibatches of one update, as plain floats."""
+
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clipfrac: float
+    grad_norm: float
+    explained_variance: float
+    epochs: int
+
+
+def minibatch_loss(policy: ActorCritic, batch: SequenceBatch, config: TrainConfig) -> LossParts:
+    """Replay ``batch``'s sequences through the policy from their start states; PPO loss."""
+    out = policy(batch.obs, batch.initial_state, batch.episode_starts)
+    dist = out.distribution
+    return ppo_loss(
+        new_logprobs=dist.log_prob(batch.actions),
+        old_logprobs=batch.old_logprobs,
+        advantages=batch.advantages,
+        entropy=dist.entropy(),
+        new_values=out.values,
+        old_values=batch.old_values,
+        returns=batch.returns,
+        clip_coef=config.clip_coef,
+        vf_coef=config.vf_coef,
+        ent_coef=config.ent_coef,
+        clip_vloss=config.clip_vloss,
+        norm_adv=config.norm_adv,
+    )
+
+
+def explained_variance(predicted: Tensor, target: Tensor) -> float:
+    """1 - Var[target - predicted] / Var[target] (nan when the target is constant)."""
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - predicted).var() / var)
+
+
+def ppo_update(
+    policy: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    storage: RolloutStorage,
+    advantages: Tensor,
+    returns: Tensor,
+    config: TrainConfig,
+    generator: torch.Generator | None = None,
+) -> UpdateStats:
+    """``update_epochs`` passes over the rollout in minibatches of whole sequences."""
+    policy.train()
+    sums = torch.zeros(6, device=advantages.device)
+    count = 0
+    epochs = 0
+    for _ in range(config.update_epochs):
+        epochs += 1
+        kls = []
+        for batch in sequence_minibatches(
+            storage, advantages, returns, config.num_minibatches, generator
+        ):
+            parts = minibatch_loss(policy, batch, config)
+            optimizer.zero_grad(set_to_none=True)
+            parts.loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            detached = (
+                parts.policy_loss, parts.value_loss, parts.entropy,
+                parts.approx_kl, parts.clipfrac, grad_norm,
+            )  # fmt: skip
+            sums += torch.stack([p.detach().float() for p in detached])
+            count += 1
+            kls.append(parts.approx_kl)
+        if config.target_kl is not None and torch.stack(kls).mean() > config.target_kl:
+            break
+    means = (sums / count).tolist()  # one host sync per update
+    return UpdateStats(
+        *means, explained_variance=explained_variance(storage.values, returns), epochs=epochs
+    )

@@ -1,0 +1,99 @@
+"""Collecting rollouts: the policy acts in the vector env and the storage records it.
+
+The collector owns what carries over from one rollout to the next: the last observation, the
+core state and which envs start an episode at the next step. Truncated episodes are bootstrapped
+with the value of their final observation, computed from the state that saw the episode through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+from torch import Tensor
+
+from agents.storage import RolloutStorage, obs_to_tensors
+from envs.factory import final_observations
+from policies.actor_critic import ActorCritic
+
+
+@dataclass
+class RolloutStats:
+    """What happened during one rollout."""
+
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    active_fraction: list[float] | None = None  # per RIM, share of steps it was active
+    last_masks: Tensor | None = None  # (T, B, U) bool, the RIMs' activity over the rollout
+
+
+class RolloutCollector:
+    """Steps ``envs`` with ``policy`` and fills ``storage`` one rollout at a time."""
+
+    def __init__(
+        self,
+        envs: VectorEnv,
+        policy: ActorCritic,
+        storage: RolloutStorage,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.envs, self.policy, self.storage, self.device = envs, policy, storage, device
+        obs, _ = envs.reset(seed=seed)
+        self.obs = obs_to_tensors(obs, device)
+        self.state = policy.initial_state(envs.num_envs, device)
+        self.episode_starts = torch.ones(envs.num_envs, dtype=torch.bool, device=device)
+
+    def collect(self) -> tuple[Tensor, RolloutStats]:
+        """Fill the storage; return V(obs after the last step) ``(B,)`` and the rollout's stats."""
+        self.policy.eval()
+        stats = RolloutStats()
+        storage, B = self.storage, self.envs.num_envs
+        masks = []
+        for t in range(storage.num_steps):
+            act = self.policy.act(self.obs, self.state, self.episode_starts)
+            storage.record_action(
+                t, self.obs, self.episode_starts, self.state, act.actions, act.logprobs, act.values
+            )
+            obs, rewards, terminated, truncated, info = self.envs.step(act.actions.cpu().numpy())
+            ended = terminated | truncated
+            bootstrap = torch.zeros(B, device=self.device)
+            cut = truncated & ~terminated
+            if cut.any():
+                final = obs_to_tensors(final_observations(obs, info, cut), self.device)
+                no_start = torch.zeros(B, dtype=torch.bool, device=self.device)
+                values = self.policy.value(final, act.state, no_start)
+                bootstrap = torch.where(torch.as_tensor(cut, device=self.device), values, 0.0)
+            storage.record_outcome(
+                t,
+                torch.as_tensor(rewards, dtype=torch.float32, device=self.device),
+                torch.as_tensor(terminated, device=self.device),
+                torch.as_tensor(ended, device=self.device),
+                bootstrap,
+            )
+            if "episode" in info:
+                done = info["_episode"]
+                stats.episode_returns.extend(info["episode"]["r"][done].tolist())
+                stats.episode_lengths.extend(info["episode"]["l"][done].tolist())
+            if act.info.mask is not None:
+                masks.append(act.info.mask[0])
+            self.obs = obs_to_tensors(obs, self.device)
+            self.state = act.state
+            self.episode_starts = torch.as_tensor(ended, device=self.device)
+        if masks:
+            stacked = torch.stack(masks)  # T x (B, U) -> (T, B, U)
+            stats.last_masks = stacked
+            stats.active_fraction = stacked.float().mean((0, 1)).tolist()
+        last_values = self.policy.value(self.obs, self.state, self.episode_starts)
+        return last_values, stats
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

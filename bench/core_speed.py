@@ -1,0 +1,129 @@
+"""Speed of the RIMs core against nn.LSTM (whole sequence) and an nn.LSTMCell loop.
+
+Recurrent-PPO shapes: input 512, 6 RIMs x 100 (4 active) vs LSTM(600). Prints, per batch size,
+the median time of a rollout step (T=1, no grad), a forward over T steps and a forward+backward
+over T steps, and the ratios to both LSTM baselines, all measured in one run.
+
+    python bench/core_speed.py                 # CPU: T=32, B in 8/16/64
+    python bench/core_speed.py --device cuda   # GPU: T=128, B in 8/64/512
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from policies import GRUCore, LSTMCore, RIMs
+
+
+class LSTMCellLoop(nn.Module):
+    """nn.LSTMCell stepped in a Python loop: the shape of most public recurrent-PPO code."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+        self.hidden_size = hidden_size
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None):
+        z = torch.zeros(batch, self.hidden_size, device=device)
+        return (z, z.clone())
+
+    def forward(self, x, state, episode_starts=None):
+        h, c = state
+        outs = []
+        for t in range(x.shape[0]):
+            h, c = self.cell(x[t], (h, c))
+            outs.append(h)
+        return torch.stack(outs), (h, c), None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int) -> dict:
+    x = torch.randn(T, B, 512, device=device)
+    state = core.initial_state(B, device)
+
+    def step() -> None:
+        with torch.no_grad():
+            core(x[:1], state)
+
+    def forward() -> None:
+        with torch.no_grad():
+            core(x, state)
+
+    def forward_backward() -> None:
+        out, _, _ = core(x, state)
+        out.sum().backward()
+
+    return {
+        "step_ms": 1e3 * median_time(step, device, repeats),
+        "fwd_ms": 1e3 * median_time(forward, device, repeats),
+        "fwdbwd_ms": 1e3 * median_time(forward_backward, device, repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--time", type=int, default=None, help="T (default 32 CPU, 128 GPU)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    T = args.time or (128 if gpu else 32)
+    batches = args.batch or ([8, 64, 512] if gpu else [8, 16, 64])
+    repeats = args.repeats or (20 if gpu else 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; T={T}; input 512; 6 RIMs x 100, 4 active")
+    cores = {
+        "rims-lstm": RIMs(512, num_units=6, k=4, hidden_size=100, cell="lstm"),
+        "rims-gru": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru"),
+        "nn.LSTM(600)": LSTMCore(512, 600),
+        "nn.GRU(600)": GRUCore(512, 600),
+        "LSTMCell(600) loop": LSTMCellLoop(512, 600),
+    }
+    header = f"{'core':<20}{'B':>5}{'step ms':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+    header += f"{'x LSTM':>9}{'x cell loop':>13}"
+    print(header)
+    for B in batches:
+        results = {
+            n: measure(c.to(device).train(), T, B, device, repeats) for n, c in cores.items()
+        }
+        lstm, loop = results["nn.LSTM(600)"], results["LSTMCell(600) loop"]
+        for n, r in results.items():
+            vs_lstm = r["fwdbwd_ms"] / lstm["fwdbwd_ms"]
+            vs_loop = r["fwdbwd_ms"] / loop["fwdbwd_ms"]
+            print(
+                f"{n:<20}{B:>5}{r['step_ms']:>10.3f}{r['fwd_ms']:>10.2f}{r['fwdbwd_ms']:>12.2f}"
+                f"{vs_lstm:>9.2f}{vs_loop:>13.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Building vector envs from an env id: validation, per-env seeding, autoreset, episode stats.
+
+Every env built here returns dict observations (a non-dict space becomes ``{"obs": ...}``), so
+the policy and the storage handle one observation type. Vector envs autoreset in Gymnasium's
+``SAME_STEP`` mode: the observation returned with ``terminated``/``truncated`` is already the
+first observation of the next episode, and the last observation of the finished one is in
+``info["final_obs"]`` (needed to bootstrap truncated episodes).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
+from envs.minigrid import is_minigrid, make_minigrid
+
+FAMILIES = ("minigrid", "atari", "gym")
+
+
+class EnvError(ValueError):
+    """An env that cannot be built as asked (unknown id, unsupported spaces); one-line message."""
+
+
+def env_family(env_id: str) -> str:
+    """``"minigrid"``, ``"atari"`` (ALE ids) or ``"gym"`` (anything else registered)."""
+    if is_minigrid(env_id):
+        return "minigrid"
+    if env_id.startswith("ALE/"):
+        return "atari"
+    return "gym"
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``EnvError`` with the closest registered ids unless ``env_id`` is registered."""
+    if env_family(env_id) == "atari":
+        raise EnvError(f"Atari ids ({env_id}) are not supported yet; use a MiniGrid-* id")
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise EnvError(f"unknown env id {env_id!r}{hint}")
+
+
+class DictObservation(gym.ObservationWrapper):
+    """Wrap a non-dict observation as ``{"obs": observation}``."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = spaces.Dict({"obs": env.observation_space})
+
+    def observation(self, observation: Any) -> dict[str, Any]:
+        return {"obs": observation}
+
+
+def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """One env with dict observations and a discrete action space."""
+    check_env_id(env_id)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = (
+            make_minigrid(env_id, **kwargs)
+            if env_family(env_id) == "minigrid"
+            else gym.make(env_id, **kwargs)
+        )
+    except TypeError as err:  # an env kwarg the env does not take
+        raise EnvError(f"cannot build {env_id} with {kwargs}: {err}") from None
+    if not isinstance(env.action_space, spaces.Discrete):
+        env.close()
+        raise EnvError(f"{env_id} has action space {env.action_space}; only Discrete is supported")
+    if not isinstance(env.observation_space, spaces.Dict):
+        env = DictObservation(env)
+    return env
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    asynchronous: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+) -> VectorEnv:
+    """``num_envs`` copies of ``env_id`` (sync or subprocess-async), ``SAME_STEP`` autoreset,
+    episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i."""
+    kwargs = dict(env_kwargs or {})
+    make_env(env_id, **kwargs).close()  # fail here, with one clear line, not inside a worker
+    fns: list[Callable[[], gym.Env]] = [lambda: make_env(env_id, **kwargs)] * num_envs
+    vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
+    envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return RecordEpisodeStatistics(envs)
+
+
+def final_observations(obs: dict[str, np.ndarray], info: dict, ended: np.ndarray) -> dict:
+    """The last observation of every episode that ended this step, other entries from ``obs``.
+
+    obs: batched dict observation returned by ``step`` (already the next episode's first one
+    where ``ended``); info: that step's info; ended: ``(B,)`` bool, terminated | truncated.
+    """
+    if not ended.any():
+        return obs
+    final = {key: value.copy() for key, value in obs.items()}
+    for i in np.flatnonzero(ended & info["_final_obs"]):
+        for key in final:
+            final[key][i] = info["final_obs"][i][key]
+    return final

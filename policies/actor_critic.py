@@ -1,0 +1,163 @@
+"""Actor-critic: encoder -> recurrent core -> policy and value heads, one forward path.
+
+Acting (T=1) and learning (whole sequences) both go through ``ActorCritic.forward``, so the
+log-probabilities recomputed at the first PPO epoch equal the ones stored while acting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+from torch.distributions import Categorical
+
+from policies.core import CoreInfo, State
+from policies.encoders import make_encoder
+from policies.rims import RIMs
+from policies.rnn import FeedForwardCore, GRUCore, LSTMCore
+
+CORES = ("rims", "lstm", "gru", "ff")
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Everything needed, with the spaces, to rebuild a policy (stored in checkpoints)."""
+
+    core: str = "rims"
+    feature_size: int = 64
+    hidden_size: int = 32
+    num_units: int = 6
+    k: int = 4
+    cell: str = "lstm"
+    input_heads: int = 1
+    input_key_size: int = 64
+    input_value_size: int | None = None
+    comm_heads: int = 4
+    comm_key_size: int = 32
+    comm_value_size: int = 32
+    dropout: float = 0.0
+    head_hidden_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicySpec:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def state_size(self) -> int:
+        """Total recurrent state width; LSTM/GRU/ff cores get the same as RIMs."""
+        return self.num_units * self.hidden_size
+
+
+def build_core(spec: PolicySpec, input_size: int) -> nn.Module:
+    """The core named by ``spec.core``; raises ``ValueError`` for impossible sizes."""
+    if spec.core == "rims":
+        return RIMs(
+            input_size,
+            num_units=spec.num_units,
+            k=spec.k,
+            hidden_size=spec.hidden_size,
+            cell=spec.cell,
+            input_heads=spec.input_heads,
+            input_key_size=spec.input_key_size,
+            input_value_size=spec.input_value_size,
+            comm_heads=spec.comm_heads,
+            comm_key_size=spec.comm_key_size,
+            comm_value_size=spec.comm_value_size,
+            dropout=spec.dropout,
+        )
+    simple = {"lstm": LSTMCore, "gru": GRUCore, "ff": FeedForwardCore}
+    if spec.core not in simple:
+        raise ValueError(f"core must be one of {CORES}, got {spec.core!r}")
+    return simple[spec.core](input_size, spec.state_size)
+
+
+def _mlp_head(in_size: int, hidden: int, out_size: int, out_gain: float) -> nn.Sequential:
+    head = nn.Sequential(nn.Linear(in_size, hidden), nn.Tanh(), nn.Linear(hidden, out_size))
+    for layer, gain in ((head[0], np.sqrt(2)), (head[2], out_gain)):
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+    return head
+
+
+@dataclass
+class PolicyOutput:
+    """logits ``(T, B, A)``, values ``(T, B)``, the state after the sequence, the core's info."""
+
+    logits: Tensor
+    values: Tensor
+    state: State
+    info: CoreInfo
+
+    @property
+    def distribution(self) -> Categorical:
+        return Categorical(logits=self.logits)
+
+
+@dataclass
+class ActResult:
+    """One acting step for B envs: actions, log-probs and values ``(B,)``, the new state, info."""
+
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    state: State
+    info: CoreInfo
+
+
+class ActorCritic(nn.Module):
+    """Encoder -> core -> (actor, critic). Discrete actions."""
+
+    def __init__(self, observation_space: spaces.Dict, num_actions: int, spec: PolicySpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_actions = num_actions
+        self.encoder = make_encoder(observation_space, spec.feature_size)
+        self.core = build_core(spec, self.encoder.feature_size)
+        out = self.core.output_size
+        self.actor = _mlp_head(out, spec.head_hidden_size, num_actions, 0.01)
+        self.critic = _mlp_head(out, spec.head_hidden_size, 1, 1.0)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        return self.core.initial_state(batch_size, device)
+
+    def forward(self, obs: dict[str, Tensor], state: State, episode_starts: Tensor) -> PolicyOutput:
+        """obs: dict of ``(T, B, ...)``; episode_starts ``(T, B)`` bool."""
+        features = self.encoder(obs)  # (T, B, F)
+        out, state, info = self.core(features, state, episode_starts)  # (T, B, core out)
+        logits = self.actor(out)  # (T, B, A)
+        values = self.critic(out).squeeze(-1)  # (T, B, 1) -> (T, B)
+        return PolicyOutput(logits, values, state, info)
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: dict[str, Tensor],
+        state: State,
+        episode_starts: Tensor,
+        deterministic: bool = False,
+    ) -> ActResult:
+        """One step. obs: dict of ``(B, ...)``; episode_starts ``(B,)`` bool."""
+        seq = {k: v.unsqueeze(0) for k, v in obs.items()}  # (B, ...) -> (1, B, ...)
+        out = self.forward(seq, state, episode_starts.unsqueeze(0))  # (B,) -> (1, B)
+        dist = out.distribution
+        actions = out.logits.argmax(-1) if deterministic else dist.sample()  # (1, B)
+        return ActResult(
+            actions=actions[0],
+            logprobs=dist.log_prob(actions)[0],
+            values=out.values[0],
+            state=out.state,
+            info=out.info,
+        )
+
+    @torch.no_grad()
+    def value(self, obs: dict[str, Tensor], state: State, episode_starts: Tensor) -> Tensor:
+        """Values ``(B,)`` of one step of ``(B, ...)`` observations from ``state``."""
+        seq = {k: v.unsqueeze(0) for k, v in obs.items()}  # (B, ...) -> (1, B, ...)
+        return self.forward(seq, state, episode_starts.unsqueeze(0)).values[0]

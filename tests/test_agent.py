@@ -1,0 +1,125 @@
+"""The agent end to end on small rollouts: one forward path, sequence sampling, episode resets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.config import TrainConfig
+from agents.gae import compute_gae
+from agents.ppo import minibatch_loss
+from agents.rollout import RolloutCollector
+from agents.sampler import sequence_minibatches
+from agents.storage import RolloutStorage
+from envs.factory import make_vector_env
+from policies.actor_critic import ActorCritic
+
+CORES = ["rims", "lstm", "gru"]
+
+
+def collect(core: str, env: str = "rims/CueMemory-v0", bptt: int = 0, num_steps: int = 24):
+    """A policy, its storage filled with one rollout, and the GAE of it."""
+    config = TrainConfig(
+        env=env, core=core, num_envs=4, num_steps=num_steps, bptt=bptt, num_minibatches=2,
+        hidden_size=8, num_units=4, k=2, feature_size=16, input_key_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    envs = make_vector_env(env, config.num_envs)
+    policy = ActorCritic(envs.single_observation_space, 2 if "Cue" in env else 7,
+                         config.policy_spec())  # fmt: skip
+    device = torch.device("cpu")
+    storage = RolloutStorage(
+        config.num_steps, config.num_envs, envs.single_observation_space,
+        policy.initial_state(config.num_envs), config.sequence_length, device,
+    )  # fmt: skip
+    collector = RolloutCollector(envs, policy, storage, device, seed=3)
+    last_values, stats = collector.collect()
+    adv, ret = compute_gae(
+        storage.rewards, storage.values, storage.terminated, storage.ended,
+        storage.bootstrap_values, last_values, 0.99, 0.95,
+    )  # fmt: skip
+    envs.close()
+    return config, policy, storage, adv, ret, stats
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("bptt", [0, 6])
+def test_ratio_is_one_before_the_first_update(core, bptt):
+    config, policy, storage, adv, ret, _ = collect(core, bptt=bptt)
+    policy.train()  # learning mode; attention dropout is 0 in the PPO config
+    assert storage.episode_starts[1:].any()  # the rollout crosses episode boundaries
+    for batch in sequence_minibatches(storage, adv, ret, config.num_minibatches):
+        out = policy(batch.obs, batch.initial_state, batch.episode_starts)
+        new = out.distribution.log_prob(batch.actions)
+        torch.testing.assert_close(new, batch.old_logprobs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.values, batch.old_values, rtol=1e-5, atol=1e-5)
+        parts = minibatch_loss(policy, batch, config)
+        assert parts.approx_kl.abs().item() < 1e-6 and parts.clipfrac.item() == 0.0
+
+
+@pytest.mark.parametrize("bptt", [0, 4])
+def test_minibatches_are_whole_env_sequences_with_their_start_states(bptt):
+    config, policy, storage, adv, ret, _ = collect("rims", bptt=bptt, num_steps=16)
+    L = config.sequence_length
+    seen = []
+    for batch in sequence_minibatches(storage, adv, ret, config.num_minibatches):
+        for col, sid in enumerate(batch.sequence_ids.tolist()):
+            chunk, env = divmod(sid, config.num_envs)
+            steps = slice(chunk * L, (chunk + 1) * L)
+            assert torch.equal(batch.actions[:, col], storage.actions[steps, env])
+            assert torch.equal(batch.advantages[:, col], adv[steps, env])
+            assert torch.equal(batch.obs["obs"][:, col], storage.obs["obs"][steps, env])
+            for s, stored in zip(batch.initial_state, storage.start_states):
+                assert torch.equal(s[col], stored[chunk, env])
+            seen.append(sid)
+    assert sorted(seen) == list(range(config.num_sequences))
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_acting_resets_the_state_at_episode_starts(core):
+    """Replaying an episode from a fresh state gives the log-probs recorded while acting: the
+    state carried in from the previous episode did not leak into it."""
+    _, policy, storage, *_ = collect(core)
+    starts = storage.episode_starts
+    env = 0
+    t0 = int(starts[1:, env].nonzero()[0]) + 1  # first episode start after t=0
+    obs = {k: v[t0:, env : env + 1] for k, v in storage.obs.items()}
+    out = policy(obs, policy.initial_state(1), starts[t0:, env : env + 1])
+    new = out.distribution.log_prob(storage.actions[t0:, env : env + 1])
+    torch.testing.assert_close(new, storage.logprobs[t0:, env : env + 1], rtol=1e-5, atol=1e-5)
+    # Replaying without the resets would change them (the state matters in this task).
+    no_reset = torch.zeros_like(starts[t0:, env : env + 1])
+    start_state = tuple(s[:1] for s in policy.initial_state(1))
+    warm = policy(
+        {k: v[:, env : env + 1] for k, v in storage.obs.items()},
+        start_state, no_reset.new_zeros(storage.num_steps, 1),
+    )  # fmt: skip
+    leaked = warm.distribution.log_prob(storage.actions[:, env : env + 1])[t0:]
+    assert not torch.allclose(leaked, new, atol=1e-6)
+
+
+def test_truncated_episodes_are_bootstrapped_with_the_final_observation():
+    # DoorKey-5x5 with max_steps=8: every episode of a random policy is truncated.
+    from envs import factory
+
+    config = TrainConfig(env="MiniGrid-DoorKey-5x5-v0", core="lstm", num_envs=2, num_steps=10,
+                         num_minibatches=1, hidden_size=4, num_units=2, k=1)  # fmt: skip
+    envs = factory.make_vector_env(config.env, 2, env_kwargs={"max_steps": 8})
+    policy = ActorCritic(envs.single_observation_space, 7, config.policy_spec())
+    storage = RolloutStorage(10, 2, envs.single_observation_space, policy.initial_state(2),
+                             10, torch.device("cpu"))  # fmt: skip
+    RolloutCollector(envs, policy, storage, torch.device("cpu"), seed=0).collect()
+    envs.close()
+    truncated = storage.ended & ~storage.terminated
+    assert truncated[7].all() and not storage.terminated.any()
+    assert (storage.bootstrap_values[7] != 0).all()
+    assert (storage.bootstrap_values[~truncated] == 0).all()
+    assert storage.episode_starts[8].all() and storage.episode_starts[0].all()
+
+
+def test_rims_activity_is_reported():
+    *_, stats = collect("rims")
+    assert stats.active_fraction is not None and len(stats.active_fraction) == 4
+    assert sum(stats.active_fraction) == pytest.approx(2.0)  # k=2 of 4 active at every step
+    assert stats.last_masks.shape == (24, 4, 4)
+    assert stats.episode_returns and all(r in (0.0, 1.0) for r in stats.episode_returns)

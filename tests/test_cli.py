@@ -1,0 +1,149 @@
+"""The ``rims`` command line: a smoke run, resume, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.checkpoint import load_checkpoint, load_policy
+from train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "1", "--update-epochs", "1",
+    "--hidden-size", "4", "--num-units", "3", "--k", "2", "--feature-size", "8",
+    "--no-progress", "--checkpoint-every", "1",
+]  # fmt: skip
+
+
+def scalars(run_dir: Path) -> dict[str, list]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+def test_train_smoke_writes_config_events_and_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--total-steps", "96", "--run-dir", str(run), *TINY]) == 0
+    assert "trained to step 96" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["env"] == "MiniGrid-DoorKey-5x5-v0" and config["core"] == "rims"
+    assert config["num_envs"] == 2  # given flags override the preset
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["global_step"] == 96 and ckpt["update"] == 3
+    assert (
+        sorted(p.name for p in (run / "checkpoints").glob("*.pt"))
+        == [
+            "best.pt",
+            "latest.pt",
+            "step_000000000032.pt",
+            "step_000000000064.pt",
+            "step_000000000096.pt",
+        ]
+        or not ckpt["best_return"]
+    )  # best.pt only once an episode has finished
+    tags = scalars(run)
+    for tag in (
+        "charts/SPS",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/approx_kl",
+        "rims/active_fraction_unit_0",
+        "rims/active_fraction_unit_2",
+    ):
+        assert [e.step for e in tags[tag]] == [32, 64, 96], tag
+    # The checkpoint alone rebuilds the policy.
+    policy, cfg, _ = load_policy(run)
+    assert cfg.core == "rims" and policy.core.k == 2
+    out = policy.act(
+        {
+            "image": torch.zeros(1, 7, 7, 3, dtype=torch.uint8),
+            "direction": torch.zeros(1, dtype=torch.long),
+        },
+        policy.initial_state(1),
+        torch.ones(1, dtype=torch.bool),
+    )
+    assert out.actions.shape == (1,)
+
+
+def test_resume_continues_the_step_counter_and_curves(tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--core", "gru", "--total-steps", "64", "--run-dir", str(run), *TINY]) == 0
+    )
+    # Starting again without --resume is refused; with --resume it continues to the new total.
+    assert (
+        main(["train", "--core", "gru", "--total-steps", "64", "--run-dir", str(run), *TINY]) == 2
+    )
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "128"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 128
+    steps = [e.step for e in scalars(run)["charts/SPS"]]
+    assert steps == [32, 64, 96, 128]
+    # Changing the architecture on resume is refused.
+    assert main(["train", "--resume", "--run-dir", str(run), "--core", "lstm"]) == 2
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", "--total-steps", "64", "--run-dir", str(run), *TINY]) == 0
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), "--overwrite", *TINY]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 32
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are removed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "MiniGrid-DoorKey-5x5-v9"], "unknown env id"),
+        (["--k", "7"], "--k must be in 1..num_units=6"),
+        (["--num-envs", "0"], "--num-envs must be a positive integer"),
+        (["--num-minibatches", "3"], "--num-minibatches=3 must divide"),
+        (["--bptt", "5"], "--num-steps=128 must be a multiple of --bptt=5"),
+        (["--core", "transformer"], "invalid choice"),
+        (["--learning-rate", "fast"], "--learning-rate takes a number"),
+        (["--resume"], "holds no config.json; nothing to resume"),
+        (["--resume", "--overwrite"], "holds no config.json"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys):
+    assert exit_code(["train", "--run-dir", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing is written before the config is valid
+
+
+def test_resume_without_run_dir(capsys):
+    assert exit_code(["train", "--resume"]) == 2
+    assert "--resume needs --run-dir" in capsys.readouterr().err
+
+
+def exit_code(argv: list[str]) -> int:
+    """``main``'s return code, or the code argparse exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return int(exit.code)
+
+
+def test_script_exit_codes_in_a_real_process(tmp_path):
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--env", "NoSuchEnv-v0", "--run-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["rims: error: unknown env id 'NoSuchEnv-v0'"]
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--resume", "--run-dir", str(tmp_path / "none")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "nothing to resume" in missing.stderr
+    assert "Traceback" not in missing.stderr
