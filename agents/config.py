@@ -31,7 +31,7 @@ class TrainConfig:
     env: str = option("MiniGrid-DoorKey-5x5-v0", "Gymnasium env id to train on")
     core: str = option("rims", "recurrent core of the policy", CORES)
     total_steps: int = option(
-        150_000, "agent-env interactions to train for, summed over envs (Atari: 4 frames each)"
+        200_000, "agent-env interactions to train for, summed over envs (Atari: 4 frames each)"
     )
     seed: int = option(1, "seed of torch, the envs (env i gets seed+i) and minibatch order")
     run_dir: str | None = option(
