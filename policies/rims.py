@@ -216,7 +216,8 @@ class RIMs(nn.Module):
         gates = _GATES[self.cell] * H
 
         # --- everything that does not depend on the state, for the whole sequence at once
-        keys = (x @ self.input_key).view(T, B, N, heads, dk)  # (T,B,N,D) -> (T,B,N,heads,dk)
+        # Keys carry the 1/sqrt(dk) of the scores, so no step divides.
+        keys = (x @ (self.input_key / math.sqrt(dk))).view(T, B, N, heads, dk)  # (T,B,N,D) ->
         keys = keys.permute(0, 1, 3, 4, 2)  # (T,B,N,heads,dk) -> (T,B,heads,dk,N)
         values = (x @ self.input_value).view(T, B, N, heads, dv)  # (T,B,N,D) -> (T,B,N,heads,dv)
         fused = N * heads <= self.fuse_input_gates_max
@@ -229,8 +230,14 @@ class RIMs(nn.Module):
             )
         else:
             values = values.permute(0, 1, 3, 2, 4)  # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
+        lstm = self.cell == "lstm"
+        # LSTM: the input bias adds to the same gates as the hidden bias; fold it in once.
+        gate_bias = self.hidden_gate_bias + self.input_gate_bias if lstm else self.hidden_gate_bias
+        state_bias = torch.cat((gate_bias, self.input_query_bias), dim=-1)
+        comm_weight = self._comm_weight()
+        one_element = N * heads == 1  # softmax over [null, x] is a sigmoid of x's score
+        dropout = self.training and self.dropout > 0
 
-        state_bias = torch.cat((self.hidden_gate_bias, self.input_query_bias), dim=-1)
         keep = None if episode_starts is None else keep_factor(episode_starts, x.dtype)
         # public (B, U, H) -> internal (U, B, H)
         hs = [s.transpose(0, 1) for s in state]
@@ -238,18 +245,23 @@ class RIMs(nn.Module):
         for t in range(T):
             if keep is not None:
                 hs = [s * keep[t].view(1, B, 1) for s in hs]
-            h = hs[0]
             # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state.
-            hq = torch.baddbmm(state_bias, h, self.state_weight)  # (U,B,H) -> (U,B,G+heads*dk)
+            hq = torch.baddbmm(state_bias, hs[0], self.state_weight)  # (U,B,H) -> (U,B,G+heads*dk)
             gates_h, query = hq.split((gates, heads * dk), dim=-1)
             query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
             # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
             # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
-            scores = (query @ keys[t].unsqueeze(0)).squeeze(3) / math.sqrt(dk)
-            probs = torch.softmax(F.pad(scores, (1, 0)), dim=-1)  # (U,B,heads,1+N), null first
-            null_attention = probs[..., 0].mean(-1)  # (U, B), averaged over heads
+            scores = (query @ keys[t].unsqueeze(0)).squeeze(3)
+            if one_element:
+                read = torch.sigmoid(scores)  # (U, B, 1, 1)
+                null_attention = torch.sigmoid(-scores).view(U, B)  # (U,B,1,1) -> (U,B)
+            else:
+                probs = torch.softmax(F.pad(scores, (1, 0)), dim=-1)  # (U,B,heads,1+N), null first
+                null_attention = probs[..., 0].mean(-1)  # (U, B), averaged over heads
+                read = probs[..., 1:]  # (U, B, heads, N)
             mask = self._select(null_attention.detach())  # (U, B) bool
-            read = F.dropout(probs[..., 1:], self.dropout, self.training)  # (U,B,heads,N)
+            if dropout:
+                read = F.dropout(read, self.dropout, True)
             if fused:
                 # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
                 gates_x = (read.reshape(U, B, 1, heads * N) @ value_gates[t]).squeeze(2)
@@ -257,11 +269,13 @@ class RIMs(nn.Module):
                 # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
                 read_in = (read.unsqueeze(-2) @ values[t].unsqueeze(0)).view(U, B, heads * dv)
                 gates_x = torch.bmm(read_in, self.input_gate_weight)  # -> (U, B, G)
-            new = self._cell(gates_x + self.input_gate_bias, gates_h, hs)
+            if not lstm:
+                gates_x = gates_x + self.input_gate_bias
+            new = self._cell(gates_x, gates_h, hs)
             # Inactive RIMs keep their state exactly.
             m = mask.unsqueeze(-1)  # (U, B) -> (U, B, 1)
             hs = [torch.where(m, n, s) for n, s in zip(new, hs)]
-            hs[0] = torch.where(m, hs[0] + self._communicate(hs[0]), hs[0])
+            hs[0] = torch.where(m, hs[0] + self._communicate(hs[0], comm_weight, dropout), hs[0])
             outputs.append(hs[0])
             masks.append(mask)
             nulls.append(null_attention)
@@ -285,13 +299,11 @@ class RIMs(nn.Module):
     def _cell(self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]) -> list[Tensor]:
         """All RIMs' cells at once. gates_x, gates_h: ``(U, B, G)``; hs: states ``(U, B, H)``."""
         if self.cell == "lstm":
-            h, c = hs
-            gates = gates_x + gates_h
-            ifo = torch.sigmoid(gates[..., : 2 * self.hidden_size].contiguous())
-            i, f = ifo.chunk(2, dim=-1)
-            g, o = gates[..., 2 * self.hidden_size :].chunk(2, dim=-1)
-            c_new = f * c + i * torch.tanh(g)
-            return [torch.sigmoid(o) * torch.tanh(c_new), c_new]
+            H = self.hidden_size
+            gates = gates_x + gates_h  # (U, B, 4H): i, f, g, o
+            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)  # sigmoid of g is unused
+            c_new = torch.addcmul(f * hs[1], i, torch.tanh(gates[..., 2 * H : 3 * H]))
+            return [o * torch.tanh(c_new), c_new]
         # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only.
         (h,) = hs
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
@@ -301,17 +313,26 @@ class RIMs(nn.Module):
         n = torch.tanh(x_n + r * h_n)
         return [n + z * (h - n)]
 
-    def _communicate(self, h: Tensor) -> Tensor:
+    def _comm_weight(self) -> Tensor:
+        """``comm_qkv`` with the query columns scaled by 1/sqrt(key size), once per call."""
+        q_cols = self.comm_heads * self.comm_key_size
+        scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype,
+                           device=self.comm_qkv.device)  # fmt: skip
+        scale[:q_cols] = 1.0 / math.sqrt(self.comm_key_size)
+        return self.comm_qkv * scale
+
+    def _communicate(self, h: Tensor, comm_weight: Tensor, dropout: bool) -> Tensor:
         """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM reads from all RIMs."""
         U, B, _ = h.shape
         heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
-        qkv = torch.bmm(h, self.comm_qkv)  # (U,B,H) -> (U,B,heads*(2dk+dv))
-        q, k, v = qkv.split((heads * dk, heads * dk, heads * dv), dim=-1)
-        q = q.reshape(U, B, heads, dk).permute(1, 2, 0, 3)  # (U,B,heads*dk) -> (B,heads,U,dk)
-        k = k.reshape(U, B, heads, dk).permute(1, 2, 3, 0)  # (U,B,heads*dk) -> (B,heads,dk,U)
-        v = v.reshape(U, B, heads, dv).permute(1, 2, 0, 3)  # (U,B,heads*dv) -> (B,heads,U,dv)
-        attn = torch.softmax((q @ k) / math.sqrt(dk), dim=-1)  # (B, heads, U, U)
-        attn = F.dropout(attn, self.dropout, self.training)
+        qkv = torch.bmm(h, comm_weight)  # (U,B,H) -> (U,B,heads*(2dk+dv))
+        qk, v = qkv.split((2 * heads * dk, heads * dv), dim=-1)
+        # (U,B,2*heads*dk) -> (U,B,2,heads,dk) -> (2,B,heads,U,dk)
+        q, k = qk.view(U, B, 2, heads, dk).permute(2, 1, 3, 0, 4).unbind(0)
+        v = v.view(U, B, heads, dv).permute(1, 2, 0, 3)  # (U,B,heads*dv) -> (B,heads,U,dv)
+        attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, heads, U, U)
+        if dropout:
+            attn = F.dropout(attn, self.dropout, True)
         # (B,heads,U,U) @ (B,heads,U,dv) -> (B,heads,U,dv) -> (U,B,heads*dv)
         read = (attn @ v).permute(2, 0, 1, 3).reshape(U, B, heads * dv)
         return torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)
