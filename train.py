@@ -15,8 +15,9 @@ from agents.checkpoint import CheckpointError
 from agents.config import ConfigError, TrainConfig, resolve_config
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
+from envs.shifts import ShiftError
 
-USAGE_ERRORS = (ConfigError, EnvError, CheckpointError)
+USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
 RESUME_MAY_CHANGE = {"run_dir", "resume", "total_steps", "device", "progress", "torch_threads"}
 
 
@@ -42,7 +43,99 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_flags(train, TrainConfig)
+    add_eval_parser(commands)
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_eval_parser(commands) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="evaluate runs on their env, a shifted env, or a suite",
+        description=(
+            "Evaluate one or more runs (or checkpoint files) side by side. Without --env or "
+            "--suite each run's training env is used; --shift KEY=VALUE shifts it (keys: size, "
+            "distractors, colors, noise, view)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ev.add_argument("runs", nargs="+", metavar="RUN_OR_CHECKPOINT")
+    ev.add_argument("--env", default=None, help="env id to evaluate on")
+    ev.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE",
+                    help="a shift (repeatable)")  # fmt: skip
+    ev.add_argument("--suite", default=None, help="a built-in suite name or a suite JSON file")
+    ev.add_argument("--episodes", type=positive_int, default=100, help="episodes per cell")
+    ev.add_argument("--seed", type=int, default=0, help="evaluation seed (disjoint from training)")
+    ev.add_argument("--greedy", action="store_true", help="take the most likely action")
+    ev.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
+                    help="which checkpoint of a run directory")  # fmt: skip
+    ev.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ev.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON")
+    ev.add_argument("--csv", default=None, metavar="FILE", help="write the rows as CSV")
+    ev.add_argument("--plot", default=None, metavar="FILE.png", help="grouped bar chart")
+
+
+def check_output(path: str | None, suffixes: tuple[str, ...]) -> Path | None:
+    """An output path whose folder exists and whose extension is one of ``suffixes``."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"{path}: the extension must be one of {', '.join(suffixes)}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{path}: folder {out.parent} does not exist")
+    return out
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from agents import report
+    from agents.checkpoint import load_policy
+    from agents.trainer import resolve_device
+    from envs.factory import check_env_id
+    from envs.shifts import parse_shift
+    from envs.suites import SuiteRow, load_suite
+
+    if args.suite and (args.env or args.shift):
+        raise ConfigError("--suite takes its envs and shifts from the suite; drop --env/--shift")
+    outputs = {
+        "json": check_output(args.json, (".json",)),
+        "csv": check_output(args.csv, (".csv",)),
+        "plot": check_output(args.plot, (".png", ".pdf", ".svg")),
+    }
+    shifts = tuple(parse_shift(s) for s in args.shift)
+    if args.env:
+        check_env_id(args.env)
+    device = resolve_device(args.device)
+    runs = [load_policy(path, args.checkpoint, device) for path in args.runs]
+    if args.suite:
+        suite = load_suite(args.suite)
+        rows, title = list(suite.rows), f"suite {suite.name}"
+    else:
+        envs = [args.env] if args.env else list(dict.fromkeys(r.config.env for r in runs))
+        rows, title = [SuiteRow(env, shifts) for env in envs], ", ".join(envs)
+    print(f"evaluating {len(runs)} run(s) on {len(rows)} env x shift row(s), "
+          f"{args.episodes} episodes each, seed {args.seed}")  # fmt: skip
+    results = report.evaluate_runs(
+        runs, rows, args.episodes, args.seed, deterministic=args.greedy, num_envs=args.num_envs
+    )
+    print(report.format_table(results))
+    if outputs["json"]:
+        report.write_json(results, outputs["json"])
+    if outputs["csv"]:
+        report.write_csv(results, outputs["csv"])
+    if outputs["plot"]:
+        report.plot(results, outputs["plot"], title)
+    return 0
 
 
 def config_for_train(given: dict) -> TrainConfig:
@@ -92,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(given_flags(args, TrainConfig))
+        if args.command == "eval":
+            return run_eval(args)
     except USAGE_ERRORS as err:
         print(f"rims: error: {err}", file=sys.stderr)
         return 2
@@ -104,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def script_main() -> int:
     """``python train.py ARGS`` == ``rims train ARGS`` (a subcommand may also be named)."""
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("train",) and argv[0] not in ("-h", "--help"):
+    if not argv or argv[0] not in ("train", "eval", "-h", "--help"):
         argv = ["train", *argv]
     return main(argv)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,30 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     return path
 
 
-def load_policy(path: str | Path, which: str = "latest", device: str | torch.device = "cpu"):
+@dataclass
+class LoadedPolicy:
+    """A policy rebuilt from a checkpoint, with what it was trained on."""
+
+    policy: Any  # policies.actor_critic.ActorCritic, in eval mode
+    config: Any  # agents.config.TrainConfig
+    checkpoint: dict[str, Any]
+    path: Path
+    observation_space: Any  # the training env's observation space
+
+    @property
+    def label(self) -> str:
+        """The run directory's name, or the file's stem for a loose checkpoint."""
+        if self.path.parent.name == "checkpoints":
+            return self.path.parent.parent.name
+        return self.path.stem
+
+
+def load_policy(
+    path: str | Path, which: str = "latest", device: str | torch.device = "cpu"
+) -> LoadedPolicy:
     """Rebuild the policy a checkpoint (or run directory) holds, with no other input.
 
-    Returns ``(policy, config, checkpoint dict)``; ``CheckpointError`` if it does not fit.
+    ``CheckpointError`` (one line) if it is missing, unreadable or does not fit.
     """
     from agents.config import ConfigError, TrainConfig
     from envs.factory import EnvError, make_env
@@ -107,4 +128,4 @@ def load_policy(path: str | Path, which: str = "latest", device: str | torch.dev
     except (KeyError, TypeError, RuntimeError, ConfigError, EnvError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{file} does not rebuild a policy ({first[:160]})") from None
-    return policy.to(device).eval(), config, data
+    return LoadedPolicy(policy.to(device).eval(), config, data, file, observation_space)

@@ -1,15 +1,21 @@
 """Evaluating a policy: whole episodes in parallel envs, the recurrent state carried through each
-episode and reset at its start, seeds disjoint from training's."""
+episode and reset at its start, seeds disjoint from training's, deterministic for a seed.
+
+Each env runs a fixed quota of episodes (episodes are split evenly over the envs), so short
+episodes are not over-represented the way "the first N episodes to finish" would make them.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from agents.storage import obs_to_tensors
-from envs.factory import make_vector_env
+from envs.factory import env_family, make_vector_env
 from policies.actor_critic import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluation starts far off
@@ -17,14 +23,38 @@ EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluati
 
 @dataclass
 class EvalResult:
-    """Per-episode returns and lengths, in the order the episodes finished."""
+    """Per-episode returns and lengths; successes where the env defines success."""
 
     returns: list[float]
     lengths: list[int]
+    successes: list[bool] | None = None
+
+    @property
+    def episodes(self) -> int:
+        return len(self.returns)
 
     @property
     def mean_return(self) -> float:
         return float(np.mean(self.returns))
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of a 95% confidence interval of the mean (normal approximation)."""
+        n = len(self.returns)
+        return 0.0 if n < 2 else float(1.96 * np.std(self.returns, ddof=1) / math.sqrt(n))
+
+    @property
+    def success_rate(self) -> float | None:
+        return None if self.successes is None else float(np.mean(self.successes))
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean(self.lengths))
+
+
+def success_of(env_id: str, episode_return: float) -> bool | None:
+    """Minigrid pays a positive reward only for reaching the goal; other envs define none."""
+    return episode_return > 0 if env_family(env_id) == "minigrid" else None
 
 
 @torch.no_grad()
@@ -33,37 +63,43 @@ def evaluate(
     env_id: str,
     episodes: int,
     seed: int = 0,
-    num_envs: int = 8,
+    num_envs: int = 16,
     deterministic: bool = False,
+    shifts: Sequence[tuple[str, str]] = (),
     env_kwargs: dict | None = None,
 ) -> EvalResult:
-    """Run ``episodes`` full episodes of ``env_id`` with ``policy`` (sampling unless
-    ``deterministic``). Each env runs whole episodes only; the first ``episodes`` to finish
-    are kept, so the result does not depend on ``num_envs`` for short episodes."""
+    """Run ``episodes`` episodes of ``env_id`` (with ``shifts``) with ``policy``, sampling its
+    actions unless ``deterministic``. The torch RNG is seeded from ``seed`` and restored after."""
     device = next(policy.parameters()).device
-    num_envs = min(num_envs, episodes)
-    envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs)
+    num_envs = max(1, min(num_envs, episodes))
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    done_count = np.zeros(num_envs, dtype=int)
+    envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs, shifts=shifts)
     policy.eval()
-    generator_state = torch.get_rng_state()
+    rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
+    returns: list[float] = []
+    lengths: list[int] = []
     try:
         obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
         obs_t = obs_to_tensors(obs, device)
         state = policy.initial_state(num_envs, device)
         starts = torch.ones(num_envs, dtype=torch.bool, device=device)
-        returns: list[float] = []
-        lengths: list[int] = []
-        while len(returns) < episodes:
+        while (done_count < quota).any():
             act = policy.act(obs_t, state, starts, deterministic=deterministic)
             obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
             if "episode" in info:
-                done = info["_episode"]
-                returns.extend(info["episode"]["r"][done].tolist())
-                lengths.extend(info["episode"]["l"][done].tolist())
+                for i in np.flatnonzero(info["_episode"]):
+                    if done_count[i] < quota[i]:
+                        returns.append(float(info["episode"]["r"][i]))
+                        lengths.append(int(info["episode"]["l"][i]))
+                    done_count[i] += 1
             obs_t = obs_to_tensors(obs, device)
             state = act.state
             starts = torch.as_tensor(terminated | truncated, device=device)
     finally:
         envs.close()
-        torch.set_rng_state(generator_state)
-    return EvalResult(returns[:episodes], lengths[:episodes])
+        torch.set_rng_state(rng_state)
+    success = [success_of(env_id, r) for r in returns]
+    return EvalResult(returns, lengths, None if None in success else [bool(s) for s in success])

@@ -54,7 +54,7 @@ def main() -> None:
             start = time.perf_counter()
             result = train(config)
             wall = time.perf_counter() - start
-            policy, _, _ = load_policy(run_dir)
+            policy = load_policy(run_dir).policy
             ev = evaluate(policy, args.env, args.episodes, seed=seed)
             rows.append((core, seed, first_step_at(run_dir, 0.9), result.mean_recent_return,
                          ev.mean_return, wall, result.global_step / result.seconds))  # fmt: skip

@@ -10,7 +10,7 @@ first observation of the next episode, and the last observation of the finished 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -21,12 +21,16 @@ from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
 from envs.minigrid import is_minigrid, make_minigrid
+from envs.shifts import ShiftError, shift_effect
 
 FAMILIES = ("minigrid", "atari", "gym")
 
 
 class EnvError(ValueError):
     """An env that cannot be built as asked (unknown id, unsupported spaces); one-line message."""
+
+
+__all__ = ["EnvError", "ShiftError", "make_env", "make_vector_env"]
 
 
 def env_family(env_id: str) -> str:
@@ -60,9 +64,17 @@ class DictObservation(gym.ObservationWrapper):
         return {"obs": observation}
 
 
-def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """One env with dict observations and a discrete action space."""
+Shifts = Sequence[tuple[str, str]]
+
+
+def make_env(
+    env_id: str, render_mode: str | None = None, shifts: Shifts = (), **kwargs: Any
+) -> gym.Env:
+    """One env with dict observations and a discrete action space, with ``shifts`` applied
+    (``[("size", "8"), ...]``, see ``envs.shifts``)."""
     check_env_id(env_id)
+    effect = shift_effect(env_id, env_family(env_id), shifts)
+    kwargs.update(effect.env_kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     try:
@@ -78,6 +90,8 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.
         raise EnvError(f"{env_id} has action space {env.action_space}; only Discrete is supported")
     if not isinstance(env.observation_space, spaces.Dict):
         env = DictObservation(env)
+    for wrap in effect.wrappers:
+        env = wrap(env)
     return env
 
 
@@ -86,12 +100,16 @@ def make_vector_env(
     num_envs: int,
     asynchronous: bool = False,
     env_kwargs: dict[str, Any] | None = None,
+    shifts: Shifts = (),
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` (sync or subprocess-async), ``SAME_STEP`` autoreset,
     episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i."""
     kwargs = dict(env_kwargs or {})
-    make_env(env_id, **kwargs).close()  # fail here, with one clear line, not inside a worker
-    fns: list[Callable[[], gym.Env]] = [lambda: make_env(env_id, **kwargs)] * num_envs
+    shifts = tuple(shifts)
+    make_env(env_id, shifts=shifts, **kwargs).close()  # fail here, not inside a worker
+    fns: list[Callable[[], gym.Env]] = [
+        lambda: make_env(env_id, shifts=shifts, **kwargs)
+    ] * num_envs
     vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
     envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return RecordEpisodeStatistics(envs)

@@ -60,7 +60,8 @@ def test_train_smoke_writes_config_events_and_checkpoints(tmp_path, capsys):
     ):
         assert [e.step for e in tags[tag]] == [32, 64, 96], tag
     # The checkpoint alone rebuilds the policy.
-    policy, cfg, _ = load_policy(run)
+    loaded = load_policy(run)
+    policy, cfg = loaded.policy, loaded.config
     assert cfg.core == "rims" and policy.core.k == 2
     out = policy.act(
         {

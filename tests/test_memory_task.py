@@ -20,7 +20,7 @@ def train_on_cue_memory(core: str, run_dir, steps: int = 8000):
         )
     )  # fmt: skip
     train(config)
-    policy, _, _ = load_policy(run_dir)
+    policy = load_policy(run_dir).policy
     return evaluate(policy, ENV_ID, episodes=200, seed=0, deterministic=True)
 
 

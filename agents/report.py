@@ -1,0 +1,162 @@
+"""``rims eval``: evaluate runs on env x shift rows; print a table, write JSON / CSV / a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agents.checkpoint import LoadedPolicy
+from agents.evaluate import evaluate
+from envs.factory import EnvError, make_env
+from envs.suites import SuiteRow
+
+FIELDS = (
+    "run", "checkpoint", "core", "env", "shift", "episodes", "mean_return", "ci95",
+    "success_rate", "mean_length",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One run on one env x shift. Field names are stable (JSON and CSV use them)."""
+
+    run: str
+    checkpoint: str
+    core: str
+    env: str
+    shift: str
+    episodes: int
+    mean_return: float
+    ci95: float
+    success_rate: float | None
+    mean_length: float
+
+
+def check_compatible(loaded: LoadedPolicy, row: SuiteRow) -> None:
+    """``EnvError`` unless ``row``'s env gives the observations and actions the policy takes."""
+    env = make_env(row.env, shifts=row.shifts)
+    try:
+        want, got = loaded.observation_space, env.observation_space
+        where = f"{row.env}{' with ' + row.label if row.shifts else ''}"
+        if set(want.spaces) != set(got.spaces):
+            raise EnvError(
+                f"{loaded.label} takes observations {sorted(want.spaces)}, "
+                f"{where} gives {sorted(got.spaces)}"
+            )
+        for key in want.spaces:
+            if want[key].shape != got[key].shape:
+                raise EnvError(
+                    f"{loaded.label} takes {key} of shape {want[key].shape}, "
+                    f"{where} gives {got[key].shape}"
+                )
+        if env.action_space.n != loaded.policy.num_actions:
+            raise EnvError(
+                f"{loaded.label} has {loaded.policy.num_actions} actions, "
+                f"{where} has {env.action_space.n}"
+            )
+    finally:
+        env.close()
+
+
+def evaluate_runs(
+    runs: Sequence[LoadedPolicy],
+    rows: Sequence[SuiteRow],
+    episodes: int,
+    seed: int,
+    deterministic: bool = False,
+    num_envs: int = 16,
+    progress: bool = True,
+) -> list[EvalRow]:
+    """Every run on every row; checks all pairs before evaluating any."""
+    for run in runs:
+        for row in rows:
+            check_compatible(run, row)
+    results = []
+    for row in rows:
+        for run in runs:
+            r = evaluate(run.policy, row.env, episodes, seed=seed, num_envs=num_envs,
+                         deterministic=deterministic, shifts=row.shifts)  # fmt: skip
+            results.append(
+                EvalRow(run.label, str(run.path), run.config.core, row.env, row.label,
+                        r.episodes, r.mean_return, r.ci95, r.success_rate, r.mean_length)
+            )  # fmt: skip
+            if progress:
+                print(f"  {run.label} | {row.env} {row.label}: {r.mean_return:.3f}", flush=True)
+    return results
+
+
+def format_table(results: Sequence[EvalRow]) -> str:
+    """Rows env x shift, one column per run: ``mean ± ci95`` and the success rate."""
+    runs = list(dict.fromkeys(r.run for r in results))
+    keys = list(dict.fromkeys((r.env, r.shift) for r in results))
+    cell = {(r.run, r.env, r.shift): r for r in results}
+
+    def text(r: EvalRow) -> str:
+        success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
+        return f"{r.mean_return:.3f} ± {r.ci95:.3f}{success}"
+
+    env_w = max(len("env"), *(len(e) for e, _ in keys))
+    shift_w = max(len("shift"), *(len(s or "-") for _, s in keys))
+    col_w = [max(len(run), *(len(text(cell[(run, *k)])) for k in keys if (run, *k) in cell))
+             for run in runs]  # fmt: skip
+    lines = [
+        f"{'env':<{env_w}}  {'shift':<{shift_w}}  "
+        + "  ".join(f"{run:<{w}}" for run, w in zip(runs, col_w)),
+    ]
+    lines.append("-" * len(lines[0]))
+    for env, shift in keys:
+        cells = [
+            text(cell[(run, env, shift)]) if (run, env, shift) in cell else "-" for run in runs
+        ]
+        lines.append(
+            f"{env:<{env_w}}  {shift or '-':<{shift_w}}  "
+            + "  ".join(f"{c:<{w}}" for c, w in zip(cells, col_w))
+        )
+    episodes = sorted({r.episodes for r in results})
+    lines.append(
+        f"mean return ± 95% CI over {'/'.join(map(str, episodes))} episodes; "
+        "% = success rate where the env defines one"
+    )
+    return "\n".join(lines)
+
+
+def write_json(results: Sequence[EvalRow], path: Path) -> None:
+    path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+def write_csv(results: Sequence[EvalRow], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow(asdict(r))
+
+
+def plot(results: Sequence[EvalRow], path: Path, title: str = "") -> None:
+    """Grouped bars: one group per env x shift, one colour per run, 95% CI error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys(r.run for r in results))
+    keys = list(dict.fromkeys((r.env, r.shift) for r in results))
+    cell = {(r.run, r.env, r.shift): r for r in results}
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(keys) * max(1, len(runs) / 2)), 4.0))
+    for i, run in enumerate(runs):
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(keys))]
+        present = [(x, cell[(run, *k)]) for x, k in zip(xs, keys) if (run, *k) in cell]
+        ax.bar([x for x, _ in present], [r.mean_return for _, r in present], width,
+               yerr=[r.ci95 for _, r in present], capsize=3, label=run)  # fmt: skip
+    labels = [f"{env.replace('MiniGrid-', '')}\n{shift or 'no shift'}" for env, shift in keys]
+    ax.set_xticks(range(len(keys)), labels, fontsize=8)
+    ax.set_ylabel("mean return (95% CI)")
+    ax.set_title(title or "evaluation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,210 @@
+"""Named out-of-distribution shifts, given as ``KEY=VALUE`` and composable.
+
+Each shift is an env constructor argument or a Gymnasium wrapper, and changes one thing:
+
+Minigrid
+    ``size=N``         the same task family on an N x N grid (``max_steps`` follows the env's own
+                       rule, e.g. 10 x N^2 for DoorKey); the observation is still the agent's view.
+    ``distractors=N``  N distractor objects, for the families that have them (Fetch, GoToObject,
+                       PutNear: ``numObjs``; Dynamic-Obstacles: ``n_obstacles``).
+    ``colors=permute`` the agent sees every object colour consistently renamed by a fixed
+                       derangement of Minigrid's six colours (red->green->blue->purple->yellow->
+                       grey->red); objects, states and rendering are unchanged.
+    ``noise=P``        each cell of the symbolic view is replaced, with probability P, by a random
+                       valid (object, colour, state) triple; P=0 is the identity.
+    ``view=N``         the agent's view is N x N (odd, >= 3); only a policy whose encoder accepts
+                       that view size can be evaluated on it.
+
+The Atari shifts (mode, difficulty, sticky, frameskip, flicker, noise) come with Atari support.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import load_env_creator
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+
+class ShiftError(ValueError):
+    """An unknown shift, a bad value, or a shift that does not apply to the env."""
+
+
+Wrapper = Callable[[gym.Env], gym.Env]
+
+
+@dataclass
+class ShiftEffect:
+    """What a set of shifts does to an env: constructor kwargs and wrappers (applied in order)."""
+
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    wrappers: list[Wrapper] = field(default_factory=list)
+
+
+def parse_shift(text: str) -> tuple[str, str]:
+    """``"size=8"`` -> ``("size", "8")``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ShiftError(f"a shift is KEY=VALUE, got {text!r}; valid keys: {', '.join(SHIFTS)}")
+    return key.strip(), value.strip()
+
+
+def shift_label(shifts: Sequence[tuple[str, str]]) -> str:
+    """``[("size", "8"), ("noise", "0.1")]`` -> ``"size=8 noise=0.1"`` (``""`` for none)."""
+    return " ".join(f"{k}={v}" for k, v in shifts)
+
+
+def _int_at_least(key: str, low: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = low - 1
+        if number < low:
+            raise ShiftError(f"shift {key} takes an integer >= {low}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _probability(key: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not 0.0 <= number <= 1.0:
+            raise ShiftError(f"shift {key} takes a probability in [0, 1], got {value!r}")
+        return number
+
+    return parse
+
+
+def _constructor_args(env_id: str) -> set[str]:
+    """Names the env's constructor takes (beyond ``**kwargs`` passed to MiniGridEnv)."""
+    creator = load_env_creator(gym.spec(env_id).entry_point)
+    target = creator.__init__ if inspect.isclass(creator) else creator
+    return set(inspect.signature(target).parameters)
+
+
+# --- Minigrid wrappers ----------------------------------------------------------------------
+
+
+COLOR_PERMUTATION = np.roll(np.arange(len(COLOR_TO_IDX)), -1)  # colour c is seen as c + 1 mod 6
+
+
+class PermuteColors(gym.ObservationWrapper):
+    """Rename every colour index in the symbolic view by ``COLOR_PERMUTATION``."""
+
+    def observation(self, observation: dict) -> dict:
+        image = observation["image"].copy()
+        image[..., 1] = COLOR_PERMUTATION[image[..., 1]]
+        return {**observation, "image": image}
+
+
+class CellNoise(gym.ObservationWrapper):
+    """Replace each view cell, with probability ``p``, by a random valid symbolic triple."""
+
+    def __init__(self, env: gym.Env, p: float) -> None:
+        super().__init__(env)
+        self.p = p
+        self.sizes = np.array([len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX)])
+        self.rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        # Its own generator: the noise must not shift the env's layout random stream.
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: dict) -> dict:
+        if self.p == 0.0:
+            return observation
+        image = observation["image"].copy()
+        rng = self.rng
+        hit = rng.random(image.shape[:2]) < self.p  # (view, view)
+        random_cells = (rng.random((*image.shape[:2], 3)) * self.sizes).astype(image.dtype)
+        image[hit] = random_cells[hit]
+        return {**observation, "image": image}
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShiftKind:
+    key: str
+    families: tuple[str, ...]
+    help: str
+    apply: Callable[[str, str, ShiftEffect], None]  # (env_id, value, effect) -> fills effect
+
+
+def _apply_size(env_id: str, value: str, effect: ShiftEffect) -> None:
+    size = _int_at_least("size", 5)(value)
+    if "size" not in _constructor_args(env_id):
+        raise ShiftError(f"shift size does not apply to {env_id} (it has no size argument)")
+    effect.env_kwargs["size"] = size
+
+
+def _apply_distractors(env_id: str, value: str, effect: ShiftEffect) -> None:
+    count = _int_at_least("distractors", 0)(value)
+    names = [n for n in ("numObjs", "n_obstacles") if n in _constructor_args(env_id)]
+    if not names:
+        raise ShiftError(f"shift distractors does not apply to {env_id} (it has no distractors)")
+    effect.env_kwargs[names[0]] = count
+
+
+def _apply_colors(env_id: str, value: str, effect: ShiftEffect) -> None:
+    if value != "permute":
+        raise ShiftError(f"shift colors takes 'permute', got {value!r}")
+    effect.wrappers.append(PermuteColors)
+
+
+def _apply_noise(env_id: str, value: str, effect: ShiftEffect) -> None:
+    p = _probability("noise")(value)
+    effect.wrappers.append(lambda env: CellNoise(env, p))
+
+
+def _apply_view(env_id: str, value: str, effect: ShiftEffect) -> None:
+    view = _int_at_least("view", 3)(value)
+    if view % 2 == 0:
+        raise ShiftError(f"shift view takes an odd integer >= 3, got {value!r}")
+    effect.env_kwargs["agent_view_size"] = view  # Minigrid sizes the image space from it
+
+
+SHIFTS: dict[str, ShiftKind] = {
+    kind.key: kind
+    for kind in (
+        ShiftKind("size", ("minigrid",), "grid size N x N", _apply_size),
+        ShiftKind("distractors", ("minigrid",), "number of distractors", _apply_distractors),
+        ShiftKind("colors", ("minigrid",), "'permute': rename object colours", _apply_colors),
+        ShiftKind("noise", ("minigrid",), "probability of a random view cell", _apply_noise),
+        ShiftKind("view", ("minigrid",), "agent view size (odd)", _apply_view),
+    )
+}
+
+
+def shift_effect(env_id: str, family: str, shifts: Sequence[tuple[str, str]]) -> ShiftEffect:
+    """Validate ``shifts`` for ``env_id`` and collect what they do; ``ShiftError`` if not."""
+    effect = ShiftEffect()
+    seen = set()
+    for key, value in shifts:
+        kind = SHIFTS.get(key)
+        if kind is None:
+            raise ShiftError(f"unknown shift {key!r}; valid keys: {', '.join(SHIFTS)}")
+        if key in seen:
+            raise ShiftError(f"shift {key} is given twice")
+        seen.add(key)
+        if family not in kind.families:
+            valid = [k for k, s in SHIFTS.items() if family in s.families]
+            raise ShiftError(
+                f"shift {key} does not apply to {env_id}; valid keys for it: "
+                f"{', '.join(valid) if valid else 'none'}"
+            )
+        kind.apply(env_id, value, effect)
+    return effect

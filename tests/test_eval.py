@@ -1,0 +1,132 @@
+"""Evaluation: quotas, determinism, and ``rims eval`` tables and files for several runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from agents.evaluate import evaluate
+from agents.report import FIELDS
+from envs.factory import make_env
+from envs.memory import ENV_ID
+from policies.actor_critic import ActorCritic, PolicySpec
+from tests.test_cli import TINY, exit_code
+from train import main
+
+DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for core in ("rims", "lstm"):
+        run = root / f"tiny_{core}"
+        assert (
+            main(["train", "--core", core, "--total-steps", "32", "--run-dir", str(run), *TINY])
+            == 0
+        )
+        runs.append(run)
+    return runs
+
+
+def test_evaluate_runs_a_quota_per_env_and_is_deterministic_for_a_seed():
+    # An untrained policy on the cue task: each return is a coin flip, so seeds show.
+    env = make_env(ENV_ID)
+    policy = ActorCritic(env.observation_space, 2, PolicySpec(hidden_size=4, num_units=3, k=2))
+    a = evaluate(policy, ENV_ID, episodes=23, seed=5, num_envs=3)
+    b = evaluate(policy, ENV_ID, episodes=23, seed=5, num_envs=3)
+    c = evaluate(policy, ENV_ID, episodes=23, seed=6, num_envs=3)
+    assert a.episodes == 23 and a.returns == b.returns and a.lengths == b.lengths
+    assert a.returns != c.returns
+    assert a.successes is None  # the cue task defines no success
+    # The global torch RNG is left as it was.
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    evaluate(policy, ENV_ID, episodes=2, seed=1, num_envs=2)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys):
+    out = tmp_path
+    argv = [
+        "eval",
+        *map(str, two_runs),
+        "--suite",
+        "doorkey",
+        "--episodes",
+        "2",
+        "--seed",
+        "1",
+        "--json",
+        str(out / "r.json"),
+        "--csv",
+        str(out / "r.csv"),
+        "--plot",
+        str(out / "r.png"),
+    ]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    for text in ("tiny_rims", "tiny_lstm", "size=6", "size=16", "95% CI"):
+        assert text in table
+    rows = json.loads((out / "r.json").read_text())
+    assert len(rows) == 8 and all(tuple(r) == FIELDS for r in rows)
+    assert {r["run"] for r in rows} == {"tiny_rims", "tiny_lstm"}
+    assert {r["core"] for r in rows} == {"rims", "lstm"}
+    assert [r["shift"] for r in rows if r["run"] == "tiny_rims"] == [
+        "",
+        "size=6",
+        "size=8",
+        "size=16",
+    ]
+    assert all(r["episodes"] == 2 and 0.0 <= r["success_rate"] <= 1.0 for r in rows)
+    with (out / "r.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 8
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Same seed, same numbers.
+    assert main([*argv[:-6], "--json", str(out / "again.json")]) == 0
+    assert json.loads((out / "again.json").read_text()) == rows
+
+
+def test_eval_with_shift_on_the_training_env(two_runs, capsys):
+    assert main(["eval", str(two_runs[1]), "--shift", "size=6", "--shift", "noise=0.1",
+                 "--episodes", "2"]) == 0  # fmt: skip
+    assert "size=6 noise=0.1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--shift", "view=9"],
+            "takes image of shape (7, 7, 3), MiniGrid-DoorKey-5x5-v0 with view=9 gives (9, 9, 3)",
+        ),
+        (["--shift", "bogus=1"], "unknown shift 'bogus'"),
+        (["--suite", "doorkey", "--env", DOORKEY], "--suite takes its envs"),
+        (["--suite", "nope"], "unknown suite 'nope'"),
+        (["--env", "MiniGrid-Nope-v0"], "unknown env id"),
+        (["--plot", "/tmp/x.jpg"], "extension must be one of .png"),
+        (["--json", "/no/such/dir/r.json"], "folder /no/such/dir does not exist"),
+        (["--env", "CartPole-v1"], "takes observations"),
+    ],
+)
+def test_eval_bad_input_is_one_line(two_runs, extra, message, capsys):
+    assert exit_code(["eval", str(two_runs[0]), "--episodes", "1", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_and_corrupt_checkpoints_are_one_line(tmp_path, capsys):
+    assert exit_code(["eval", str(tmp_path / "nothing")]) == 2
+    assert "no run directory or checkpoint file" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert exit_code(["eval", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a readable rims-rl checkpoint" in err and len(err.splitlines()) == 1
+    assert exit_code(["eval", str(tmp_path)]) == 2
+    assert "has no latest checkpoint" in capsys.readouterr().err

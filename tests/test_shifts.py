@@ -1,0 +1,121 @@
+"""Each shift changes what it claims and nothing else; suites parse; bad shifts are one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from envs.factory import make_env
+from envs.shifts import COLOR_PERMUTATION, ShiftError, parse_shift
+from envs.suites import builtin_suites, load_suite
+
+DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+
+
+def first_obs(env_id=DOORKEY, shifts=(), seed=3):
+    env = make_env(env_id, shifts=shifts)
+    obs, _ = env.reset(seed=seed)
+    return env, obs
+
+
+def test_size_changes_the_grid_not_the_observation():
+    base, obs = first_obs()
+    big, big_obs = first_obs(shifts=[("size", "8")])
+    assert (base.unwrapped.width, big.unwrapped.width) == (5, 8)
+    assert big.unwrapped.max_steps == 10 * 8 * 8  # DoorKey's own rule follows the size
+    assert big_obs["image"].shape == obs["image"].shape == (7, 7, 3)
+    assert big.observation_space == base.observation_space
+
+
+def test_color_permutation_renames_colours_only():
+    _, obs = first_obs()
+    _, shifted = first_obs(shifts=[("colors", "permute")])
+    image, moved = obs["image"], shifted["image"]
+    assert np.array_equal(moved[..., 0], image[..., 0])  # objects unchanged
+    assert np.array_equal(moved[..., 2], image[..., 2])  # states unchanged
+    assert np.array_equal(moved[..., 1], COLOR_PERMUTATION[image[..., 1]])
+    assert (COLOR_PERMUTATION != np.arange(len(COLOR_PERMUTATION))).all()  # a derangement
+
+
+def test_noise_zero_is_the_identity_and_noise_corrupts_cells_validly():
+    env, obs = first_obs()
+    _, same = first_obs(shifts=[("noise", "0")])
+    assert np.array_equal(obs["image"], same["image"])
+    noisy_env = make_env(DOORKEY, shifts=[("noise", "0.5")])
+    noisy_env.reset(seed=3)
+    env.reset(seed=3)
+    changed = []
+    for _ in range(20):
+        a, *_ = env.step(2)
+        b, *_ = noisy_env.step(2)
+        changed.append((a["image"] != b["image"]).any(-1).mean())
+        assert (b["image"][..., 0] < 11).all() and (b["image"][..., 1] < 6).all()
+        assert (b["image"][..., 2] < 3).all()
+    assert 0.2 < np.mean(changed) < 0.6  # ~0.5 of cells hit, some redrawn to the same value
+    # The noise has its own generator: the layout of later episodes is unchanged.
+    assert np.array_equal(noisy_env.unwrapped.grid.encode(), env.unwrapped.grid.encode())
+
+
+def test_view_changes_the_view_size():
+    _, obs = first_obs(shifts=[("view", "9")])
+    assert obs["image"].shape == (9, 9, 3)
+
+
+def test_distractors_where_the_family_has_them():
+    env, _ = first_obs("MiniGrid-Fetch-5x5-N2-v0", shifts=[("distractors", "4")])
+    objects = [o for o in env.unwrapped.grid.grid if o is not None and o.type in ("key", "ball")]
+    assert len(objects) == 4
+    with pytest.raises(ShiftError, match="distractors does not apply to MiniGrid-DoorKey"):
+        make_env(DOORKEY, shifts=[("distractors", "2")])
+
+
+@pytest.mark.parametrize(
+    "shift, message",
+    [
+        (("speed", "2"), "unknown shift 'speed'; valid keys: size, distractors, colors, noise"),
+        (("size", "x"), "size takes an integer >= 5"),
+        (("size", "3"), "size takes an integer >= 5"),
+        (("noise", "1.5"), "noise takes a probability in [0, 1]"),
+        (("colors", "invert"), "colors takes 'permute'"),
+        (("view", "4"), "view takes an odd integer"),
+    ],
+)
+def test_bad_shifts_are_clear(shift, message):
+    with pytest.raises(ShiftError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        make_env(DOORKEY, shifts=[shift])
+
+
+def test_shifts_do_not_apply_to_other_families():
+    with pytest.raises(ShiftError, match="does not apply to CartPole-v1; valid keys for it: none"):
+        make_env("CartPole-v1", shifts=[("size", "8")])
+    with pytest.raises(ShiftError, match="a shift is KEY=VALUE"):
+        parse_shift("size8")
+
+
+def test_builtin_and_user_suites(tmp_path):
+    suites = builtin_suites()
+    doorkey = suites["doorkey"]
+    assert [r.label for r in doorkey.rows] == ["", "size=6", "size=8", "size=16"]
+    assert {"doorkey", "empty"} <= set(suites)
+    for suite in suites.values():  # every built-in row builds
+        for row in suite.rows:
+            make_env(row.env, shifts=row.shifts).close()
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"mine": {"rows": [{"env": DOORKEY, "shifts": ["noise=0.1"]}]}}))
+    assert load_suite(str(path)).rows[0].shifts == (("noise", "0.1"),)
+    path.write_text(
+        json.dumps({"a": {"rows": [{"env": DOORKEY}]}, "b": {"rows": [{"env": DOORKEY}]}})
+    )
+    assert load_suite(f"{path}:b").name == "b"
+    with pytest.raises(ShiftError, match="holds several suites"):
+        load_suite(str(path))
+    with pytest.raises(ShiftError, match="unknown suite 'nope'; built-in suites: doorkey"):
+        load_suite("nope")
+    path.write_text("{not json")
+    with pytest.raises(ShiftError, match="not valid JSON"):
+        load_suite(str(path))
+    path.write_text(json.dumps({"x": {"rows": [{"shifts": []}]}}))
+    with pytest.raises(ShiftError, match="each row needs an 'env' id"):
+        load_suite(str(path))
