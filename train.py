@@ -18,7 +18,15 @@ from envs.factory import EnvError
 from envs.shifts import ShiftError
 
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
-RESUME_MAY_CHANGE = {"run_dir", "resume", "total_steps", "device", "progress", "torch_threads"}
+RESUME_MAY_CHANGE = {
+    "run_dir",
+    "resume",
+    "total_steps",
+    "device",
+    "progress",
+    "torch_threads",
+    "detect_anomaly",
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -163,9 +171,13 @@ def config_for_train(given: dict) -> TrainConfig:
 
 def run_train(given: dict) -> int:
     config = config_for_train(given)
-    from agents.trainer import train  # imported late: `rims --help` stays fast
+    from agents.trainer import TrainingStopped, train  # imported late: `rims --help` stays fast
 
-    result = train(config)
+    try:
+        result = train(config)
+    except TrainingStopped as stop:
+        print(f"rims: {stop}", file=sys.stderr)
+        return stop.exit_code
     recent = result.mean_recent_return
     print(
         f"trained to step {result.global_step:,} in {result.seconds:.0f} s; "

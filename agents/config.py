@@ -86,6 +86,7 @@ class TrainConfig:
     keep_checkpoints: int = option(3, "numbered checkpoints kept besides latest and best")
     progress: bool = option(True, "show a progress bar")
     torch_threads: int = option(0, "torch CPU threads (0: torch's default)")
+    detect_anomaly: bool = option(False, "torch autograd anomaly detection (slow; for NaN hunts)")
 
     def __post_init__(self) -> None:
         validate(self)

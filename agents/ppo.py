@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,12 @@ class UpdateStats:
     grad_norm: float
     explained_variance: float
     epochs: int
+
+    @property
+    def finite(self) -> bool:
+        """False if any loss part or the gradient norm was NaN or inf."""
+        values = (self.policy_loss, self.value_loss, self.entropy, self.approx_kl, self.grad_norm)
+        return all(math.isfinite(v) for v in values)
 
 
 def minibatch_loss(policy: ActorCritic, batch: SequenceBatch, config: TrainConfig) -> LossParts:

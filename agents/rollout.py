@@ -7,6 +7,7 @@ with the value of their final observation, computed from the state that saw the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,13 +47,18 @@ class RolloutCollector:
         self.state = policy.initial_state(envs.num_envs, device)
         self.episode_starts = torch.ones(envs.num_envs, dtype=torch.bool, device=device)
 
-    def collect(self) -> tuple[Tensor, RolloutStats]:
-        """Fill the storage; return V(obs after the last step) ``(B,)`` and the rollout's stats."""
+    def collect(
+        self, should_stop: Callable[[], bool] = lambda: False
+    ) -> tuple[Tensor, RolloutStats] | None:
+        """Fill the storage; return V(obs after the last step) ``(B,)`` and the rollout's stats,
+        or ``None`` if ``should_stop()`` turned true (the rollout is abandoned)."""
         self.policy.eval()
         stats = RolloutStats()
         storage, B = self.storage, self.envs.num_envs
         masks = []
         for t in range(storage.num_steps):
+            if should_stop():
+                return None
             act = self.policy.act(self.obs, self.state, self.episode_starts)
             storage.record_action(
                 t, self.obs, self.episode_starts, self.state, act.actions, act.logprobs, act.values

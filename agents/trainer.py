@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,13 +122,72 @@ class CheckpointWriter:
         return self.dir / "latest.pt"
 
 
+class TrainingStopped(Exception):
+    """Training ended early (a signal, a diverged loss, a crashed env); the message is one line
+    and ``exit_code`` is what the command exits with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """Within ``with``: the first SIGINT/SIGTERM asks the loop to stop after the current step;
+    a second SIGINT raises ``KeyboardInterrupt`` at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"\nrims: {signal.Signals(signum).name} received; stopping after this step "
+            "(press Ctrl-C again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def update_seed(seed: int, update: int) -> int:
+    """The minibatch-order seed of one update: the same whether or not the run was resumed."""
+    return (seed * 1_000_003 + update) % (2**63)
+
+
+def all_finite(parameters) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in parameters]).all())
+
+
 def train(config: TrainConfig) -> TrainResult:
-    """Train as ``config`` says; resume from ``run_dir``'s latest checkpoint if ``resume``."""
+    """Train as ``config`` says; resume from ``run_dir``'s latest checkpoint if ``resume``.
+
+    Raises ``TrainingStopped`` after writing a checkpoint when a signal arrives or an env crashes,
+    and without one (the last good checkpoint stays) when the loss or parameters diverge.
+    """
     device = resolve_device(config.device)
     run_dir = Path(config.run_dir or config.default_run_dir())
     resumed = None
     if config.resume:
         resumed = load_checkpoint(run_dir / CHECKPOINT_DIR / "latest.pt")
+        if resumed["update"] >= config.num_updates:
+            print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing to do "
+                  "(pass a larger --total-steps to extend it)")  # fmt: skip
+            return TrainResult(run_dir, resumed["global_step"], resumed["update"],
+                               resumed["mean_recent_return"], 0.0)  # fmt: skip
     elif holds_run(run_dir):
         if not config.overwrite:
             raise ConfigError(
@@ -139,91 +201,129 @@ def train(config: TrainConfig) -> TrainResult:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-
-    start_step, start_update, best_return = 0, 0, None
     envs = make_vector_env(config.env, config.num_envs, config.async_envs)
     try:
-        policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
-        policy.to(device)
-        optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        if resumed is not None:
-            policy.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            torch.set_rng_state(resumed["torch_rng"])
-            start_step, start_update = resumed["global_step"], resumed["update"]
-            best_return = resumed["best_return"]
-            generator.manual_seed(config.seed + start_update)
-        if start_update >= config.num_updates:
-            print(f"{run_dir} already finished its {config.total_steps} steps; nothing to do")
-            return TrainResult(run_dir, start_step, start_update, resumed["mean_recent_return"], 0)
-
-        storage = RolloutStorage(
-            config.num_steps,
-            config.num_envs,
-            envs.single_observation_space,
-            policy.initial_state(config.num_envs, device),
-            config.sequence_length,
-            device,
-        )
-        # A resumed run reseeds its envs past the seeds it has used (episodes do not repeat).
-        env_seed = config.seed + 1_000_003 * start_update
-        collector = RolloutCollector(envs, policy, storage, device, env_seed)
-        logger = RunLogger(run_dir, config.num_updates * config.batch_size, start_step,
-                           config.progress)  # fmt: skip
-        checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
-        return _loop(
-            config, policy, optimizer, storage, collector, logger, checkpoints, generator,
-            start_step, start_update, best_return, run_dir,
-        )  # fmt: skip
+        with StopSignals() as signals, torch.autograd.set_detect_anomaly(config.detect_anomaly):
+            trainer = Trainer(config, envs, device, run_dir, resumed, signals)
+            return trainer.run()
     finally:
         envs.close()
 
 
-def _loop(
-    config: TrainConfig,
-    policy: ActorCritic,
-    optimizer: torch.optim.Optimizer,
-    storage: RolloutStorage,
-    collector: RolloutCollector,
-    logger: RunLogger,
-    checkpoints: CheckpointWriter,
-    generator: torch.Generator,
-    global_step: int,
-    start_update: int,
-    best_return: float | None,
-    run_dir: Path,
-) -> TrainResult:
-    started = time.perf_counter()
-    update = start_update
-    try:
-        for update in range(start_update + 1, config.num_updates + 1):
-            tick = time.perf_counter()
-            lr = config.learning_rate
-            if config.anneal_lr:
-                lr *= 1.0 - (update - 1) / config.num_updates
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            last_values, rollout = collector.collect()
-            advantages, returns = compute_gae(
-                storage.rewards, storage.values, storage.terminated, storage.ended,
-                storage.bootstrap_values, last_values, config.gamma, config.gae_lambda,
-            )  # fmt: skip
-            stats = ppo_update(policy, optimizer, storage, advantages, returns, config, generator)
-            global_step += config.batch_size
-            sps = config.batch_size / (time.perf_counter() - tick)
-            logger.log_update(global_step, config.batch_size, rollout, stats, lr, sps)
-            if update % config.checkpoint_every == 0 or update == config.num_updates:
-                mean = logger.mean_recent_return
-                improved = mean is not None and (best_return is None or mean > best_return)
-                best_return = mean if improved else best_return
-                checkpoints.write(
-                    checkpoint_payload(
-                        config, policy, optimizer, global_step, update, mean, best_return
-                    ),
-                    best=improved,
-                )
-    finally:
-        logger.close()
-    seconds = time.perf_counter() - started
-    return TrainResult(run_dir, global_step, update, logger.mean_recent_return, seconds)
+class Trainer:
+    """Holds one run's policy, optimizer, storage, collector, logger and counters."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        envs,
+        device: torch.device,
+        run_dir: Path,
+        resumed: dict[str, Any] | None,
+        signals: StopSignals,
+    ) -> None:
+        self.config, self.run_dir, self.signals = config, run_dir, signals
+        self.policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
+        self.policy.to(device)
+        self.optimizer = torch.optim.Adam(
+            self.policy.parameters(), lr=config.learning_rate, eps=1e-5
+        )
+        self.global_step, self.update, self.best_return = 0, 0, None
+        if resumed is not None:
+            self.policy.load_state_dict(resumed["model"])
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            torch.set_rng_state(resumed["torch_rng"])
+            self.global_step, self.update = resumed["global_step"], resumed["update"]
+            self.best_return = resumed["best_return"]
+        self.storage = RolloutStorage(
+            config.num_steps, config.num_envs, envs.single_observation_space,
+            self.policy.initial_state(config.num_envs, device), config.sequence_length, device,
+        )  # fmt: skip
+        # A resumed run reseeds its envs past the seeds it has used (episodes do not repeat).
+        env_seed = config.seed + 1_000_003 * self.update
+        self.collector = RolloutCollector(envs, self.policy, self.storage, device, env_seed)
+        self.logger = RunLogger(run_dir, config.num_updates * config.batch_size, self.global_step,
+                                config.progress)  # fmt: skip
+        self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
+        self.generator = torch.Generator()
+
+    def save(self, best: bool = False) -> Path:
+        payload = checkpoint_payload(
+            self.config, self.policy, self.optimizer, self.global_step, self.update,
+            self.logger.mean_recent_return, self.best_return,
+        )  # fmt: skip
+        return self.checkpoints.write(payload, best=best)
+
+    def stop_requested(self) -> bool:
+        return self.signals.received is not None
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        try:
+            while self.update < self.config.num_updates:
+                if not self.one_update():
+                    break
+        finally:
+            self.logger.close()
+        if self.signals.received is not None:
+            name = signal.Signals(self.signals.received).name
+            path = self.save()
+            raise TrainingStopped(
+                f"stopped by {name} at step {self.global_step:,}; checkpoint {path}; "
+                f"continue with: rims train --run-dir {self.run_dir} --resume",
+                128 + self.signals.received,
+            )
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds
+        )
+
+    def one_update(self) -> bool:
+        """Collect a rollout and learn from it. False if a stop was requested during the rollout
+        (then nothing is learned from it and the policy is the one of the last update)."""
+        config, update = self.config, self.update + 1
+        tick = time.perf_counter()
+        lr = config.learning_rate
+        if config.anneal_lr:
+            lr *= 1.0 - (update - 1) / config.num_updates
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        try:
+            collected = self.collector.collect(should_stop=self.stop_requested)
+        except Exception as err:  # a crashed env (e.g. an async worker that raised)
+            path = self.save()
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise TrainingStopped(
+                f"an environment failed during update {update} ({type(err).__name__}: "
+                f"{first[:200]}); checkpoint {path}",
+                1,
+            ) from err
+        if collected is None:
+            return False
+        last_values, rollout = collected
+        storage = self.storage
+        advantages, returns = compute_gae(
+            storage.rewards, storage.values, storage.terminated, storage.ended,
+            storage.bootstrap_values, last_values, config.gamma, config.gae_lambda,
+        )  # fmt: skip
+        self.generator.manual_seed(update_seed(config.seed, update))
+        stats = ppo_update(
+            self.policy, self.optimizer, storage, advantages, returns, config, self.generator
+        )
+        if not (stats.finite and all_finite(self.policy.parameters())):
+            raise TrainingStopped(
+                f"the loss or the parameters became NaN/inf in update {update} (step "
+                f"{self.global_step + config.batch_size:,}); the last good checkpoint is "
+                f"{self.checkpoints.dir / 'latest.pt'}; --detect-anomaly helps find where",
+                1,
+            )
+        self.update = update
+        self.global_step += config.batch_size
+        sps = config.batch_size / (time.perf_counter() - tick)
+        self.logger.log_update(self.global_step, config.batch_size, rollout, stats, lr, sps)
+        if update % config.checkpoint_every == 0 or update == config.num_updates:
+            mean = self.logger.mean_recent_return
+            improved = mean is not None and (self.best_return is None or mean > self.best_return)
+            self.best_return = mean if improved else self.best_return
+            self.save(best=improved)
+        return True

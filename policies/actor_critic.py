@@ -97,7 +97,7 @@ class PolicyOutput:
 
     @property
     def distribution(self) -> Categorical:
-        return Categorical(logits=self.logits)
+        return Categorical(logits=self.logits, validate_args=False)  # NaNs are caught per update
 
 
 @dataclass

@@ -1,0 +1,39 @@
+"""Envs that misbehave on purpose, for the robustness tests (importable by env workers)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.memory import CueMemoryEnv
+
+
+class NaNRewardEnv(CueMemoryEnv):
+    """The cue task, whose rewards turn NaN after ``after`` steps."""
+
+    def __init__(self, after: int = 40) -> None:
+        super().__init__(delay=2)
+        self.after, self.steps = after, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        return obs, float("nan") if self.steps > self.after else reward, terminated, truncated, info
+
+
+class CrashEnv(CueMemoryEnv):
+    """The cue task, whose ``step`` raises after ``after`` steps."""
+
+    def __init__(self, after: int = 40) -> None:
+        super().__init__(delay=2)
+        self.after, self.steps = after, 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps > self.after:
+            raise RuntimeError("boom: the simulator crashed")
+        return super().step(action)
+
+
+for name, cls in (("NaNReward", NaNRewardEnv), ("Crash", CrashEnv)):
+    if f"rims-test/{name}-v0" not in gym.registry:
+        gym.register(f"rims-test/{name}-v0", entry_point=f"tests.faulty_envs:{cls.__name__}")

@@ -1,0 +1,159 @@
+"""Nothing lost, nothing executed: signals, resume, bad checkpoints, NaNs, crashed envs, seeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
+from agents.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from agents.config import resolve_config
+from agents.trainer import TrainingStopped, train
+from tests.test_cli import ROOT, TINY, exit_code, scalars
+from train import main
+
+
+def start_training(run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "--run-dir", str(run), "--total-steps",
+         "10000000", *TINY, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, deadline_s: float = 120.0) -> None:
+    latest = run / "checkpoints" / "latest.pt"
+    end = time.monotonic() + deadline_s
+    while not latest.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_and_resume_continues(tmp_path, sig, code):
+    run = tmp_path / "run"
+    proc = start_training(run)
+    wait_for_checkpoint(run, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} at step" in err and "--resume" in err
+    assert "Traceback" not in err
+    step = load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"]
+    assert step > 0 and step % 32 == 0
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", str(step + 64)]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == step + 64
+    steps = [e.step for e in scalars(run)["charts/SPS"]]
+    assert steps == list(range(32, step + 65, 32))  # one curve, no gap, no overlap
+
+
+def test_second_sigint_exits_at_once(tmp_path):
+    run = tmp_path / "run"
+    proc = start_training(run, "--async-envs")
+    wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    assert main(["train", "--resume", "--run-dir", str(run)]) == 0
+    assert "already finished its 32 steps" in capsys.readouterr().out
+
+
+def test_checkpoint_crafted_to_run_code_is_refused_and_does_not_run(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "version": 1, "model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable rims-rl checkpoint"):
+        load_checkpoint(path)
+    assert exit_code(["eval", str(path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_truncated_wrong_version_and_foreign_checkpoints(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.ones(1000)}})
+    assert load_checkpoint(good)["model"]["w"].sum() == 1000
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="not a readable rims-rl checkpoint"):
+        load_checkpoint(truncated)
+    old = tmp_path / "old.pt"
+    torch.save({"format": FORMAT, "version": 99}, old)
+    with pytest.raises(CheckpointError, match="version 99; this rims-rl reads version 1"):
+        load_checkpoint(old)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="is not a rims-rl checkpoint"):
+        load_checkpoint(foreign)
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "foreign.pt",
+        "good.pt",
+        "old.pt",
+        "truncated.pt",
+    ]
+
+
+def small_config(run: Path, **over):
+    base = dict(
+        env="rims/CueMemory-v0", core="rims", total_steps=96, run_dir=str(run), num_envs=2,
+        num_steps=16, num_minibatches=1, update_epochs=2, hidden_size=4, num_units=3, k=2,
+        feature_size=8, progress=False, checkpoint_every=1,
+    )  # fmt: skip
+    return resolve_config({**base, **over})
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    # Each of the 2 envs steps 16 times per update; rewards turn NaN at its 41st step.
+    with pytest.raises(TrainingStopped, match="NaN/inf in update 3") as stop:
+        train(small_config(run, env="rims-test/NaNReward-v0"))
+    assert stop.value.exit_code == 1
+    latest = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert latest["update"] == 2
+    assert all(v.isfinite().all() for v in latest["model"].values())
+
+
+@pytest.mark.filterwarnings("ignore:.*(Worker|Traceback|Raising the last):UserWarning")
+def test_crashed_env_worker_is_reported_and_checkpointed(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="RuntimeError: boom: the simulator crashed") as stop:
+        train(small_config(run, env="rims-test/Crash-v0", async_envs=True))
+    assert stop.value.exit_code == 1 and "an environment failed during update 3" in str(stop.value)
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["update"] == 2
+
+
+def test_same_seed_same_first_updates_bit_for_bit(tmp_path):
+    a = train(small_config(tmp_path / "a", env="MiniGrid-DoorKey-5x5-v0"))
+    b = train(small_config(tmp_path / "b", env="MiniGrid-DoorKey-5x5-v0"))
+    assert a.global_step == b.global_step == 96
+    ma = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")["model"]
+    mb = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["model"]
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    la = [e.value for e in scalars(tmp_path / "a")["losses/value_loss"]]
+    lb = [e.value for e in scalars(tmp_path / "b")["losses/value_loss"]]
+    assert la == lb and len(la) == 3
+    c = train(small_config(tmp_path / "c", env="MiniGrid-DoorKey-5x5-v0", seed=2))
+    mc = load_checkpoint(tmp_path / "c" / "checkpoints" / "latest.pt")["model"]
+    assert c.global_step == 96 and not all(torch.equal(ma[k], mc[k]) for k in ma)
