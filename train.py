@@ -52,7 +52,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(train, TrainConfig)
     add_eval_parser(commands)
+    add_record_parser(commands)
+    add_plot_parser(commands)
     return parser
+
+
+def add_record_parser(commands) -> None:
+    rec = commands.add_parser(
+        "record",
+        help="record episodes of a checkpoint to .mp4 or .gif",
+        description="Record episodes with a panel showing the action, the return and, for RIMs, "
+        "which mechanism is active and how much it attends to the input.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rec.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    rec.add_argument("--out", required=True, metavar="FILE", help="output .mp4 or .gif")
+    rec.add_argument("--env", default=None, help="env id (default: the run's training env)")
+    rec.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE",
+                     help="a shift (repeatable)")  # fmt: skip
+    rec.add_argument("--episodes", type=positive_int, default=1, help="episodes to record")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the episodes and actions")
+    rec.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
+                     help="which checkpoint of a run directory")  # fmt: skip
+    rec.add_argument("--greedy", action="store_true", help="take the most likely action")
+    rec.add_argument("--fps", type=positive_int, default=8, help="frames per second")
+
+
+def add_plot_parser(commands) -> None:
+    plot = commands.add_parser(
+        "plot",
+        help="plot learning curves of runs",
+        description="Learning curves from the runs' TensorBoard events; runs of one config "
+        "(seeds) are pooled into a mean with a min-max band.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("--out", default="curves.png", metavar="FILE.png", help="output image")
+    plot.add_argument("--tag", default="charts/episodic_return", help="scalar to plot")
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from agents.checkpoint import load_policy
+    from agents.record import SUFFIXES, record_episodes, write_video
+    from agents.report import check_compatible
+    from envs.factory import check_env_id
+    from envs.shifts import parse_shift
+    from envs.suites import SuiteRow
+
+    out = check_output(args.out, SUFFIXES)
+    shifts = tuple(parse_shift(s) for s in args.shift)
+    loaded = load_policy(args.run, args.checkpoint)
+    env_id = args.env or loaded.config.env
+    check_env_id(env_id)
+    check_compatible(loaded, SuiteRow(env_id, shifts))
+    rec = record_episodes(loaded, env_id, shifts, args.episodes, args.seed, args.greedy)
+    write_video(rec.frames, out, args.fps)
+    returns = ", ".join(f"{r:.3f}" for r in rec.returns)
+    print(f"wrote {out}: {len(rec.frames)} frames, {args.episodes} episode(s), returns {returns}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from agents.curves import plot_curves
+
+    out = check_output(args.out, (".png", ".pdf", ".svg"))
+    runs = [Path(r) for r in args.runs]
+    for run in runs:
+        if not run.is_dir():
+            raise ConfigError(f"{run} is not a run directory")
+    groups = plot_curves(runs, out, args.tag)
+    print(f"wrote {out}: " + "; ".join(f"{name}: {n} run(s)" for name, n in groups.items()))
+    return 0
 
 
 def positive_int(text: str) -> int:
@@ -199,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_train(given_flags(args, TrainConfig))
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "record":
+            return run_record(args)
+        if args.command == "plot":
+            return run_plot(args)
     except USAGE_ERRORS as err:
         print(f"rims: error: {err}", file=sys.stderr)
         return 2
@@ -211,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def script_main() -> int:
     """``python train.py ARGS`` == ``rims train ARGS`` (a subcommand may also be named)."""
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("train", "eval", "-h", "--help"):
+    if not argv or argv[0] not in ("train", "eval", "record", "plot", "-h", "--help"):
         argv = ["train", *argv]
     return main(argv)
 

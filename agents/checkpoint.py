@@ -6,13 +6,13 @@ version. It holds the full training config, so it alone rebuilds the policy and 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from agents.atomic import atomic_output
 
 FORMAT = "rims-rl-checkpoint"
 VERSION = 1
@@ -22,32 +22,10 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, corrupt, foreign or of another version."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: temp file, flush, fsync, rename, fsync dir."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename, fsync of the dir)."""
+    with atomic_output(Path(path)) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

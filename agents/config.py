@@ -85,6 +85,9 @@ class TrainConfig:
     )
     keep_checkpoints: int = option(3, "numbered checkpoints kept besides latest and best")
     progress: bool = option(True, "show a progress bar")
+    image_every: int = option(
+        10, "write the RIMs activation image (mechanisms x time) every this many updates (0: off)"
+    )
     torch_threads: int = option(0, "torch CPU threads (0: torch's default)")
     detect_anomaly: bool = option(False, "torch autograd anomaly detection (slow; for NaN hunts)")
 
@@ -216,6 +219,7 @@ def validate(c: TrainConfig) -> None:
     )
     _check(c.target_kl is None or c.target_kl > 0, "--target-kl must be > 0 or none")
     _check(c.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0")
+    _check(c.image_every >= 0, "--image-every must be >= 0")
     _check(c.torch_threads >= 0, "--torch-threads must be >= 0")
     _check(
         c.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", c.device) is not None,

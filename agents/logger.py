@@ -6,6 +6,8 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -13,12 +15,26 @@ from agents.ppo import UpdateStats
 from agents.rollout import RolloutStats
 
 
+def activation_image(masks: Tensor, env: int = 0, row_height: int = 8) -> np.ndarray:
+    """``(T, B, U)`` bool masks -> ``(U * row_height, T)`` uint8: env ``env``'s mechanisms
+    (rows) over the rollout (columns), white where active."""
+    rows = masks[:, env].T.to(torch.uint8).mul(255).cpu().numpy()  # (T, U) -> (U, T)
+    return np.repeat(rows, row_height, axis=0)  # (U, T) -> (U * row_height, T)
+
+
 class RunLogger:
     """Writes ``charts/*``, ``losses/*`` and ``rims/*`` scalars; shows steps/s and recent return."""
 
     def __init__(
-        self, run_dir: Path, total_steps: int, start_step: int, progress: bool = True
+        self,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int,
+        progress: bool = True,
+        image_every: int = 0,
     ) -> None:
+        self.image_every = image_every
+        self.updates = 0
         # purge_step drops events a crashed run wrote after its last checkpoint (step > start),
         # so resumed curves continue from the checkpoint's step without overlaps.
         self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
@@ -56,6 +72,14 @@ class RunLogger:
         if rollout.active_fraction is not None:
             for unit, frac in enumerate(rollout.active_fraction):
                 w.add_scalar(f"rims/active_fraction_unit_{unit}", frac, global_step)
+        self.updates += 1
+        if (
+            self.image_every
+            and rollout.last_masks is not None
+            and (self.updates % self.image_every == 1 or self.image_every == 1)
+        ):
+            w.add_image("rims/activation", activation_image(rollout.last_masks), global_step,
+                        dataformats="HW")  # fmt: skip
         recent = self.mean_recent_return
         self.bar.set_postfix_str(
             f"SPS {sps:,.0f} | return {'-' if recent is None else f'{recent:.3f}'}", refresh=False

@@ -243,7 +243,7 @@ class Trainer:
         env_seed = config.seed + 1_000_003 * self.update
         self.collector = RolloutCollector(envs, self.policy, self.storage, device, env_seed)
         self.logger = RunLogger(run_dir, config.num_updates * config.batch_size, self.global_step,
-                                config.progress)  # fmt: skip
+                                config.progress, config.image_every)  # fmt: skip
         self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
         self.generator = torch.Generator()
 

@@ -19,12 +19,13 @@ ENV_ID = "rims/CueMemory-v0"
 class CueMemoryEnv(gym.Env):
     """Recall a binary cue after ``delay`` blank steps (episode length ``delay + 2``)."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, delay: int = 4) -> None:
+    def __init__(self, delay: int = 4, render_mode: str | None = None) -> None:
         if delay < 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
         self.delay = delay
+        self.render_mode = render_mode
         self.observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
         self.action_space = spaces.Discrete(2)
         self._cue = 0
@@ -43,6 +44,11 @@ class CueMemoryEnv(gym.Env):
         self._cue = int(self.np_random.integers(2))
         self._t = 0
         return self._obs(), {}
+
+    def render(self) -> np.ndarray:
+        """The observation as three 32 x 32 cells: cue 0, cue 1 (white when shown), query."""
+        cells = np.repeat(np.repeat(self._obs().reshape(1, 3), 32, axis=0), 32, axis=1)
+        return np.repeat((cells * 255).astype(np.uint8)[..., None], 3, axis=2)  # (32, 96, 3)
 
     def step(self, action):
         query = self._t == self.delay + 1

@@ -53,15 +53,10 @@ def test_evaluate_runs_a_quota_per_env_and_is_deterministic_for_a_seed():
 
 def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys):
     out = tmp_path
-    argv = [
-        "eval",
-        *map(str, two_runs),
-        "--suite",
-        "doorkey",
-        "--episodes",
-        "2",
-        "--seed",
-        "1",
+    # Like the built-in doorkey suite, with grids small enough for a quick test.
+    rows = [{"env": DOORKEY}] + [{"env": DOORKEY, "shifts": [f"size={n}"]} for n in (6, 7, 8)]
+    (out / "suite.json").write_text(json.dumps({"small": {"rows": rows}}))
+    files = [
         "--json",
         str(out / "r.json"),
         "--csv",
@@ -69,26 +64,24 @@ def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys)
         "--plot",
         str(out / "r.png"),
     ]
-    assert main(argv) == 0
+    argv = ["eval", *map(str, two_runs), "--suite", str(out / "suite.json"), "--episodes", "2",
+            "--seed", "1"]  # fmt: skip
+    assert main([*argv, *files]) == 0
     table = capsys.readouterr().out
-    for text in ("tiny_rims", "tiny_lstm", "size=6", "size=16", "95% CI"):
+    for text in ("tiny_rims", "tiny_lstm", "size=6", "size=8", "95% CI"):
         assert text in table
     rows = json.loads((out / "r.json").read_text())
     assert len(rows) == 8 and all(tuple(r) == FIELDS for r in rows)
     assert {r["run"] for r in rows} == {"tiny_rims", "tiny_lstm"}
     assert {r["core"] for r in rows} == {"rims", "lstm"}
-    assert [r["shift"] for r in rows if r["run"] == "tiny_rims"] == [
-        "",
-        "size=6",
-        "size=8",
-        "size=16",
-    ]
+    shifts = [r["shift"] for r in rows if r["run"] == "tiny_rims"]
+    assert shifts == ["", "size=6", "size=7", "size=8"]
     assert all(r["episodes"] == 2 and 0.0 <= r["success_rate"] <= 1.0 for r in rows)
     with (out / "r.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 8
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Same seed, same numbers.
-    assert main([*argv[:-6], "--json", str(out / "again.json")]) == 0
+    assert main([*argv, "--json", str(out / "again.json")]) == 0
     assert json.loads((out / "again.json").read_text()) == rows
 
 

@@ -1,0 +1,186 @@
+"""``rims record``: watch a checkpoint act, with a panel that shows what the core is doing.
+
+Each frame is the env's ``rgb_array`` rendering (Minigrid: the full grid; upscaled to a watchable
+size) with a panel beside it: the step, the action, the running return and, for RIMs, one strip
+per mechanism (lit while active, with a bar for its attention on the input, i.e. 1 - its
+attention on the null) and a mechanisms x time history of the last steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from agents.atomic import atomic_output
+from agents.checkpoint import LoadedPolicy
+from agents.storage import obs_to_tensors
+from envs.factory import make_env
+
+PANEL_WIDTH = 240
+MIN_HEIGHT = 320
+HISTORY = 48  # steps shown in the activation history
+ACTIVE = (255, 170, 40)
+INACTIVE = (60, 60, 70)
+BACKGROUND = (20, 20, 28)
+TEXT = (235, 235, 235)
+BAR = (90, 180, 255)
+SUFFIXES = (".gif", ".mp4")
+
+
+@dataclass
+class StepView:
+    """What the panel shows for one frame."""
+
+    step: int
+    episode: int
+    action: str
+    episode_return: float
+    mask: np.ndarray | None = None  # (U,) bool
+    input_attention: np.ndarray | None = None  # (U,) float, 1 - null attention
+
+
+@dataclass
+class Recording:
+    frames: list[np.ndarray] = field(default_factory=list)
+    returns: list[float] = field(default_factory=list)
+    views: list[StepView] = field(default_factory=list)
+
+
+def upscale(frame: np.ndarray, min_height: int = MIN_HEIGHT) -> np.ndarray:
+    """Nearest-neighbour upscale by an integer factor to at least ``min_height`` rows."""
+    factor = max(1, -(-min_height // frame.shape[0]))
+    return np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
+
+
+def strip_geometry(height: int, units: int) -> tuple[int, int]:
+    """Top y and row height of the mechanism strips in a panel of ``height`` pixels."""
+    top = 56
+    row = max(8, min(28, (height - top - 24) // (2 * max(units, 1))))
+    return top, row
+
+
+def draw_panel(height: int, view: StepView, history: Sequence[np.ndarray]) -> np.ndarray:
+    """A ``(height, PANEL_WIDTH, 3)`` panel for one step; ``history``: recent ``(U,)`` masks."""
+    panel = Image.new("RGB", (PANEL_WIDTH, height), BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+    font = ImageFont.load_default()
+    draw.text((8, 6), f"episode {view.episode}  step {view.step}", fill=TEXT, font=font)
+    draw.text((8, 20), f"action {view.action}", fill=TEXT, font=font)
+    draw.text((8, 34), f"return {view.episode_return:.3f}", fill=TEXT, font=font)
+    if view.mask is not None:
+        units = len(view.mask)
+        top, row = strip_geometry(height, units)
+        for u in range(units):
+            y = top + u * row
+            colour = ACTIVE if view.mask[u] else INACTIVE
+            draw.rectangle((8, y, 48, y + row - 3), fill=colour)
+            draw.text((12, y + max(0, row // 2 - 6)), f"{u}", fill=BACKGROUND, font=font)
+            bar = int(round(float(view.input_attention[u]) * 170))
+            draw.rectangle((56, y + 2, 56 + 170, y + row - 5), outline=INACTIVE)
+            if bar > 0:
+                draw.rectangle((56, y + 2, 56 + bar, y + row - 5), fill=BAR)
+        # History: mechanisms x the last HISTORY steps, newest on the right.
+        draw.text((8, top + units * row), f"last {HISTORY} steps", fill=TEXT, font=font)
+        hist_top = top + units * row + 16
+        cell_w = max(1, (PANEL_WIDTH - 16) // HISTORY)
+        cell_h = max(2, min(row, (height - hist_top - 4) // max(units, 1)))
+        recent = list(history)[-HISTORY:]
+        offset = HISTORY - len(recent)
+        for j, mask in enumerate(recent):
+            for u in range(units):
+                x = 8 + (offset + j) * cell_w
+                y = hist_top + u * cell_h
+                draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1),
+                               fill=ACTIVE if mask[u] else INACTIVE)  # fmt: skip
+    return np.asarray(panel)
+
+
+def compose(frame: np.ndarray, panel: np.ndarray) -> np.ndarray:
+    """Frame and panel side by side, padded to a multiple of 16 pixels (video codecs want it)."""
+    height = max(frame.shape[0], panel.shape[0])
+    width = frame.shape[1] + panel.shape[1]
+    H, W = -(-height // 16) * 16, -(-width // 16) * 16
+    out = np.zeros((H, W, 3), dtype=np.uint8)
+    out[: frame.shape[0], : frame.shape[1]] = frame[..., :3]
+    out[: panel.shape[0], frame.shape[1] : width] = panel
+    return out
+
+
+def action_name(env, action: int) -> str:
+    actions = getattr(env.unwrapped, "actions", None)
+    try:
+        return actions(action).name  # Minigrid's IntEnum
+    except (TypeError, ValueError):
+        return str(action)
+
+
+@torch.no_grad()
+def record_episodes(
+    loaded: LoadedPolicy,
+    env_id: str,
+    shifts: Sequence[tuple[str, str]],
+    episodes: int,
+    seed: int,
+    deterministic: bool = False,
+) -> Recording:
+    """Play ``episodes`` episodes (one env) and render every step with its panel."""
+    policy = loaded.policy
+    device = next(policy.parameters()).device
+    env = make_env(env_id, render_mode="rgb_array", shifts=shifts)
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    rec = Recording()
+    history: list[np.ndarray] = []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            state = policy.initial_state(1, device)
+            start = torch.ones(1, dtype=torch.bool, device=device)
+            total, step, done = 0.0, 0, False
+            mask = attention = None
+            while True:
+                frame = upscale(env.render())
+                if done:  # the last frame: no action is taken from it
+                    view = StepView(step, episode + 1, "-", total, mask, attention)
+                    rec.frames.append(compose(frame, draw_panel(frame.shape[0], view, history)))
+                    rec.views.append(view)
+                    break
+                batch = {k: v[None] for k, v in obs_to_tensors(obs, device).items()}  # (1, ...)
+                act = policy.act(batch, state, start, deterministic=deterministic)
+                state, start = act.state, torch.zeros_like(start)
+                action = int(act.actions[0])
+                if act.info.mask is not None:
+                    mask = act.info.mask[0, 0].cpu().numpy()  # (1, 1, U) -> (U,)
+                    attention = 1.0 - act.info.null_attention[0, 0].cpu().numpy()
+                    history.append(mask)
+                view = StepView(step, episode + 1, action_name(env, action), total, mask, attention)
+                rec.frames.append(compose(frame, draw_panel(frame.shape[0], view, history)))
+                rec.views.append(view)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                step += 1
+                done = terminated or truncated
+            rec.returns.append(total)
+    finally:
+        env.close()
+        torch.set_rng_state(rng_state)
+    return rec
+
+
+def write_video(frames: Sequence[np.ndarray], path: Path, fps: int) -> None:
+    """Write ``.gif`` or ``.mp4`` atomically: no partial file is ever left at ``path``."""
+    import imageio.v2 as imageio
+
+    with atomic_output(path) as tmp:
+        if path.suffix.lower() == ".gif":
+            imageio.mimsave(tmp, list(frames), duration=1000.0 / fps, loop=0)
+        else:
+            with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8,
+                                    macro_block_size=16) as writer:  # fmt: skip
+                for frame in frames:
+                    writer.append_data(frame)

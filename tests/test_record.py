@@ -1,0 +1,108 @@
+"""``rims record`` videos and their panel, ``rims plot`` curves, the TensorBoard activation image."""
+
+from __future__ import annotations
+
+import imageio.v2 as imageio
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.checkpoint import load_policy
+from agents.record import ACTIVE, INACTIVE, PANEL_WIDTH, record_episodes, strip_geometry
+from envs.memory import ENV_ID
+from tests.test_cli import TINY, exit_code
+from train import main
+
+CUE = ["--env", ENV_ID, "--total-steps", "32"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    made = {}
+    for name, extra in (("rims1", ["--seed", "1", "--image-every", "1"]), ("rims2", ["--seed", "2"]),
+                        ("lstm1", ["--core", "lstm"])):  # fmt: skip
+        made[name] = root / name
+        assert main(["train", *CUE, "--run-dir", str(made[name]), *TINY, *extra]) == 0
+    return made
+
+
+def test_gif_has_one_frame_per_step_and_the_panel(runs, tmp_path, capsys):
+    out = tmp_path / "cue.gif"
+    assert main(["record", str(runs["rims1"]), "--out", str(out), "--episodes", "2"]) == 0
+    assert "2 episode(s), returns" in capsys.readouterr().out
+    frames = iio.imread(out, index=None)
+    # The cue task lasts delay + 2 = 6 steps: 7 frames per episode (the last has no action).
+    assert frames.shape[0] == 14
+    assert frames.shape[2] >= 96 * 10 + PANEL_WIDTH  # 32x96 render upscaled x10, plus the panel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cue.gif"]  # no temp file left
+
+
+def test_mp4_decodes_to_the_expected_frames(runs, tmp_path):
+    out = tmp_path / "cue.mp4"
+    assert main(["record", str(runs["lstm1"]), "--out", str(out), "--episodes", "1"]) == 0
+    with imageio.get_reader(out) as reader:
+        assert reader.count_frames() == 7
+
+
+def test_rims_panel_matches_the_mask_and_recording_is_deterministic(runs):
+    loaded = load_policy(runs["rims1"])
+    rec = record_episodes(loaded, ENV_ID, (), episodes=2, seed=4)
+    again = record_episodes(loaded, ENV_ID, (), episodes=2, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(rec.frames, again.frames))
+    assert rec.returns == again.returns
+    k, units = loaded.policy.core.k, loaded.policy.core.num_units
+    for frame, view in zip(rec.frames, rec.views):
+        assert view.mask is not None and view.mask.sum() == k
+        top, row = strip_geometry(320, units)
+        panel_x = 320 * 3 + 20  # the 32x96 render upscaled to 320x960, then 20 px into the panel
+        for u in range(units):
+            pixel = tuple(frame[top + u * row + 1, panel_x])
+            assert pixel == (ACTIVE if view.mask[u] else INACTIVE), (u, pixel)
+    other = record_episodes(loaded, ENV_ID, (), episodes=2, seed=5)
+    assert not all(np.array_equal(a, b) for a, b in zip(rec.frames, other.frames))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "x.avi"], "extension must be one of .gif, .mp4"),
+        (["--out", "/no/such/dir/x.gif"], "folder /no/such/dir does not exist"),
+        (
+            ["--out", "x.gif", "--env", "CartPole-v1"],
+            "takes obs of shape (3,), CartPole-v1 gives (4,)",
+        ),
+        (["--out", "x.gif", "--shift", "size=8"], "shift size does not apply"),
+    ],
+)
+def test_record_bad_input(runs, tmp_path, monkeypatch, extra, message, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(["record", str(runs["rims1"]), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_record_missing_checkpoint(tmp_path, capsys):
+    assert exit_code(["record", str(tmp_path / "none"), "--out", str(tmp_path / "x.gif")]) == 2
+    assert "no run directory or checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "x.gif").exists()
+
+
+def test_plot_pools_seeds_of_one_config(runs, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    assert main(["plot", *(str(runs[n]) for n in ("rims1", "rims2", "lstm1")), "--out", str(out),
+                 "--tag", "charts/SPS"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert f"rims on {ENV_ID}: 2 run(s)" in text and f"lstm on {ENV_ID}: 1 run(s)" in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert exit_code(["plot", str(runs["rims1"]), "--tag", "no/such", "--out", str(out)]) == 2
+
+
+def test_tensorboard_gets_the_activation_image(runs):
+    acc = EventAccumulator(str(runs["rims1"]))
+    acc.Reload()
+    assert "rims/activation" in acc.Tags()["images"]
+    image = acc.Images("rims/activation")[0]
+    assert image.height == 3 * 8 and image.width == 16  # 3 RIMs x 8 px rows, 16 steps
