@@ -10,6 +10,7 @@ first observation of the next episode, and the last observation of the finished 
 from __future__ import annotations
 
 import difflib
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,9 +108,16 @@ def make_vector_env(
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
     make_env(env_id, shifts=shifts, **kwargs).close()  # fail here, not inside a worker
-    fns: list[Callable[[], gym.Env]] = [
-        lambda: make_env(env_id, shifts=shifts, **kwargs)
-    ] * num_envs
+
+    def make_one() -> gym.Env:
+        return make_env(env_id, shifts=shifts, **kwargs)
+
+    def make_in_worker() -> gym.Env:
+        # Ctrl-C reaches the whole process group; the trainer handles it, workers must not die.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return make_one()
+
+    fns: list[Callable[[], gym.Env]] = [make_in_worker if asynchronous else make_one] * num_envs
     vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
     envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return RecordEpisodeStatistics(envs)

@@ -21,10 +21,12 @@ from train import main
 
 
 def start_training(run: Path, *extra: str) -> subprocess.Popen:
+    """A training process in its own process group (so a test can Ctrl-C the whole group)."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "--run-dir", str(run), "--total-steps",
          "10000000", *TINY, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        start_new_session=True,
     )  # fmt: skip
 
 
@@ -37,12 +39,21 @@ def wait_for_checkpoint(run: Path, proc: subprocess.Popen, deadline_s: float = 1
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_checkpoints_and_resume_continues(tmp_path, sig, code):
+@pytest.mark.parametrize(
+    "sig, code, extra",
+    [
+        (signal.SIGINT, 130, ["--async-envs"]),  # Ctrl-C: the whole group, env workers too
+        (signal.SIGTERM, 143, []),  # a scheduler's kill: the main process only
+    ],
+)
+def test_signal_checkpoints_and_resume_continues(tmp_path, sig, code, extra):
     run = tmp_path / "run"
-    proc = start_training(run)
+    proc = start_training(run, *extra)
     wait_for_checkpoint(run, proc)
-    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     name = signal.Signals(sig).name
@@ -60,8 +71,8 @@ def test_second_sigint_exits_at_once(tmp_path):
     run = tmp_path / "run"
     proc = start_training(run, "--async-envs")
     wait_for_checkpoint(run, proc)
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in err

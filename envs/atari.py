@@ -1,0 +1,167 @@
+"""Atari (ALE) environments with one observation contract and two ways to build them.
+
+Observation: ``{"image": uint8 (frame_stack, 84, 84)}``, grey, the max of the last two emulator
+frames of each agent step. One agent step is ``frameskip`` (default 4) emulator frames.
+
+1. **Fast**: ``ale_py.vector_env.AtariVectorEnv`` (C++ threads, preprocessing built in: noop reset,
+   frameskip with max-pool, fire reset, resize). Used for training and evaluation when no game
+   flavour is asked for.
+2. **Flavoured**: ``gymnasium.make("ALE/...", mode=, difficulty=, repeat_action_probability=,
+   full_action_space=, frameskip=1)`` + SB3's ``FireResetEnv`` + Gymnasium's
+   ``AtariPreprocessing`` + ``FrameStackObservation``, in a Gymnasium vector env. Used whenever a
+   ``mode`` or ``difficulty`` is set (the fast path has none), and for single envs (recording).
+
+Both paths take the same ``AtariSettings`` and produce the same observations (a test compares
+them with noops and sticky actions off). Rewards are left unclipped here: episode returns are
+reported in game points, and the trainer clips what it learns from. Life losses are not episode
+ends here either; the trainer may treat them as value-target cuts (``--episodic-life``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+
+gym.register_envs(ale_py)
+
+SCREEN = 84
+
+
+@dataclass(frozen=True)
+class AtariSettings:
+    """How an ALE game is played and preprocessed (shared by both paths)."""
+
+    frame_stack: int = 1
+    repeat_action_probability: float = 0.25  # sticky actions, as the v5 ids
+    full_action_space: bool = False
+    frameskip: int = 4
+    noop_max: int = 30
+    mode: int | None = None
+    difficulty: int | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> AtariSettings:
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown Atari settings {unknown}; known: {sorted(names)}")
+        return cls(**kwargs)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def flavoured(self) -> bool:
+        """A mode or difficulty needs the Gymnasium path (the fast path has neither)."""
+        return self.mode is not None or self.difficulty is not None
+
+
+def game_of(env_id: str) -> str:
+    """``"ALE/Breakout-v5"`` -> ``"breakout"`` (ale-py's ROM name)."""
+    return gym.spec(env_id).kwargs["game"]
+
+
+class FireOnReset(gym.Wrapper):
+    """Press FIRE for one emulator frame after each reset (games that wait for it), as
+    ``AtariVectorEnv`` does. (SB3's ``FireResetEnv`` presses FIRE and then RIGHT for a whole
+    skipped step each, which moves Breakout's paddle.)"""
+
+    def reset(self, *, seed=None, options=None):
+        self.env.reset(seed=seed, options=options)
+        obs, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            obs, info = self.env.reset(options=options)
+        return obs, info
+
+
+class DictImage(gym.ObservationWrapper):
+    """``obs`` -> ``{"image": obs}``."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = spaces.Dict({"image": env.observation_space})
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"image": np.asarray(observation)}
+
+
+class VectorDictImage(VectorWrapper):
+    """Batched ``obs`` -> ``{"image": obs}``, the final observations of ``SAME_STEP`` included
+    (Gymnasium's observation wrappers refuse that autoreset mode)."""
+
+    def __init__(self, env: VectorEnv) -> None:
+        super().__init__(env)
+        self.single_observation_space = spaces.Dict({"image": env.single_observation_space})
+        self.observation_space = spaces.Dict({"image": env.observation_space})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return {"image": obs}, info
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        if "final_obs" in info:
+            info = {**info, "final_obs": [{"image": o} for o in info["final_obs"]]}
+            info.setdefault("_final_obs", terminated | truncated)
+        return {"image": obs}, rewards, terminated, truncated, info
+
+
+def make_flavoured_env(
+    env_id: str, settings: AtariSettings, render_mode: str | None = None
+) -> gym.Env:
+    """One ALE env through Gymnasium's wrappers (the flavoured path)."""
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    kwargs: dict[str, Any] = dict(
+        repeat_action_probability=settings.repeat_action_probability,
+        full_action_space=settings.full_action_space,
+        frameskip=1,  # AtariPreprocessing skips (and max-pools) instead
+    )
+    if settings.mode is not None:
+        kwargs["mode"] = settings.mode
+    if settings.difficulty is not None:
+        kwargs["difficulty"] = settings.difficulty
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    env = gym.make(env_id, **kwargs)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireOnReset(env)  # one emulator frame of FIRE, as ale-py's vector env does
+    env = AtariPreprocessing(
+        env, noop_max=settings.noop_max, frame_skip=settings.frameskip, screen_size=SCREEN,
+        terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False,
+    )  # fmt: skip
+    env = FrameStackObservation(env, settings.frame_stack, padding_type="zero")  # as ale-py
+    return DictImage(env)
+
+
+def make_fast_vector_env(env_id: str, num_envs: int, settings: AtariSettings) -> VectorEnv:
+    """``AtariVectorEnv`` (C++ threads) with the dict observation and ``SAME_STEP`` autoreset."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    envs = AtariVectorEnv(
+        game_of(env_id), num_envs,
+        autoreset_mode=AutoresetMode.SAME_STEP,
+        repeat_action_probability=settings.repeat_action_probability,
+        full_action_space=settings.full_action_space,
+        img_height=SCREEN, img_width=SCREEN, grayscale=True, stack_num=settings.frame_stack,
+        frameskip=settings.frameskip, maxpool=True, noop_max=settings.noop_max,
+        episodic_life=False, reward_clipping=False, use_fire_reset=True,
+    )  # fmt: skip
+    return VectorDictImage(envs)
+
+
+def make_atari_vector_env(
+    env_id: str, num_envs: int, settings: AtariSettings, asynchronous: bool = False
+) -> VectorEnv:
+    """The fast path unless the settings need the flavoured one."""
+    if not settings.flavoured:
+        return make_fast_vector_env(env_id, num_envs, settings)
+    fns = [lambda: make_flavoured_env(env_id, settings)] * num_envs
+    vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
+    return vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
