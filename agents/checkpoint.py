@@ -96,7 +96,7 @@ def load_policy(
     data = load_checkpoint(file)
     try:
         config = TrainConfig.from_dict(data["config"])
-        env = make_env(config.env)
+        env = make_env(config.env, **config.env_kwargs())
         observation_space = env.observation_space
         env.close()
         policy = ActorCritic(

@@ -16,6 +16,7 @@ from typing import Any
 from agents.flags import option
 from envs.factory import check_env_id, env_family
 from policies.actor_critic import CORES, PolicySpec
+from policies.encoders import ENCODERS
 from policies.rims import CELLS
 
 
@@ -79,6 +80,21 @@ class TrainConfig:
     attention_dropout: float = option(
         0.0, "dropout on both RIMs attentions (paper 0.1; off for PPO: it makes ratios noisy)"
     )
+    encoder: str = option(
+        "auto", "observation encoder (auto: Minigrid CNN, MLP, or Nature CNN for images)", ENCODERS
+    )
+    rims_spatial: bool = option(
+        False, "RIMs read the CNN feature map as a set of positions (input attention picks where)"
+    )
+    # --- Atari
+    frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")
+    sticky_actions: float = option(0.25, "Atari: probability the previous action repeats")
+    full_action_space: bool = option(False, "Atari: all 18 actions (needed to evaluate on modes)")
+    max_episode_frames: int = option(108_000, "Atari: emulator frames before an episode is cut")
+    clip_rewards: bool = option(False, "learn from the sign of rewards (returns stay unclipped)")
+    episodic_life: bool = option(
+        False, "Atari: a lost life cuts the value target (the episode and the memory go on)"
+    )
     # --- logging and checkpoints
     checkpoint_every: int = option(
         10, "write a checkpoint every this many updates (and at the end)"
@@ -134,7 +150,20 @@ class TrainConfig:
             comm_key_size=self.comm_key_size,
             comm_value_size=self.comm_value_size,
             dropout=self.attention_dropout,
+            encoder=self.encoder,
+            spatial=self.rims_spatial,
         )
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """What the env factory needs beyond the id (Atari settings; nothing for others)."""
+        if self.family != "atari":
+            return {}
+        return {
+            "frame_stack": self.frame_stack,
+            "repeat_action_probability": self.sticky_actions,
+            "full_action_space": self.full_action_space,
+            "max_episode_frames": self.max_episode_frames,
+        }
 
     def default_run_dir(self) -> str:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.env)
@@ -158,7 +187,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "minigrid": {},
     # Classic-control style envs (CartPole, rims/CueMemory-v0): CleanRL's defaults.
     "gym": {"num_envs": 8, "num_steps": 64, "learning_rate": 2.5e-4, "ent_coef": 0.0},
-    "atari": {},
+    # CleanRL's Atari PPO settings; RIMs sized as the paper's Atari runs (6 RIMs x 100).
+    "atari": {
+        "total_steps": 10_000_000,
+        "num_envs": 8,
+        "num_steps": 128,
+        "num_minibatches": 4,
+        "update_epochs": 4,
+        "learning_rate": 2.5e-4,
+        "clip_coef": 0.1,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "feature_size": 512,
+        "hidden_size": 100,
+        "input_key_size": 64,
+        "clip_rewards": True,
+        "episodic_life": True,
+        "checkpoint_every": 50,
+    },
 }
 
 
@@ -198,6 +245,15 @@ def validate(c: TrainConfig) -> None:
             f"--k must be in 1..num_units={c.num_units}, got {c.k}",
         )
     _check(c.bptt >= 0, f"--bptt must be >= 0, got {c.bptt}")
+    _check(c.frame_stack >= 1, f"--frame-stack must be a positive integer, got {c.frame_stack}")
+    _check(c.max_episode_frames >= 1, "--max-episode-frames must be a positive integer")
+    _check(
+        0 <= c.sticky_actions <= 1, f"--sticky-actions must be in [0, 1], got {c.sticky_actions}"
+    )
+    _check(
+        not c.rims_spatial or c.core == "rims",
+        "--rims-spatial needs --core rims (LSTM/GRU read one flat vector)",
+    )
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt}",

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agents.atomic import atomic_output
 from agents.checkpoint import LoadedPolicy
+from agents.report import env_kwargs_for
 from agents.storage import obs_to_tensors
 from envs.factory import make_env
 
@@ -131,7 +132,8 @@ def record_episodes(
     """Play ``episodes`` episodes (one env) and render every step with its panel."""
     policy = loaded.policy
     device = next(policy.parameters()).device
-    env = make_env(env_id, render_mode="rgb_array", shifts=shifts)
+    env = make_env(env_id, render_mode="rgb_array", shifts=shifts,
+                   **env_kwargs_for(loaded, env_id))  # fmt: skip
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
     rec = Recording()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agents.checkpoint import LoadedPolicy
 from agents.evaluate import evaluate
-from envs.factory import EnvError, make_env
+from envs.factory import EnvError, env_family, make_env
 from envs.suites import SuiteRow
 
 FIELDS = (
@@ -35,9 +35,14 @@ class EvalRow:
     mean_length: float
 
 
+def env_kwargs_for(loaded: LoadedPolicy, env_id: str) -> dict:
+    """The run's env settings (e.g. Atari frame stack) when ``env_id`` is of its env's family."""
+    return loaded.config.env_kwargs() if env_family(env_id) == loaded.config.family else {}
+
+
 def check_compatible(loaded: LoadedPolicy, row: SuiteRow) -> None:
     """``EnvError`` unless ``row``'s env gives the observations and actions the policy takes."""
-    env = make_env(row.env, shifts=row.shifts)
+    env = make_env(row.env, shifts=row.shifts, **env_kwargs_for(loaded, row.env))
     try:
         want, got = loaded.observation_space, env.observation_space
         where = f"{row.env}{' with ' + row.label if row.shifts else ''}"
@@ -78,7 +83,8 @@ def evaluate_runs(
     for row in rows:
         for run in runs:
             r = evaluate(run.policy, row.env, episodes, seed=seed, num_envs=num_envs,
-                         deterministic=deterministic, shifts=row.shifts)  # fmt: skip
+                         deterministic=deterministic, shifts=row.shifts,
+                         env_kwargs=env_kwargs_for(run, row.env))  # fmt: skip
             results.append(
                 EvalRow(run.label, str(run.path), run.config.core, row.env, row.label,
                         r.episodes, r.mean_return, r.ci95, r.success_rate, r.mean_length)

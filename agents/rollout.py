@@ -40,9 +40,16 @@ class RolloutCollector:
         storage: RolloutStorage,
         device: torch.device,
         seed: int,
+        clip_rewards: bool = False,
+        episodic_life: bool = False,
     ) -> None:
+        """clip_rewards: store sign(reward) for learning (episode returns stay unclipped).
+        episodic_life: where the env reports ``lives``, a lost life ends the value target
+        (terminated for GAE) while the episode, and the core's memory, go on."""
         self.envs, self.policy, self.storage, self.device = envs, policy, storage, device
-        obs, _ = envs.reset(seed=seed)
+        self.clip_rewards, self.episodic_life = clip_rewards, episodic_life
+        obs, info = envs.reset(seed=seed)
+        self.lives = info.get("lives")
         self.obs = obs_to_tensors(obs, device)
         self.state = policy.initial_state(envs.num_envs, device)
         self.episode_starts = torch.ones(envs.num_envs, dtype=torch.bool, device=device)
@@ -67,6 +74,13 @@ class RolloutCollector:
             ended = terminated | truncated
             bootstrap = torch.zeros(B, device=self.device)
             cut = truncated & ~terminated
+            learn_terminated, learn_ended = terminated, ended
+            if self.episodic_life and "lives" in info and self.lives is not None:
+                lost = (info["lives"] < self.lives) & ~ended
+                learn_terminated, learn_ended = terminated | lost, ended | lost
+            self.lives = info.get("lives")
+            if self.clip_rewards:
+                rewards = np.sign(rewards)
             if cut.any():
                 final = obs_to_tensors(final_observations(obs, info, cut), self.device)
                 no_start = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -75,8 +89,8 @@ class RolloutCollector:
             storage.record_outcome(
                 t,
                 torch.as_tensor(rewards, dtype=torch.float32, device=self.device),
-                torch.as_tensor(terminated, device=self.device),
-                torch.as_tensor(ended, device=self.device),
+                torch.as_tensor(learn_terminated, device=self.device),
+                torch.as_tensor(learn_ended, device=self.device),
                 bootstrap,
             )
             if "episode" in info:

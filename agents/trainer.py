@@ -201,7 +201,7 @@ def train(config: TrainConfig) -> TrainResult:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed)
-    envs = make_vector_env(config.env, config.num_envs, config.async_envs)
+    envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs())
     try:
         with StopSignals() as signals, torch.autograd.set_detect_anomaly(config.detect_anomaly):
             trainer = Trainer(config, envs, device, run_dir, resumed, signals)
@@ -241,7 +241,10 @@ class Trainer:
         )  # fmt: skip
         # A resumed run reseeds its envs past the seeds it has used (episodes do not repeat).
         env_seed = config.seed + 1_000_003 * self.update
-        self.collector = RolloutCollector(envs, self.policy, self.storage, device, env_seed)
+        self.collector = RolloutCollector(
+            envs, self.policy, self.storage, device, env_seed,
+            clip_rewards=config.clip_rewards, episodic_life=config.episodic_life,
+        )  # fmt: skip
         self.logger = RunLogger(run_dir, config.num_updates * config.batch_size, self.global_step,
                                 config.progress, config.image_every)  # fmt: skip
         self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)

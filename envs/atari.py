@@ -44,6 +44,7 @@ class AtariSettings:
     noop_max: int = 30
     mode: int | None = None
     difficulty: int | None = None
+    max_episode_frames: int = 108_000  # 30 minutes of play, the usual cap (then truncated)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> AtariSettings:
@@ -60,6 +61,19 @@ class AtariSettings:
     def flavoured(self) -> bool:
         """A mode or difficulty needs the Gymnasium path (the fast path has neither)."""
         return self.mode is not None or self.difficulty is not None
+
+
+def available_flavours(env_id: str) -> dict[str, list[int]]:
+    """The modes and difficulties the game's ROM offers."""
+    env = gym.make(env_id)
+    try:
+        ale = env.unwrapped.ale
+        return {
+            "mode": [int(m) for m in ale.getAvailableModes()],
+            "difficulty": [int(d) for d in ale.getAvailableDifficulties()],
+        }
+    finally:
+        env.close()
 
 
 def game_of(env_id: str) -> str:
@@ -122,6 +136,7 @@ def make_flavoured_env(
         repeat_action_probability=settings.repeat_action_probability,
         full_action_space=settings.full_action_space,
         frameskip=1,  # AtariPreprocessing skips (and max-pools) instead
+        max_num_frames_per_episode=settings.max_episode_frames,
     )
     if settings.mode is not None:
         kwargs["mode"] = settings.mode
@@ -152,15 +167,25 @@ def make_fast_vector_env(env_id: str, num_envs: int, settings: AtariSettings) ->
         img_height=SCREEN, img_width=SCREEN, grayscale=True, stack_num=settings.frame_stack,
         frameskip=settings.frameskip, maxpool=True, noop_max=settings.noop_max,
         episodic_life=False, reward_clipping=False, use_fire_reset=True,
+        max_num_frames_per_episode=settings.max_episode_frames,
     )  # fmt: skip
     return VectorDictImage(envs)
 
 
 def make_atari_vector_env(
-    env_id: str, num_envs: int, settings: AtariSettings, asynchronous: bool = False
+    env_id: str,
+    num_envs: int,
+    settings: AtariSettings,
+    asynchronous: bool = False,
+    path: str = "auto",
 ) -> VectorEnv:
-    """The fast path unless the settings need the flavoured one."""
-    if not settings.flavoured:
+    """``path``: ``"auto"`` (the fast path unless the settings need the flavoured one),
+    ``"fast"`` or ``"flavoured"``."""
+    if path not in ("auto", "fast", "flavoured"):
+        raise ValueError(f"path must be auto, fast or flavoured, got {path!r}")
+    if path == "fast" and settings.flavoured:
+        raise ValueError("the fast path has no modes or difficulties")
+    if path == "fast" or (path == "auto" and not settings.flavoured):
         return make_fast_vector_env(env_id, num_envs, settings)
     fns = [lambda: make_flavoured_env(env_id, settings)] * num_envs
     vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv

@@ -21,6 +21,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
+from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
 from envs.shifts import ShiftError, shift_effect
 
@@ -45,8 +46,6 @@ def env_family(env_id: str) -> str:
 
 def check_env_id(env_id: str) -> None:
     """Raise ``EnvError`` with the closest registered ids unless ``env_id`` is registered."""
-    if env_family(env_id) == "atari":
-        raise EnvError(f"Atari ids ({env_id}) are not supported yet; use a MiniGrid-* id")
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
@@ -76,6 +75,11 @@ def make_env(
     check_env_id(env_id)
     effect = shift_effect(env_id, env_family(env_id), shifts)
     kwargs.update(effect.env_kwargs)
+    if env_family(env_id) == "atari":
+        env = make_flavoured_env(env_id, atari_settings(env_id, kwargs), render_mode)
+        for wrap in effect.wrappers:
+            env = wrap(env)
+        return env
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     try:
@@ -108,6 +112,11 @@ def make_vector_env(
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
     make_env(env_id, shifts=shifts, **kwargs).close()  # fail here, not inside a worker
+    if env_family(env_id) == "atari":
+        effect = shift_effect(env_id, "atari", shifts)
+        settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
+        return RecordEpisodeStatistics(make_atari_vector_env(env_id, num_envs, settings,
+                                                             asynchronous))  # fmt: skip
 
     def make_one() -> gym.Env:
         return make_env(env_id, shifts=shifts, **kwargs)
@@ -123,6 +132,13 @@ def make_vector_env(
     return RecordEpisodeStatistics(envs)
 
 
+def atari_settings(env_id: str, kwargs: dict[str, Any]) -> AtariSettings:
+    try:
+        return AtariSettings.from_kwargs(kwargs)
+    except (TypeError, ValueError) as err:
+        raise EnvError(f"cannot build {env_id}: {err}") from None
+
+
 def final_observations(obs: dict[str, np.ndarray], info: dict, ended: np.ndarray) -> dict:
     """The last observation of every episode that ended this step, other entries from ``obs``.
 
@@ -132,7 +148,7 @@ def final_observations(obs: dict[str, np.ndarray], info: dict, ended: np.ndarray
     if not ended.any():
         return obs
     final = {key: value.copy() for key, value in obs.items()}
-    for i in np.flatnonzero(ended & info["_final_obs"]):
+    for i in np.flatnonzero(ended & info.get("_final_obs", ended)):
         for key in final:
             final[key][i] = info["final_obs"][i][key]
     return final

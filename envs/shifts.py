@@ -15,7 +15,15 @@ Minigrid
     ``view=N``         the agent's view is N x N (odd, >= 3); only a policy whose encoder accepts
                        that view size can be evaluated on it.
 
-The Atari shifts (mode, difficulty, sticky, frameskip, flicker, noise) come with Atari support.
+Atari
+    ``mode=M``, ``difficulty=D``  an ALE game flavour (Machado et al., 2018); the flavoured path
+                       is used. A mode that changes the action set needs a policy trained with
+                       ``--full-action-space``; otherwise the action count differs and evaluation
+                       refuses with one line.
+    ``sticky=P``       the probability that the previous action is repeated (v5 default 0.25).
+    ``frameskip=N``    emulator frames per agent step (default 4).
+
+Flickering frames and observation noise for Atari are not implemented yet.
 """
 
 from __future__ import annotations
@@ -177,6 +185,37 @@ def _apply_view(env_id: str, value: str, effect: ShiftEffect) -> None:
     effect.env_kwargs["agent_view_size"] = view  # Minigrid sizes the image space from it
 
 
+def _atari_flavour(env_id: str, key: str, values: list[int]) -> None:
+    from envs.atari import available_flavours
+
+    if key not in ("mode", "difficulty"):
+        return
+    available = available_flavours(env_id)[key]
+    bad = [v for v in values if v not in available]
+    if bad:
+        raise ShiftError(f"{env_id} has no {key} {bad[0]}; its {key}s: {available}")
+
+
+def _apply_mode(env_id: str, value: str, effect: ShiftEffect) -> None:
+    mode = _int_at_least("mode", 0)(value)
+    _atari_flavour(env_id, "mode", [mode])
+    effect.env_kwargs["mode"] = mode
+
+
+def _apply_difficulty(env_id: str, value: str, effect: ShiftEffect) -> None:
+    difficulty = _int_at_least("difficulty", 0)(value)
+    _atari_flavour(env_id, "difficulty", [difficulty])
+    effect.env_kwargs["difficulty"] = difficulty
+
+
+def _apply_sticky(env_id: str, value: str, effect: ShiftEffect) -> None:
+    effect.env_kwargs["repeat_action_probability"] = _probability("sticky")(value)
+
+
+def _apply_frameskip(env_id: str, value: str, effect: ShiftEffect) -> None:
+    effect.env_kwargs["frameskip"] = _int_at_least("frameskip", 1)(value)
+
+
 SHIFTS: dict[str, ShiftKind] = {
     kind.key: kind
     for kind in (
@@ -185,6 +224,10 @@ SHIFTS: dict[str, ShiftKind] = {
         ShiftKind("colors", ("minigrid",), "'permute': rename object colours", _apply_colors),
         ShiftKind("noise", ("minigrid",), "probability of a random view cell", _apply_noise),
         ShiftKind("view", ("minigrid",), "agent view size (odd)", _apply_view),
+        ShiftKind("mode", ("atari",), "ALE game mode", _apply_mode),
+        ShiftKind("difficulty", ("atari",), "ALE game difficulty", _apply_difficulty),
+        ShiftKind("sticky", ("atari",), "repeat-action probability", _apply_sticky),
+        ShiftKind("frameskip", ("atari",), "emulator frames per agent step", _apply_frameskip),
     )
 }
 

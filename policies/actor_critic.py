@@ -40,6 +40,8 @@ class PolicySpec:
     comm_value_size: int = 32
     dropout: float = 0.0
     head_hidden_size: int = 64
+    encoder: str = "auto"
+    spatial: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
@@ -118,7 +120,9 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.spec = spec
         self.num_actions = num_actions
-        self.encoder = make_encoder(observation_space, spec.feature_size)
+        self.encoder = make_encoder(
+            observation_space, spec.feature_size, spec.encoder, spec.spatial
+        )
         self.core = build_core(spec, self.encoder.feature_size)
         out = self.core.output_size
         self.actor = _mlp_head(out, spec.head_hidden_size, num_actions, 0.01)

@@ -83,11 +83,126 @@ class MLPEncoder(nn.Module):
         return self.net(x)
 
 
-def make_encoder(observation_space: spaces.Dict, feature_size: int) -> nn.Module:
-    """The encoder for a dict observation space (Minigrid's symbolic view, or a flat Box)."""
+def _orthogonal(module: nn.Module, gain: float = math.sqrt(2)) -> nn.Module:
+    """CleanRL's init for conv and linear layers."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)
+    return module
+
+
+class _ImageEncoder(nn.Module):
+    """Shared body: ``(T, B, C, H, W)`` uint8 -> trunk -> flat features or a set of positions.
+
+    Flat: the trunk's output flattened and a linear layer with ReLU -> ``(T, B, feature_size)``.
+    Spatial: each position of the trunk's feature map is one element (its channels plus a
+    learned position embedding) -> ``(T, B, H'*W', channels)``, for RIMs' input attention.
+    """
+
+    trunk: nn.Module
+
+    def _finish(self, image_shape: tuple[int, ...], feature_size: int, spatial: bool) -> None:
+        with torch.no_grad():
+            channels, height, width = self.trunk(torch.zeros(1, *image_shape)).shape[1:]
+        self.spatial = spatial
+        self.num_elements = height * width
+        if spatial:
+            self.position = nn.Parameter(torch.zeros(height * width, channels))
+            nn.init.normal_(self.position, std=0.02)
+            self.feature_size = channels
+        else:
+            self.linear = _orthogonal(nn.Linear(channels * height * width, feature_size))
+            self.feature_size = feature_size
+
+    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        """image ``(T, B, C, H, W)`` uint8 -> ``(T, B, F)`` or ``(T, B, N, channels)``."""
+        T, B = _leading(obs)
+        image = obs["image"].flatten(0, 1).float() / 255.0  # (T,B,C,H,W) -> (T*B,C,H,W)
+        maps = self.trunk(image)  # (T*B, c, h, w)
+        if self.spatial:
+            elements = maps.flatten(2).transpose(1, 2)  # (T*B, c, h, w) -> (T*B, h*w, c)
+            elements = elements + self.position
+            return elements.view(T, B, self.num_elements, -1)  # -> (T, B, h*w, c)
+        flat = torch.relu(self.linear(maps.flatten(1)))  # (T*B, c*h*w) -> (T*B, F)
+        return flat.view(T, B, -1)  # (T*B, F) -> (T, B, F)
+
+
+class NatureCNN(_ImageEncoder):
+    """Mnih et al. (2015): conv 8x8/4 (32), 4x4/2 (64), 3x3/1 (64); 84x84 -> 7x7 positions."""
+
+    def __init__(self, image_shape: tuple[int, ...], feature_size: int = 512,
+                 spatial: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.trunk = _orthogonal(nn.Sequential(
+            nn.Conv2d(image_shape[0], 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        ))  # fmt: skip
+        self._finish(image_shape, feature_size, spatial)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+
+
+class ImpalaCNN(_ImageEncoder):
+    """Espeholt et al. (2018): three stacks (16, 32, 32) of conv 3x3, max-pool 3x3/2 and two
+    residual blocks; 84x84 -> 11x11 positions."""
+
+    def __init__(self, image_shape: tuple[int, ...], feature_size: int = 256,
+                 spatial: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = image_shape[0]
+        for out in (16, 32, 32):
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.MaxPool2d(3, stride=2, padding=1),
+                _Residual(out),
+                _Residual(out),
+            ]
+            channels = out
+        layers.append(nn.ReLU())
+        self.trunk = nn.Sequential(*layers)
+        self._finish(image_shape, feature_size, spatial)
+
+
+ENCODERS = ("auto", "minigrid", "mlp", "nature", "impala")
+
+
+def make_encoder(
+    observation_space: spaces.Dict, feature_size: int, kind: str = "auto", spatial: bool = False
+) -> nn.Module:
+    """The encoder for a dict observation space: Minigrid's symbolic view, a flat Box, or an
+    image ``{"image": (C, H, W)}`` (Nature CNN by default, IMPALA CNN on request).
+    ``spatial`` (image encoders only) returns a set of positions instead of one vector."""
+    if kind not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
     keys = set(observation_space.spaces)
     if keys == {"image", "direction"}:
+        found = "minigrid"
+    elif keys == {"obs"} and isinstance(observation_space["obs"], spaces.Box):
+        found = "mlp"
+    elif keys == {"image"} and len(observation_space["image"].shape) == 3:
+        found = "image"
+    else:
+        raise ValueError(f"no encoder for observation space {observation_space}")
+    if kind == "auto":
+        kind = "nature" if found == "image" else found
+    if (found == "image") != (kind in ("nature", "impala")) or (found != "image" and kind != found):
+        raise ValueError(f"encoder {kind!r} does not fit observation space {observation_space}")
+    if spatial and found != "image":
+        raise ValueError("a spatial (set) input needs an image observation and a CNN encoder")
+    if kind == "minigrid":
         return MinigridEncoder(observation_space["image"].shape, feature_size)
-    if keys == {"obs"} and isinstance(observation_space["obs"], spaces.Box):
+    if kind == "mlp":
         return MLPEncoder(observation_space["obs"].shape, feature_size)
-    raise ValueError(f"no encoder for observation space {observation_space}")
+    cnn = NatureCNN if kind == "nature" else ImpalaCNN
+    return cnn(observation_space["image"].shape, feature_size, spatial)

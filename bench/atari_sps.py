@@ -1,0 +1,64 @@
+"""Training steps/s on Atari (Breakout) for the rims, lstm and gru cores, measured in one run.
+
+The Atari preset (8 envs x 128 steps, 4 epochs x 4 minibatches, Nature CNN, 6 RIMs x 100 with
+4 active, LSTM/GRU of 600) unless flags say otherwise; each core trains for --updates updates and
+the figure is agent steps / seconds inside the training loop (start-up excluded). One agent step
+is 4 emulator frames.
+
+    python bench/atari_sps.py                                 # CPU here: 2 updates per core
+    python bench/atari_sps.py --device cuda --updates 20      # a GPU (say which card)
+    python bench/atari_sps.py --num-envs 64 --spatial         # RIMs reading the 7x7 feature map
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from agents.config import resolve_config
+from agents.trainer import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="ALE/Breakout-v5")
+    parser.add_argument("--cores", nargs="+", default=["rims", "lstm", "gru"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--updates", type=int, default=2)
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--spatial", action="store_true", help="RIMs read the feature map as a set")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="atari_sps_"))
+    rows = []
+    for core in args.cores:
+        given = dict(
+            env=args.env,
+            core=core,
+            device=args.device,
+            num_envs=args.num_envs,
+            run_dir=str(root / core),
+            progress=False,
+            checkpoint_every=10**6,
+        )
+        if core == "rims" and args.spatial:
+            given["rims_spatial"] = True
+        config = resolve_config({**given, "total_steps": args.updates * args.num_envs * 128})
+        result = train(config)
+        rows.append((core + (" (spatial)" if given.get("rims_spatial") else ""),
+                     result.global_step / result.seconds))  # fmt: skip
+        print(f"done {rows[-1][0]}: {rows[-1][1]:.0f} steps/s", flush=True)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"CPU, {torch.get_num_threads()} threads")  # fmt: skip
+    base = dict(rows).get("lstm")
+    print(f"\n{args.env}, {args.num_envs} envs x 128 steps, {args.updates} updates/core; {name}")
+    print(f"{'core':<16}{'steps/s':>10}{'x lstm':>8}")
+    for core, sps in rows:
+        print(f"{core:<16}{sps:>10.0f}{(sps / base if base else float('nan')):>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
