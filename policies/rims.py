@@ -49,6 +49,7 @@ state is batch-major ``(B, U, H)`` like every other core.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,23 @@ from policies.core import (
 )
 
 CELLS = ("lstm", "gru")
+
+
+@dataclass
+class StepInputs:
+    """What every step of one ``forward`` call shares (computed once, before the time loop)."""
+
+    keys: Tensor  # (T, B, heads, dk, N), scaled by 1/sqrt(dk)
+    value_gates: Tensor | None  # (T, U, B, heads*N, G) on the fused path, else None
+    values: Tensor | None  # (T, B, heads, N, dv) off the fused path, else None
+    state_bias: Tensor  # (U, 1, G + heads*dk): hidden-gate (+ LSTM input) bias | query bias
+    input_bias: Tensor | None  # (U, 1, G) GRU input-gate bias (folded into state_bias for LSTM)
+    comm_weight: Tensor  # (U, H, heads*(2dk+dv)), query columns scaled by 1/sqrt(dk)
+    keep: Tensor | None  # (T, B) 0.0 where the state resets before step t
+    one_element: bool
+    dropout: bool
+
+
 _GATES = {"lstm": 4, "gru": 3}
 
 
@@ -150,6 +168,9 @@ class RIMs(nn.Module):
         self.dropout = dropout
         self.query_bias = query_bias
         self.fuse_input_gates_max = fuse_input_gates_max
+        # Training on the fused path uses the hand-written backward of policies.rims_grad
+        # (same function, fewer, larger kernels); set False to use autograd throughout.
+        self.manual_backward = True
         self.output_size = num_units * hidden_size
 
         U, H = num_units, hidden_size
@@ -209,84 +230,128 @@ class RIMs(nn.Module):
         check_sequence_input(x, self.input_size, allow_set=True)
         if x.dim() == 3:
             x = x.unsqueeze(2)  # (T, B, D) -> (T, B, 1, D): a set of one element
-        T, B, N, _ = x.shape
+        T, B, _, _ = x.shape
         check_episode_starts(episode_starts, T, B)
+        U, H = self.num_units, self.hidden_size
+        inp = self._prepare(x, episode_starts)
+        hs = [s.transpose(0, 1) for s in state]  # public (B, U, H) -> internal (U, B, H)
+        if self._use_manual_backward(inp, hs):
+            from policies.rims_grad import run_with_manual_backward
+
+            out, hs, masks, nulls = run_with_manual_backward(self, inp, hs)
+        else:
+            outputs, mask_list, null_list = [], [], []
+            for t in range(T):
+                hs, mask, null = self._step(t, hs, inp)
+                outputs.append(hs[0])
+                mask_list.append(mask)
+                null_list.append(null)
+            out = torch.stack(outputs)  # T x (U,B,H) -> (T,U,B,H)
+            masks, nulls = torch.stack(mask_list), torch.stack(null_list)  # T x (U,B) -> (T,U,B)
+        out = out.permute(0, 2, 1, 3).reshape(T, B, U * H)  # (T,U,B,H) -> (T,B,U*H)
+        info = CoreInfo(
+            mask=masks.transpose(1, 2),  # (T,U,B) -> (T,B,U)
+            null_attention=nulls.transpose(1, 2),  # (T,U,B) -> (T,B,U)
+        )
+        return out, tuple(s.transpose(0, 1) for s in hs), info  # (U,B,H) -> (B,U,H)
+
+    def _use_manual_backward(self, inp: StepInputs, hs: list[Tensor]) -> bool:
+        """The hand-written backward (``policies.rims_grad``) serves training on the fused path
+        without dropout; everything else (acting, dropout, large input sets) uses autograd."""
+        if not (self.manual_backward and torch.is_grad_enabled()):
+            return False
+        if inp.value_gates is None or inp.dropout:
+            return False
+        return any(p.requires_grad for p in self.parameters()) or any(
+            t.requires_grad for t in (inp.keys, inp.value_gates, *hs)
+        )
+
+    def _prepare(self, x: Tensor, episode_starts: Tensor | None) -> StepInputs:
+        """Everything that does not depend on the state, for the whole sequence at once.
+
+        x: ``(T, B, N, D)``. The keys carry the 1/sqrt(dk) of the scores, so no step divides.
+        """
+        T, B, N, _ = x.shape
         U, H = self.num_units, self.hidden_size
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
         gates = _GATES[self.cell] * H
-
-        # --- everything that does not depend on the state, for the whole sequence at once
-        # Keys carry the 1/sqrt(dk) of the scores, so no step divides.
         keys = (x @ (self.input_key / math.sqrt(dk))).view(T, B, N, heads, dk)  # (T,B,N,D) ->
         keys = keys.permute(0, 1, 3, 4, 2)  # (T,B,N,heads,dk) -> (T,B,heads,dk,N)
         values = (x @ self.input_value).view(T, B, N, heads, dv)  # (T,B,N,D) -> (T,B,N,heads,dv)
-        fused = N * heads <= self.fuse_input_gates_max
-        if fused:
+        value_gates = None
+        if N * heads <= self.fuse_input_gates_max:
             # Per-RIM input-to-gate products of every value: read_u @ W_u = sum_{h,n} p * (v W_u,h).
             w = self.input_gate_weight.view(U, heads, dv, gates)  # (U,heads*dv,G) -> (U,heads,dv,G)
             # (T,B,N,heads,dv) x (U,heads,dv,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
             value_gates = torch.einsum("tbnhd,uhdg->tubhng", values, w).reshape(
                 T, U, B, heads * N, gates
             )
+            values = None
         else:
             values = values.permute(0, 1, 3, 2, 4)  # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
         lstm = self.cell == "lstm"
         # LSTM: the input bias adds to the same gates as the hidden bias; fold it in once.
         gate_bias = self.hidden_gate_bias + self.input_gate_bias if lstm else self.hidden_gate_bias
-        state_bias = torch.cat((gate_bias, self.input_query_bias), dim=-1)
-        comm_weight = self._comm_weight()
-        one_element = N * heads == 1  # softmax over [null, x] is a sigmoid of x's score
-        dropout = self.training and self.dropout > 0
-
-        keep = None if episode_starts is None else keep_factor(episode_starts, x.dtype)
-        # public (B, U, H) -> internal (U, B, H)
-        hs = [s.transpose(0, 1) for s in state]
-        outputs, masks, nulls = [], [], []
-        for t in range(T):
-            if keep is not None:
-                hs = [s * keep[t].view(1, B, 1) for s in hs]
-            # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state.
-            hq = torch.baddbmm(state_bias, hs[0], self.state_weight)  # (U,B,H) -> (U,B,G+heads*dk)
-            gates_h, query = hq.split((gates, heads * dk), dim=-1)
-            query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
-            # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
-            # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
-            scores = (query @ keys[t].unsqueeze(0)).squeeze(3)
-            if one_element:
-                read = torch.sigmoid(scores)  # (U, B, 1, 1)
-                null_attention = torch.sigmoid(-scores).view(U, B)  # (U,B,1,1) -> (U,B)
-            else:
-                probs = torch.softmax(F.pad(scores, (1, 0)), dim=-1)  # (U,B,heads,1+N), null first
-                null_attention = probs[..., 0].mean(-1)  # (U, B), averaged over heads
-                read = probs[..., 1:]  # (U, B, heads, N)
-            mask = self._select(null_attention.detach())  # (U, B) bool
-            if dropout:
-                read = F.dropout(read, self.dropout, True)
-            if fused:
-                # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
-                gates_x = (read.reshape(U, B, 1, heads * N) @ value_gates[t]).squeeze(2)
-            else:
-                # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
-                read_in = (read.unsqueeze(-2) @ values[t].unsqueeze(0)).view(U, B, heads * dv)
-                gates_x = torch.bmm(read_in, self.input_gate_weight)  # -> (U, B, G)
-            if not lstm:
-                gates_x = gates_x + self.input_gate_bias
-            new = self._cell(gates_x, gates_h, hs)
-            # Inactive RIMs keep their state exactly.
-            m = mask.unsqueeze(-1)  # (U, B) -> (U, B, 1)
-            hs = [torch.where(m, n, s) for n, s in zip(new, hs)]
-            hs[0] = torch.where(m, hs[0] + self._communicate(hs[0], comm_weight, dropout), hs[0])
-            outputs.append(hs[0])
-            masks.append(mask)
-            nulls.append(null_attention)
-
-        out = torch.stack(outputs)  # T x (U,B,H) -> (T,U,B,H)
-        out = out.permute(0, 2, 1, 3).reshape(T, B, U * H)  # (T,U,B,H) -> (T,B,U*H)
-        info = CoreInfo(
-            mask=torch.stack(masks).transpose(1, 2),  # T x (U,B) -> (T,B,U)
-            null_attention=torch.stack(nulls).transpose(1, 2),  # T x (U,B) -> (T,B,U)
+        return StepInputs(
+            keys=keys,
+            value_gates=value_gates,
+            values=values,
+            state_bias=torch.cat((gate_bias, self.input_query_bias), dim=-1),
+            input_bias=None if lstm else self.input_gate_bias,
+            comm_weight=self._comm_weight(),
+            keep=None if episode_starts is None else keep_factor(episode_starts, x.dtype),
+            one_element=N * heads == 1,  # softmax over [null, x] is a sigmoid of x's score
+            dropout=self.training and self.dropout > 0,
         )
-        return out, tuple(s.transpose(0, 1) for s in hs), info  # (U,B,H) -> (B,U,H)
+
+    def _step(
+        self, t: int, hs: list[Tensor], inp: StepInputs, saved: list[dict] | None = None
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``.
+        With ``saved``, the intermediates the hand-written backward needs are appended to it."""
+        U, B, _ = hs[0].shape
+        heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
+        gates = _GATES[self.cell] * self.hidden_size
+        if inp.keep is not None:
+            hs = [s * inp.keep[t].view(1, B, 1) for s in hs]
+        # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state.
+        hq = torch.baddbmm(inp.state_bias, hs[0], self.state_weight)  # (U,B,H) -> (U,B,G+Q)
+        gates_h, query = hq.split((gates, heads * dk), dim=-1)
+        query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
+        # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
+        # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
+        scores = (query @ inp.keys[t].unsqueeze(0)).squeeze(3)
+        probs = None
+        if inp.one_element:
+            read = torch.sigmoid(scores)  # (U, B, 1, 1)
+            null_attention = torch.sigmoid(-scores).view(U, B)  # (U,B,1,1) -> (U,B)
+        else:
+            probs = torch.softmax(F.pad(scores, (1, 0)), dim=-1)  # (U,B,heads,1+N), null first
+            null_attention = probs[..., 0].mean(-1)  # (U, B), averaged over heads
+            read = probs[..., 1:]  # (U, B, heads, N)
+        mask = self._select(null_attention.detach())  # (U, B) bool
+        if inp.dropout:
+            read = F.dropout(read, self.dropout, True)
+        N = read.shape[-1]
+        if inp.value_gates is not None:
+            # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
+            gates_x = (read.reshape(U, B, 1, heads * N) @ inp.value_gates[t]).squeeze(2)
+        else:
+            # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
+            read_in = (read.unsqueeze(-2) @ inp.values[t].unsqueeze(0)).view(U, B, heads * dv)
+            gates_x = torch.bmm(read_in, self.input_gate_weight)  # -> (U, B, G)
+        if inp.input_bias is not None:
+            gates_x = gates_x + inp.input_bias
+        new, acts = self._cell(gates_x, gates_h, hs)
+        # Inactive RIMs keep their state exactly.
+        m = mask.unsqueeze(-1)  # (U, B) -> (U, B, 1)
+        kept = [torch.where(m, n, s) for n, s in zip(new, hs)]
+        comm, comm_parts = self._communicate(kept[0], inp.comm_weight, inp.dropout)
+        out = [torch.where(m, kept[0] + comm, kept[0]), *kept[1:]]
+        if saved is not None:
+            saved.append(dict(hs=hs, query=query, read=read, probs=probs, acts=acts, mask=m,
+                              kept=kept[0], comm=comm_parts))  # fmt: skip
+        return out, mask, null_attention
 
     def _select(self, null_attention: Tensor) -> Tensor:
         """``(U, B)`` null attention -> ``(U, B)`` bool mask of the ``k`` least-null RIMs."""
@@ -296,14 +361,19 @@ class RIMs(nn.Module):
         mask = torch.zeros_like(null_attention, dtype=torch.bool)
         return mask.scatter_(0, idx, True)
 
-    def _cell(self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]) -> list[Tensor]:
-        """All RIMs' cells at once. gates_x, gates_h: ``(U, B, G)``; hs: states ``(U, B, H)``."""
+    def _cell(
+        self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]
+    ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+        """All RIMs' cells at once. gates_x, gates_h: ``(U, B, G)``; hs: states ``(U, B, H)``.
+        Returns the new states and the activations the hand-written backward reuses."""
         if self.cell == "lstm":
             H = self.hidden_size
             gates = gates_x + gates_h  # (U, B, 4H): i, f, g, o
             i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)  # sigmoid of g is unused
-            c_new = torch.addcmul(f * hs[1], i, torch.tanh(gates[..., 2 * H : 3 * H]))
-            return [o * torch.tanh(c_new), c_new]
+            g = torch.tanh(gates[..., 2 * H : 3 * H])
+            c_new = torch.addcmul(f * hs[1], i, g)
+            tanh_c = torch.tanh(c_new)
+            return [o * tanh_c, c_new], (i, f, g, o, tanh_c)
         # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only.
         (h,) = hs
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
@@ -311,7 +381,7 @@ class RIMs(nn.Module):
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
-        return [n + z * (h - n)]
+        return [n + z * (h - n)], (r, z, n, h_n)
 
     def _comm_weight(self) -> Tensor:
         """``comm_qkv`` with the query columns scaled by 1/sqrt(key size), once per call."""
@@ -321,8 +391,11 @@ class RIMs(nn.Module):
         scale[:q_cols] = 1.0 / math.sqrt(self.comm_key_size)
         return self.comm_qkv * scale
 
-    def _communicate(self, h: Tensor, comm_weight: Tensor, dropout: bool) -> Tensor:
-        """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM reads from all RIMs."""
+    def _communicate(
+        self, h: Tensor, comm_weight: Tensor, dropout: bool
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM reads from all RIMs, and the
+        intermediates ``(q, k, v, attn, read)`` the hand-written backward reuses."""
         U, B, _ = h.shape
         heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
         qkv = torch.bmm(h, comm_weight)  # (U,B,H) -> (U,B,heads*(2dk+dv))
@@ -335,4 +408,5 @@ class RIMs(nn.Module):
             attn = F.dropout(attn, self.dropout, True)
         # (B,heads,U,U) @ (B,heads,U,dv) -> (B,heads,U,dv) -> (U,B,heads*dv)
         read = (attn @ v).permute(2, 0, 1, 3).reshape(U, B, heads * dv)
-        return torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)
+        out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)
+        return out, (q, k, v, attn, read)

@@ -163,6 +163,7 @@ def test_gradient_flows_unchanged_through_kept_state(cell):
 
 def test_selection_is_not_differentiated():
     m = make_rims("lstm")
+    m.manual_backward = False  # with autograd throughout, the info tensors are graph nodes
     x = torch.randn(3, 2, 10)
     _, _, info = m(x, m.initial_state(2))
     assert not info.mask.requires_grad
@@ -272,3 +273,50 @@ def test_training_changes_only_through_used_paths():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         opt.step()
     assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("with_starts", [False, True])
+def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_starts):
+    """The hand-written backward (policies.rims_grad) gives autograd's gradients for every
+    parameter, the input and the initial state."""
+    torch.manual_seed(3)
+    x = torch.randn(7, 3, elements, 10, dtype=torch.float64)
+    starts = torch.zeros(7, 3, dtype=torch.bool)
+    if with_starts:
+        starts[3, 1] = starts[5, 0] = True
+    grads, outs = [], []
+    for manual in (True, False):
+        m = make_rims(cell, torch.float64, input_heads=heads, k=3).train()
+        m.dropout = 0.0
+        m.manual_backward = manual
+        xr = x.clone().requires_grad_()
+        state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
+        out, final, info = m(xr, state, starts if with_starts else None)
+        weights = torch.randn_like(out)
+        loss = (out * weights).sum() + sum((f * f).sum() for f in final)
+        loss.backward()
+        outs.append((out.detach(), info.mask))
+        grads.append([xr.grad, *(s.grad for s in state), *(p.grad for p in m.parameters())])
+    assert torch.equal(outs[0][1], outs[1][1])
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
+    names = ["x", "h0", "c0"][: 1 + (2 if cell == "lstm" else 1)] + [
+        n for n, _ in make_rims(cell).named_parameters()
+    ]
+    for name, a, b in zip(names, grads[0], grads[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_manual_backward_is_used_only_where_it_applies():
+    m = make_rims("lstm", dropout=0.0).train()
+    x = torch.randn(4, 2, 10)
+    state = m.initial_state(2)
+    inp = m._prepare(x.unsqueeze(2), None)
+    assert m._use_manual_backward(inp, list(state))
+    with torch.no_grad():
+        assert not m._use_manual_backward(inp, list(state))  # acting: nothing to save
+    m.dropout = 0.1
+    assert not m._use_manual_backward(m._prepare(x.unsqueeze(2), None), list(state))
+    m.dropout, m.fuse_input_gates_max = 0.0, 0
+    assert not m._use_manual_backward(m._prepare(x.unsqueeze(2), None), list(state))

@@ -1,0 +1,172 @@
+"""A hand-written backward for the RIMs time loop (training on the fused input path).
+
+Autograd records some 40 small nodes per RIMs step and accumulates every weight's gradient
+step by step; at recurrent-PPO sizes that bookkeeping, not arithmetic, dominates. Here the
+forward runs the very same ``RIMs._step`` without recording, keeping the intermediates the
+backward needs, and the backward walks the steps in reverse with the chain rule written out:
+the state-path gradients step by step, every weight's gradient in one batched matmul over all
+steps at the end. Gradients to the precomputed inputs (keys, value-gate products, biases, the
+scaled communication weight) flow on through autograd to the parameters and the input.
+
+Used only when ``RIMs._use_manual_backward`` says so (grad enabled, fused input path, no
+dropout); the tests check it against autograd in float64 for both cells.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from policies.rims import StepInputs
+
+
+def run_with_manual_backward(
+    module: Any, inp: StepInputs, hs: list[Tensor]
+) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+    """Forward of all steps. Returns out ``(T, U, B, H)``, the final states (U-major), masks and
+    null attention ``(T, U, B)``, differentiable through ``RIMsSequence``."""
+    lstm = module.cell == "lstm"
+    c0 = hs[1] if lstm else hs[0].new_zeros(0)
+    out, c_last, masks, nulls = RIMsSequence.apply(
+        module, inp, inp.keys, inp.value_gates, inp.state_bias, inp.input_bias,
+        inp.comm_weight, module.state_weight, module.comm_out, module.comm_out_bias, hs[0], c0,
+    )  # fmt: skip
+    return out, [out[-1], c_last] if lstm else [out[-1]], masks, nulls
+
+
+class RIMsSequence(torch.autograd.Function):
+    """All steps of a RIMs forward; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, module, inp, keys, value_gates, state_bias, input_bias, comm_weight,
+                state_weight, comm_out, comm_out_bias, h0, c0):  # fmt: skip
+        lstm = module.cell == "lstm"
+        hs = [h0, c0] if lstm else [h0]
+        saved: list[dict] = []
+        outs, masks, nulls = [], [], []
+        for t in range(keys.shape[0]):
+            hs, mask, null = module._step(t, hs, inp, saved)
+            outs.append(hs[0])
+            masks.append(mask)
+            nulls.append(null)
+        ctx.module, ctx.inp, ctx.steps = module, inp, saved
+        masks, nulls = torch.stack(masks), torch.stack(nulls)  # T x (U,B) -> (T,U,B)
+        c_last = hs[1] if lstm else c0
+        ctx.mark_non_differentiable(masks, nulls)
+        return torch.stack(outs), c_last, masks, nulls  # T x (U,B,H) -> (T,U,B,H)
+
+    @staticmethod
+    def backward(ctx, d_out, d_c_last, _d_masks, _d_nulls):
+        m_, inp, steps = ctx.module, ctx.inp, ctx.steps
+        lstm = m_.cell == "lstm"
+        T = len(steps)
+        U, B, H = steps[0]["kept"].shape
+        heads, dk = m_.input_heads, m_.input_key_size
+        ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
+        d_keys = torch.zeros_like(inp.keys)
+        d_value_gates = torch.zeros_like(inp.value_gates)
+        d_input_bias = None if lstm else torch.zeros_like(inp.input_bias)
+        dh = torch.zeros_like(steps[0]["kept"])
+        dc = dh.clone() if lstm else None
+        if lstm and d_c_last is not None:
+            dc = dc + d_c_last
+        w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
+        w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
+        w_out_t = m_.comm_out.transpose(1, 2)  # (U, H, ch*cdv)
+        # Per-step factors of the weight gradients, summed in one matmul after the loop.
+        h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
+        for t in reversed(range(T)):
+            s = steps[t]
+            dh = dh + d_out[t]
+            mf = s["mask"].to(dh.dtype)  # (U, B, 1)
+            # --- communication: out = kept + m * (read_c @ W_out + b)
+            q, k, v, attn, read_c = s["comm"]
+            d_o = dh * mf  # (U, B, H)
+            # (U,B,H) @ (U,H,ch*cdv) -> (U,B,ch*cdv) -> (B,ch,U,cdv)
+            d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv).permute(1, 2, 0, 3)
+            d_attn = d_r @ v.transpose(-1, -2)  # (B, ch, U, U)
+            d_v = attn.transpose(-1, -2) @ d_r  # (B, ch, U, cdv)
+            d_s = attn * (d_attn - (d_attn * attn).sum(-1, keepdim=True))  # softmax backward
+            d_q, d_k = d_s @ k, d_s.transpose(-1, -2) @ q  # (B, ch, U, cdk) each
+            # (2,B,ch,U,cdk) -> (U,B,2,ch,cdk) -> (U,B,2*ch*cdk); (B,ch,U,cdv) -> (U,B,ch*cdv)
+            d_qk = torch.stack((d_q, d_k)).permute(3, 1, 0, 2, 4).reshape(U, B, 2 * ch * cdk)
+            d_qkv = torch.cat((d_qk, d_v.permute(2, 0, 1, 3).reshape(U, B, ch * cdv)), dim=-1)
+            d_kept = dh + torch.bmm(d_qkv, w_comm_t)  # (U, B, H)
+            kepts.append(s["kept"])
+            d_qkvs.append(d_qkv)
+            reads_c.append(read_c)
+            d_os.append(d_o)
+            # --- selection: kept = where(m, new, old)
+            h_in = s["hs"][0]
+            d_new = d_kept * mf
+            dh_in = d_kept - d_new
+            # --- the cells
+            if lstm:
+                i, f, g, o, tanh_c = s["acts"]
+                d_c_new = dc * mf
+                dc_in = dc - d_c_new
+                d_c_new = d_c_new + d_new * o * (1 - tanh_c * tanh_c)
+                dc_in = dc_in + d_c_new * f
+                d_gates = torch.cat((
+                    d_c_new * g * i * (1 - i),
+                    d_c_new * s["hs"][1] * f * (1 - f),
+                    d_c_new * i * (1 - g * g),
+                    d_new * tanh_c * o * (1 - o),
+                ), dim=-1)  # fmt: skip
+                d_gx = d_gh = d_gates
+            else:
+                r, z, n, h_n = s["acts"]
+                d_n = d_new * (1 - z) * (1 - n * n)
+                d_r_pre = d_n * h_n * r * (1 - r)
+                d_z_pre = d_new * (h_in - n) * z * (1 - z)
+                dh_in = dh_in + d_new * z
+                d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
+                d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
+                d_input_bias += d_gx.sum(1, keepdim=True)
+            # --- input side: gates_x = read @ value_gates[t]
+            read = s["read"]  # (U, B, heads, N)
+            NH = read.shape[2] * read.shape[3]
+            vg = inp.value_gates[t]  # (U, B, NH, G)
+            # (U,B,1,G) @ (U,B,G,NH) -> (U,B,1,NH) -> (U,B,heads,N)
+            d_read = (d_gx.unsqueeze(2) @ vg.transpose(-1, -2)).view(read.shape)
+            d_value_gates[t] = read.reshape(U, B, NH, 1) * d_gx.unsqueeze(2)  # (U, B, NH, G)
+            if inp.one_element:
+                d_scores = d_read * read * (1 - read)  # read = sigmoid(score)
+            else:
+                p = s["probs"]  # (U, B, heads, 1+N); the null column gets no gradient
+                d_p = F.pad(d_read, (1, 0))
+                d_scores = (p * (d_p - (d_p * p).sum(-1, keepdim=True)))[..., 1:]
+            d_scores = d_scores.unsqueeze(3)  # (U, B, heads, 1, N)
+            keys_t = inp.keys[t]  # (B, heads, dk, N)
+            d_query = d_scores @ keys_t.transpose(-1, -2).unsqueeze(0)  # (U, B, heads, 1, dk)
+            d_keys[t] = (s["query"].transpose(-1, -2) @ d_scores).sum(0)  # (B, heads, dk, N)
+            d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
+            dh_in = dh_in + torch.bmm(d_hq, w_state_t)
+            h_ins.append(h_in)
+            d_hqs.append(d_hq)
+            # --- the episode-start reset at the top of the step
+            if inp.keep is not None:
+                keep = inp.keep[t].view(1, B, 1)
+                dh_in = dh_in * keep
+                if lstm:
+                    dc_in = dc_in * keep
+            dh = dh_in
+            if lstm:
+                dc = dc_in
+
+        def summed(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+            """sum_t xs[t]^T @ ys[t] per RIM: T x (U,B,a), T x (U,B,b) -> (U, a, b)."""
+            x = torch.cat(xs, dim=1)  # T x (U,B,a) -> (U, T*B, a)
+            return torch.bmm(x.transpose(1, 2), torch.cat(ys, dim=1))
+
+        d_state_weight = summed(h_ins, d_hqs)
+        d_state_bias = torch.cat(d_hqs, dim=1).sum(1, keepdim=True)  # (U, 1, G+Q)
+        d_comm_weight = summed(kepts, d_qkvs)
+        d_comm_out = summed(reads_c, d_os)
+        d_comm_out_bias = torch.cat(d_os, dim=1).sum(1, keepdim=True)  # (U, 1, H)
+        d_c0 = dc if lstm else None
+        return (None, None, d_keys, d_value_gates, d_state_bias, d_input_bias, d_comm_weight,
+                d_state_weight, d_comm_out, d_comm_out_bias, dh, d_c0)  # fmt: skip
