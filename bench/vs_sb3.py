@@ -28,12 +28,19 @@ from agents.trainer import train
 ENV = "MiniGrid-DoorKey-5x5-v0"
 
 
-def sb3_steps_per_second(steps: int, seed: int) -> float:
+def sb3_steps_per_second(steps: int, seed: int, rims: bool = False) -> float:
+    """sb3-contrib's RecurrentPPO with its MlpLstmPolicy, or with our RIMsPolicy (6 x 32, k=4,
+    the same RIMs sizes as our trainer's default)."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
+    from policies.sb3 import RIMsPolicy
+
     envs = make_vec_env(ENV, n_envs=8, seed=seed, wrapper_class=ImgObsWrapper)
-    model = RecurrentPPO("MlpLstmPolicy", envs, n_steps=128, seed=seed, device="cpu", verbose=0)
+    policy, kwargs = (RIMsPolicy, {"rims_kwargs": {"hidden_size": 32}}) if rims else (
+        "MlpLstmPolicy", {})  # fmt: skip
+    model = RecurrentPPO(policy, envs, n_steps=128, seed=seed, device="cpu", verbose=0,
+                         policy_kwargs=kwargs)  # fmt: skip
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     return model.num_timesteps / (time.perf_counter() - start)
@@ -63,6 +70,11 @@ def main() -> None:
 
     rows = [
         ("sb3-contrib RecurrentPPO MlpLstmPolicy", 80, sb3_steps_per_second(args.steps, args.seed)),
+        (
+            "sb3-contrib RecurrentPPO + our RIMsPolicy",
+            80,
+            sb3_steps_per_second(args.steps, args.seed, rims=True),
+        ),
         ("ours, rims, default update", 16, ours("rims")),
         ("ours, lstm, default update", 16, ours("lstm")),
         ("ours, rims, sb3's update work", 80, ours("rims", **equal_work)),
