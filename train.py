@@ -248,6 +248,11 @@ def run_train(given: dict) -> int:
     except TrainingStopped as stop:
         print(f"rims: {stop}", file=sys.stderr)
         return stop.exit_code
+    if not result.is_main:
+        return 0
+    if result.ranks > 1:
+        same = "yes" if result.parameters_identical else "NO"
+        print(f"data-parallel over {result.ranks} processes; parameters identical on all: {same}")
     recent = result.mean_recent_return
     print(
         f"trained to step {result.global_step:,} in {result.seconds:.0f} s; "

@@ -130,11 +130,6 @@ class TrainConfig:
         """Training sequences per rollout."""
         return self.num_envs * (self.num_steps // self.sequence_length)
 
-    @property
-    def num_updates(self) -> int:
-        """Rollout-and-update iterations: ``total_steps`` rounded up to whole rollouts."""
-        return max(1, -(-self.total_steps // self.batch_size))
-
     def policy_spec(self) -> PolicySpec:
         return PolicySpec(
             core=self.core,

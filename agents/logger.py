@@ -32,17 +32,25 @@ class RunLogger:
         start_step: int,
         progress: bool = True,
         image_every: int = 0,
+        enabled: bool = True,
     ) -> None:
+        """``enabled=False`` (data-parallel ranks other than 0) keeps the returns for the mean
+        but writes nothing and shows no bar."""
         self.image_every = image_every
         self.updates = 0
+        self.enabled = enabled
         # purge_step drops events a crashed run wrote after its last checkpoint (step > start),
         # so resumed curves continue from the checkpoint's step without overlaps.
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
+        self.writer = (
+            SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
+            if enabled
+            else None
+        )
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.bar = tqdm(
             total=total_steps, initial=start_step, disable=not progress, unit="step",
             dynamic_ncols=True, smoothing=0.1,
-        )  # fmt: skip
+        ) if enabled else None  # fmt: skip
 
     @property
     def mean_recent_return(self) -> float | None:
@@ -61,6 +69,9 @@ class RunLogger:
         w = self.writer
         if rollout.episode_returns:
             self.recent_returns.extend(rollout.episode_returns)
+        if w is None:
+            return
+        if rollout.episode_returns:
             w.add_scalar("charts/episodic_return", np.mean(rollout.episode_returns), global_step)
             w.add_scalar("charts/episodic_length", np.mean(rollout.episode_lengths), global_step)
         w.add_scalar("charts/SPS", sps, global_step)
@@ -87,5 +98,7 @@ class RunLogger:
         self.bar.update(steps_this_update)
 
     def close(self) -> None:
-        self.bar.close()
-        self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

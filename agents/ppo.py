@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -115,8 +116,11 @@ def ppo_update(
     returns: Tensor,
     config: TrainConfig,
     generator: torch.Generator | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> UpdateStats:
-    """``update_epochs`` passes over the rollout in minibatches of whole sequences."""
+    """``update_epochs`` passes over the rollout in minibatches of whole sequences.
+    ``after_backward`` runs between each backward and the clip/step (e.g. averaging gradients
+    over data-parallel ranks)."""
     policy.train()
     sums = torch.zeros(6, device=advantages.device)
     count = 0
@@ -130,6 +134,8 @@ def ppo_update(
             parts = minibatch_loss(policy, batch, config)
             optimizer.zero_grad(set_to_none=True)
             parts.loss.backward()
+            if after_backward is not None:
+                after_backward()
             grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
             detached = (

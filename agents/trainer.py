@@ -16,6 +16,18 @@ import torch
 
 from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.config import ConfigError, TrainConfig
+from agents.distributed import (
+    Distributed,
+    any_rank,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    gather_lists,
+    init_distributed,
+    local_device,
+    parameters_identical,
+    shutdown,
+)
 from agents.gae import compute_gae
 from agents.logger import RunLogger
 from agents.ppo import ppo_update
@@ -37,6 +49,9 @@ class TrainResult:
     updates: int
     mean_recent_return: float | None
     seconds: float
+    ranks: int = 1  # data-parallel processes (torchrun)
+    is_main: bool = True  # rank 0: the process that reports
+    parameters_identical: bool = True  # all ranks ended with the same parameters
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,35 +194,52 @@ def train(config: TrainConfig) -> TrainResult:
     and without one (the last good checkpoint stays) when the loss or parameters diverge.
     """
     device = resolve_device(config.device)
+    world = init_distributed(device)
+    try:
+        return _train(config, local_device(device, world), world)
+    finally:
+        shutdown(world)
+
+
+def _train(config: TrainConfig, device: torch.device, world: Distributed) -> TrainResult:
     run_dir = Path(config.run_dir or config.default_run_dir())
     resumed = None
     if config.resume:
         resumed = load_checkpoint(run_dir / CHECKPOINT_DIR / "latest.pt")
-        if resumed["update"] >= config.num_updates:
-            print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing to do "
-                  "(pass a larger --total-steps to extend it)")  # fmt: skip
+        if resumed["update"] >= num_updates(config, world):
+            if world.is_main:
+                print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing "
+                      "to do (pass a larger --total-steps to extend it)")  # fmt: skip
             return TrainResult(run_dir, resumed["global_step"], resumed["update"],
-                               resumed["mean_recent_return"], 0.0)  # fmt: skip
-    elif holds_run(run_dir):
+                               resumed["mean_recent_return"], 0.0, world.world_size,
+                               world.is_main)  # fmt: skip
+    elif holds_run(run_dir) and world.is_main:
         if not config.overwrite:
             raise ConfigError(
                 f"{run_dir} already holds a run; pass --resume to continue it "
                 "or --overwrite to start afresh"
             )
         clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    barrier(world)
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    seed_everything(config.seed)
+    seed_everything(config.seed + 1_009 * world.rank)  # ranks sample different actions
     envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs())
     try:
         with StopSignals() as signals, torch.autograd.set_detect_anomaly(config.detect_anomaly):
-            trainer = Trainer(config, envs, device, run_dir, resumed, signals)
+            trainer = Trainer(config, envs, device, run_dir, resumed, signals, world)
             return trainer.run()
     finally:
         envs.close()
+
+
+def num_updates(config: TrainConfig, world: Distributed) -> int:
+    """Updates to reach ``total_steps``, which counts the steps of all ranks together."""
+    return max(1, -(-config.total_steps // (config.batch_size * world.world_size)))
 
 
 class Trainer:
@@ -221,10 +253,14 @@ class Trainer:
         run_dir: Path,
         resumed: dict[str, Any] | None,
         signals: StopSignals,
+        world: Distributed,
     ) -> None:
-        self.config, self.run_dir, self.signals = config, run_dir, signals
+        self.config, self.run_dir, self.signals, self.world = config, run_dir, signals, world
+        self.num_updates = num_updates(config, world)
+        self.steps_per_update = config.batch_size * world.world_size
         self.policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
         self.policy.to(device)
+        broadcast_parameters(self.policy, world)  # every rank starts from rank 0's weights
         self.optimizer = torch.optim.Adam(
             self.policy.parameters(), lr=config.learning_rate, eps=1e-5
         )
@@ -239,18 +275,24 @@ class Trainer:
             config.num_steps, config.num_envs, envs.single_observation_space,
             self.policy.initial_state(config.num_envs, device), config.sequence_length, device,
         )  # fmt: skip
-        # A resumed run reseeds its envs past the seeds it has used (episodes do not repeat).
-        env_seed = config.seed + 1_000_003 * self.update
+        # A resumed run reseeds its envs past the seeds it has used (episodes do not repeat);
+        # each rank's envs get their own seeds.
+        env_seed = config.seed + 1_000_003 * self.update + 100_003 * world.rank
         self.collector = RolloutCollector(
             envs, self.policy, self.storage, device, env_seed,
             clip_rewards=config.clip_rewards, episodic_life=config.episodic_life,
         )  # fmt: skip
-        self.logger = RunLogger(run_dir, config.num_updates * config.batch_size, self.global_step,
-                                config.progress, config.image_every)  # fmt: skip
+        # Only rank 0 logs and writes checkpoints.
+        self.logger = RunLogger(
+            run_dir, self.num_updates * self.steps_per_update, self.global_step,
+            config.progress, config.image_every, enabled=world.is_main,
+        )  # fmt: skip
         self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
         self.generator = torch.Generator()
 
     def save(self, best: bool = False) -> Path:
+        if not self.world.is_main:
+            return self.checkpoints.dir / "latest.pt"
         payload = checkpoint_payload(
             self.config, self.policy, self.optimizer, self.global_step, self.update,
             self.logger.mean_recent_return, self.best_return,
@@ -263,11 +305,12 @@ class Trainer:
     def run(self) -> TrainResult:
         started = time.perf_counter()
         try:
-            while self.update < self.config.num_updates:
+            while self.update < self.num_updates:
                 if not self.one_update():
                     break
         finally:
             self.logger.close()
+        identical = parameters_identical(self.policy, self.world)
         if self.signals.received is not None:
             name = signal.Signals(self.signals.received).name
             path = self.save()
@@ -278,8 +321,9 @@ class Trainer:
             )
         seconds = time.perf_counter() - started
         return TrainResult(
-            self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds
-        )
+            self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds,
+            self.world.world_size, self.world.is_main, identical,
+        )  # fmt: skip
 
     def one_update(self) -> bool:
         """Collect a rollout and learn from it. False if a stop was requested during the rollout
@@ -288,7 +332,7 @@ class Trainer:
         tick = time.perf_counter()
         lr = config.learning_rate
         if config.anneal_lr:
-            lr *= 1.0 - (update - 1) / config.num_updates
+            lr *= 1.0 - (update - 1) / self.num_updates
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         try:
@@ -301,9 +345,11 @@ class Trainer:
                 f"{first[:200]}); checkpoint {path}",
                 1,
             ) from err
-        if collected is None:
+        if any_rank(collected is None, self.world):  # a signal: every rank stops together
             return False
         last_values, rollout = collected
+        rollout.episode_returns = gather_lists(rollout.episode_returns, self.world)
+        rollout.episode_lengths = gather_lists(rollout.episode_lengths, self.world)
         storage = self.storage
         advantages, returns = compute_gae(
             storage.rewards, storage.values, storage.terminated, storage.ended,
@@ -311,20 +357,21 @@ class Trainer:
         )  # fmt: skip
         self.generator.manual_seed(update_seed(config.seed, update))
         stats = ppo_update(
-            self.policy, self.optimizer, storage, advantages, returns, config, self.generator
-        )
+            self.policy, self.optimizer, storage, advantages, returns, config, self.generator,
+            after_backward=lambda: average_gradients(self.policy, self.world),
+        )  # fmt: skip
         if not (stats.finite and all_finite(self.policy.parameters())):
             raise TrainingStopped(
                 f"the loss or the parameters became NaN/inf in update {update} (step "
-                f"{self.global_step + config.batch_size:,}); the last good checkpoint is "
+                f"{self.global_step + self.steps_per_update:,}); the last good checkpoint is "
                 f"{self.checkpoints.dir / 'latest.pt'}; --detect-anomaly helps find where",
                 1,
             )
         self.update = update
-        self.global_step += config.batch_size
-        sps = config.batch_size / (time.perf_counter() - tick)
-        self.logger.log_update(self.global_step, config.batch_size, rollout, stats, lr, sps)
-        if update % config.checkpoint_every == 0 or update == config.num_updates:
+        self.global_step += self.steps_per_update
+        sps = self.steps_per_update / (time.perf_counter() - tick)
+        self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
+        if update % config.checkpoint_every == 0 or update == self.num_updates:
             mean = self.logger.mean_recent_return
             improved = mean is not None and (self.best_return is None or mean > self.best_return)
             self.best_return = mean if improved else self.best_return

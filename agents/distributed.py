@@ -1,0 +1,118 @@
+"""Data-parallel training under ``torchrun``: each process runs its own envs and rollout; the
+gradients of every minibatch are averaged over processes, so all hold the same parameters.
+
+Outside ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    collective_device: str = "cpu"  # where small collective tensors live (CUDA for NCCL)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the run directory, logs, checkpoints and the progress bar."""
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the process group ``torchrun`` set up (NCCL on GPUs, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    collective = "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        collective = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        # A rank that dies makes the others fail within the timeout instead of hanging forever.
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    return Distributed(rank, world_size, local_rank, collective)
+
+
+def local_device(device: torch.device, world: Distributed) -> torch.device:
+    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    if world.enabled and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def broadcast_parameters(module: nn.Module, world: Distributed) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if world.enabled:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(module: nn.Module, world: Distributed) -> None:
+    """Replace each gradient by its mean over ranks (one all-reduce of a flat buffer)."""
+    if not world.enabled:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # every grad -> one (n,) buffer
+    dist.all_reduce(flat)
+    flat /= world.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))  # (n,) slice -> grad shape
+        offset += g.numel()
+
+
+def any_rank(flag: bool, world: Distributed) -> bool:
+    """True if ``flag`` is true on any rank (every rank must call it)."""
+    if not world.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=world.collective_device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_lists(values: list, world: Distributed) -> list:
+    """Every rank's list, concatenated (every rank must call it)."""
+    if not world.enabled:
+        return list(values)
+    parts: list = [None] * world.world_size
+    dist.all_gather_object(parts, list(values))
+    return [v for part in parts for v in part]
+
+
+def parameters_identical(module: nn.Module, world: Distributed) -> bool:
+    """True if every rank holds bit-identical parameters (compares rank 0's to each)."""
+    if not world.enabled:
+        return True
+    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    flat = flat.to(world.collective_device)
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    return not any_rank(not torch.equal(flat, reference), world)
+
+
+def barrier(world: Distributed) -> None:
+    if world.enabled:
+        dist.barrier()
+
+
+def shutdown(world: Distributed) -> None:
+    if world.enabled and dist.is_initialized():
+        dist.destroy_process_group()
