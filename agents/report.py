@@ -66,6 +66,23 @@ def check_compatible(loaded: LoadedPolicy, row: SuiteRow) -> None:
         env.close()
 
 
+def compatible_rows(runs: Sequence[LoadedPolicy], rows: Sequence[SuiteRow]) -> list[SuiteRow]:
+    """The rows every run can be evaluated on; prints one line per row left out and why (a
+    game mode with another action set needs a policy trained with --full-action-space)."""
+    kept = []
+    for row in rows:
+        try:
+            for run in runs:
+                check_compatible(run, row)
+        except EnvError as err:
+            print(f"  skipped {row.env} {row.label}: {err}")
+            continue
+        kept.append(row)
+    if not kept:
+        raise EnvError("no row of the suite fits the runs' observations and actions")
+    return kept
+
+
 def evaluate_runs(
     runs: Sequence[LoadedPolicy],
     rows: Sequence[SuiteRow],

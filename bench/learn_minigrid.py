@@ -5,7 +5,7 @@ evaluates the final policy on 100 fresh episodes. Prints, per run: the first ste
 mean training return of an update reached 0.9, the final last-100 training return, the evaluation
 return, wall time and steps/s. Cores run one after the other so they do not share the CPU.
 
-    python bench/learn_minigrid.py                       # rims and lstm, seed 1, 200k steps
+    python bench/learn_minigrid.py                       # rims and lstm, seed 1, 300k steps
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --total-steps 300000
 """
 
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--env", default="MiniGrid-DoorKey-5x5-v0")
     parser.add_argument("--cores", nargs="+", default=["rims", "lstm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
-    parser.add_argument("--total-steps", type=int, default=200_000)
+    parser.add_argument("--total-steps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
     parser.add_argument("--out", default=None, help="run dirs go here (default: a temp dir)")
     args = parser.parse_args()

@@ -45,6 +45,8 @@ class AtariSettings:
     mode: int | None = None
     difficulty: int | None = None
     max_episode_frames: int = 108_000  # 30 minutes of play, the usual cap (then truncated)
+    flicker: float = 0.0  # probability that an observation's newest frame is blanked
+    noise: float = 0.0  # std of Gaussian pixel noise, as a fraction of the 0..255 range
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> AtariSettings:
@@ -92,6 +94,68 @@ class FireOnReset(gym.Wrapper):
         if terminated or truncated:
             obs, info = self.env.reset(options=options)
         return obs, info
+
+
+def perturb_images(
+    images: np.ndarray, rng: np.random.Generator, flicker: float, noise: float
+) -> np.ndarray:
+    """``(B, stack, H, W)`` uint8 -> a perturbed copy: each observation's newest frame blanked
+    with probability ``flicker`` (Flickering Atari, Hausknecht & Stone 2015; with the default
+    frame stack of 1 the whole observation), then Gaussian noise of std ``noise * 255``."""
+    out = images.copy()
+    if flicker > 0:
+        out[rng.random(len(out)) < flicker, -1] = 0
+    if noise > 0:
+        noisy = out.astype(np.float32) + rng.normal(0.0, noise * 255.0, out.shape)
+        out = np.clip(noisy, 0, 255).astype(np.uint8)
+    return out
+
+
+class ImagePerturbation(gym.ObservationWrapper):
+    """``perturb_images`` on one env's ``{"image": (stack, H, W)}`` observations."""
+
+    def __init__(self, env: gym.Env, flicker: float, noise: float) -> None:
+        super().__init__(env)
+        self.flicker, self.noise = flicker, noise
+        self.rng = np.random.default_rng()
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:  # its own stream: the game's randomness is untouched
+            self.rng = np.random.default_rng(seed + 7_919)
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: dict) -> dict:
+        image = perturb_images(observation["image"][None], self.rng, self.flicker, self.noise)
+        return {"image": image[0]}
+
+
+class VectorImagePerturbation(VectorWrapper):
+    """``perturb_images`` on a vector env's batched observations (final ones included)."""
+
+    def __init__(self, env: VectorEnv, flicker: float, noise: float) -> None:
+        super().__init__(env)
+        self.flicker, self.noise = flicker, noise
+        self.rng = np.random.default_rng()
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.rng = np.random.default_rng(np.asarray(seed).ravel()[0] + 7_919)
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._perturb(obs), info
+
+    def _perturb(self, obs: dict) -> dict:
+        return {"image": perturb_images(obs["image"], self.rng, self.flicker, self.noise)}
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        if "final_obs" in info:
+            mask = info.get("_final_obs", terminated | truncated)
+            finals = list(info["final_obs"])
+            for i in np.flatnonzero(mask):
+                finals[i] = self._perturb({"image": finals[i]["image"][None]})
+                finals[i] = {"image": finals[i]["image"][0]}
+            info = {**info, "final_obs": finals}
+        return self._perturb(obs), rewards, terminated, truncated, info
 
 
 class DictImage(gym.ObservationWrapper):
@@ -152,7 +216,10 @@ def make_flavoured_env(
         terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False,
     )  # fmt: skip
     env = FrameStackObservation(env, settings.frame_stack, padding_type="zero")  # as ale-py
-    return DictImage(env)
+    env = DictImage(env)
+    if settings.flicker or settings.noise:
+        env = ImagePerturbation(env, settings.flicker, settings.noise)
+    return env
 
 
 def make_fast_vector_env(env_id: str, num_envs: int, settings: AtariSettings) -> VectorEnv:
@@ -186,7 +253,10 @@ def make_atari_vector_env(
     if path == "fast" and settings.flavoured:
         raise ValueError("the fast path has no modes or difficulties")
     if path == "fast" or (path == "auto" and not settings.flavoured):
-        return make_fast_vector_env(env_id, num_envs, settings)
+        envs = make_fast_vector_env(env_id, num_envs, settings)
+        if settings.flicker or settings.noise:
+            envs = VectorImagePerturbation(envs, settings.flicker, settings.noise)
+        return envs
     fns = [lambda: make_flavoured_env(env_id, settings)] * num_envs
     vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
     return vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -22,8 +22,9 @@ Atari
                        refuses with one line.
     ``sticky=P``       the probability that the previous action is repeated (v5 default 0.25).
     ``frameskip=N``    emulator frames per agent step (default 4).
-
-Flickering frames and observation noise for Atari are not implemented yet.
+    ``flicker=P``      each observation's newest frame is blanked with probability P
+                       (Flickering Atari, Hausknecht & Stone 2015); ``flicker=0`` is the identity.
+    ``noise=SIGMA``    Gaussian pixel noise of std SIGMA x 255, clipped to 0..255.
 """
 
 from __future__ import annotations
@@ -175,7 +176,14 @@ def _apply_colors(env_id: str, value: str, effect: ShiftEffect) -> None:
 
 def _apply_noise(env_id: str, value: str, effect: ShiftEffect) -> None:
     p = _probability("noise")(value)
-    effect.wrappers.append(lambda env: CellNoise(env, p))
+    if env_id.startswith("ALE/"):
+        effect.env_kwargs["noise"] = p  # Gaussian pixel noise, std as a fraction of 255
+    else:
+        effect.wrappers.append(lambda env: CellNoise(env, p))
+
+
+def _apply_flicker(env_id: str, value: str, effect: ShiftEffect) -> None:
+    effect.env_kwargs["flicker"] = _probability("flicker")(value)
 
 
 def _apply_view(env_id: str, value: str, effect: ShiftEffect) -> None:
@@ -222,12 +230,18 @@ SHIFTS: dict[str, ShiftKind] = {
         ShiftKind("size", ("minigrid",), "grid size N x N", _apply_size),
         ShiftKind("distractors", ("minigrid",), "number of distractors", _apply_distractors),
         ShiftKind("colors", ("minigrid",), "'permute': rename object colours", _apply_colors),
-        ShiftKind("noise", ("minigrid",), "probability of a random view cell", _apply_noise),
+        ShiftKind(
+            "noise",
+            ("minigrid", "atari"),
+            "Minigrid: probability of a random view cell; Atari: pixel noise std (fraction of 255)",
+            _apply_noise,
+        ),
         ShiftKind("view", ("minigrid",), "agent view size (odd)", _apply_view),
         ShiftKind("mode", ("atari",), "ALE game mode", _apply_mode),
         ShiftKind("difficulty", ("atari",), "ALE game difficulty", _apply_difficulty),
         ShiftKind("sticky", ("atari",), "repeat-action probability", _apply_sticky),
         ShiftKind("frameskip", ("atari",), "emulator frames per agent step", _apply_frameskip),
+        ShiftKind("flicker", ("atari",), "probability a frame is blanked", _apply_flicker),
     )
 }
 

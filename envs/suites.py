@@ -2,7 +2,9 @@
 
 A suite file is JSON: ``{"NAME": {"description": "...", "rows": [{"env": ID, "shifts":
 ["KEY=VALUE", ...]}, ...]}}``. ``rims eval --suite NAME`` takes a built-in name or a file path
-(a file holding one suite, or several of which NAME selects with ``FILE:NAME``).
+(a file holding one suite, or several of which NAME selects with ``FILE:NAME``). An ``env`` of
+``"$RUN"`` stands for the evaluated runs' training env. ``atari-modes`` is generated: every mode
+and difficulty of the runs' Atari game.
 """
 
 from __future__ import annotations
@@ -51,6 +53,37 @@ def _parse_suites(data: object, source: str) -> dict[str, Suite]:
             parsed.append(SuiteRow(row["env"], tuple(parse_shift(s) for s in shifts)))
         suites[name] = Suite(name, str(body.get("description", "")), tuple(parsed))
     return suites
+
+
+RUN_ENV = "$RUN"
+GENERATED = ("atari-modes",)
+
+
+def resolve_rows(suite: Suite, training_envs: list[str]) -> list[SuiteRow]:
+    """The suite's rows with ``$RUN`` replaced by the runs' (single) training env."""
+    if not any(row.env == RUN_ENV for row in suite.rows):
+        return list(suite.rows)
+    if len(set(training_envs)) != 1:
+        raise ShiftError(
+            f"suite {suite.name} uses the runs' training env, but they differ: "
+            f"{', '.join(sorted(set(training_envs)))}"
+        )
+    return [SuiteRow(training_envs[0] if r.env == RUN_ENV else r.env, r.shifts) for r in suite.rows]
+
+
+def atari_modes_suite(env_id: str) -> Suite:
+    """Every mode x difficulty of an ALE game (Machado et al. 2018; Farebrother et al. 2018)."""
+    if not env_id.startswith("ALE/"):
+        raise ShiftError(f"suite atari-modes needs Atari runs, got {env_id}")
+    from envs.atari import available_flavours
+
+    flavours = available_flavours(env_id)
+    rows = tuple(
+        SuiteRow(env_id, (("mode", str(m)), ("difficulty", str(d))))
+        for m in flavours["mode"]
+        for d in flavours["difficulty"]
+    )
+    return Suite("atari-modes", f"every mode and difficulty of {env_id}", rows)
 
 
 def builtin_suites() -> dict[str, Suite]:

@@ -115,3 +115,57 @@ def test_cpu_smoke_training_and_evaluation(tmp_path, extra, capsys):
     assert "trained to step 64" in capsys.readouterr().out
     assert main(["eval", str(run), "--episodes", "1", "--shift", "sticky=0"]) == 0
     assert "sticky=0" in capsys.readouterr().out
+
+
+def test_flicker_and_noise_change_only_the_pixels():
+    settings = dict(frame_stack=1, noop_max=0, repeat_action_probability=0.0)
+    clean = make_vector_env(PONG, 2, env_kwargs=settings)
+    same = make_vector_env(PONG, 2, env_kwargs=settings, shifts=[("flicker", "0"), ("noise", "0")])
+    dark = make_vector_env(PONG, 2, env_kwargs=settings, shifts=[("flicker", "1")])
+    noisy = make_vector_env(PONG, 2, env_kwargs=settings, shifts=[("noise", "0.1")])
+    outs = [env.reset(seed=3)[0]["image"] for env in (clean, same, dark, noisy)]
+    for _ in range(20):
+        steps = [env.step(np.array([2, 3])) for env in (clean, same, dark, noisy)]
+        outs = [s[0]["image"] for s in steps]
+        rewards = [s[1] for s in steps]
+        assert all(np.array_equal(rewards[0], r) for r in rewards)  # the game is unchanged
+    assert np.array_equal(outs[0], outs[1])  # flicker=0 and noise=0 are the identity
+    assert outs[2].max() == 0  # flicker=1 blanks every frame
+    diff = outs[3].astype(int) - outs[0].astype(int)
+    assert 15 < diff.std() < 35 and np.abs(diff).max() > 0  # ~0.1 x 255, clipped at the ends
+    for env in (clean, same, dark, noisy):
+        env.close()
+
+
+def test_atari_suites_follow_the_runs_game():
+    from envs.suites import atari_modes_suite, load_suite, resolve_rows
+
+    rows = resolve_rows(load_suite("atari-perturb"), [PONG, PONG])
+    assert {r.env for r in rows} == {PONG} and rows[3].label == "flicker=0.25"
+    with pytest.raises(ShiftError, match="they differ"):
+        resolve_rows(load_suite("atari-perturb"), [PONG, BREAKOUT])
+    modes = atari_modes_suite(BREAKOUT)
+    assert len(modes.rows) == 12 * 2 and modes.rows[1].label == "mode=0 difficulty=1"
+    with pytest.raises(ShiftError, match="needs Atari runs"):
+        atari_modes_suite("MiniGrid-DoorKey-5x5-v0")
+
+
+def test_eval_atari_modes_and_rows_that_do_not_fit(tmp_path, capsys):
+    from agents.checkpoint import load_policy
+    from agents.report import compatible_rows
+    from envs.factory import EnvError
+    from envs.suites import SuiteRow
+
+    run = tmp_path / "run"
+    assert main(["train", *ATARI_TINY, "--env", PONG, "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--suite", "atari-modes", "--episodes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "mode=0 difficulty=0" in out and "mode=1 difficulty=3" in out
+    # A row whose action set differs (Breakout has 4 actions, Pong 6) is left out, with a line.
+    loaded = load_policy(run)
+    rows = [SuiteRow(PONG), SuiteRow(BREAKOUT)]
+    assert compatible_rows([loaded], rows) == rows[:1]
+    assert "skipped ALE/Breakout-v5" in capsys.readouterr().out
+    with pytest.raises(EnvError, match="no row of the suite fits"):
+        compatible_rows([loaded], rows[1:])
