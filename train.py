@@ -15,7 +15,7 @@ from agents.checkpoint import CheckpointError
 from agents.config import ConfigError, TrainConfig, resolve_config
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
-from envs.shifts import ShiftError
+from envs.shifts import SHIFTS, ShiftError
 
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
 RESUME_MAY_CHANGE = {
@@ -67,15 +67,25 @@ def add_record_parser(commands) -> None:
     )
     rec.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     rec.add_argument("--out", required=True, metavar="FILE", help="output .mp4 or .gif")
-    rec.add_argument("--env", default=None, help="env id (default: the run's training env)")
-    rec.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE",
-                     help="a shift (repeatable)")  # fmt: skip
-    rec.add_argument("--episodes", type=positive_int, default=1, help="episodes to record")
-    rec.add_argument("--seed", type=int, default=0, help="seed of the episodes and actions")
-    rec.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
-                     help="which checkpoint of a run directory")  # fmt: skip
-    rec.add_argument("--greedy", action="store_true", help="take the most likely action")
+    add_playing_flags(rec, episodes=1)
     rec.add_argument("--fps", type=positive_int, default=8, help="frames per second")
+
+
+def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
+    """The flags ``eval`` and ``record`` share: where and how the checkpoint plays."""
+    parser.add_argument("--env", default=None, help="env id; none: the run's training env")
+    parser.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE",
+                        help="a shift (repeatable)")  # fmt: skip
+    parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the episodes and actions (disjoint from training)",
+    )
+    parser.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
+                        help="which checkpoint of a run directory")  # fmt: skip
+    parser.add_argument("--greedy", action="store_true", help="take the most likely action")
 
 
 def add_plot_parser(commands) -> None:
@@ -125,6 +135,12 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def builtin_suite_names() -> list[str]:
+    from envs.suites import builtin_suites
+
+    return list(builtin_suites())
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -141,21 +157,15 @@ def add_eval_parser(commands) -> None:
         help="evaluate runs on their env, a shifted env, or a suite",
         description=(
             "Evaluate one or more runs (or checkpoint files) side by side. Without --env or "
-            "--suite each run's training env is used; --shift KEY=VALUE shifts it (keys: size, "
-            "distractors, colors, noise, view)."
+            "--suite each run's training env is used; --shift KEY=VALUE shifts it (keys: "
+            f"{', '.join(SHIFTS)}). Suites: {', '.join(builtin_suite_names())}, atari-modes, "
+            "or a suite JSON file."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ev.add_argument("runs", nargs="+", metavar="RUN_OR_CHECKPOINT")
-    ev.add_argument("--env", default=None, help="env id to evaluate on")
-    ev.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE",
-                    help="a shift (repeatable)")  # fmt: skip
+    add_playing_flags(ev, episodes=100)
     ev.add_argument("--suite", default=None, help="a built-in suite name or a suite JSON file")
-    ev.add_argument("--episodes", type=positive_int, default=100, help="episodes per cell")
-    ev.add_argument("--seed", type=int, default=0, help="evaluation seed (disjoint from training)")
-    ev.add_argument("--greedy", action="store_true", help="take the most likely action")
-    ev.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
-                    help="which checkpoint of a run directory")  # fmt: skip
     ev.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
     ev.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ev.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON")

@@ -108,12 +108,3 @@ class RolloutCollector:
             stats.active_fraction = stacked.float().mean((0, 1)).tolist()
         last_values = self.policy.value(self.obs, self.state, self.episode_starts)
         return last_values, stats
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import sys
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -31,7 +33,7 @@ from agents.distributed import (
 from agents.gae import compute_gae
 from agents.logger import RunLogger
 from agents.ppo import ppo_update
-from agents.rollout import RolloutCollector, seed_everything
+from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from envs.factory import make_vector_env
 from policies.actor_critic import ActorCritic
@@ -176,6 +178,13 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def update_seed(seed: int, update: int) -> int:

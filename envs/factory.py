@@ -25,8 +25,6 @@ from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
 from envs.shifts import ShiftError, shift_effect
 
-FAMILIES = ("minigrid", "atari", "gym")
-
 
 class EnvError(ValueError):
     """An env that cannot be built as asked (unknown id, unsupported spaces); one-line message."""

@@ -73,11 +73,6 @@ def keep_factor(episode_starts: Tensor, dtype: torch.dtype) -> Tensor:
     return (~episode_starts.bool()).to(dtype)
 
 
-def select_batch(state: State, index: Tensor) -> State:
-    """The state of the batch entries ``index`` (each tensor indexed on dim 0)."""
-    return tuple(s[index] for s in state)
-
-
 def check_positive(**sizes: int) -> None:
     """Raise ``ValueError`` naming the first size that is not a positive integer."""
     for name, value in sizes.items():
