@@ -9,7 +9,7 @@ import pytest
 
 from envs.factory import make_env
 from envs.shifts import COLOR_PERMUTATION, ShiftError, parse_shift
-from envs.suites import builtin_suites, load_suite
+from envs.suites import builtin_suites, load_suite, resolve_rows
 
 DOORKEY = "MiniGrid-DoorKey-5x5-v0"
 
@@ -99,9 +99,11 @@ def test_builtin_and_user_suites(tmp_path):
     doorkey = suites["doorkey"]
     assert [r.label for r in doorkey.rows] == ["", "size=6", "size=8", "size=16"]
     assert {"doorkey", "empty"} <= set(suites)
-    for suite in suites.values():  # every built-in row builds
-        for row in suite.rows:
+    for suite in suites.values():  # every built-in row builds; $RUN rows for an Atari run
+        for row in resolve_rows(suite, ["ALE/Pong-v5"]):
             make_env(row.env, shifts=row.shifts).close()
+    with pytest.raises(ShiftError, match="they differ"):
+        resolve_rows(suites["atari-perturb"], ["ALE/Pong-v5", "ALE/Breakout-v5"])
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"mine": {"rows": [{"env": DOORKEY, "shifts": ["noise=0.1"]}]}}))
     assert load_suite(str(path)).rows[0].shifts == (("noise", "0.1"),)
