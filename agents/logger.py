@@ -22,6 +22,19 @@ def activation_image(masks: Tensor, env: int = 0, row_height: int = 8) -> np.nda
     return np.repeat(rows, row_height, axis=0)  # (U, T) -> (U * row_height, T)
 
 
+def attention_maps(attention: Tensor, scale: int = 8) -> np.ndarray:
+    """``(U, N)`` attention on N = side^2 positions -> ``(side*scale, U*(side+1)*scale)`` uint8:
+    one map per RIM side by side, each scaled to its own maximum."""
+    U, N = attention.shape
+    side = int(round(N**0.5))
+    maps = attention.reshape(U, side, side).float()  # (U, N) -> (U, side, side)
+    maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    padded = torch.nn.functional.pad(maps, (0, 1))  # a dark column between RIMs
+    row = padded.permute(1, 0, 2).reshape(side, U * (side + 1))  # (U,side,side+1) -> (side, .)
+    image = (row * 255).to(torch.uint8).cpu().numpy()
+    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
 class RunLogger:
     """Writes ``charts/*``, ``losses/*`` and ``rims/*`` scalars; shows steps/s and recent return."""
 
@@ -91,6 +104,9 @@ class RunLogger:
         ):
             w.add_image("rims/activation", activation_image(rollout.last_masks), global_step,
                         dataformats="HW")  # fmt: skip
+            if rollout.last_input_attention is not None:
+                w.add_image("rims/input_attention", attention_maps(rollout.last_input_attention),
+                            global_step, dataformats="HW")  # fmt: skip
         recent = self.mean_recent_return
         self.bar.set_postfix_str(
             f"SPS {sps:,.0f} | return {'-' if recent is None else f'{recent:.3f}'}", refresh=False

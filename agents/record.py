@@ -43,6 +43,7 @@ class StepView:
     episode_return: float
     mask: np.ndarray | None = None  # (U,) bool
     input_attention: np.ndarray | None = None  # (U,) float, 1 - null attention
+    position_attention: np.ndarray | None = None  # (U, N) over a set of N = side^2 positions
 
 
 @dataclass
@@ -81,10 +82,14 @@ def draw_panel(height: int, view: StepView, history: Sequence[np.ndarray]) -> np
             colour = ACTIVE if view.mask[u] else INACTIVE
             draw.rectangle((8, y, 48, y + row - 3), fill=colour)
             draw.text((12, y + max(0, row // 2 - 6)), f"{u}", fill=BACKGROUND, font=font)
-            bar = int(round(float(view.input_attention[u]) * 170))
-            draw.rectangle((56, y + 2, 56 + 170, y + row - 5), outline=INACTIVE)
+            x0 = 56
+            if view.position_attention is not None:  # where it looks: a map of the positions
+                x0 += draw_map(draw, view.position_attention[u], 56, y + 1, row - 3) + 6
+            width = PANEL_WIDTH - 14 - x0
+            bar = int(round(float(view.input_attention[u]) * width))
+            draw.rectangle((x0, y + 2, x0 + width, y + row - 5), outline=INACTIVE)
             if bar > 0:
-                draw.rectangle((56, y + 2, 56 + bar, y + row - 5), fill=BAR)
+                draw.rectangle((x0, y + 2, x0 + bar, y + row - 5), fill=BAR)
         # History: mechanisms x the last HISTORY steps, newest on the right.
         draw.text((8, top + units * row), f"last {HISTORY} steps", fill=TEXT, font=font)
         hist_top = top + units * row + 16
@@ -101,6 +106,19 @@ def draw_panel(height: int, view: StepView, history: Sequence[np.ndarray]) -> np
     return np.asarray(panel)
 
 
+def draw_map(draw: ImageDraw.ImageDraw, weights: np.ndarray, x: int, y: int, size: int) -> int:
+    """A grey heat map of ``weights`` (N = side^2, row-major) in a ``size``-pixel square at
+    (x, y), scaled to its maximum; returns its width."""
+    side = int(round(len(weights) ** 0.5))
+    cell = max(1, size // side)
+    top = float(weights.max()) or 1.0
+    for i, value in enumerate(weights):
+        level = int(255 * float(value) / top)
+        cx, cy = x + (i % side) * cell, y + (i // side) * cell
+        draw.rectangle((cx, cy, cx + cell - 1, cy + cell - 1), fill=(level, level, level))
+    return side * cell
+
+
 def compose(frame: np.ndarray, panel: np.ndarray) -> np.ndarray:
     """Frame and panel side by side, padded to a multiple of 16 pixels (video codecs want it)."""
     height = max(frame.shape[0], panel.shape[0])
@@ -113,7 +131,11 @@ def compose(frame: np.ndarray, panel: np.ndarray) -> np.ndarray:
 
 
 def action_name(env, action: int) -> str:
-    actions = getattr(env.unwrapped, "actions", None)
+    """Minigrid's action enum name, ALE's action meaning, or the number."""
+    unwrapped = env.unwrapped
+    if hasattr(unwrapped, "get_action_meanings"):
+        return unwrapped.get_action_meanings()[action]
+    actions = getattr(unwrapped, "actions", None)
     try:
         return actions(action).name  # Minigrid's IntEnum
     except (TypeError, ValueError):
@@ -144,11 +166,11 @@ def record_episodes(
             state = policy.initial_state(1, device)
             start = torch.ones(1, dtype=torch.bool, device=device)
             total, step, done = 0.0, 0, False
-            mask = attention = None
+            mask = attention = positions = None
             while True:
                 frame = upscale(env.render())
                 if done:  # the last frame: no action is taken from it
-                    view = StepView(step, episode + 1, "-", total, mask, attention)
+                    view = StepView(step, episode + 1, "-", total, mask, attention, positions)
                     rec.frames.append(compose(frame, draw_panel(frame.shape[0], view, history)))
                     rec.views.append(view)
                     break
@@ -160,7 +182,10 @@ def record_episodes(
                     mask = act.info.mask[0, 0].cpu().numpy()  # (1, 1, U) -> (U,)
                     attention = 1.0 - act.info.null_attention[0, 0].cpu().numpy()
                     history.append(mask)
-                view = StepView(step, episode + 1, action_name(env, action), total, mask, attention)
+                if act.info.input_attention is not None:
+                    positions = act.info.input_attention[0, 0].cpu().numpy()  # (1,1,U,N) -> (U,N)
+                view = StepView(step, episode + 1, action_name(env, action), total, mask,
+                                attention, positions)  # fmt: skip
                 rec.frames.append(compose(frame, draw_panel(frame.shape[0], view, history)))
                 rec.views.append(view)
                 obs, reward, terminated, truncated, _ = env.step(action)

@@ -28,6 +28,7 @@ class RolloutStats:
     episode_lengths: list[int] = field(default_factory=list)
     active_fraction: list[float] | None = None  # per RIM, share of steps it was active
     last_masks: Tensor | None = None  # (T, B, U) bool, the RIMs' activity over the rollout
+    last_input_attention: Tensor | None = None  # (U, N), env 0's last step, for set inputs
 
 
 class RolloutCollector:
@@ -99,6 +100,8 @@ class RolloutCollector:
                 stats.episode_lengths.extend(info["episode"]["l"][done].tolist())
             if act.info.mask is not None:
                 masks.append(act.info.mask[0])
+            if act.info.input_attention is not None:
+                stats.last_input_attention = act.info.input_attention[0, 0]  # (1,B,U,N) -> (U,N)
             self.obs = obs_to_tensors(obs, self.device)
             self.state = act.state
             self.episode_starts = torch.as_tensor(ended, device=self.device)

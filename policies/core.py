@@ -25,10 +25,13 @@ class CoreInfo:
     mask: ``(T, B, num_units)`` bool, the RIMs that were active at each step.
     null_attention: ``(T, B, num_units)`` float, the head-averaged input attention each RIM put on
         the null element (the selection score: the ``k`` smallest are active).
+    input_attention: ``(T, B, num_units, N)``, for a set of N > 1 input elements (e.g. CNN
+        positions), each RIM's head-averaged attention on each element.
     """
 
     mask: Tensor | None = None
     null_attention: Tensor | None = None
+    input_attention: Tensor | None = None
 
 
 class RecurrentCore(Protocol):

@@ -224,8 +224,9 @@ class RIMs(nn.Module):
         state: from ``initial_state`` or a previous call, each ``(B, U, H)``.
         episode_starts: ``(T, B)`` bool or ``None``; where True the state is reset to zeros
             before step t.
-        Returns ``out (T, B, U*H)``, the final state, and ``CoreInfo(mask, null_attention)``
-        with both ``(T, B, U)``.
+        Returns ``out (T, B, U*H)``, the final state, and ``CoreInfo``: ``mask`` and
+        ``null_attention`` ``(T, B, U)``, and for a set of N > 1 elements ``input_attention``
+        ``(T, B, U, N)`` (each RIM's head-averaged attention on each element).
         """
         check_sequence_input(x, self.input_size, allow_set=True)
         if x.dim() == 3:
@@ -238,20 +239,24 @@ class RIMs(nn.Module):
         if self._use_manual_backward(inp, hs):
             from policies.rims_grad import run_with_manual_backward
 
-            out, hs, masks, nulls = run_with_manual_backward(self, inp, hs)
+            out, hs, masks, nulls, attention = run_with_manual_backward(self, inp, hs)
         else:
-            outputs, mask_list, null_list = [], [], []
+            outputs, mask_list, null_list, attention_list = [], [], [], []
             for t in range(T):
-                hs, mask, null = self._step(t, hs, inp)
+                hs, mask, null, element_attention = self._step(t, hs, inp)
                 outputs.append(hs[0])
                 mask_list.append(mask)
                 null_list.append(null)
+                attention_list.append(element_attention)
             out = torch.stack(outputs)  # T x (U,B,H) -> (T,U,B,H)
             masks, nulls = torch.stack(mask_list), torch.stack(null_list)  # T x (U,B) -> (T,U,B)
+            several = inp.keys.shape[-1] > 1
+            attention = torch.stack(attention_list) if several else None  # T x (U,B,N)
         out = out.permute(0, 2, 1, 3).reshape(T, B, U * H)  # (T,U,B,H) -> (T,B,U*H)
         info = CoreInfo(
             mask=masks.transpose(1, 2),  # (T,U,B) -> (T,B,U)
             null_attention=nulls.transpose(1, 2),  # (T,U,B) -> (T,B,U)
+            input_attention=None if attention is None else attention.transpose(1, 2),  # (T,B,U,N)
         )
         return out, tuple(s.transpose(0, 1) for s in hs), info  # (U,B,H) -> (B,U,H)
 
@@ -306,8 +311,9 @@ class RIMs(nn.Module):
 
     def _step(
         self, t: int, hs: list[Tensor], inp: StepInputs, saved: list[dict] | None = None
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``.
+    ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
+        """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``,
+        and for a set of N > 1 elements the attention on each ``(U, B, N)`` (else None).
         With ``saved``, the intermediates the hand-written backward needs are appended to it."""
         U, B, _ = hs[0].shape
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
@@ -321,7 +327,7 @@ class RIMs(nn.Module):
         # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
         # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
         scores = (query @ inp.keys[t].unsqueeze(0)).squeeze(3)
-        probs = None
+        probs = element_attention = None
         if inp.one_element:
             read = torch.sigmoid(scores)  # (U, B, 1, 1)
             null_attention = torch.sigmoid(-scores).view(U, B)  # (U,B,1,1) -> (U,B)
@@ -329,6 +335,8 @@ class RIMs(nn.Module):
             probs = torch.softmax(F.pad(scores, (1, 0)), dim=-1)  # (U,B,heads,1+N), null first
             null_attention = probs[..., 0].mean(-1)  # (U, B), averaged over heads
             read = probs[..., 1:]  # (U, B, heads, N)
+            if read.shape[-1] > 1:
+                element_attention = read.detach().mean(2)  # (U, B, heads, N) -> (U, B, N)
         mask = self._select(null_attention.detach())  # (U, B) bool
         if inp.dropout:
             read = F.dropout(read, self.dropout, True)
@@ -351,7 +359,7 @@ class RIMs(nn.Module):
         if saved is not None:
             saved.append(dict(hs=hs, query=query, read=read, probs=probs, acts=acts, mask=m,
                               kept=kept[0], comm=comm_parts))  # fmt: skip
-        return out, mask, null_attention
+        return out, mask, null_attention, element_attention
 
     def _select(self, null_attention: Tensor) -> Tensor:
         """``(U, B)`` null attention -> ``(U, B)`` bool mask of the ``k`` least-null RIMs."""

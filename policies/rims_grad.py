@@ -25,16 +25,18 @@ from policies.rims import StepInputs
 
 def run_with_manual_backward(
     module: Any, inp: StepInputs, hs: list[Tensor]
-) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+) -> tuple[Tensor, list[Tensor], Tensor, Tensor, Tensor | None]:
     """Forward of all steps. Returns out ``(T, U, B, H)``, the final states (U-major), masks and
-    null attention ``(T, U, B)``, differentiable through ``RIMsSequence``."""
+    null attention ``(T, U, B)`` and the element attention ``(T, U, B, N)`` (None for one
+    element), differentiable through ``RIMsSequence`` (the last three are not)."""
     lstm = module.cell == "lstm"
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
-    out, c_last, masks, nulls = RIMsSequence.apply(
+    out, c_last, masks, nulls, attention = RIMsSequence.apply(
         module, inp, inp.keys, inp.value_gates, inp.state_bias, inp.input_bias,
         inp.comm_weight, module.state_weight, module.comm_out, module.comm_out_bias, hs[0], c0,
     )  # fmt: skip
-    return out, [out[-1], c_last] if lstm else [out[-1]], masks, nulls
+    states = [out[-1], c_last] if lstm else [out[-1]]
+    return out, states, masks, nulls, attention if inp.keys.shape[-1] > 1 else None
 
 
 class RIMsSequence(torch.autograd.Function):
@@ -46,20 +48,22 @@ class RIMsSequence(torch.autograd.Function):
         lstm = module.cell == "lstm"
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
-        outs, masks, nulls = [], [], []
+        outs, masks, nulls, attention = [], [], [], []
         for t in range(keys.shape[0]):
-            hs, mask, null = module._step(t, hs, inp, saved)
+            hs, mask, null, element_attention = module._step(t, hs, inp, saved)
             outs.append(hs[0])
             masks.append(mask)
             nulls.append(null)
+            attention.append(element_attention if element_attention is not None else null)
         ctx.module, ctx.inp, ctx.steps = module, inp, saved
         masks, nulls = torch.stack(masks), torch.stack(nulls)  # T x (U,B) -> (T,U,B)
+        attention = torch.stack(attention)  # T x (U,B,N) -> (T,U,B,N) (or unused nulls)
         c_last = hs[1] if lstm else c0
-        ctx.mark_non_differentiable(masks, nulls)
-        return torch.stack(outs), c_last, masks, nulls  # T x (U,B,H) -> (T,U,B,H)
+        ctx.mark_non_differentiable(masks, nulls, attention)
+        return torch.stack(outs), c_last, masks, nulls, attention  # T x (U,B,H) -> (T,U,B,H)
 
     @staticmethod
-    def backward(ctx, d_out, d_c_last, _d_masks, _d_nulls):
+    def backward(ctx, d_out, d_c_last, _d_masks, _d_nulls, _d_attention):
         m_, inp, steps = ctx.module, ctx.inp, ctx.steps
         lstm = m_.cell == "lstm"
         T = len(steps)

@@ -179,9 +179,15 @@ def test_set_input_is_permutation_invariant_and_one_element_equals_flat():
     out_p, _, info_p = m(x[:, :, perm], m.initial_state(3))
     torch.testing.assert_close(out_p, out, rtol=1e-5, atol=1e-6)
     assert torch.equal(info_p.mask, info.mask)
-    flat, _, _ = m(x[:, :, 0], m.initial_state(3))
+    flat, _, flat_info = m(x[:, :, 0], m.initial_state(3))
     single, _, _ = m(x[:, :, :1], m.initial_state(3))
     torch.testing.assert_close(flat, single, rtol=0, atol=0)
+    # Where each RIM looks: (T, B, U, N), with the null's share summing to one.
+    attention = info.input_attention
+    assert attention.shape == (5, 3, 5, 4) and flat_info.input_attention is None
+    total = attention.sum(-1) + info.null_attention
+    torch.testing.assert_close(total, torch.ones_like(total))
+    torch.testing.assert_close(info_p.input_attention, attention[..., perm])
 
 
 @pytest.mark.parametrize("cell", CELLS)
