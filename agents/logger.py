@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from pathlib import Path
 
@@ -35,6 +36,25 @@ def attention_maps(attention: Tensor, scale: int = 8) -> np.ndarray:
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
+def wait_for_newer_event_file(run_dir: Path) -> None:
+    """Return once an event file made now would sort after every one in ``run_dir``.
+
+    Event files are named ``events.out.tfevents.<unix seconds>.<host>.<pid>...`` and TensorBoard
+    reads them in name order; a run resumed within the second its predecessor started would be
+    read first, so its purge marker would not drop the old events and its curve would come out
+    of order. Waits at most about a second, and only then (never for a file stamped in the
+    future by a skewed clock).
+    """
+    stamps = [
+        int(parts[3])
+        for path in run_dir.glob("events.out.tfevents.*")
+        if len(parts := path.name.split(".")) > 3 and parts[3].isdigit()
+    ]
+    deadline = time.time() + 1.5
+    while stamps and int(time.time()) <= max(stamps) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 class RunLogger:
     """Writes ``charts/*``, ``losses/*`` and ``rims/*`` scalars; shows steps/s and recent return."""
 
@@ -54,6 +74,8 @@ class RunLogger:
         self.enabled = enabled
         # purge_step drops events a crashed run wrote after its last checkpoint (step > start),
         # so resumed curves continue from the checkpoint's step without overlaps.
+        if enabled and start_step:
+            wait_for_newer_event_file(run_dir)
         self.writer = (
             SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
             if enabled

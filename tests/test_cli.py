@@ -87,6 +87,10 @@ def test_resume_continues_the_step_counter_and_curves(tmp_path):
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 128
     steps = [e.step for e in scalars(run)["charts/SPS"]]
     assert steps == [32, 64, 96, 128]
+    # The resumed run's event file sorts after the first one even within the same second
+    # (TensorBoard reads files in name order), so its purge marker and curve come last.
+    first, resumed = sorted(run.glob("events.out.tfevents.*"))
+    assert int(first.name.split(".")[3]) < int(resumed.name.split(".")[3])
     # Changing the architecture on resume is refused.
     assert main(["train", "--resume", "--run-dir", str(run), "--core", "lstm"]) == 2
 
