@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
 import sys
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -33,6 +31,7 @@ from agents.distributed import (
 from agents.gae import compute_gae
 from agents.logger import RunLogger
 from agents.ppo import ppo_update
+from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from envs.factory import make_vector_env
@@ -116,7 +115,7 @@ def checkpoint_payload(
         "update": update,
         "mean_recent_return": mean_return,
         "best_return": best_return,
-        "torch_rng": torch.get_rng_state(),
+        **capture_rng_states(),
     }
 
 
@@ -178,13 +177,6 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def update_seed(seed: int, update: int) -> int:
@@ -277,7 +269,10 @@ class Trainer:
         if resumed is not None:
             self.policy.load_state_dict(resumed["model"])
             self.optimizer.load_state_dict(resumed["optimizer"])
-            torch.set_rng_state(resumed["torch_rng"])
+            if world.world_size == 1:
+                restore_rng_states(resumed)
+            else:  # the checkpoint holds rank 0's generators; every rank needs its own stream
+                seed_everything(config.seed + 1_009 * world.rank + 7_919 * resumed["update"])
             self.global_step, self.update = resumed["global_step"], resumed["update"]
             self.best_return = resumed["best_return"]
         self.storage = RolloutStorage(

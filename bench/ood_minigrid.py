@@ -5,7 +5,8 @@ return, ± the standard deviation across seeds) and ``bench/results/ood_doorkey.
 bars, 95% CI across seeds). Runs go one after another (default config, only --core, --seed and
 --total-steps set).
 
-    python bench/ood_minigrid.py                        # 3 seeds x {rims, lstm}, 200k steps
+    python bench/ood_minigrid.py                        # 3 seeds x {rims, lstm}, 300k steps
+    python bench/ood_minigrid.py --runs-dir DIR --reuse   # evaluate DIR/<core>_s<seed> if done
     python bench/ood_minigrid.py --seeds 1 --episodes 20 --total-steps 50000   # a quick look
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.checkpoint import load_policy
+from agents.checkpoint import load_checkpoint, load_policy
 from agents.config import resolve_config
 from agents.report import EvalRow, evaluate_runs, plot
 from agents.trainer import train
@@ -31,13 +32,28 @@ REFERENCE = {  # the public reimplementation's README (its model has a known def
 }
 
 
+def finished(run_dir: Path, core: str, seed: int, total_steps: int) -> bool:
+    """Whether ``run_dir`` holds a run of this core and seed that reached ``total_steps``."""
+    path = run_dir / "checkpoints" / "latest.pt"
+    if not path.exists():
+        return False
+    ckpt = load_checkpoint(path)
+    config = ckpt["config"]
+    return config["core"] == core and config["seed"] == seed and ckpt["global_step"] >= total_steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", nargs="+", default=["rims", "lstm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--total-steps", type=int, default=200_000)
+    parser.add_argument("--total-steps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: temp)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate runs in --runs-dir that reached --total-steps instead of retraining",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for the table and plot")
     args = parser.parse_args()
     root = Path(args.runs_dir or tempfile.mkdtemp(prefix="ood_minigrid_"))
@@ -46,18 +62,19 @@ def main() -> None:
     for core in args.cores:
         for seed in args.seeds:
             run_dir = root / f"{core}_s{seed}"
-            train(
-                resolve_config(
-                    dict(
-                        core=core,
-                        seed=seed,
-                        total_steps=args.total_steps,
-                        run_dir=str(run_dir),
-                        overwrite=True,
-                        progress=False,
+            if not (args.reuse and finished(run_dir, core, seed, args.total_steps)):
+                train(
+                    resolve_config(
+                        dict(
+                            core=core,
+                            seed=seed,
+                            total_steps=args.total_steps,
+                            run_dir=str(run_dir),
+                            overwrite=True,
+                            progress=False,
+                        )
                     )
                 )
-            )
             rows = evaluate_runs([load_policy(run_dir)], suite.rows, args.episodes, seed=0)
             per_core.setdefault(core, []).append(rows)
 

@@ -33,6 +33,7 @@ def sb3_steps_per_second(steps: int, seed: int, rims: bool = False) -> float:
     the same RIMs sizes as our trainer's default)."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     from policies.sb3 import RIMsPolicy
 
@@ -41,6 +42,7 @@ def sb3_steps_per_second(steps: int, seed: int, rims: bool = False) -> float:
         "MlpLstmPolicy", {})  # fmt: skip
     model = RecurrentPPO(policy, envs, n_steps=128, seed=seed, device="cpu", verbose=0,
                          policy_kwargs=kwargs)  # fmt: skip
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-* folder in /tmp
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     return model.num_timesteps / (time.perf_counter() - start)

@@ -18,6 +18,12 @@ from policies.sb3 import RIMsAsLSTM, RIMsPolicy  # noqa: E402
 RIMS = {"num_units": 4, "k": 2, "hidden_size": 8}
 
 
+@pytest.fixture(autouse=True)
+def sb3_logs_in_tmp(tmp_path, monkeypatch):
+    """SB3 makes a log folder per learn() call, by default in the system temp dir."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3_logs"))
+
+
 def small_model(env, cell="lstm", **kwargs):
     return RecurrentPPO(
         RIMsPolicy, env, n_steps=32, batch_size=32, n_epochs=2, seed=0, device="cpu",
