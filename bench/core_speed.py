@@ -6,11 +6,19 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
 
     python bench/core_speed.py                 # CPU: T=32, B in 8/16/64
     python bench/core_speed.py --device cuda   # GPU: T=128, B in 8/64/512
+    python bench/core_speed.py --public-rims PATH/RIM.py   # add the public implementation
+
+``rims-*`` rows use the paper's attention dropout 0.1 (autograd through the time loop);
+``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward.
+``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
+(not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
+value size is forced to the RIM size, 100).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +48,32 @@ class LSTMCellLoop(nn.Module):
             h, c = self.cell(x[t], (h, c))
             outs.append(h)
         return torch.stack(outs), (h, c), None
+
+
+class PublicRIMsLoop(nn.Module):
+    """The public implementation's ``RIMCell`` (loaded from a file) stepped over the sequence."""
+
+    def __init__(self, path: str, device: torch.device, cell: str) -> None:
+        super().__init__()
+        spec = importlib.util.spec_from_file_location("public_rim", path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"--public-rims: cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.cell = module.RIMCell(device, 512, 100, 6, 4, cell.upper(), input_value_size=400)
+        self.lstm = cell == "lstm"
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None):
+        z = torch.zeros(batch, 6, 100, device=device)
+        return (z, z.clone()) if self.lstm else (z,)
+
+    def forward(self, x, state, episode_starts=None):
+        hs, cs = state[0], state[1] if self.lstm else None
+        outs = []
+        for t in range(x.shape[0]):
+            hs, cs = self.cell(x[t], hs, cs)
+            outs.append(hs.reshape(hs.shape[0], -1))  # (B, U, H) -> (B, U*H)
+        return torch.stack(outs), (hs, cs), None
 
 
 def sync(device: torch.device) -> None:
@@ -90,6 +124,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--public-rims", default=None, metavar="RIM.py",
+                        help="time the public implementation's RIMCell from this file")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -104,10 +140,14 @@ def main() -> None:
     cores = {
         "rims-lstm": RIMs(512, num_units=6, k=4, hidden_size=100, cell="lstm"),
         "rims-gru": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru"),
+        "rims-lstm drop 0": RIMs(512, num_units=6, k=4, hidden_size=100, dropout=0.0),
+        "rims-gru drop 0": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru", dropout=0.0),
         "nn.LSTM(600)": LSTMCore(512, 600),
         "nn.GRU(600)": GRUCore(512, 600),
         "LSTMCell(600) loop": LSTMCellLoop(512, 600),
     }
+    if args.public_rims:
+        cores["public rims-lstm"] = PublicRIMsLoop(args.public_rims, device, "lstm")
     header = f"{'core':<20}{'B':>5}{'step ms':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
     header += f"{'x LSTM':>9}{'x cell loop':>13}"
     print(header)
