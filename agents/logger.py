@@ -25,11 +25,11 @@ def activation_image(masks: Tensor, env: int = 0, row_height: int = 8) -> np.nda
 
 def attention_maps(attention: Tensor, scale: int = 8) -> np.ndarray:
     """``(U, N)`` attention on N = side^2 positions -> ``(side*scale, U*(side+1)*scale)`` uint8:
-    one map per RIM side by side, each scaled to its own maximum."""
+    one map per RIM side by side; mid-grey is the uniform share 1/N, white twice it or more."""
     U, N = attention.shape
     side = int(round(N**0.5))
     maps = attention.reshape(U, side, side).float()  # (U, N) -> (U, side, side)
-    maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    maps = (maps * N / 2).clamp(max=1.0)
     padded = torch.nn.functional.pad(maps, (0, 1))  # a dark column between RIMs
     row = padded.permute(1, 0, 2).reshape(side, U * (side + 1))  # (U,side,side+1) -> (side, .)
     image = (row * 255).to(torch.uint8).cpu().numpy()

@@ -108,12 +108,12 @@ def draw_panel(height: int, view: StepView, history: Sequence[np.ndarray]) -> np
 
 def draw_map(draw: ImageDraw.ImageDraw, weights: np.ndarray, x: int, y: int, size: int) -> int:
     """A grey heat map of ``weights`` (N = side^2, row-major) in a ``size``-pixel square at
-    (x, y), scaled to its maximum; returns its width."""
+    (x, y): mid-grey where a position gets the uniform share 1/N, white from twice that, so
+    untrained, near-uniform attention looks flat; returns its width."""
     side = int(round(len(weights) ** 0.5))
     cell = max(1, size // side)
-    top = float(weights.max()) or 1.0
     for i, value in enumerate(weights):
-        level = int(255 * float(value) / top)
+        level = int(255 * min(1.0, float(value) * len(weights) / 2))
         cx, cy = x + (i % side) * cell, y + (i // side) * cell
         draw.rectangle((cx, cy, cx + cell - 1, cy + cell - 1), fill=(level, level, level))
     return side * cell

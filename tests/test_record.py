@@ -106,3 +106,24 @@ def test_tensorboard_gets_the_activation_image(runs):
     assert "rims/activation" in acc.Tags()["images"]
     image = acc.Images("rims/activation")[0]
     assert image.height == 3 * 8 and image.width == 16  # 3 RIMs x 8 px rows, 16 steps
+
+
+def test_attention_maps_are_relative_to_the_uniform_share():
+    """Uniform attention is mid-grey, a position with all of it white, the others black, in
+    both the TensorBoard image and the record panel's maps."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from agents.logger import attention_maps
+    from agents.record import draw_map
+
+    uniform = torch.full((9,), 1 / 9)
+    focused = torch.zeros(9).index_fill_(0, torch.tensor([4]), 1.0)
+    image = attention_maps(torch.stack([uniform, focused]), scale=1)  # (3, 2 * 4)
+    assert image.shape == (3, 8)
+    assert (image[:, :3] == 127).all() and (image[:, 3] == 0).all()  # uniform, then the gap
+    assert image[1, 5] == 255 and image[:, 4:7].sum() == 255  # the centre of the second map
+    canvas = Image.new("RGB", (3, 3))
+    assert draw_map(ImageDraw.Draw(canvas), focused.numpy(), 0, 0, 3) == 3
+    grey = np.asarray(canvas)[..., 0]
+    assert grey[1, 1] == 255 and grey.sum() == 255
