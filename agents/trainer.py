@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,24 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             trainer = Trainer(config, envs, device, run_dir, resumed, signals, world)
             return trainer.run()
     finally:
-        envs.close()
+        close_envs(envs)
+
+
+def close_envs(envs) -> None:
+    """Close the envs. If that fails (an async worker died mid-step, so the pending step can
+    never finish), terminate the remaining workers and mark the envs closed, so the error that
+    stopped training is the one the user sees."""
+    try:
+        with warnings.catch_warnings():  # Gymnasium warns that a step is pending: we know
+            warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
+            envs.close()
+    except Exception:
+        base = envs.unwrapped
+        for process in getattr(base, "processes", ()):
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+        base.closed = True
 
 
 def num_updates(config: TrainConfig, world: Distributed) -> int:
@@ -341,13 +359,16 @@ class Trainer:
             group["lr"] = lr
         try:
             collected = self.collector.collect(should_stop=self.stop_requested)
-        except Exception as err:  # a crashed env (e.g. an async worker that raised)
+        except Exception as err:  # a crashed env (e.g. an async worker that raised or died)
             path = self.save()
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            if isinstance(err, (EOFError, BrokenPipeError, ConnectionResetError)):
+                what = "an env worker process died without a word: a segfault, the OOM killer "
+                what += f"or a kill; {type(err).__name__}"
+            else:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                what = f"{type(err).__name__}: {first[:200]}"
             raise TrainingStopped(
-                f"an environment failed during update {update} ({type(err).__name__}: "
-                f"{first[:200]}); checkpoint {path}",
-                1,
+                f"an environment failed during update {update} ({what}); checkpoint {path}", 1
             ) from err
         if any_rank(collected is None, self.world):  # a signal: every rank stops together
             return False

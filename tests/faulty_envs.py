@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import gymnasium as gym
 
 from envs.memory import CueMemoryEnv
@@ -34,6 +37,16 @@ class CrashEnv(CueMemoryEnv):
         return super().step(action)
 
 
-for name, cls in (("NaNReward", NaNRewardEnv), ("Crash", CrashEnv)):
+class DieEnv(CrashEnv):
+    """The cue task, whose process dies without a word (as on a segfault) after ``after`` steps."""
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps > self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return CueMemoryEnv.step(self, action)
+
+
+for name, cls in (("NaNReward", NaNRewardEnv), ("Crash", CrashEnv), ("Die", DieEnv)):
     if f"rims-test/{name}-v0" not in gym.registry:
         gym.register(f"rims-test/{name}-v0", entry_point=f"tests.faulty_envs:{cls.__name__}")

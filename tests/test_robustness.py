@@ -147,10 +147,17 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*(Worker|Traceback|Raising the last):UserWarning")
-def test_crashed_env_worker_is_reported_and_checkpointed(tmp_path):
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ("rims-test/Crash-v0", "RuntimeError: boom: the simulator crashed"),  # step raises
+        ("rims-test/Die-v0", "env worker process died without a word"),  # SIGKILLed mid-step
+    ],
+)
+def test_crashed_env_worker_is_reported_and_checkpointed(tmp_path, env, message):
     run = tmp_path / "run"
-    with pytest.raises(TrainingStopped, match="RuntimeError: boom: the simulator crashed") as stop:
-        train(small_config(run, env="rims-test/Crash-v0", async_envs=True))
+    with pytest.raises(TrainingStopped, match=message) as stop:
+        train(small_config(run, env=env, async_envs=True))
     assert stop.value.exit_code == 1 and "an environment failed during update 3" in str(stop.value)
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["update"] == 2
 
