@@ -50,7 +50,7 @@ class TrainConfig:
     bptt: int = option(
         0, "train on chunks of this many steps with their stored start states (0: whole rollout)"
     )
-    learning_rate: float = option(1e-3, "Adam learning rate")
+    learning_rate: float = option(7e-4, "Adam learning rate (the paper's Table 3 value)")
     anneal_lr: bool = option(True, "anneal the learning rate linearly to 0 over the run")
     gamma: float = option(0.99, "discount factor")
     gae_lambda: float = option(0.95, "GAE lambda")
