@@ -76,7 +76,8 @@ class StepInputs:
     values: Tensor | None  # (T, B, heads, N, dv) off the fused path, else None
     state_bias: Tensor  # (U, 1, G + heads*dk): hidden-gate (+ LSTM input) bias | query bias
     input_bias: Tensor | None  # (U, 1, G) GRU input-gate bias (folded into state_bias for LSTM)
-    comm_weight: Tensor  # (U, H, heads*(2dk+dv)), query columns scaled by 1/sqrt(dk)
+    comm_weight: Tensor  # (U, H, heads*(2dk+dv)); query columns scaled by 1/sqrt(dk) unless
+    comm_score_scale: float | None  # ... this is set: then each step scales its scores instead
     keep: Tensor | None  # (T, B) 0.0 where the state resets before step t
     one_element: bool
     dropout: bool
@@ -287,9 +288,16 @@ class RIMs(nn.Module):
         if N * heads <= self.fuse_input_gates_max:
             # Per-RIM input-to-gate products of every value: read_u @ W_u = sum_{h,n} p * (v W_u,h).
             w = self.input_gate_weight.view(U, heads, dv, gates)  # (U,heads*dv,G) -> (U,heads,dv,G)
-            # (T,B,N,heads,dv) x (U,heads,dv,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
-            value_gates = torch.einsum("tbnhd,uhdg->tubhng", values, w).reshape(
-                T, U, B, heads * N, gates
+            flat = values.reshape(T * B * N, heads, dv)  # (T,B,N,heads,dv) -> (TBN,heads,dv)
+            # Per head, one matmul broadcast over the RIMs (an einsum here copied the whole
+            # weight into another layout on every call): (TBN,dv) @ (U,dv,G) -> (U,TBN,G).
+            per_head = [torch.matmul(flat[:, h], w[:, h]) for h in range(heads)]
+            stacked = per_head[0].unsqueeze(0) if heads == 1 else torch.stack(per_head)
+            # (heads,U,TBN,G) -> (heads,U,T,B,N,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
+            value_gates = (
+                stacked.view(heads, U, T, B, N, gates)
+                .permute(2, 1, 3, 0, 4, 5)
+                .reshape(T, U, B, heads * N, gates)
             )
             values = None
         else:
@@ -303,7 +311,10 @@ class RIMs(nn.Module):
             values=values,
             state_bias=torch.cat((gate_bias, self.input_query_bias), dim=-1),
             input_bias=None if lstm else self.input_gate_bias,
-            comm_weight=self._comm_weight(),
+            # Without autograd (acting, T=1 per call) scaling each step's few scores is cheaper
+            # than a scaled copy of the whole weight per call.
+            comm_weight=self._comm_weight() if torch.is_grad_enabled() else self.comm_qkv,
+            comm_score_scale=None if torch.is_grad_enabled() else self.comm_key_size**-0.5,
             keep=None if episode_starts is None else keep_factor(episode_starts, x.dtype),
             one_element=N * heads == 1,  # softmax over [null, x] is a sigmoid of x's score
             dropout=self.training and self.dropout > 0,
@@ -354,7 +365,9 @@ class RIMs(nn.Module):
         # Inactive RIMs keep their state exactly.
         m = mask.unsqueeze(-1)  # (U, B) -> (U, B, 1)
         kept = [torch.where(m, n, s) for n, s in zip(new, hs)]
-        comm, comm_parts = self._communicate(kept[0], inp.comm_weight, inp.dropout)
+        comm, comm_parts = self._communicate(
+            kept[0], inp.comm_weight, inp.dropout, inp.comm_score_scale
+        )
         out = [torch.where(m, kept[0] + comm, kept[0]), *kept[1:]]
         if saved is not None:
             saved.append(dict(hs=hs, query=query, read=read, probs=probs, acts=acts, mask=m,
@@ -400,10 +413,11 @@ class RIMs(nn.Module):
         return self.comm_qkv * scale
 
     def _communicate(
-        self, h: Tensor, comm_weight: Tensor, dropout: bool
+        self, h: Tensor, comm_weight: Tensor, dropout: bool, score_scale: float | None = None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM reads from all RIMs, and the
-        intermediates ``(q, k, v, attn, read)`` the hand-written backward reuses."""
+        intermediates ``(q, k, v, attn, read)`` the hand-written backward reuses. ``score_scale``
+        (1/sqrt(dk)) is given when ``comm_weight``'s query columns are not scaled."""
         U, B, _ = h.shape
         heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
         qkv = torch.bmm(h, comm_weight)  # (U,B,H) -> (U,B,heads*(2dk+dv))
@@ -411,7 +425,10 @@ class RIMs(nn.Module):
         # (U,B,2*heads*dk) -> (U,B,2,heads,dk) -> (2,B,heads,U,dk)
         q, k = qk.view(U, B, 2, heads, dk).permute(2, 1, 3, 0, 4).unbind(0)
         v = v.view(U, B, heads, dv).permute(1, 2, 0, 3)  # (U,B,heads*dv) -> (B,heads,U,dv)
-        attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, heads, U, U)
+        scores = q @ k.transpose(-1, -2)  # (B, heads, U, U)
+        if score_scale is not None:
+            scores = scores * score_scale
+        attn = torch.softmax(scores, dim=-1)
         if dropout:
             attn = F.dropout(attn, self.dropout, True)
         # (B,heads,U,U) @ (B,heads,U,dv) -> (B,heads,U,dv) -> (U,B,heads*dv)

@@ -32,10 +32,12 @@ def make_rims(cell: str = "lstm", dtype: torch.dtype = torch.float32, **override
 @pytest.mark.parametrize("elements", [1, 3])
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("fuse", [0, 100])
-def test_matches_naive_reference_float64(cell, elements, heads, fuse):
+@pytest.mark.parametrize("grad", [True, False])  # learning (grad) and acting (no grad) paths
+def test_matches_naive_reference_float64(cell, elements, heads, fuse, grad):
     m = make_rims(cell, torch.float64, input_heads=heads, fuse_input_gates_max=fuse)
     x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
-    out, _, info = m(x, m.initial_state(3))
+    with torch.set_grad_enabled(grad):
+        out, _, info = m(x, m.initial_state(3))
     ref_out, ref_mask, ref_null = reference_sequence(m, x)
     assert torch.equal(info.mask, ref_mask)
     torch.testing.assert_close(info.null_attention, ref_null, rtol=1e-10, atol=1e-12)
