@@ -152,3 +152,14 @@ def test_script_exit_codes_in_a_real_process(tmp_path):
     )  # fmt: skip
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_minigrid_preset_trains_on_chunks_and_a_short_rollout_is_one_chunk():
+    from agents.config import resolve_config
+
+    default = resolve_config({})
+    assert default.env.startswith("MiniGrid") and default.bptt == 32
+    assert default.sequence_length == 32 and default.num_sequences == 16 * 128 // 32
+    assert resolve_config({"num_steps": 16}).sequence_length == 16  # bptt >= rollout: whole
+    assert resolve_config({"bptt": 0}).sequence_length == 128
+    assert resolve_config({"env": "CartPole-v1"}).bptt == 0  # other families: whole rollouts
