@@ -251,7 +251,7 @@ class RIMs(nn.Module):
                 attention_list.append(element_attention)
             out = torch.stack(outputs)  # T x (U,B,H) -> (T,U,B,H)
             masks, nulls = torch.stack(mask_list), torch.stack(null_list)  # T x (U,B) -> (T,U,B)
-            several = inp.keys.shape[-1] > 1
+            several = attention_list[0] is not None  # _step reports it for N > 1 elements only
             attention = torch.stack(attention_list) if several else None  # T x (U,B,N)
         out = out.permute(0, 2, 1, 3).reshape(T, B, U * H)  # (T,U,B,H) -> (T,B,U*H)
         info = CoreInfo(
@@ -303,6 +303,9 @@ class RIMs(nn.Module):
         else:
             values = values.permute(0, 1, 3, 2, 4)  # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
         lstm = self.cell == "lstm"
+        # Without autograd (acting, T=1 per call) scaling each step's few communication scores
+        # is cheaper than a scaled copy of the whole weight per call.
+        acting = not torch.is_grad_enabled()
         # LSTM: the input bias adds to the same gates as the hidden bias; fold it in once.
         gate_bias = self.hidden_gate_bias + self.input_gate_bias if lstm else self.hidden_gate_bias
         return StepInputs(
@@ -311,10 +314,8 @@ class RIMs(nn.Module):
             values=values,
             state_bias=torch.cat((gate_bias, self.input_query_bias), dim=-1),
             input_bias=None if lstm else self.input_gate_bias,
-            # Without autograd (acting, T=1 per call) scaling each step's few scores is cheaper
-            # than a scaled copy of the whole weight per call.
-            comm_weight=self._comm_weight() if torch.is_grad_enabled() else self.comm_qkv,
-            comm_score_scale=None if torch.is_grad_enabled() else self.comm_key_size**-0.5,
+            comm_weight=self.comm_qkv if acting else self._comm_weight(),
+            comm_score_scale=self.comm_key_size**-0.5 if acting else None,
             keep=None if episode_starts is None else keep_factor(episode_starts, x.dtype),
             one_element=N * heads == 1,  # softmax over [null, x] is a sigmoid of x's score
             dropout=self.training and self.dropout > 0,

@@ -36,7 +36,7 @@ def run_with_manual_backward(
         inp.comm_weight, module.state_weight, module.comm_out, module.comm_out_bias, hs[0], c0,
     )  # fmt: skip
     states = [out[-1], c_last] if lstm else [out[-1]]
-    return out, states, masks, nulls, attention if inp.keys.shape[-1] > 1 else None
+    return out, states, masks, nulls, attention
 
 
 class RIMsSequence(torch.autograd.Function):
@@ -54,12 +54,13 @@ class RIMsSequence(torch.autograd.Function):
             outs.append(hs[0])
             masks.append(mask)
             nulls.append(null)
-            attention.append(element_attention if element_attention is not None else null)
+            attention.append(element_attention)
         ctx.module, ctx.inp, ctx.steps = module, inp, saved
         masks, nulls = torch.stack(masks), torch.stack(nulls)  # T x (U,B) -> (T,U,B)
-        attention = torch.stack(attention)  # T x (U,B,N) -> (T,U,B,N) (or unused nulls)
+        several = attention[0] is not None  # _step reports it for N > 1 elements only
+        attention = torch.stack(attention) if several else None  # T x (U,B,N) -> (T,U,B,N)
         c_last = hs[1] if lstm else c0
-        ctx.mark_non_differentiable(masks, nulls, attention)
+        ctx.mark_non_differentiable(masks, nulls, *([attention] if several else []))
         return torch.stack(outs), c_last, masks, nulls, attention  # T x (U,B,H) -> (T,U,B,H)
 
     @staticmethod
