@@ -6,6 +6,7 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) everything here 
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,6 +47,13 @@ def init_distributed(device: torch.device) -> Distributed:
         torch.cuda.set_device(local_rank)
         collective = f"cuda:{local_rank}"
     if not dist.is_initialized():
+        # Imported before the group exists: torch._dynamo (which the first optimizer imports)
+        # pulls in torch.distributed._shard, and importing that while a gloo group exists keeps
+        # the group alive past destroy_process_group (torch 2.13). Its worker threads then free
+        # the last all-reduce's tensors during interpreter exit, and the process aborts
+        # ("terminate called without an active exception", SIGABRT) after training succeeded.
+        importlib.import_module("torch._dynamo")
+
         # A rank that dies makes the others fail within the timeout instead of hanging forever.
         dist.init_process_group(backend, timeout=timedelta(minutes=10))
     return Distributed(rank, world_size, local_rank, collective)
@@ -114,5 +122,7 @@ def barrier(world: Distributed) -> None:
 
 
 def shutdown(world: Distributed) -> None:
+    """Leave the group once every rank is done with its collectives; this joins gloo's worker
+    threads, so none is left to run during interpreter exit."""
     if world.enabled and dist.is_initialized():
         dist.destroy_process_group()

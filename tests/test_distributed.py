@@ -35,3 +35,44 @@ def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
     latest = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert latest["global_step"] == 128 and latest["update"] == 2
     assert [e.step for e in scalars(run)["charts/SPS"]] == [64, 128]
+
+
+PROBE = """
+import os, sys
+import torch
+sys.path.insert(0, {root!r})
+from agents.distributed import average_gradients, init_distributed, shutdown
+
+world = init_distributed(torch.device("cpu"))
+model = torch.nn.Linear(3, 2)
+torch.optim.Adam(model.parameters())  # the first optimizer imports torch._dynamo
+model(torch.ones(4, 3)).sum().backward()
+average_gradients(model, world)
+shutdown(world)
+names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join({out!r}, f"rank{{world.rank}}.txt"), "w") as f:
+    f.write(str(sum("gloo" in n for n in names)))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="torchrun not installed",
+)
+def test_shutdown_leaves_no_gloo_threads_to_run_during_interpreter_exit(tmp_path):
+    # Left running, a gloo worker frees the last all-reduce's tensors while Python finalizes
+    # and the rank aborts (SIGABRT) after a successful run: an intermittent failure.
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE.format(root=str(ROOT), out=str(tmp_path)))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run(
+        [torchrun if os.path.exists(torchrun) else "torchrun", "--standalone",
+         "--nproc_per_node", "2", str(probe)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    gloo_threads_left = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert gloo_threads_left == ["0", "0"]
