@@ -26,6 +26,7 @@ RESUME_MAY_CHANGE = {
     "progress",
     "torch_threads",
     "detect_anomaly",
+    "env_timeout",
 }
 
 

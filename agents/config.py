@@ -44,6 +44,11 @@ class TrainConfig:
     # --- rollout and PPO
     num_envs: int = option(16, "parallel envs")
     async_envs: bool = option(False, "step envs in subprocesses (AsyncVectorEnv) instead of inline")
+    env_timeout: float = option(
+        600.0,
+        "async envs: seconds a worker may take per step or reset before the run stops "
+        "with a checkpoint (0: wait forever)",
+    )
     num_steps: int = option(128, "steps per env per rollout (the rollout is num_steps x num_envs)")
     num_minibatches: int = option(4, "minibatches per epoch")
     update_epochs: int = option(4, "PPO epochs per rollout")
@@ -289,6 +294,7 @@ def validate(c: TrainConfig) -> None:
     _check(c.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0")
     _check(c.image_every >= 0, "--image-every must be >= 0")
     _check(c.torch_threads >= 0, "--torch-threads must be >= 0")
+    _check(c.env_timeout >= 0, f"--env-timeout must be >= 0, got {c.env_timeout}")
     _check(
         c.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", c.device) is not None,
         f"--device must be auto, cpu, cuda or cuda:N, got {c.device!r}",

@@ -230,7 +230,8 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed + 1_009 * world.rank)  # ranks sample different actions
-    envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs())
+    envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs(),
+                           timeout=config.env_timeout or None)  # fmt: skip
     try:
         with StopSignals() as signals, torch.autograd.set_detect_anomaly(config.detect_anomaly):
             trainer = Trainer(config, envs, device, run_dir, resumed, signals, world)

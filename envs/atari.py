@@ -26,7 +26,9 @@ import ale_py
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+
+from envs.watched import WatchedAsyncVectorEnv
 
 gym.register_envs(ale_py)
 
@@ -245,9 +247,11 @@ def make_atari_vector_env(
     settings: AtariSettings,
     asynchronous: bool = False,
     path: str = "auto",
+    timeout: float | None = None,
 ) -> VectorEnv:
     """``path``: ``"auto"`` (the fast path unless the settings need the flavoured one),
-    ``"fast"`` or ``"flavoured"``."""
+    ``"fast"`` or ``"flavoured"``. ``timeout``: seconds an async worker of the flavoured path
+    may take per step or reset (None: no limit)."""
     if path not in ("auto", "fast", "flavoured"):
         raise ValueError(f"path must be auto, fast or flavoured, got {path!r}")
     if path == "fast" and settings.flavoured:
@@ -258,5 +262,6 @@ def make_atari_vector_env(
             envs = VectorImagePerturbation(envs, settings.flicker, settings.noise)
         return envs
     fns = [lambda: make_flavoured_env(env_id, settings)] * num_envs
-    vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
-    return vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    if asynchronous:
+        return WatchedAsyncVectorEnv(fns, timeout, autoreset_mode=AutoresetMode.SAME_STEP)
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

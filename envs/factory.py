@@ -17,13 +17,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
 from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
 from envs.shifts import ShiftError, shift_effect
+from envs.watched import WatchedAsyncVectorEnv
 
 
 class EnvError(ValueError):
@@ -104,17 +105,19 @@ def make_vector_env(
     asynchronous: bool = False,
     env_kwargs: dict[str, Any] | None = None,
     shifts: Shifts = (),
+    timeout: float | None = None,
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` (sync or subprocess-async), ``SAME_STEP`` autoreset,
-    episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i."""
+    episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i.
+    ``timeout``: async only, seconds a worker may take per step or reset (None: no limit)."""
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
     make_env(env_id, shifts=shifts, **kwargs).close()  # fail here, not inside a worker
     if env_family(env_id) == "atari":
         effect = shift_effect(env_id, "atari", shifts)
         settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
-        return RecordEpisodeStatistics(make_atari_vector_env(env_id, num_envs, settings,
-                                                             asynchronous))  # fmt: skip
+        envs = make_atari_vector_env(env_id, num_envs, settings, asynchronous, timeout=timeout)
+        return RecordEpisodeStatistics(envs)
 
     def make_one() -> gym.Env:
         return make_env(env_id, shifts=shifts, **kwargs)
@@ -125,8 +128,10 @@ def make_vector_env(
         return make_one()
 
     fns: list[Callable[[], gym.Env]] = [make_in_worker if asynchronous else make_one] * num_envs
-    vec_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
-    envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    if asynchronous:
+        envs = WatchedAsyncVectorEnv(fns, timeout, autoreset_mode=AutoresetMode.SAME_STEP)
+    else:
+        envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return RecordEpisodeStatistics(envs)
 
 

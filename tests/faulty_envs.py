@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import gymnasium as gym
 
@@ -47,6 +48,21 @@ class DieEnv(CrashEnv):
         return CueMemoryEnv.step(self, action)
 
 
-for name, cls in (("NaNReward", NaNRewardEnv), ("Crash", CrashEnv), ("Die", DieEnv)):
+class HangEnv(CrashEnv):
+    """The cue task, whose ``step`` never returns (a deadlocked simulator) after ``after`` steps."""
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps > self.after:
+            time.sleep(3600)  # the trainer's env timeout ends this worker long before
+        return CueMemoryEnv.step(self, action)
+
+
+for name, cls in (
+    ("NaNReward", NaNRewardEnv),
+    ("Crash", CrashEnv),
+    ("Die", DieEnv),
+    ("Hang", HangEnv),
+):
     if f"rims-test/{name}-v0" not in gym.registry:
         gym.register(f"rims-test/{name}-v0", entry_point=f"tests.faulty_envs:{cls.__name__}")

@@ -113,6 +113,7 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--num-envs", "0"], "--num-envs must be a positive integer"),
         (["--num-minibatches", "3"], "--num-minibatches=3 must divide"),
         (["--bptt", "5"], "--num-steps=128 must be a multiple of --bptt=5"),
+        (["--env-timeout", "-1"], "--env-timeout must be >= 0"),
         (["--core", "transformer"], "invalid choice"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),
         (["--resume"], "holds no config.json; nothing to resume"),
