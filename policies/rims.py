@@ -48,6 +48,7 @@ state is batch-major ``(B, U, H)`` like every other core.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -73,6 +74,9 @@ class StepInputs:
 
     keys: Tensor  # (T, B, heads, dk, N), scaled by 1/sqrt(dk)
     value_gates: Tensor | None  # (T, U, B, heads*N, G) on the fused path, else None
+    # (T*B*N, heads, dv): the values behind value_gates when the hand-written backward
+    # differentiates the products itself (then value_gates carries no graph), else None
+    gate_values: Tensor | None
     values: Tensor | None  # (T, B, heads, N, dv) off the fused path, else None
     state_bias: Tensor  # (U, 1, G + heads*dk): hidden-gate (+ LSTM input) bias | query bias
     input_bias: Tensor | None  # (U, 1, G) GRU input-gate bias (folded into state_bias for LSTM)
@@ -235,9 +239,10 @@ class RIMs(nn.Module):
         T, B, _, _ = x.shape
         check_episode_starts(episode_starts, T, B)
         U, H = self.num_units, self.hidden_size
-        inp = self._prepare(x, episode_starts)
         hs = [s.transpose(0, 1) for s in state]  # public (B, U, H) -> internal (U, B, H)
-        if self._use_manual_backward(inp, hs):
+        manual = self._use_manual_backward(x, hs)
+        inp = self._prepare(x, episode_starts, manual)
+        if manual:
             from policies.rims_grad import run_with_manual_backward
 
             out, hs, masks, nulls, attention = run_with_manual_backward(self, inp, hs)
@@ -261,21 +266,29 @@ class RIMs(nn.Module):
         )
         return out, tuple(s.transpose(0, 1) for s in hs), info  # (U,B,H) -> (B,U,H)
 
-    def _use_manual_backward(self, inp: StepInputs, hs: list[Tensor]) -> bool:
+    def _fuses_input_gates(self, num_elements: int) -> bool:
+        return num_elements * self.input_heads <= self.fuse_input_gates_max
+
+    def _use_manual_backward(self, x: Tensor, hs: list[Tensor]) -> bool:
         """The hand-written backward (``policies.rims_grad``) serves training on the fused path
-        without dropout; everything else (acting, dropout, large input sets) uses autograd."""
+        without dropout; everything else (acting, dropout, large input sets) uses autograd.
+        x: ``(T, B, N, D)``; hs: the states."""
         if not (self.manual_backward and torch.is_grad_enabled()):
             return False
-        if inp.value_gates is None or inp.dropout:
+        if not self._fuses_input_gates(x.shape[2]) or (self.training and self.dropout > 0):
             return False
         return any(p.requires_grad for p in self.parameters()) or any(
-            t.requires_grad for t in (inp.keys, inp.value_gates, *hs)
+            t.requires_grad for t in (x, *hs)
         )
 
-    def _prepare(self, x: Tensor, episode_starts: Tensor | None) -> StepInputs:
+    def _prepare(
+        self, x: Tensor, episode_starts: Tensor | None, manual_backward: bool = False
+    ) -> StepInputs:
         """Everything that does not depend on the state, for the whole sequence at once.
 
         x: ``(T, B, N, D)``. The keys carry the 1/sqrt(dk) of the scores, so no step divides.
+        With ``manual_backward`` the value-gate products are built without a graph: the
+        hand-written backward differentiates them from ``gate_values``.
         """
         T, B, N, _ = x.shape
         U, H = self.num_units, self.hidden_size
@@ -284,21 +297,23 @@ class RIMs(nn.Module):
         keys = (x @ (self.input_key / math.sqrt(dk))).view(T, B, N, heads, dk)  # (T,B,N,D) ->
         keys = keys.permute(0, 1, 3, 4, 2)  # (T,B,N,heads,dk) -> (T,B,heads,dk,N)
         values = (x @ self.input_value).view(T, B, N, heads, dv)  # (T,B,N,D) -> (T,B,N,heads,dv)
-        value_gates = None
-        if N * heads <= self.fuse_input_gates_max:
+        value_gates = gate_values = None
+        if self._fuses_input_gates(N):
             # Per-RIM input-to-gate products of every value: read_u @ W_u = sum_{h,n} p * (v W_u,h).
             w = self.input_gate_weight.view(U, heads, dv, gates)  # (U,heads*dv,G) -> (U,heads,dv,G)
             flat = values.reshape(T * B * N, heads, dv)  # (T,B,N,heads,dv) -> (TBN,heads,dv)
-            # Per head, one matmul broadcast over the RIMs (an einsum here copied the whole
-            # weight into another layout on every call): (TBN,dv) @ (U,dv,G) -> (U,TBN,G).
-            per_head = [torch.matmul(flat[:, h], w[:, h]) for h in range(heads)]
-            stacked = per_head[0].unsqueeze(0) if heads == 1 else torch.stack(per_head)
-            # (heads,U,TBN,G) -> (heads,U,T,B,N,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
-            value_gates = (
-                stacked.view(heads, U, T, B, N, gates)
-                .permute(2, 1, 3, 0, 4, 5)
-                .reshape(T, U, B, heads * N, gates)
-            )
+            with torch.no_grad() if manual_backward else contextlib.nullcontext():
+                # Per head, one matmul broadcast over the RIMs (an einsum here copied the whole
+                # weight into another layout on every call): (TBN,dv) @ (U,dv,G) -> (U,TBN,G).
+                per_head = [torch.matmul(flat[:, h], w[:, h]) for h in range(heads)]
+                stacked = per_head[0].unsqueeze(0) if heads == 1 else torch.stack(per_head)
+                # (heads,U,TBN,G) -> (heads,U,T,B,N,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
+                value_gates = (
+                    stacked.view(heads, U, T, B, N, gates)
+                    .permute(2, 1, 3, 0, 4, 5)
+                    .reshape(T, U, B, heads * N, gates)
+                )
+            gate_values = flat if manual_backward else None
             values = None
         else:
             values = values.permute(0, 1, 3, 2, 4)  # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
@@ -311,6 +326,7 @@ class RIMs(nn.Module):
         return StepInputs(
             keys=keys,
             value_gates=value_gates,
+            gate_values=gate_values,
             values=values,
             state_bias=torch.cat((gate_bias, self.input_query_bias), dim=-1),
             input_bias=None if lstm else self.input_gate_bias,

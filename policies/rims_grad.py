@@ -32,8 +32,9 @@ def run_with_manual_backward(
     lstm = module.cell == "lstm"
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
     out, c_last, masks, nulls, attention = RIMsSequence.apply(
-        module, inp, inp.keys, inp.value_gates, inp.state_bias, inp.input_bias,
-        inp.comm_weight, module.state_weight, module.comm_out, module.comm_out_bias, hs[0], c0,
+        module, inp, inp.keys, inp.gate_values, module.input_gate_weight, inp.state_bias,
+        inp.input_bias, inp.comm_weight, module.state_weight, module.comm_out,
+        module.comm_out_bias, hs[0], c0,
     )  # fmt: skip
     states = [out[-1], c_last] if lstm else [out[-1]]
     return out, states, masks, nulls, attention
@@ -43,8 +44,8 @@ class RIMsSequence(torch.autograd.Function):
     """All steps of a RIMs forward; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, module, inp, keys, value_gates, state_bias, input_bias, comm_weight,
-                state_weight, comm_out, comm_out_bias, h0, c0):  # fmt: skip
+    def forward(ctx, module, inp, keys, gate_values, input_gate_weight, state_bias, input_bias,
+                comm_weight, state_weight, comm_out, comm_out_bias, h0, c0):  # fmt: skip
         lstm = module.cell == "lstm"
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
@@ -72,7 +73,10 @@ class RIMsSequence(torch.autograd.Function):
         heads, dk = m_.input_heads, m_.input_key_size
         ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
         d_keys = torch.zeros_like(inp.keys)
-        d_value_gates = torch.zeros_like(inp.value_gates)
+        G = inp.value_gates.shape[-1]
+        # Per step, what the value-gate products need: the gates' gradient and the read.
+        d_gx_all = inp.value_gates.new_empty(U, T, B, G)
+        read_all = inp.value_gates.new_empty(U, T, B, *steps[0]["read"].shape[2:])
         d_input_bias = None if lstm else torch.zeros_like(inp.input_bias)
         dh = torch.zeros_like(steps[0]["kept"])
         dc = dh.clone() if lstm else None
@@ -133,11 +137,11 @@ class RIMsSequence(torch.autograd.Function):
                 d_input_bias += d_gx.sum(1, keepdim=True)
             # --- input side: gates_x = read @ value_gates[t]
             read = s["read"]  # (U, B, heads, N)
-            NH = read.shape[2] * read.shape[3]
-            vg = inp.value_gates[t]  # (U, B, NH, G)
+            vg = inp.value_gates[t]  # (U, B, heads*N, G)
             # (U,B,1,G) @ (U,B,G,NH) -> (U,B,1,NH) -> (U,B,heads,N)
             d_read = (d_gx.unsqueeze(2) @ vg.transpose(-1, -2)).view(read.shape)
-            d_value_gates[t] = read.reshape(U, B, NH, 1) * d_gx.unsqueeze(2)  # (U, B, NH, G)
+            d_gx_all[:, t] = d_gx  # 0 where the RIM was inactive
+            read_all[:, t] = read
             if inp.one_element:
                 d_scores = d_read * read * (1 - read)  # read = sigmoid(score)
             else:
@@ -172,6 +176,48 @@ class RIMsSequence(torch.autograd.Function):
         d_comm_weight = summed(kepts, d_qkvs)
         d_comm_out = summed(reads_c, d_os)
         d_comm_out_bias = torch.cat(d_os, dim=1).sum(1, keepdim=True)  # (U, 1, H)
+        active = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
+        d_gate_values, d_input_gate_weight = value_gate_grads(
+            read_all.view(U, T * B, *read_all.shape[3:]),  # (U,T,B,heads,N) -> (U,TB,heads,N)
+            d_gx_all.view(U, T * B, G),  # (U,T,B,G) -> (U,TB,G)
+            inp.gate_values, m_.input_gate_weight,
+            active.view(U, T * B),  # (U,T,B,1) -> (U,TB)
+            compact=m_.state_weight.device.type == "cpu",
+        )  # fmt: skip
         d_c0 = dc if lstm else None
-        return (None, None, d_keys, d_value_gates, d_state_bias, d_input_bias, d_comm_weight,
-                d_state_weight, d_comm_out, d_comm_out_bias, dh, d_c0)  # fmt: skip
+        return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
+                d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
+                d_c0)  # fmt: skip
+
+
+def value_gate_grads(
+    read: Tensor, d_gx: Tensor, values: Tensor, weight: Tensor, active: Tensor, compact: bool
+) -> tuple[Tensor, Tensor]:
+    """Gradients of the value-gate products ``P[t,u,b,h*N+n] = values[tb,n,h] @ W[u,h]``, whose
+    gradient is ``read[u,tb,h,n] * d_gx[u,tb]`` (the step reads ``sum_{h,n} read * P``).
+
+    read ``(U, TB, heads, N)``; d_gx ``(U, TB, G)``, zero where RIM u was inactive; values
+    ``(TB*N, heads, dv)``; weight ``(U, heads*dv, G)``; active ``(U, TB)`` bool. Returns the
+    gradients of ``values`` and ``weight``. ``compact`` skips the inactive rows (a third of the
+    arithmetic at 4 of 6 active), which needs each RIM's row count on the host: CPU only.
+    """
+    U, TB, heads, N = read.shape
+    dv, G = values.shape[-1], d_gx.shape[-1]
+    v = values.view(TB, N, heads, dv)  # (TB*N, heads, dv) -> (TB, N, heads, dv)
+    w = weight.view(U, heads, dv, G)  # (U, heads*dv, G) -> (U, heads, dv, G)
+    d_v, d_w = torch.zeros_like(v), torch.zeros_like(w)
+    for u in range(U):
+        rows = active[u].nonzero().squeeze(1) if compact else None  # (n_u,) active rows
+        g = d_gx[u] if rows is None else d_gx[u].index_select(0, rows)  # (n_u, G)
+        r = read[u] if rows is None else read[u].index_select(0, rows)  # (n_u, heads, N)
+        for h in range(heads):
+            for n in range(N):
+                d_p = r[:, h, n : n + 1] * g  # (n_u, G): the products' gradient
+                v_hn = v[:, n, h] if rows is None else v[:, n, h].index_select(0, rows)
+                d_w[u, h].addmm_(v_hn.t(), d_p)  # (dv, n_u) @ (n_u, G)
+                d_v_hn = d_p @ w[u, h].t()  # (n_u, G) @ (G, dv) -> (n_u, dv)
+                if rows is None:
+                    d_v[:, n, h] += d_v_hn
+                else:
+                    d_v[:, n, h].index_add_(0, rows, d_v_hn)
+    return d_v.view_as(values), d_w.view_as(weight)

@@ -318,13 +318,38 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
 
 def test_manual_backward_is_used_only_where_it_applies():
     m = make_rims("lstm", dropout=0.0).train()
-    x = torch.randn(4, 2, 10)
-    state = m.initial_state(2)
-    inp = m._prepare(x.unsqueeze(2), None)
-    assert m._use_manual_backward(inp, list(state))
+    x = torch.randn(4, 2, 1, 10)
+    state = list(m.initial_state(2))
+    assert m._use_manual_backward(x, state)
     with torch.no_grad():
-        assert not m._use_manual_backward(inp, list(state))  # acting: nothing to save
+        assert not m._use_manual_backward(x, state)  # acting: nothing to save
     m.dropout = 0.1
-    assert not m._use_manual_backward(m._prepare(x.unsqueeze(2), None), list(state))
+    assert not m._use_manual_backward(x, state)
+    m.eval()
+    assert m._use_manual_backward(x, state)  # dropout is off in eval mode
     m.dropout, m.fuse_input_gates_max = 0.0, 0
-    assert not m._use_manual_backward(m._prepare(x.unsqueeze(2), None), list(state))
+    assert not m._use_manual_backward(x, state)
+
+
+@pytest.mark.parametrize("heads, elements", [(1, 1), (2, 2)])
+def test_value_gate_gradients_skip_only_inactive_rows(heads, elements):
+    """The products' gradients, with inactive rows skipped (CPU) or not (GPU), equal autograd's."""
+    from policies.rims_grad import value_gate_grads
+
+    torch.manual_seed(4)
+    U, TB, dv, G = 5, 12, 6, 8
+    values = torch.randn(TB * elements, heads, dv, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(U, heads * dv, G, dtype=torch.float64, requires_grad=True)
+    read = torch.rand(U, TB, heads, elements, dtype=torch.float64)
+    active = torch.rand(U, TB) < 0.6
+    d_gx = torch.randn(U, TB, G, dtype=torch.float64) * active.unsqueeze(-1)
+    # The forward: P[u,tb,h,n] = values[tb,n,h] @ W[u,h]; the step reads sum_{h,n} read * P.
+    v = values.view(TB, elements, heads, dv)
+    w = weight.view(U, heads, dv, G)
+    products = torch.einsum("tnhd,uhdg->uthng", v, w)  # (U, TB, heads, N, G)
+    gates = (read.unsqueeze(-1) * products).sum((2, 3))  # (U, TB, G)
+    expected = torch.autograd.grad(gates, (values, weight), d_gx)
+    for compact in (True, False):
+        got = value_gate_grads(read, d_gx, values.detach(), weight.detach(), active, compact)
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
