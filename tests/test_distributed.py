@@ -6,27 +6,34 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from agents.checkpoint import load_checkpoint
 from tests.test_cli import ROOT, TINY, scalars
 
+_BESIDE_PYTHON = os.path.join(os.path.dirname(sys.executable), "torchrun")
+TORCHRUN = _BESIDE_PYTHON if os.path.exists(_BESIDE_PYTHON) else shutil.which("torchrun")
+requires_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None
-    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-    reason="torchrun not installed",
-)
-def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
-    run = tmp_path / "run"
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    result = subprocess.run(
-        [torchrun if os.path.exists(torchrun) else "torchrun", "--standalone",
-         "--nproc_per_node", "2", str(ROOT / "train.py"), "--env", "rims/CueMemory-v0",
-         "--run-dir", str(run), "--total-steps", "128", *TINY, "--torch-threads", "1"],
+
+def torchrun_two_processes(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``script ARGS`` in two CPU processes under torchrun (gloo), one torch thread each."""
+    assert TORCHRUN is not None
+    return subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), *args],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+@requires_torchrun
+def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
+    run = tmp_path / "run"
+    result = torchrun_two_processes(
+        ROOT / "train.py", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
+        "--total-steps", "128", *TINY, "--torch-threads", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data-parallel over 2 processes; parameters identical on all: yes" in result.stdout
@@ -56,23 +63,13 @@ with open(os.path.join({out!r}, f"rank{{world.rank}}.txt"), "w") as f:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None
-    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-    reason="torchrun not installed",
-)
+@requires_torchrun
 def test_shutdown_leaves_no_gloo_threads_to_run_during_interpreter_exit(tmp_path):
     # Left running, a gloo worker frees the last all-reduce's tensors while Python finalizes
     # and the rank aborts (SIGABRT) after a successful run: an intermittent failure.
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE.format(root=str(ROOT), out=str(tmp_path)))
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    result = subprocess.run(
-        [torchrun if os.path.exists(torchrun) else "torchrun", "--standalone",
-         "--nproc_per_node", "2", str(probe)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    result = torchrun_two_processes(probe)
     assert result.returncode == 0, result.stderr[-2000:]
     gloo_threads_left = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert gloo_threads_left == ["0", "0"]
