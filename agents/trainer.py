@@ -35,7 +35,7 @@ from agents.ppo import ppo_update
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
-from envs.factory import make_vector_env
+from envs.factory import make_env, make_vector_env
 from policies.actor_critic import ActorCritic
 
 CONFIG_FILE = "config.json"
@@ -95,6 +95,19 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 def build_policy(config: TrainConfig, observation_space, action_space) -> ActorCritic:
     return ActorCritic(observation_space, int(action_space.n), config.policy_spec())
+
+
+def check_policy_fits(config: TrainConfig) -> None:
+    """Raise ``ConfigError`` if the policy the config asks for cannot read the env's
+    observations (e.g. ``--rims-spatial`` or ``--encoder nature`` on Minigrid's symbolic view).
+    Builds one env and one policy on the CPU, so it draws from the global RNGs."""
+    env = make_env(config.env, **config.env_kwargs())
+    try:
+        build_policy(config, env.observation_space, env.action_space)
+    except ValueError as err:
+        raise ConfigError(f"the policy does not fit {config.env}: {err}") from None
+    finally:
+        env.close()
 
 
 def checkpoint_payload(
@@ -215,12 +228,13 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             return TrainResult(run_dir, resumed["global_step"], resumed["update"],
                                resumed["mean_recent_return"], 0.0, world.world_size,
                                world.is_main)  # fmt: skip
-    elif holds_run(run_dir) and world.is_main:
-        if not config.overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a run; pass --resume to continue it "
-                "or --overwrite to start afresh"
-            )
+    elif holds_run(run_dir) and world.is_main and not config.overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it "
+            "or --overwrite to start afresh"
+        )
+    check_policy_fits(config)  # before anything is written or cleared (and before seeding)
+    if resumed is None and holds_run(run_dir) and world.is_main:
         clear_run(run_dir)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
