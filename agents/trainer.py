@@ -237,8 +237,11 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     if resumed is None and holds_run(run_dir) and world.is_main:
         clear_run(run_dir)
     if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        except OSError as err:
+            raise ConfigError(f"cannot write the run directory {run_dir}: {err}") from None
     barrier(world)
 
     if config.torch_threads:

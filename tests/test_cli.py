@@ -133,6 +133,14 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing is written before the config is valid
 
 
+def test_unwritable_run_dir_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert exit_code(["train", "--run-dir", str(blocker / "run"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write the run directory" in err and len(err.splitlines()) == 1
+
+
 def test_resume_without_run_dir(capsys):
     assert exit_code(["train", "--resume"]) == 2
     assert "--resume needs --run-dir" in capsys.readouterr().err
