@@ -93,7 +93,9 @@ class TrainConfig:
         "auto", "observation encoder (auto: Minigrid CNN, MLP, or Nature CNN for images)", ENCODERS
     )
     rims_spatial: bool = option(
-        False, "RIMs read the CNN feature map as a set of positions (input attention picks where)"
+        False,
+        "RIMs read a set of positions, the CNN feature map or Minigrid's view cells "
+        "(input attention picks where)",
     )
     # --- Atari
     frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")

@@ -99,8 +99,8 @@ def build_policy(config: TrainConfig, observation_space, action_space) -> ActorC
 
 def check_policy_fits(config: TrainConfig) -> None:
     """Raise ``ConfigError`` if the policy the config asks for cannot read the env's
-    observations (e.g. ``--rims-spatial`` or ``--encoder nature`` on Minigrid's symbolic view).
-    Builds one env and one policy on the CPU, so it draws from the global RNGs."""
+    observations (e.g. ``--encoder nature`` on Minigrid's symbolic view, ``--rims-spatial`` on
+    a flat vector). Builds one env and one policy on the CPU, so it draws from the global RNGs."""
     env = make_env(config.env, **config.env_kwargs())
     try:
         build_policy(config, env.observation_space, env.action_space)

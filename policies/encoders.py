@@ -27,9 +27,16 @@ class MinigridEncoder(nn.Module):
     channels), then the small CNN that Minigrid baselines use (torch-ac): conv 2x2 (16), max-pool,
     conv 2x2 (32), conv 2x2 (64); its flattened output and the one-hot direction go through a
     linear layer with ReLU.
+
+    ``spatial``: a set of one element per view cell instead (RIMs' input attention picks which
+    cells to read): two 3x3 convolutions that keep the view's size (32, then ``feature_size``
+    channels, so each element also sees its neighbours), plus a learned embedding of the cell's
+    position and one of the agent's direction -> ``(T, B, H*W, feature_size)``.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], feature_size: int = 64) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int, int], feature_size: int = 64, spatial: bool = False
+    ) -> None:
         super().__init__()
         height, width, channels = image_shape
         if channels != len(CHANNEL_SIZES):
@@ -38,6 +45,19 @@ class MinigridEncoder(nn.Module):
             "offsets", torch.tensor([0, CHANNEL_SIZES[0], CHANNEL_SIZES[0] + CHANNEL_SIZES[1]])
         )
         self.num_codes = sum(CHANNEL_SIZES)
+        self.spatial = spatial
+        self.feature_size = feature_size
+        if spatial:
+            self.cnn = nn.Sequential(
+                nn.Conv2d(self.num_codes, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(32, feature_size, 3, padding=1),
+                nn.ReLU(),
+            )
+            self.num_elements = height * width
+            self.position = nn.Parameter(torch.randn(height * width, feature_size) * 0.02)
+            self.direction = nn.Parameter(torch.randn(4, feature_size) * 0.02)
+            return
         self.cnn = nn.Sequential(
             nn.Conv2d(self.num_codes, 16, 2),
             nn.ReLU(),
@@ -51,14 +71,20 @@ class MinigridEncoder(nn.Module):
         with torch.no_grad():
             flat = self.cnn(torch.zeros(1, self.num_codes, height, width)).shape[1]
         self.linear = nn.Linear(flat + 4, feature_size)
-        self.feature_size = feature_size
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
-        """image ``(T, B, H, W, 3)`` uint8, direction ``(T, B)`` -> ``(T, B, feature_size)``."""
+        """image ``(T, B, H, W, 3)`` uint8, direction ``(T, B)`` -> ``(T, B, feature_size)``,
+        or ``(T, B, H*W, feature_size)`` when spatial."""
         T, B = _leading(obs)
         image = obs["image"].long().clamp_min(0) + self.offsets  # (T,B,H,W,3) codes in 0..19
         image = F.one_hot(image, self.num_codes).sum(-2)  # (T,B,H,W,3) -> (T,B,H,W,20)
         image = image.flatten(0, 1).permute(0, 3, 1, 2).float()  # -> (T*B, 20, H, W)
+        if self.spatial:
+            maps = self.cnn(image)  # (T*B, F, H, W)
+            elements = maps.flatten(2).transpose(1, 2)  # (T*B, F, H, W) -> (T*B, H*W, F)
+            facing = self.direction[obs["direction"].long().flatten()]  # (T,B) -> (T*B, F)
+            elements = elements + self.position + facing.unsqueeze(1)
+            return elements.view(T, B, self.num_elements, -1)  # -> (T, B, H*W, F)
         direction = F.one_hot(obs["direction"].long().flatten(), 4).float()  # (T,B) -> (T*B, 4)
         features = torch.cat((self.cnn(image), direction), dim=-1)  # (T*B, flat + 4)
         return torch.relu(self.linear(features)).view(T, B, -1)  # (T*B, F) -> (T, B, F)
@@ -182,7 +208,7 @@ def make_encoder(
 ) -> nn.Module:
     """The encoder for a dict observation space: Minigrid's symbolic view, a flat Box, or an
     image ``{"image": (C, H, W)}`` (Nature CNN by default, IMPALA CNN on request).
-    ``spatial`` (image encoders only) returns a set of positions instead of one vector."""
+    ``spatial`` (image and Minigrid encoders) returns a set of positions instead of one vector."""
     if kind not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
     keys = set(observation_space.spaces)
@@ -198,10 +224,12 @@ def make_encoder(
         kind = "nature" if found == "image" else found
     if (found == "image") != (kind in ("nature", "impala")) or (found != "image" and kind != found):
         raise ValueError(f"encoder {kind!r} does not fit observation space {observation_space}")
-    if spatial and found != "image":
-        raise ValueError("a spatial (set) input needs an image observation and a CNN encoder")
+    if spatial and found not in ("image", "minigrid"):
+        raise ValueError(
+            "a spatial (set) input needs an image observation (CNN encoder) or Minigrid's view"
+        )
     if kind == "minigrid":
-        return MinigridEncoder(observation_space["image"].shape, feature_size)
+        return MinigridEncoder(observation_space["image"].shape, feature_size, spatial)
     if kind == "mlp":
         return MLPEncoder(observation_space["obs"].shape, feature_size)
     cnn = NatureCNN if kind == "nature" else ImpalaCNN

@@ -123,3 +123,27 @@ def test_rims_activity_is_reported():
     assert sum(stats.active_fraction) == pytest.approx(2.0)  # k=2 of 4 active at every step
     assert stats.last_masks.shape == (24, 4, 4)
     assert stats.episode_returns and all(r in (0.0, 1.0) for r in stats.episode_returns)
+
+
+def test_minigrid_spatial_encoder_gives_one_element_per_view_cell():
+    from gymnasium import spaces
+
+    from envs.factory import make_env
+    from policies.encoders import make_encoder
+
+    env = make_env("MiniGrid-DoorKey-5x5-v0")
+    obs, _ = env.reset(seed=0)
+    encoder = make_encoder(env.observation_space, 16, spatial=True)
+    batch = {k: torch.as_tensor(v)[None, None] for k, v in obs.items()}  # (1, 1, ...)
+    elements = encoder(batch)
+    assert elements.shape == (1, 1, 49, 16) and encoder.num_elements == 49
+    # The agent's direction shifts every element by the same learned vector.
+    turned = dict(batch, direction=(batch["direction"] + 1) % 4)
+    shift = encoder(turned) - elements
+    torch.testing.assert_close(shift, shift[:, :, :1].expand_as(shift))
+    assert shift.abs().sum() > 0
+    # Not every observation space has cells: a flat vector has none.
+    flat = spaces.Dict({"obs": spaces.Box(-1, 1, (4,))})
+    with pytest.raises(ValueError, match="spatial"):
+        make_encoder(flat, 16, spatial=True)
+    env.close()

@@ -101,7 +101,7 @@ def test_overwrite_starts_afresh(tmp_path):
     (run / "notes.txt").write_text("mine")
     assert main(["train", "--total-steps", "64", "--run-dir", str(run), *TINY]) == 0
     # An --overwrite whose policy cannot be built is refused before the old run is removed.
-    bad = ["--overwrite", "--rims-spatial"]
+    bad = ["--overwrite", "--encoder", "nature"]
     assert main(["train", "--total-steps", "32", "--run-dir", str(run), *bad, *TINY]) == 2
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 64
     assert main(["train", "--total-steps", "32", "--run-dir", str(run), "--overwrite", *TINY]) == 0
@@ -118,7 +118,7 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--num-minibatches", "3"], "--num-minibatches=3 must divide"),
         (["--bptt", "5"], "--num-steps=128 must be a multiple of --bptt=5"),
         (["--env-timeout", "-1"], "--env-timeout must be >= 0"),
-        (["--rims-spatial"], "the policy does not fit MiniGrid-DoorKey-5x5-v0"),
+        (["--env", "CartPole-v1", "--rims-spatial"], "the policy does not fit CartPole-v1"),
         (["--encoder", "nature"], "the policy does not fit MiniGrid-DoorKey-5x5-v0"),
         (["--core", "transformer"], "invalid choice"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),
