@@ -90,7 +90,10 @@ class TrainConfig:
         0.0, "dropout on both RIMs attentions (paper 0.1; off for PPO: it makes ratios noisy)"
     )
     encoder: str = option(
-        "auto", "observation encoder (auto: Minigrid CNN, MLP, or Nature CNN for images)", ENCODERS
+        "auto",
+        "observation encoder (auto: Minigrid CNN, MLP, or Nature CNN for images; minigrid-cells: "
+        "Minigrid's view at full size, no pooling)",
+        ENCODERS,
     )
     rims_spatial: bool = option(
         False,

@@ -8,6 +8,7 @@ bars, 95% CI across seeds). Runs go one after another (default config, only --co
     python bench/ood_minigrid.py                        # 3 seeds x {rims, lstm}, 300k steps
     python bench/ood_minigrid.py --runs-dir DIR --reuse   # evaluate DIR/<core>_s<seed> if done
     python bench/ood_minigrid.py --seeds 1 --episodes 20 --total-steps 50000   # a quick look
+    python bench/ood_minigrid.py --cores rims rims-spatial lstm --name ood_doorkey_spatial
 """
 
 from __future__ import annotations
@@ -32,19 +33,33 @@ REFERENCE = {  # the public reimplementation's README (its model has a known def
 }
 
 
-def finished(run_dir: Path, core: str, seed: int, total_steps: int) -> bool:
-    """Whether ``run_dir`` holds a run of this core and seed that reached ``total_steps``."""
+# What each name given to --cores trains: config fields over the Minigrid preset.
+VARIANTS: dict[str, dict] = {
+    "rims": {"core": "rims"},
+    "lstm": {"core": "lstm"},
+    "gru": {"core": "gru"},
+    "rims-spatial": {"core": "rims", "rims_spatial": True},  # attention over the view's cells
+    # Controls for rims-spatial: the same full-size cell encoder, flattened into one vector.
+    "rims-cells": {"core": "rims", "encoder": "minigrid-cells"},
+    "lstm-cells": {"core": "lstm", "encoder": "minigrid-cells"},
+}
+
+
+def finished(run_dir: Path, fields: dict, seed: int, total_steps: int) -> bool:
+    """Whether ``run_dir`` holds a run with these config fields and seed that reached
+    ``total_steps``."""
     path = run_dir / "checkpoints" / "latest.pt"
     if not path.exists():
         return False
     ckpt = load_checkpoint(path)
     config = ckpt["config"]
-    return config["core"] == core and config["seed"] == seed and ckpt["global_step"] >= total_steps
+    same = all(config.get(k) == v for k, v in fields.items()) and config["seed"] == seed
+    return same and ckpt["global_step"] >= total_steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", nargs="+", default=["rims", "lstm"])
+    parser.add_argument("--cores", nargs="+", default=["rims", "lstm"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--total-steps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=100)
@@ -55,6 +70,7 @@ def main() -> None:
         help="evaluate runs in --runs-dir that reached --total-steps instead of retraining",
     )
     parser.add_argument("--out", default=str(RESULTS), help="folder for the table and plot")
+    parser.add_argument("--name", default="ood_doorkey", help="file name of the table and plot")
     args = parser.parse_args()
     root = Path(args.runs_dir or tempfile.mkdtemp(prefix="ood_minigrid_"))
     suite = load_suite("doorkey")
@@ -62,11 +78,12 @@ def main() -> None:
     for core in args.cores:
         for seed in args.seeds:
             run_dir = root / f"{core}_s{seed}"
-            if not (args.reuse and finished(run_dir, core, seed, args.total_steps)):
+            fields = VARIANTS[core]
+            if not (args.reuse and finished(run_dir, fields, seed, args.total_steps)):
                 train(
                     resolve_config(
                         dict(
-                            core=core,
+                            **fields,
                             seed=seed,
                             total_steps=args.total_steps,
                             run_dir=str(run_dir),
@@ -101,10 +118,10 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ood_doorkey.md").write_text(table)
-    plot(aggregate, out / "ood_doorkey.png", "trained on DoorKey-5x5, evaluated on larger grids")
+    (out / f"{args.name}.md").write_text(table)
+    plot(aggregate, out / f"{args.name}.png", "trained on DoorKey-5x5, evaluated on larger grids")
     print(table)
-    print(f"wrote {out / 'ood_doorkey.md'} and {out / 'ood_doorkey.png'}; runs in {root}")
+    print(f"wrote {out / args.name}.md and .png; runs in {root}")
 
 
 if __name__ == "__main__":

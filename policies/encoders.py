@@ -28,14 +28,21 @@ class MinigridEncoder(nn.Module):
     conv 2x2 (32), conv 2x2 (64); its flattened output and the one-hot direction go through a
     linear layer with ReLU.
 
-    ``spatial``: a set of one element per view cell instead (RIMs' input attention picks which
-    cells to read): two 3x3 convolutions that keep the view's size (32, then ``feature_size``
-    channels, so each element also sees its neighbours), plus a learned embedding of the cell's
-    position and one of the agent's direction -> ``(T, B, H*W, feature_size)``.
+    ``cells``: two 3x3 convolutions that keep the view's size instead (32, then ``feature_size``
+    channels: one vector per view cell that also sees its neighbours), flattened with the
+    direction into the linear layer (the encoder ``minigrid-cells``).
+
+    ``spatial``: those cell vectors as a set instead (RIMs' input attention picks which cells to
+    read), each plus a learned embedding of its position and one of the agent's direction
+    -> ``(T, B, H*W, feature_size)``.
     """
 
     def __init__(
-        self, image_shape: tuple[int, int, int], feature_size: int = 64, spatial: bool = False
+        self,
+        image_shape: tuple[int, int, int],
+        feature_size: int = 64,
+        spatial: bool = False,
+        cells: bool = False,
     ) -> None:
         super().__init__()
         height, width, channels = image_shape
@@ -47,29 +54,30 @@ class MinigridEncoder(nn.Module):
         self.num_codes = sum(CHANNEL_SIZES)
         self.spatial = spatial
         self.feature_size = feature_size
-        if spatial:
+        if spatial or cells:
             self.cnn = nn.Sequential(
                 nn.Conv2d(self.num_codes, 32, 3, padding=1),
                 nn.ReLU(),
                 nn.Conv2d(32, feature_size, 3, padding=1),
                 nn.ReLU(),
             )
+        else:
+            self.cnn = nn.Sequential(
+                nn.Conv2d(self.num_codes, 16, 2),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 2),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 2),
+                nn.ReLU(),
+            )
+        if spatial:
             self.num_elements = height * width
             self.position = nn.Parameter(torch.randn(height * width, feature_size) * 0.02)
             self.direction = nn.Parameter(torch.randn(4, feature_size) * 0.02)
             return
-        self.cnn = nn.Sequential(
-            nn.Conv2d(self.num_codes, 16, 2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 2),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 2),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
         with torch.no_grad():
-            flat = self.cnn(torch.zeros(1, self.num_codes, height, width)).shape[1]
+            flat = self.cnn(torch.zeros(1, self.num_codes, height, width)).flatten(1).shape[1]
         self.linear = nn.Linear(flat + 4, feature_size)
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
@@ -86,7 +94,8 @@ class MinigridEncoder(nn.Module):
             elements = elements + self.position + facing.unsqueeze(1)
             return elements.view(T, B, self.num_elements, -1)  # -> (T, B, H*W, F)
         direction = F.one_hot(obs["direction"].long().flatten(), 4).float()  # (T,B) -> (T*B, 4)
-        features = torch.cat((self.cnn(image), direction), dim=-1)  # (T*B, flat + 4)
+        maps = self.cnn(image).flatten(1)  # (T*B, c, h, w) -> (T*B, flat)
+        features = torch.cat((maps, direction), dim=-1)  # (T*B, flat + 4)
         return torch.relu(self.linear(features)).view(T, B, -1)  # (T*B, F) -> (T, B, F)
 
 
@@ -200,7 +209,10 @@ class ImpalaCNN(_ImageEncoder):
         self._finish(image_shape, feature_size, spatial)
 
 
-ENCODERS = ("auto", "minigrid", "mlp", "nature", "impala")
+ENCODERS = ("auto", "minigrid", "minigrid-cells", "mlp", "nature", "impala")
+# The observation kind each encoder reads.
+_READS = {"minigrid": "minigrid", "minigrid-cells": "minigrid", "mlp": "mlp", "nature": "image",
+          "impala": "image"}  # fmt: skip
 
 
 def make_encoder(
@@ -222,14 +234,15 @@ def make_encoder(
         raise ValueError(f"no encoder for observation space {observation_space}")
     if kind == "auto":
         kind = "nature" if found == "image" else found
-    if (found == "image") != (kind in ("nature", "impala")) or (found != "image" and kind != found):
+    if _READS[kind] != found:
         raise ValueError(f"encoder {kind!r} does not fit observation space {observation_space}")
     if spatial and found not in ("image", "minigrid"):
         raise ValueError(
             "a spatial (set) input needs an image observation (CNN encoder) or Minigrid's view"
         )
-    if kind == "minigrid":
-        return MinigridEncoder(observation_space["image"].shape, feature_size, spatial)
+    if kind in ("minigrid", "minigrid-cells"):
+        cells = kind == "minigrid-cells"
+        return MinigridEncoder(observation_space["image"].shape, feature_size, spatial, cells)
     if kind == "mlp":
         return MLPEncoder(observation_space["obs"].shape, feature_size)
     cnn = NatureCNN if kind == "nature" else ImpalaCNN

@@ -142,8 +142,14 @@ def test_minigrid_spatial_encoder_gives_one_element_per_view_cell():
     shift = encoder(turned) - elements
     torch.testing.assert_close(shift, shift[:, :, :1].expand_as(shift))
     assert shift.abs().sum() > 0
+    # The same cell vectors flattened into one (the control encoder for a core without sets).
+    flat_cells = make_encoder(env.observation_space, 16, kind="minigrid-cells")
+    assert flat_cells(batch).shape == (1, 1, 16)
+    assert flat_cells.linear.in_features == 49 * 16 + 4
     # Not every observation space has cells: a flat vector has none.
     flat = spaces.Dict({"obs": spaces.Box(-1, 1, (4,))})
     with pytest.raises(ValueError, match="spatial"):
         make_encoder(flat, 16, spatial=True)
+    with pytest.raises(ValueError, match="does not fit"):
+        make_encoder(flat, 16, kind="minigrid-cells")
     env.close()
