@@ -171,23 +171,10 @@ def test_eval_atari_modes_and_rows_that_do_not_fit(tmp_path, capsys):
         compatible_rows([loaded], rows[1:])
 
 
-def test_spatial_rims_show_where_they_look(tmp_path, capsys):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from agents.checkpoint import load_policy
-    from agents.record import record_episodes
+def test_spatial_rims_show_where_they_look(tmp_path):
+    from tests.test_record import assert_attention_maps_shown
 
     run = tmp_path / "run"
     assert main(["train", *ATARI_TINY, "--rims-spatial", "--image-every", "1",
                  "--run-dir", str(run)]) == 0  # fmt: skip
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    image = acc.Images("rims/input_attention")[0]  # 3 RIMs' 7x7 maps side by side, x8
-    assert (image.height, image.width) == (7 * 8, 3 * 8 * 8)
-    loaded = load_policy(run)
-    rec = record_episodes(loaded, BREAKOUT, (), episodes=1, seed=0)
-    view = rec.views[0]
-    assert view.position_attention.shape == (3, 49)
-    masked = view.position_attention.sum(-1) + (1 - view.input_attention)
-    np.testing.assert_allclose(masked, np.ones(3), rtol=1e-5)
-    assert len(rec.frames) == len(rec.views) > 1
+    assert_attention_maps_shown(run, BREAKOUT)  # the Nature CNN's 7x7 positions

@@ -129,22 +129,26 @@ def test_attention_maps_are_relative_to_the_uniform_share():
     assert grey[1, 1] == 255 and grey.sum() == 255
 
 
+def assert_attention_maps_shown(run, env_id: str, units: int = 3, side: int = 7) -> None:
+    """A spatial-RIMs run wrote each RIM's side x side attention map to TensorBoard, and its
+    recording's panel gets the maps, which with the null element hold all the attention."""
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    image = acc.Images("rims/input_attention")[0]  # the RIMs' maps side by side, x8
+    assert (image.height, image.width) == (side * 8, units * (side + 1) * 8)
+    rec = record_episodes(load_policy(run), env_id, (), episodes=1, seed=0)
+    view = rec.views[0]
+    assert view.position_attention.shape == (units, side * side)
+    np.testing.assert_allclose(
+        view.position_attention.sum(-1) + (1 - view.input_attention), np.ones(units), rtol=1e-5
+    )
+    assert len(rec.frames) == len(rec.views) > 1
+
+
 def test_minigrid_spatial_rims_attend_over_the_view_cells(tmp_path):
-    """``--rims-spatial`` on Minigrid: one input element per cell of the 7x7 view, so the
-    TensorBoard image and the record panel show each RIM's 7x7 attention map."""
+    """``--rims-spatial`` on Minigrid: one input element per cell of the 7x7 view."""
     run = tmp_path / "run"
     doorkey = ["--env", "MiniGrid-DoorKey-5x5-v0", "--total-steps", "32"]
     assert main(["train", *doorkey, *TINY, "--rims-spatial", "--image-every", "1",
                  "--run-dir", str(run)]) == 0  # fmt: skip
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    image = acc.Images("rims/input_attention")[0]  # 3 RIMs' 7x7 maps side by side, x8
-    assert (image.height, image.width) == (7 * 8, 3 * 8 * 8)
-    loaded = load_policy(run)
-    rec = record_episodes(loaded, "MiniGrid-DoorKey-5x5-v0", (), episodes=1, seed=0)
-    view = rec.views[0]
-    assert view.position_attention.shape == (3, 49)
-    # What a RIM puts on the cells plus what it puts on the null element is all its attention.
-    np.testing.assert_allclose(
-        view.position_attention.sum(-1) + (1 - view.input_attention), np.ones(3), rtol=1e-5
-    )
+    assert_attention_maps_shown(run, "MiniGrid-DoorKey-5x5-v0")
