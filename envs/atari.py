@@ -26,9 +26,9 @@ import ale_py
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
-from envs.watched import WatchedAsyncVectorEnv
+from envs.watched import vector_env
 
 gym.register_envs(ale_py)
 
@@ -262,6 +262,4 @@ def make_atari_vector_env(
             envs = VectorImagePerturbation(envs, settings.flicker, settings.noise)
         return envs
     fns = [lambda: make_flavoured_env(env_id, settings)] * num_envs
-    if asynchronous:
-        return WatchedAsyncVectorEnv(fns, timeout, autoreset_mode=AutoresetMode.SAME_STEP)
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return vector_env(fns, asynchronous, timeout)

@@ -17,14 +17,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import VectorEnv
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
 from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
 from envs.shifts import ShiftError, shift_effect
-from envs.watched import WatchedAsyncVectorEnv
+from envs.watched import vector_env
 
 
 class EnvError(ValueError):
@@ -128,11 +128,7 @@ def make_vector_env(
         return make_one()
 
     fns: list[Callable[[], gym.Env]] = [make_in_worker if asynchronous else make_one] * num_envs
-    if asynchronous:
-        envs = WatchedAsyncVectorEnv(fns, timeout, autoreset_mode=AutoresetMode.SAME_STEP)
-    else:
-        envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    return RecordEpisodeStatistics(envs)
+    return RecordEpisodeStatistics(vector_env(fns, asynchronous, timeout))
 
 
 def atari_settings(env_id: str, kwargs: dict[str, Any]) -> AtariSettings:
