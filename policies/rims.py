@@ -269,13 +269,16 @@ class RIMs(nn.Module):
     def _fuses_input_gates(self, num_elements: int) -> bool:
         return num_elements * self.input_heads <= self.fuse_input_gates_max
 
+    def _attention_dropout_on(self) -> bool:
+        return self.training and self.dropout > 0
+
     def _use_manual_backward(self, x: Tensor, hs: list[Tensor]) -> bool:
         """The hand-written backward (``policies.rims_grad``) serves training on the fused path
         without dropout; everything else (acting, dropout, large input sets) uses autograd.
         x: ``(T, B, N, D)``; hs: the states."""
         if not (self.manual_backward and torch.is_grad_enabled()):
             return False
-        if not self._fuses_input_gates(x.shape[2]) or (self.training and self.dropout > 0):
+        if not self._fuses_input_gates(x.shape[2]) or self._attention_dropout_on():
             return False
         return any(p.requires_grad for p in self.parameters()) or any(
             t.requires_grad for t in (x, *hs)
@@ -334,7 +337,7 @@ class RIMs(nn.Module):
             comm_score_scale=self.comm_key_size**-0.5 if acting else None,
             keep=None if episode_starts is None else keep_factor(episode_starts, x.dtype),
             one_element=N * heads == 1,  # softmax over [null, x] is a sigmoid of x's score
-            dropout=self.training and self.dropout > 0,
+            dropout=self._attention_dropout_on(),
         )
 
     def _step(

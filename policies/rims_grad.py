@@ -138,7 +138,7 @@ class RIMsSequence(torch.autograd.Function):
             # --- input side: gates_x = read @ value_gates[t]
             read = s["read"]  # (U, B, heads, N)
             vg = inp.value_gates[t]  # (U, B, heads*N, G)
-            # (U,B,1,G) @ (U,B,G,NH) -> (U,B,1,NH) -> (U,B,heads,N)
+            # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
             d_read = (d_gx.unsqueeze(2) @ vg.transpose(-1, -2)).view(read.shape)
             d_gx_all[:, t] = d_gx  # 0 where the RIM was inactive
             read_all[:, t] = read
