@@ -228,13 +228,14 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             return TrainResult(run_dir, resumed["global_step"], resumed["update"],
                                resumed["mean_recent_return"], 0.0, world.world_size,
                                world.is_main)  # fmt: skip
-    elif holds_run(run_dir) and world.is_main and not config.overwrite:
+    replaces = resumed is None and world.is_main and holds_run(run_dir)
+    if replaces and not config.overwrite:
         raise ConfigError(
             f"{run_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to start afresh"
         )
     check_policy_fits(config)  # before anything is written or cleared (and before seeding)
-    if resumed is None and holds_run(run_dir) and world.is_main:
+    if replaces:
         clear_run(run_dir)
     if world.is_main:
         try:
