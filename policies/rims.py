@@ -73,7 +73,7 @@ class StepInputs:
     """What every step of one ``forward`` call shares (computed once, before the time loop)."""
 
     keys: Tensor  # (T, B, heads, dk, N), scaled by 1/sqrt(dk)
-    value_gates: Tensor | None  # (T, U, B, heads*N, G) on the fused path, else None
+    value_gates: Tensor | None  # (U, T, B, heads*N, G) on the fused path, else None
     # (T*B*N, heads, dv): the values behind value_gates when the hand-written backward
     # differentiates the products itself (then value_gates carries no graph), else None
     gate_values: Tensor | None
@@ -309,13 +309,15 @@ class RIMs(nn.Module):
                 # Per head, one matmul broadcast over the RIMs (an einsum here copied the whole
                 # weight into another layout on every call): (TBN,dv) @ (U,dv,G) -> (U,TBN,G).
                 per_head = [torch.matmul(flat[:, h], w[:, h]) for h in range(heads)]
-                stacked = per_head[0].unsqueeze(0) if heads == 1 else torch.stack(per_head)
-                # (heads,U,TBN,G) -> (heads,U,T,B,N,G) -> (T,U,B,heads,N,G) -> (T,U,B,heads*N,G)
-                value_gates = (
-                    stacked.view(heads, U, T, B, N, gates)
-                    .permute(2, 1, 3, 0, 4, 5)
-                    .reshape(T, U, B, heads * N, gates)
-                )
+                if heads == 1:  # RIM-major as it comes, no copy: (U,TBN,G) -> (U,T,B,N,G)
+                    value_gates = per_head[0].view(U, T, B, N, gates)
+                else:  # (heads,U,TBN,G) -> (heads,U,T,B,N,G) -> (U,T,B,heads,N,G) -> flat
+                    value_gates = (
+                        torch.stack(per_head)
+                        .view(heads, U, T, B, N, gates)
+                        .permute(1, 2, 3, 0, 4, 5)
+                        .reshape(U, T, B, heads * N, gates)
+                    )
             gate_values = flat if manual_backward else None
             values = None
         else:
@@ -356,8 +358,10 @@ class RIMs(nn.Module):
         gates_h, query = hq.split((gates, heads * dk), dim=-1)
         query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
         # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
-        # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
-        scores = (query @ inp.keys[t].unsqueeze(0)).squeeze(3)
+        if inp.one_element:  # dot products: (U,B,1,dk) * (B,1,dk) -> sum -> (U,B,1,1)
+            scores = (query.view(U, B, 1, dk) * inp.keys[t].view(B, 1, dk)).sum(-1, keepdim=True)
+        else:  # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
+            scores = (query @ inp.keys[t].unsqueeze(0)).squeeze(3)
         probs = element_attention = None
         if inp.one_element:
             read = torch.sigmoid(scores)  # (U, B, 1, 1)
@@ -372,9 +376,12 @@ class RIMs(nn.Module):
         if inp.dropout:
             read = F.dropout(read, self.dropout, True)
         N = read.shape[-1]
-        if inp.value_gates is not None:
+        if inp.value_gates is not None and inp.one_element:
+            # One product per RIM and row: (U,B,1,1) -> (U,B,1) times (U,B,1,G) -> (U,B,G)
+            gates_x = read.view(U, B, 1) * inp.value_gates[:, t].view(U, B, gates)
+        elif inp.value_gates is not None:
             # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
-            gates_x = (read.reshape(U, B, 1, heads * N) @ inp.value_gates[t]).squeeze(2)
+            gates_x = (read.reshape(U, B, 1, heads * N) @ inp.value_gates[:, t]).squeeze(2)
         else:
             # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
             read_in = (read.unsqueeze(-2) @ inp.values[t].unsqueeze(0)).view(U, B, heads * dv)
@@ -406,15 +413,17 @@ class RIMs(nn.Module):
         self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]
     ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
         """All RIMs' cells at once. gates_x, gates_h: ``(U, B, G)``; hs: states ``(U, B, H)``.
-        Returns the new states and the activations the hand-written backward reuses."""
+        Returns the new states and the activations the hand-written backward reuses: LSTM
+        ``(sigmoid(gates), g, tanh(c))``, GRU ``(r, z, n, h_n)``."""
         if self.cell == "lstm":
             H = self.hidden_size
             gates = gates_x + gates_h  # (U, B, 4H): i, f, g, o
-            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)  # sigmoid of g is unused
+            sig = torch.sigmoid(gates)  # (U, B, 4H); the sigmoid of g is unused
+            i, f, _, o = sig.chunk(4, dim=-1)
             g = torch.tanh(gates[..., 2 * H : 3 * H])
             c_new = torch.addcmul(f * hs[1], i, g)
             tanh_c = torch.tanh(c_new)
-            return [o * tanh_c, c_new], (i, f, g, o, tanh_c)
+            return [o * tanh_c, c_new], (sig, g, tanh_c)
         # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only.
         (h,) = hs
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
@@ -441,17 +450,21 @@ class RIMs(nn.Module):
         U, B, _ = h.shape
         heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
         qkv = torch.bmm(h, comm_weight)  # (U,B,H) -> (U,B,heads*(2dk+dv))
-        qk, v = qkv.split((2 * heads * dk, heads * dv), dim=-1)
-        # (U,B,2*heads*dk) -> (U,B,2,heads,dk) -> (2,B,heads,U,dk)
-        q, k = qk.view(U, B, 2, heads, dk).permute(2, 1, 3, 0, 4).unbind(0)
-        v = v.view(U, B, heads, dv).permute(1, 2, 0, 3)  # (U,B,heads*dv) -> (B,heads,U,dv)
-        scores = q @ k.transpose(-1, -2)  # (B, heads, U, U)
+        q, k, v = qkv.split((heads * dk, heads * dk, heads * dv), dim=-1)
+        q = q.view(U, B, heads, dk)  # (U,B,heads*dk) -> (U,B,heads,dk)
+        k = k.view(U, B, heads, dk)  # (U,B,heads*dk) -> (U,B,heads,dk)
+        v = v.view(U, B, heads, dv)  # (U,B,heads*dv) -> (U,B,heads,dv)
+        # With only U RIMs, broadcast products beat batched matmuls (which would copy q, k, v
+        # into a (B*heads, U, d) layout and back every step).
+        # scores[i,j] = q_i . k_j: (U,1,B,heads,dk) * (1,U,B,heads,dk) -> sum -> (U,U,B,heads)
+        scores = (q.unsqueeze(1) * k.unsqueeze(0)).sum(-1)
         if score_scale is not None:
             scores = scores * score_scale
-        attn = torch.softmax(scores, dim=-1)
+        attn = torch.softmax(scores, dim=1)  # over the RIMs read from, j
         if dropout:
             attn = F.dropout(attn, self.dropout, True)
-        # (B,heads,U,U) @ (B,heads,U,dv) -> (B,heads,U,dv) -> (U,B,heads*dv)
-        read = (attn @ v).permute(2, 0, 1, 3).reshape(U, B, heads * dv)
+        # read_i = sum_j attn[i,j] v_j: (U,U,B,heads,1) * (1,U,B,heads,dv) -> sum over j
+        # -> (U,B,heads,dv) -> (U,B,heads*dv)
+        read = (attn.unsqueeze(-1) * v.unsqueeze(0)).sum(1).view(U, B, heads * dv)
         out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)
         return out, (q, k, v, attn, read)

@@ -72,12 +72,13 @@ class RIMsSequence(torch.autograd.Function):
         U, B, H = steps[0]["kept"].shape
         heads, dk = m_.input_heads, m_.input_key_size
         ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
-        d_keys = torch.zeros_like(inp.keys)
         G = inp.value_gates.shape[-1]
-        # Per step, what the value-gate products need: the gates' gradient and the read.
-        d_gx_all = inp.value_gates.new_empty(U, T, B, G)
-        read_all = inp.value_gates.new_empty(U, T, B, *steps[0]["read"].shape[2:])
-        d_input_bias = None if lstm else torch.zeros_like(inp.input_bias)
+        # The masks and the reads' slopes of all steps at once (small; one op each, not T).
+        masks = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
+        mf_all = masks.to(d_out.dtype)
+        reads = torch.stack([s["read"] for s in steps], dim=1)  # T x (U,B,heads,N) -> (U,T,B,..)
+        # read = sigmoid(score) for one element: its derivative, (U, T, B, 1, 1)
+        read_slope = reads * (1 - reads) if inp.one_element else None
         dh = torch.zeros_like(steps[0]["kept"])
         dc = dh.clone() if lstm else None
         if lstm and d_c_last is not None:
@@ -85,36 +86,41 @@ class RIMsSequence(torch.autograd.Function):
         w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
         w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
         w_out_t = m_.comm_out.transpose(1, 2)  # (U, H, ch*cdv)
-        # Per-step factors of the weight gradients, summed in one matmul after the loop.
+        # Per-step factors of the weight gradients, summed in one matmul after the loop; and
+        # the per-step gradients the value-gate products and the keys need, joined after it.
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
+        d_gxs, d_scores_all = [], []
         for t in reversed(range(T)):
             s = steps[t]
             dh = dh + d_out[t]
-            mf = s["mask"].to(dh.dtype)  # (U, B, 1)
+            mf = mf_all[:, t]  # (U, B, 1)
             # --- communication: out = kept + m * (read_c @ W_out + b)
-            q, k, v, attn, read_c = s["comm"]
+            q, k, v, attn, read_c = s["comm"]  # (U,B,ch,cdk) x2, (U,B,ch,cdv), (U,U,B,ch), ..
             d_o = dh * mf  # (U, B, H)
-            # (U,B,H) @ (U,H,ch*cdv) -> (U,B,ch*cdv) -> (B,ch,U,cdv)
-            d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv).permute(1, 2, 0, 3)
-            d_attn = d_r @ v.transpose(-1, -2)  # (B, ch, U, U)
-            d_v = attn.transpose(-1, -2) @ d_r  # (B, ch, U, cdv)
-            d_s = attn * (d_attn - (d_attn * attn).sum(-1, keepdim=True))  # softmax backward
-            d_q, d_k = d_s @ k, d_s.transpose(-1, -2) @ q  # (B, ch, U, cdk) each
-            # (2,B,ch,U,cdk) -> (U,B,2,ch,cdk) -> (U,B,2*ch*cdk); (B,ch,U,cdv) -> (U,B,ch*cdv)
-            d_qk = torch.stack((d_q, d_k)).permute(3, 1, 0, 2, 4).reshape(U, B, 2 * ch * cdk)
-            d_qkv = torch.cat((d_qk, d_v.permute(2, 0, 1, 3).reshape(U, B, ch * cdv)), dim=-1)
+            # (U,B,H) @ (U,H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
+            d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv)
+            # read_i = sum_j attn[i,j] v_j, as broadcast products (see RIMs._communicate)
+            d_attn = (d_r.unsqueeze(1) * v.unsqueeze(0)).sum(-1)  # (U, U, B, ch)
+            d_v = (attn.unsqueeze(-1) * d_r.unsqueeze(1)).sum(0)  # (U, B, ch, cdv)
+            d_s = attn * (d_attn - (d_attn * attn).sum(1, keepdim=True))  # softmax over j
+            d_s = d_s.unsqueeze(-1)  # (U, U, B, ch, 1)
+            d_q = (d_s * k.unsqueeze(0)).sum(1)  # sum over j: (U, B, ch, cdk)
+            d_k = (d_s * q.unsqueeze(1)).sum(0)  # sum over i: (U, B, ch, cdk)
+            # three (U,B,ch,d) -> (U,B,ch*d), joined in qkv's column order
+            d_qkv = torch.cat((d_q.view(U, B, ch * cdk), d_k.view(U, B, ch * cdk),
+                               d_v.view(U, B, ch * cdv)), dim=-1)  # fmt: skip
             d_kept = dh + torch.bmm(d_qkv, w_comm_t)  # (U, B, H)
             kepts.append(s["kept"])
             d_qkvs.append(d_qkv)
             reads_c.append(read_c)
             d_os.append(d_o)
             # --- selection: kept = where(m, new, old)
-            h_in = s["hs"][0]
             d_new = d_kept * mf
             dh_in = d_kept - d_new
-            # --- the cells
+            # --- the cells, through the factors computed before the loop
             if lstm:
-                i, f, g, o, tanh_c = s["acts"]
+                sig, g, tanh_c = s["acts"]
+                i, f, _, o = sig.chunk(4, dim=-1)
                 d_c_new = dc * mf
                 dc_in = dc - d_c_new
                 d_c_new = d_c_new + d_new * o * (1 - tanh_c * tanh_c)
@@ -128,33 +134,32 @@ class RIMsSequence(torch.autograd.Function):
                 d_gx = d_gh = d_gates
             else:
                 r, z, n, h_n = s["acts"]
+                h_in = s["hs"][0]
                 d_n = d_new * (1 - z) * (1 - n * n)
                 d_r_pre = d_n * h_n * r * (1 - r)
                 d_z_pre = d_new * (h_in - n) * z * (1 - z)
                 dh_in = dh_in + d_new * z
                 d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
                 d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
-                d_input_bias += d_gx.sum(1, keepdim=True)
-            # --- input side: gates_x = read @ value_gates[t]
-            read = s["read"]  # (U, B, heads, N)
-            vg = inp.value_gates[t]  # (U, B, heads*N, G)
-            # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
-            d_read = (d_gx.unsqueeze(2) @ vg.transpose(-1, -2)).view(read.shape)
-            d_gx_all[:, t] = d_gx  # 0 where the RIM was inactive
-            read_all[:, t] = read
-            if inp.one_element:
-                d_scores = d_read * read * (1 - read)  # read = sigmoid(score)
-            else:
+            d_gxs.append(d_gx)  # 0 where the RIM was inactive
+            # --- input side: gates_x = read @ value_gates[:, t]
+            vg = inp.value_gates[:, t]  # (U, B, heads*N, G)
+            if inp.one_element:  # a dot product per RIM and row: (U,B,G) -> (U,B,1,1)
+                d_read = (d_gx * vg.view(U, B, G)).sum(-1).view(U, B, 1, 1)
+                d_scores = d_read * read_slope[:, t]  # (U, B, 1, 1)
+                # products of scalars, no matmul: (U,B,1,1) x (1,B,1,dk) -> (U,B,1,dk)
+                d_query = d_scores * inp.keys[t].view(1, B, 1, dk)
+            else:  # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
+                d_read = (d_gx.unsqueeze(2) @ vg.transpose(-1, -2)).view(s["read"].shape)
                 p = s["probs"]  # (U, B, heads, 1+N); the null column gets no gradient
                 d_p = F.pad(d_read, (1, 0))
                 d_scores = (p * (d_p - (d_p * p).sum(-1, keepdim=True)))[..., 1:]
-            d_scores = d_scores.unsqueeze(3)  # (U, B, heads, 1, N)
-            keys_t = inp.keys[t]  # (B, heads, dk, N)
-            d_query = d_scores @ keys_t.transpose(-1, -2).unsqueeze(0)  # (U, B, heads, 1, dk)
-            d_keys[t] = (s["query"].transpose(-1, -2) @ d_scores).sum(0)  # (B, heads, dk, N)
+                # (U,B,heads,1,N) @ (1,B,heads,N,dk) -> (U,B,heads,1,dk)
+                d_query = d_scores.unsqueeze(3) @ inp.keys[t].transpose(-1, -2).unsqueeze(0)
+            d_scores_all.append(d_scores)  # (U, B, heads, N)
             d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
             dh_in = dh_in + torch.bmm(d_hq, w_state_t)
-            h_ins.append(h_in)
+            h_ins.append(s["hs"][0])
             d_hqs.append(d_hq)
             # --- the episode-start reset at the top of the step
             if inp.keep is not None:
@@ -166,22 +171,29 @@ class RIMsSequence(torch.autograd.Function):
             if lstm:
                 dc = dc_in
 
-        def summed(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
-            """sum_t xs[t]^T @ ys[t] per RIM: T x (U,B,a), T x (U,B,b) -> (U, a, b)."""
+        def summed(xs: list[Tensor], ys: list[Tensor]) -> tuple[Tensor, Tensor]:
+            """sum_t xs[t]^T @ ys[t] per RIM: T x (U,B,a), T x (U,B,b) -> (U, a, b); and the
+            ys joined, (U, T*B, b)."""
             x = torch.cat(xs, dim=1)  # T x (U,B,a) -> (U, T*B, a)
-            return torch.bmm(x.transpose(1, 2), torch.cat(ys, dim=1))
+            y = torch.cat(ys, dim=1)  # T x (U,B,b) -> (U, T*B, b)
+            return torch.bmm(x.transpose(1, 2), y), y
 
-        d_state_weight = summed(h_ins, d_hqs)
-        d_state_bias = torch.cat(d_hqs, dim=1).sum(1, keepdim=True)  # (U, 1, G+Q)
-        d_comm_weight = summed(kepts, d_qkvs)
-        d_comm_out = summed(reads_c, d_os)
-        d_comm_out_bias = torch.cat(d_os, dim=1).sum(1, keepdim=True)  # (U, 1, H)
-        active = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
+        d_state_weight, d_hq_all = summed(h_ins, d_hqs)
+        d_state_bias = d_hq_all.sum(1, keepdim=True)  # (U, T*B, G+Q) -> (U, 1, G+Q)
+        d_comm_weight, _ = summed(kepts, d_qkvs)
+        d_comm_out, d_o_all = summed(reads_c, d_os)
+        d_comm_out_bias = d_o_all.sum(1, keepdim=True)  # (U, T*B, H) -> (U, 1, H)
+        d_gx_all = torch.stack(d_gxs[::-1], dim=1)  # T x (U,B,G) -> (U,T,B,G), in time order
+        d_input_bias = None if lstm else d_gx_all.sum((1, 2)).unsqueeze(1)  # -> (U, 1, G)
+        # keys[t,b,h,:,n] gets sum_u query[u,b,h] * d_scores[u,b,h,n]:
+        # (T,U,B,heads,dk,1) * (T,U,B,heads,1,N) -> sum over U -> (T,B,heads,dk,N)
+        queries = torch.stack([s["query"] for s in steps]).transpose(-1, -2)
+        d_keys = (queries * torch.stack(d_scores_all[::-1]).unsqueeze(-2)).sum(1)
         d_gate_values, d_input_gate_weight = value_gate_grads(
-            read_all.view(U, T * B, *read_all.shape[3:]),  # (U,T,B,heads,N) -> (U,TB,heads,N)
+            reads.view(U, T * B, *reads.shape[3:]),  # (U,T,B,heads,N) -> (U,TB,heads,N)
             d_gx_all.view(U, T * B, G),  # (U,T,B,G) -> (U,TB,G)
             inp.gate_values, m_.input_gate_weight,
-            active.view(U, T * B),  # (U,T,B,1) -> (U,TB)
+            masks.view(U, T * B),  # (U,T,B,1) -> (U,TB)
             compact=m_.state_weight.device.type == "cpu",
         )  # fmt: skip
         d_c0 = dc if lstm else None
