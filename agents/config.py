@@ -100,6 +100,11 @@ class TrainConfig:
         "RIMs read a set of positions, the CNN feature map or Minigrid's view cells "
         "(input attention picks where)",
     )
+    rims_bf16: bool = option(
+        False,
+        "RIMs compute their large state-independent matmuls (input projections, value-gate "
+        "products, sequence weight gradients) in bfloat16; the recurrence stays float32",
+    )
     # --- Atari
     frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")
     sticky_actions: float = option(0.25, "Atari: probability the previous action repeats")
@@ -162,6 +167,7 @@ class TrainConfig:
             dropout=self.attention_dropout,
             encoder=self.encoder,
             spatial=self.rims_spatial,
+            bf16_matmuls=self.rims_bf16,
         )
 
     def env_kwargs(self) -> dict[str, Any]:
@@ -275,6 +281,7 @@ def validate(c: TrainConfig) -> None:
         not c.rims_spatial or c.core == "rims",
         "--rims-spatial needs --core rims (LSTM/GRU read one flat vector)",
     )
+    _check(not c.rims_bf16 or c.core == "rims", "--rims-bf16 needs --core rims")
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt} "

@@ -42,6 +42,7 @@ class PolicySpec:
     head_hidden_size: int = 64
     encoder: str = "auto"
     spatial: bool = False
+    bf16_matmuls: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
@@ -73,6 +74,7 @@ def build_core(spec: PolicySpec, input_size: int) -> nn.Module:
             comm_key_size=spec.comm_key_size,
             comm_value_size=spec.comm_value_size,
             dropout=spec.dropout,
+            bf16_matmuls=spec.bf16_matmuls,
         )
     simple = {"lstm": LSTMCore, "gru": GRUCore, "ff": FeedForwardCore}
     if spec.core not in simple:

@@ -74,8 +74,9 @@ class StepInputs:
 
     keys: Tensor  # (T, B, heads, dk, N), scaled by 1/sqrt(dk)
     value_gates: Tensor | None  # (U, T, B, heads*N, G) on the fused path, else None
-    # (T*B*N, heads, dv): the values behind value_gates when the hand-written backward
-    # differentiates the products itself (then value_gates carries no graph), else None
+    # (T*B*N, heads, dv): the values behind value_gates (in the matmul dtype) when the
+    # hand-written backward differentiates the products itself (then value_gates carries no
+    # graph), else None
     gate_values: Tensor | None
     values: Tensor | None  # (T, B, heads, N, dv) off the fused path, else None
     state_bias: Tensor  # (U, 1, G + heads*dk): hidden-gate (+ LSTM input) bias | query bias
@@ -117,6 +118,13 @@ class RIMs(nn.Module):
         fuse_input_gates_max: precompute value x input-to-gate products for the whole sequence
             when ``num_elements * input_heads`` is at most this (saves a matmul per step; costs
             memory ``T*B*U*N*heads*gates``). Set 0 to never fuse. Same function either way.
+        bf16_matmuls: compute the large matmuls that do not depend on the state (the input
+            keys, values and value-gate products for the whole sequence, and in the
+            hand-written backward the weight gradients summed over it) from bfloat16 operands,
+            as autocast would. The recurrence (state products, cells, selection,
+            communication) stays in the module's dtype, so every invariant still holds exactly.
+            Several times faster on GPUs and CPUs with bfloat16 units; about 3 significant
+            digits in those products.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class RIMs(nn.Module):
         dropout: float = 0.1,
         query_bias: bool = True,
         fuse_input_gates_max: int = 4,
+        bf16_matmuls: bool = False,
     ) -> None:
         super().__init__()
         if input_value_size is None:
@@ -173,6 +182,7 @@ class RIMs(nn.Module):
         self.dropout = dropout
         self.query_bias = query_bias
         self.fuse_input_gates_max = fuse_input_gates_max
+        self.bf16_matmuls = bf16_matmuls
         # Training on the fused path uses the hand-written backward of policies.rims_grad
         # (same function, fewer, larger kernels); set False to use autograd throughout.
         self.manual_backward = True
@@ -209,6 +219,7 @@ class RIMs(nn.Module):
             f"input_size={self.input_size}, num_units={self.num_units}, k={self.k}, "
             f"hidden_size={self.hidden_size}, cell={self.cell!r}, input_heads={self.input_heads}, "
             f"comm_heads={self.comm_heads}, dropout={self.dropout}"
+            + (", bf16_matmuls=True" if self.bf16_matmuls else "")
         )
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -266,6 +277,10 @@ class RIMs(nn.Module):
         )
         return out, tuple(s.transpose(0, 1) for s in hs), info  # (U,B,H) -> (B,U,H)
 
+    def matmul_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The operand dtype of the large state-independent matmuls for inputs of ``dtype``."""
+        return torch.bfloat16 if self.bf16_matmuls else dtype
+
     def _fuses_input_gates(self, num_elements: int) -> bool:
         return num_elements * self.input_heads <= self.fuse_input_gates_max
 
@@ -297,18 +312,21 @@ class RIMs(nn.Module):
         U, H = self.num_units, self.hidden_size
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
         gates = _GATES[self.cell] * H
-        keys = (x @ (self.input_key / math.sqrt(dk))).view(T, B, N, heads, dk)  # (T,B,N,D) ->
-        keys = keys.permute(0, 1, 3, 4, 2)  # (T,B,N,heads,dk) -> (T,B,heads,dk,N)
-        values = (x @ self.input_value).view(T, B, N, heads, dv)  # (T,B,N,D) -> (T,B,N,heads,dv)
+        low = self.matmul_dtype(x.dtype)  # operands of the large matmuls; results in x.dtype
+        x_low = x.to(low)
+        keys = (x_low @ (self.input_key / math.sqrt(dk)).to(low)).to(x.dtype)  # (T,B,N,heads*dk)
+        keys = keys.view(T, B, N, heads, dk).permute(0, 1, 3, 4, 2)  # -> (T,B,heads,dk,N)
+        values = (x_low @ self.input_value.to(low)).view(T, B, N, heads, dv)  # (T,B,N,D) -> ..
         value_gates = gate_values = None
         if self._fuses_input_gates(N):
             # Per-RIM input-to-gate products of every value: read_u @ W_u = sum_{h,n} p * (v W_u,h).
-            w = self.input_gate_weight.view(U, heads, dv, gates)  # (U,heads*dv,G) -> (U,heads,dv,G)
             flat = values.reshape(T * B * N, heads, dv)  # (T,B,N,heads,dv) -> (TBN,heads,dv)
             with torch.no_grad() if manual_backward else contextlib.nullcontext():
+                # (U,heads*dv,G) -> (U,heads,dv,G)
+                w = self.input_gate_weight.to(low).view(U, heads, dv, gates)
                 # Per head, one matmul broadcast over the RIMs (an einsum here copied the whole
                 # weight into another layout on every call): (TBN,dv) @ (U,dv,G) -> (U,TBN,G).
-                per_head = [torch.matmul(flat[:, h], w[:, h]) for h in range(heads)]
+                per_head = [torch.matmul(flat[:, h], w[:, h]).to(x.dtype) for h in range(heads)]
                 if heads == 1:  # RIM-major as it comes, no copy: (U,TBN,G) -> (U,T,B,N,G)
                     value_gates = per_head[0].view(U, T, B, N, gates)
                 else:  # (heads,U,TBN,G) -> (heads,U,T,B,N,G) -> (U,T,B,heads,N,G) -> flat
@@ -321,7 +339,8 @@ class RIMs(nn.Module):
             gate_values = flat if manual_backward else None
             values = None
         else:
-            values = values.permute(0, 1, 3, 2, 4)  # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
+            # (T,B,N,heads,dv) -> (T,B,heads,N,dv)
+            values = values.to(x.dtype).permute(0, 1, 3, 2, 4)
         lstm = self.cell == "lstm"
         # Without autograd (acting, T=1 per call) scaling each step's few communication scores
         # is cheaper than a scaled copy of the whole weight per call.

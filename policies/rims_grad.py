@@ -171,12 +171,14 @@ class RIMsSequence(torch.autograd.Function):
             if lstm:
                 dc = dc_in
 
+        low = m_.matmul_dtype(d_out.dtype)  # operands of the sequence-wide products
+
         def summed(xs: list[Tensor], ys: list[Tensor]) -> tuple[Tensor, Tensor]:
             """sum_t xs[t]^T @ ys[t] per RIM: T x (U,B,a), T x (U,B,b) -> (U, a, b); and the
             ys joined, (U, T*B, b)."""
             x = torch.cat(xs, dim=1)  # T x (U,B,a) -> (U, T*B, a)
             y = torch.cat(ys, dim=1)  # T x (U,B,b) -> (U, T*B, b)
-            return torch.bmm(x.transpose(1, 2), y), y
+            return torch.bmm(x.transpose(1, 2).to(low), y.to(low)).to(y.dtype), y
 
         d_state_weight, d_hq_all = summed(h_ins, d_hqs)
         d_state_bias = d_hq_all.sum(1, keepdim=True)  # (U, T*B, G+Q) -> (U, 1, G+Q)
@@ -215,21 +217,27 @@ def value_gate_grads(
     """
     U, TB, heads, N = read.shape
     dv, G = values.shape[-1], d_gx.shape[-1]
+    low = values.dtype  # the products' operand dtype (bfloat16 with RIMs.bf16_matmuls)
     v = values.view(TB, N, heads, dv)  # (TB*N, heads, dv) -> (TB, N, heads, dv)
-    w = weight.view(U, heads, dv, G)  # (U, heads*dv, G) -> (U, heads, dv, G)
-    d_v, d_w = torch.zeros_like(v), torch.zeros_like(w)
+    w = weight.to(low).view(U, heads, dv, G)  # (U, heads*dv, G) -> (U, heads, dv, G)
+    # Both gradients accumulate (over elements, heads and RIMs) in the gradients' dtype.
+    d_v = torch.zeros(v.shape, dtype=d_gx.dtype, device=v.device)
+    d_w = torch.zeros(w.shape, dtype=d_gx.dtype, device=v.device)
     for u in range(U):
         rows = active[u].nonzero().squeeze(1) if compact else None  # (n_u,) active rows
         g = d_gx[u] if rows is None else d_gx[u].index_select(0, rows)  # (n_u, G)
         r = read[u] if rows is None else read[u].index_select(0, rows)  # (n_u, heads, N)
         for h in range(heads):
             for n in range(N):
-                d_p = r[:, h, n : n + 1] * g  # (n_u, G): the products' gradient
+                d_p = (r[:, h, n : n + 1] * g).to(low)  # (n_u, G): the products' gradient
                 v_hn = v[:, n, h] if rows is None else v[:, n, h].index_select(0, rows)
-                d_w[u, h].addmm_(v_hn.t(), d_p)  # (dv, n_u) @ (n_u, G)
-                d_v_hn = d_p @ w[u, h].t()  # (n_u, G) @ (G, dv) -> (n_u, dv)
+                if low == d_w.dtype:
+                    d_w[u, h].addmm_(v_hn.t(), d_p)  # (dv, n_u) @ (n_u, G)
+                else:  # a bfloat16 product, accumulated in float32
+                    d_w[u, h] += v_hn.t() @ d_p
+                d_v_hn = (d_p @ w[u, h].t()).to(d_v.dtype)  # (n_u, G) @ (G, dv) -> (n_u, dv)
                 if rows is None:
                     d_v[:, n, h] += d_v_hn
                 else:
                     d_v[:, n, h].index_add_(0, rows, d_v_hn)
-    return d_v.view_as(values), d_w.view_as(weight)
+    return d_v.to(low).view_as(values), d_w.view_as(weight)

@@ -17,11 +17,13 @@ from policies.actor_critic import ActorCritic
 CORES = ["rims", "lstm", "gru"]
 
 
-def collect(core: str, env: str = "rims/CueMemory-v0", bptt: int = 0, num_steps: int = 24):
+def collect(
+    core: str, env: str = "rims/CueMemory-v0", bptt: int = 0, num_steps: int = 24, **overrides
+):
     """A policy, its storage filled with one rollout, and the GAE of it."""
     config = TrainConfig(
         env=env, core=core, num_envs=4, num_steps=num_steps, bptt=bptt, num_minibatches=2,
-        hidden_size=8, num_units=4, k=2, feature_size=16, input_key_size=8,
+        hidden_size=8, num_units=4, k=2, feature_size=16, input_key_size=8, **overrides,
     )  # fmt: skip
     torch.manual_seed(0)
     envs = make_vector_env(env, config.num_envs)
@@ -55,6 +57,19 @@ def test_ratio_is_one_before_the_first_update(core, bptt):
         torch.testing.assert_close(out.values, batch.old_values, rtol=1e-5, atol=1e-5)
         parts = minibatch_loss(policy, batch, config)
         assert parts.approx_kl.abs().item() < 1e-6 and parts.clipfrac.item() == 0.0
+
+
+def test_bf16_matmuls_keep_the_ratio_near_one_before_the_first_update():
+    """Acting (one step per call) and learning (whole sequences) round the bfloat16 products
+    alike up to bfloat16 precision, so PPO's first ratio stays within it of 1."""
+    config, policy, storage, adv, ret, _ = collect("rims", rims_bf16=True)
+    assert policy.core.bf16_matmuls
+    policy.train()
+    for batch in sequence_minibatches(storage, adv, ret, config.num_minibatches):
+        out = policy(batch.obs, batch.initial_state, batch.episode_starts)
+        ratio = (out.distribution.log_prob(batch.actions) - batch.old_logprobs).exp()
+        assert (ratio - 1).abs().max().item() < 2e-2
+        torch.testing.assert_close(out.values, batch.old_values, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("bptt", [0, 4])

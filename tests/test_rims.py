@@ -58,8 +58,9 @@ def test_fused_and_plain_paths_agree_float32(cell, elements):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_exactly_k_active_and_they_are_the_least_null(cell):
-    m = make_rims(cell, num_units=6, k=4)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_exactly_k_active_and_they_are_the_least_null(cell, bf16):
+    m = make_rims(cell, num_units=6, k=4, bf16_matmuls=bf16)
     x = torch.randn(9, 5, 10)
     _, _, info = m(x, m.initial_state(5))
     assert info.mask.shape == (9, 5, 6) and info.mask.dtype == torch.bool
@@ -73,8 +74,9 @@ def test_exactly_k_active_and_they_are_the_least_null(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_inactive_rims_keep_their_state_bit_for_bit(cell):
-    m = make_rims(cell)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inactive_rims_keep_their_state_bit_for_bit(cell, bf16):
+    m = make_rims(cell, bf16_matmuls=bf16)
     x = torch.randn(10, 4, 10)
     state = m.initial_state(4)
     kept = changed = 0
@@ -314,6 +316,56 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
     ]
     for name, a, b in zip(names, grads[0], grads[1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def bf16_runs(cell: str, elements: int, heads: int, k: int) -> list[tuple]:
+    """Output, mask and gradients (input, then parameters) of three runs on the same data:
+    float32, bf16_matmuls with the hand-written backward, bf16_matmuls with autograd."""
+    torch.manual_seed(5)
+    x = torch.randn(6, 3, elements, 10)
+    weights = torch.randn(6, 3, 5 * 6)
+    runs = []
+    for bf16, manual in ((False, True), (True, True), (True, False)):
+        m = make_rims(cell, input_heads=heads, k=k, bf16_matmuls=bf16).train()
+        m.dropout, m.manual_backward = 0.0, manual
+        xr = x.clone().requires_grad_()
+        out, _, info = m(xr, m.initial_state(3))
+        (out * weights).sum().backward()
+        runs.append((out.detach(), info.mask, [xr.grad, *(p.grad for p in m.parameters())]))
+    return runs
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2)])
+def test_bf16_matmuls_stay_within_bfloat16_precision_of_float32(cell, elements, heads):
+    """bf16_matmuls only rounds the large products' operands: outputs and the gradients of both
+    backwards stay within bfloat16 precision of the float32 core's (all RIMs active, so a
+    rounded score cannot flip the selection), and the products really use bfloat16."""
+    x = torch.randn(2, 2, elements, 10)
+    assert make_rims(bf16_matmuls=True)._prepare(x, None, True).gate_values.dtype == (
+        torch.bfloat16
+    )
+    (ref_out, _, ref_grads), *bf16 = bf16_runs(cell, elements, heads, k=5)
+    for out, _, grads in bf16:
+        assert out.dtype == torch.float32
+        assert 0 < relative_error(out, ref_out) < 5e-3  # rounded, but only that much
+        for g, g_ref in zip(grads, ref_grads):
+            assert g.dtype == torch.float32 and relative_error(g, g_ref) < 2e-2
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_manual_backward_matches_autograd_within_bfloat16_precision(cell):
+    """With a real selection (3 of 5 active) both bf16 paths select alike and their gradients
+    agree to bfloat16 precision."""
+    _, (out_m, mask_m, grads_m), (out_a, mask_a, grads_a) = bf16_runs(cell, 1, 1, k=3)
+    assert torch.equal(mask_m, mask_a) and not mask_m.all()
+    torch.testing.assert_close(out_m, out_a)
+    for g_m, g_a in zip(grads_m, grads_a):
+        assert relative_error(g_m, g_a) < 2e-2
 
 
 def test_manual_backward_is_used_only_where_it_applies():
