@@ -1,4 +1,5 @@
-"""Training steps/s on Atari (Breakout) for the rims, lstm and gru cores, measured in one run.
+"""Training steps/s on Atari (Breakout) for the rims (float32 and --rims-bf16), lstm and gru cores,
+measured in one run.
 
 The Atari preset (8 envs x 128 steps, 4 epochs x 4 minibatches, Nature CNN, 6 RIMs x 100 with
 4 active, LSTM/GRU of 600) unless flags say otherwise; each core trains for --updates updates and
@@ -25,7 +26,10 @@ from agents.trainer import train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="ALE/Breakout-v5")
-    parser.add_argument("--cores", nargs="+", default=["rims", "lstm", "gru"])
+    parser.add_argument(
+        "--cores", nargs="+", default=["rims", "rims-bf16", "lstm", "gru"],
+        help="cores to time; rims-bf16 is rims with --rims-bf16",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--num-envs", type=int, default=8)
@@ -33,17 +37,18 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="atari_sps_"))
     rows = []
-    for core in args.cores:
+    for i, core in enumerate(args.cores):
         given = dict(
             env=args.env,
-            core=core,
+            core=core.removesuffix("-bf16"),
+            rims_bf16=core == "rims-bf16",
             device=args.device,
             num_envs=args.num_envs,
-            run_dir=str(root / core),
+            run_dir=str(root / f"{i}-{core}"),
             progress=False,
             checkpoint_every=10**6,
         )
-        if core == "rims" and args.spatial:
+        if core.startswith("rims") and args.spatial:
             given["rims_spatial"] = True
         config = resolve_config({**given, "total_steps": args.updates * args.num_envs * 128})
         result = train(config)

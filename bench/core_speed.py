@@ -9,7 +9,8 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
     python bench/core_speed.py --public-rims PATH/RIM.py   # add the public implementation
 
 ``rims-*`` rows use the paper's attention dropout 0.1 (autograd through the time loop);
-``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward.
+``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward;
+``bf16`` computes the large state-independent matmuls from bfloat16 operands (``--rims-bf16``).
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -142,26 +143,33 @@ def main() -> None:
         "rims-gru": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru"),
         "rims-lstm drop 0": RIMs(512, num_units=6, k=4, hidden_size=100, dropout=0.0),
         "rims-gru drop 0": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru", dropout=0.0),
+        "rims-lstm drop 0 bf16": RIMs(
+            512, num_units=6, k=4, hidden_size=100, dropout=0.0, bf16_matmuls=True
+        ),
         "nn.LSTM(600)": LSTMCore(512, 600),
         "nn.GRU(600)": GRUCore(512, 600),
         "LSTMCell(600) loop": LSTMCellLoop(512, 600),
     }
     if args.public_rims:
         cores["public rims-lstm"] = PublicRIMsLoop(args.public_rims, device, "lstm")
-    header = f"{'core':<20}{'B':>5}{'step ms':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
-    header += f"{'x LSTM':>9}{'x cell loop':>13}"
+    header = f"{'core':<22}{'B':>5}{'step ms':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+    header += f"{'x LSTM':>9}{'x cell loop':>13}" + (
+        f"{'x public':>10}" if args.public_rims else ""
+    )
     print(header)
     for B in batches:
         results = {
             n: measure(c.to(device).train(), T, B, device, repeats) for n, c in cores.items()
         }
         lstm, loop = results["nn.LSTM(600)"], results["LSTMCell(600) loop"]
+        public = results.get("public rims-lstm")
         for n, r in results.items():
             vs_lstm = r["fwdbwd_ms"] / lstm["fwdbwd_ms"]
             vs_loop = r["fwdbwd_ms"] / loop["fwdbwd_ms"]
+            vs_public = f"{r['fwdbwd_ms'] / public['fwdbwd_ms']:>10.2f}" if public else ""
             print(
-                f"{n:<20}{B:>5}{r['step_ms']:>10.3f}{r['fwd_ms']:>10.2f}{r['fwdbwd_ms']:>12.2f}"
-                f"{vs_lstm:>9.2f}{vs_loop:>13.2f}"
+                f"{n:<22}{B:>5}{r['step_ms']:>10.3f}{r['fwd_ms']:>10.2f}{r['fwdbwd_ms']:>12.2f}"
+                f"{vs_lstm:>9.2f}{vs_loop:>13.2f}{vs_public}"
             )
 
 
