@@ -2,7 +2,8 @@
 
 For both cells, in float64 on the device: the hand-written backward gives autograd's gradients;
 outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactive RIMs keep their
-state bit for bit; episode starts reset. Prints one line per check and exits 1 on a failure.
+state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
+bfloat16 precision. Prints one line per check and exits 1 on a failure.
 
     python bench/cuda_check.py                  # needs CUDA; without it, says so and exits 0
     python bench/cuda_check.py --device cpu     # the script itself, against the CPU (trivial)
@@ -18,12 +19,18 @@ import torch
 from policies.rims import RIMs
 
 
-def run(cell: str, device: str, manual: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+def run(
+    cell: str, device: str, manual: bool, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """float64, 4 of 6 active; or with ``bf16`` (bfloat16 products): float32, all 6 active, so
+    rounding differences between devices cannot flip the selection."""
     torch.manual_seed(0)
-    core = RIMs(10, num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16, dropout=0.0)
-    core = core.to(device=device, dtype=torch.float64).train()
+    dtype = torch.float32 if bf16 else torch.float64
+    core = RIMs(10, num_units=6, k=6 if bf16 else 4, hidden_size=8, cell=cell, input_key_size=16,
+                dropout=0.0, bf16_matmuls=bf16)  # fmt: skip
+    core = core.to(device=device, dtype=dtype).train()
     core.manual_backward = manual
-    x = torch.randn(9, 5, 10, dtype=torch.float64).to(device).requires_grad_()
+    x = torch.randn(9, 5, 10, dtype=dtype).to(device).requires_grad_()
     starts = torch.zeros(9, 5, dtype=torch.bool, device=device)
     starts[4, 2] = True
     state = core.initial_state(5)
@@ -65,6 +72,19 @@ def main() -> int:
         )
         check(f"{cell}: device gradients == CPU gradients", close)
         check(f"{cell}: exactly k active", bool((dev_manual[1].sum(-1) == 4).all()))
+        # bfloat16 products: the device agrees with the CPU and with itself (autograd) to
+        # bfloat16 precision.
+        runs16 = (("cpu", True), (device, True), (device, False))  # (device, manual backward)
+        cpu16, dev16, dev16_auto = (run(cell, d, m, bf16=True) for d, m in runs16)
+
+        def near(a: torch.Tensor, b: torch.Tensor) -> bool:
+            return bool((a - b).norm() <= 2e-2 * b.norm())
+
+        check(f"{cell}: bf16 products, device outputs ~ CPU outputs", near(dev16[0], cpu16[0]))
+        check(f"{cell}: bf16 products, device gradients ~ CPU gradients",
+              all(near(a, b) for a, b in zip(dev16[2], cpu16[2])))  # fmt: skip
+        check(f"{cell}: bf16 products, hand-written backward ~ autograd on the device",
+              all(near(a, b) for a, b in zip(dev16[2], dev16_auto[2])))  # fmt: skip
         # Inactive RIMs keep h bit for bit, step by step (float32, acting path).
         torch.manual_seed(1)
         core = RIMs(10, num_units=6, k=2, hidden_size=8, cell=cell).to(device).eval()

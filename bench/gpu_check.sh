@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should measure, in one go (about 9 minutes on an H100). Writes the
+# Everything a lent GPU should measure, in one go (about 10 minutes on an H100). Writes the
 # figures and a Pong learning curve under ${OUT:-bench/results/gpu}; paste them into
 # bench/RESULTS.md with the card's name.
 #
@@ -13,8 +13,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.
 timeout 120 python bench/cuda_check.py 2>&1 | tee "$out/cuda_check.txt"
 # 2. Core speed: rollout step at B=64, forward+backward over T=128 (issue targets in RESULTS).
 timeout 150 python bench/core_speed.py --device cuda --repeats 10 2>&1 | tee "$out/core_speed.txt"
-# 3. Atari training steps/s for rims, lstm and gru (8 and 64 envs).
-timeout 120 python bench/atari_sps.py --device cuda --updates 8 2>&1 | tee "$out/atari_sps_8.txt"
+# 3. Atari training steps/s for rims (float32 and bf16 products), lstm and gru (8 and 64 envs).
+timeout 150 python bench/atari_sps.py --device cuda --updates 6 2>&1 | tee "$out/atari_sps_8.txt"
 timeout 120 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 --cores rims lstm \
     2>&1 | tee "$out/atari_sps_64.txt"
 # 4. A short learning run on Pong with RIMs, and its curve.
