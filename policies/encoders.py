@@ -85,8 +85,11 @@ class MinigridEncoder(nn.Module):
         or ``(T, B, H*W, feature_size)`` when spatial."""
         T, B = _leading(obs)
         image = obs["image"].long().clamp_min(0) + self.offsets  # (T,B,H,W,3) codes in 0..19
-        image = F.one_hot(image, self.num_codes).sum(-2)  # (T,B,H,W,3) -> (T,B,H,W,20)
-        image = image.flatten(0, 1).permute(0, 3, 1, 2).float()  # -> (T*B, 20, H, W)
+        # The three codes of a cell lie in disjoint ranges: a multi-hot of 3 ones per cell,
+        # written straight as float (a one_hot per code, summed, moved 6x the memory).
+        hot = image.new_zeros(*image.shape[:-1], self.num_codes, dtype=torch.float32)
+        hot.scatter_(-1, image, 1.0)  # (T,B,H,W,3) codes -> (T,B,H,W,20)
+        image = hot.flatten(0, 1).permute(0, 3, 1, 2)  # (T,B,H,W,20) -> (T*B, 20, H, W)
         if self.spatial:
             maps = self.cnn(image)  # (T*B, F, H, W)
             elements = maps.flatten(2).transpose(1, 2)  # (T*B, F, H, W) -> (T*B, H*W, F)

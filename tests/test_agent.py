@@ -168,3 +168,25 @@ def test_minigrid_spatial_encoder_gives_one_element_per_view_cell():
     with pytest.raises(ValueError, match="does not fit"):
         make_encoder(flat, 16, kind="minigrid-cells")
     env.close()
+
+
+def test_minigrid_encoder_reads_each_code_as_one_channel():
+    """The CNN sees a multi-hot per cell: one channel for each of the object, colour and state
+    codes (offset into disjoint ranges), exactly what summed per-code one-hots give."""
+    import torch.nn.functional as F
+
+    from envs.factory import make_env
+    from policies.encoders import make_encoder
+
+    env = make_env("MiniGrid-DoorKey-5x5-v0")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    encoder = make_encoder(env.observation_space, 16)
+    batch = {k: torch.as_tensor(v)[None, None] for k, v in obs.items()}  # (1, 1, ...)
+    seen = []
+    encoder.cnn.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    encoder(batch)
+    codes = batch["image"].long() + encoder.offsets  # (1, 1, 7, 7, 3)
+    expected = F.one_hot(codes, encoder.num_codes).sum(-2).float()  # (1, 1, 7, 7, 20)
+    assert torch.equal(seen[0], expected.flatten(0, 1).permute(0, 3, 1, 2))
+    assert seen[0].sum() == 3 * 49 and len(codes.unique()) > 3
