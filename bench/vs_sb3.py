@@ -4,7 +4,8 @@ Same env (MiniGrid-DoorKey-5x5-v0), same number of envs (8) and rollout length (
 runs its defaults (MlpLstmPolicy, 10 epochs of minibatches of 128 steps, i.e. 80 gradient steps
 per rollout). Ours runs its default update (4 epochs x 4 minibatches = 16 gradient steps) and,
 for an equal-work comparison, 10 epochs x 8 minibatches of one 128-step env column (80 gradient
-steps, like sb3's). Each figure is steps / seconds inside the training loop (start-up excluded).
+steps, like sb3's). Both use our Minigrid view code (``envs.minigrid_view``), so the env costs the
+same on both sides. Each figure is steps / seconds inside the training loop (start-up excluded).
 Needs the dev extra (sb3-contrib).
 
     python bench/vs_sb3.py                  # 16384 steps per row
@@ -24,6 +25,7 @@ from minigrid.wrappers import ImgObsWrapper
 
 from agents.config import resolve_config
 from agents.trainer import train
+from envs.minigrid_view import install_fast_view
 
 ENV = "MiniGrid-DoorKey-5x5-v0"
 
@@ -37,7 +39,11 @@ def sb3_steps_per_second(steps: int, seed: int, rims: bool = False) -> float:
 
     from policies.sb3 import RIMsPolicy
 
-    envs = make_vec_env(ENV, n_envs=8, seed=seed, wrapper_class=ImgObsWrapper)
+    def wrap(env: gym.Env) -> gym.Env:
+        install_fast_view(env.unwrapped)  # the same Minigrid view code as ours: equal env cost
+        return ImgObsWrapper(env)
+
+    envs = make_vec_env(ENV, n_envs=8, seed=seed, wrapper_class=wrap)
     policy, kwargs = (RIMsPolicy, {"rims_kwargs": {"hidden_size": 32}}) if rims else (
         "MlpLstmPolicy", {})  # fmt: skip
     model = RecurrentPPO(policy, envs, n_steps=128, seed=seed, device="cpu", verbose=0,
