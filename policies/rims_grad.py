@@ -9,7 +9,9 @@ steps at the end. Gradients to the precomputed inputs (keys, value-gate products
 scaled communication weight) flow on through autograd to the parameters and the input.
 
 Used only when ``RIMs._use_manual_backward`` says so (grad enabled, fused input path, no
-dropout); the tests check it against autograd in float64 for both cells.
+dropout); the tests check it against autograd in float64 for both cells. With
+``RIMs.bf16_matmuls`` the sequence-wide weight products take bfloat16 operands, as the forward's
+precompute does, and accumulate in the gradients' dtype.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class RIMsSequence(torch.autograd.Function):
             # --- selection: kept = where(m, new, old)
             d_new = d_kept * mf
             dh_in = d_kept - d_new
-            # --- the cells, through the factors computed before the loop
+            # --- the cells
             if lstm:
                 sig, g, tanh_c = s["acts"]
                 i, f, _, o = sig.chunk(4, dim=-1)
