@@ -405,3 +405,11 @@ def test_value_gate_gradients_skip_only_inactive_rows(heads, elements):
         got = value_gate_grads(read, d_gx, values.detach(), weight.detach(), active, compact)
         torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
+        # bfloat16 values (RIMs.bf16_matmuls): gradients in the values' and the weight's dtypes,
+        # within bfloat16 precision
+        d_values, d_weight = value_gate_grads(read.float(), d_gx.float(),
+                                              values.detach().bfloat16(), weight.detach().float(),
+                                              active, compact)  # fmt: skip
+        assert d_values.dtype == torch.bfloat16 and d_weight.dtype == torch.float32
+        for g, e in ((d_values, expected[0]), (d_weight, expected[1])):
+            assert ((g.double() - e).norm() / e.norm()).item() < 2e-2
