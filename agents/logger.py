@@ -56,7 +56,8 @@ def wait_for_newer_event_file(run_dir: Path) -> None:
 
 
 class RunLogger:
-    """Writes ``charts/*``, ``losses/*`` and ``rims/*`` scalars; shows steps/s and recent return."""
+    """Writes ``charts/*``, ``losses/*``, ``perf/*`` (where an update's time went) and ``rims/*``
+    scalars; shows steps/s and recent return."""
 
     def __init__(
         self,
@@ -115,6 +116,8 @@ class RunLogger:
             w.add_scalar(f"losses/{name}", getattr(update, name), global_step)
         w.add_scalar("losses/explained_variance", update.explained_variance, global_step)
         w.add_scalar("losses/grad_norm", update.grad_norm, global_step)
+        w.add_scalar("perf/rollout_seconds", rollout.seconds, global_step)
+        w.add_scalar("perf/update_seconds", update.seconds, global_step)
         if rollout.active_fraction is not None:
             for unit, frac in enumerate(rollout.active_fraction):
                 w.add_scalar(f"rims/active_fraction_unit_{unit}", frac, global_step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class UpdateStats:
     grad_norm: float
     explained_variance: float
     epochs: int
+    seconds: float = 0.0  # wall time of the update (its end syncs with the device)
 
     @property
     def finite(self) -> bool:
@@ -121,6 +123,7 @@ def ppo_update(
     """``update_epochs`` passes over the rollout in minibatches of whole sequences.
     ``after_backward`` runs between each backward and the clip/step (e.g. averaging gradients
     over data-parallel ranks)."""
+    started = time.perf_counter()
     policy.train()
     sums = torch.zeros(6, device=advantages.device)
     count = 0
@@ -148,6 +151,7 @@ def ppo_update(
         if config.target_kl is not None and torch.stack(kls).mean() > config.target_kl:
             break
     means = (sums / count).tolist()  # one host sync per update
+    variance = explained_variance(storage.values, returns)
     return UpdateStats(
-        *means, explained_variance=explained_variance(storage.values, returns), epochs=epochs
+        *means, explained_variance=variance, epochs=epochs, seconds=time.perf_counter() - started
     )

@@ -7,6 +7,7 @@ with the value of their final observation, computed from the state that saw the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ class RolloutStats:
     active_fraction: list[float] | None = None  # per RIM, share of steps it was active
     last_masks: Tensor | None = None  # (T, B, U) bool, the RIMs' activity over the rollout
     last_input_attention: Tensor | None = None  # (U, N), env 0's last step, for set inputs
+    seconds: float = 0.0  # wall time of the rollout: acting, env steps, storage
 
 
 class RolloutCollector:
@@ -60,6 +62,7 @@ class RolloutCollector:
     ) -> tuple[Tensor, RolloutStats] | None:
         """Fill the storage; return V(obs after the last step) ``(B,)`` and the rollout's stats,
         or ``None`` if ``should_stop()`` turned true (the rollout is abandoned)."""
+        started = time.perf_counter()
         self.policy.eval()
         stats = RolloutStats()
         storage, B = self.storage, self.envs.num_envs
@@ -110,4 +113,5 @@ class RolloutCollector:
             stats.last_masks = stacked
             stats.active_fraction = stacked.float().mean((0, 1)).tolist()
         last_values = self.policy.value(self.obs, self.state, self.episode_starts)
+        stats.seconds = time.perf_counter() - started  # the actions' .cpu() synced every step
         return last_values, stats

@@ -57,8 +57,12 @@ def test_train_smoke_writes_config_events_and_checkpoints(tmp_path, capsys):
         "losses/approx_kl",
         "rims/active_fraction_unit_0",
         "rims/active_fraction_unit_2",
+        "perf/rollout_seconds",
+        "perf/update_seconds",
     ):
         assert [e.step for e in tags[tag]] == [32, 64, 96], tag
+    for tag in ("perf/rollout_seconds", "perf/update_seconds"):  # where each update's time went
+        assert all(0 < e.value < 60 for e in tags[tag]), tag
     # The checkpoint alone rebuilds the policy.
     loaded = load_policy(run)
     policy, cfg = loaded.policy, loaded.config
