@@ -9,6 +9,7 @@ is 4 emulator frames.
     python bench/atari_sps.py                                 # CPU here: 2 updates per core
     python bench/atari_sps.py --device cuda --updates 20      # a GPU (say which card)
     python bench/atari_sps.py --num-envs 64 --spatial         # RIMs reading the 7x7 feature map
+    python bench/atari_sps.py --bptt 32 --cores rims lstm     # training on 32-step chunks
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--spatial", action="store_true", help="RIMs read the feature map as a set")
+    parser.add_argument(
+        "--bptt", type=int, default=0, help="train on chunks of this many steps (0: whole columns)"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="atari_sps_"))
     rows = []
@@ -47,6 +51,7 @@ def main() -> None:
             run_dir=str(root / f"{i}-{core}"),
             progress=False,
             checkpoint_every=10**6,
+            bptt=args.bptt,
         )
         if core.startswith("rims") and args.spatial:
             given["rims_spatial"] = True
@@ -59,7 +64,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")  # fmt: skip
     base = dict(rows).get("lstm")
-    print(f"\n{args.env}, {args.num_envs} envs x 128 steps, {args.updates} updates/core; {name}")
+    chunks = f"{args.bptt}-step chunks" if args.bptt else "whole columns"
+    setup = f"{args.num_envs} envs x 128 steps ({chunks}), {args.updates} updates/core"
+    print(f"\n{args.env}, {setup}; {name}")
     print(f"{'core':<16}{'steps/s':>10}{'x lstm':>8}")
     for core, sps in rows:
         print(f"{core:<16}{sps:>10.0f}{(sps / base if base else float('nan')):>8.2f}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should measure, in one go (about 10 minutes on an H100). Writes the
+# Everything a lent GPU should measure, in one go (about 11 minutes on an H100). Writes the
 # figures and a Pong learning curve under ${OUT:-bench/results/gpu}; paste them into
 # bench/RESULTS.md with the card's name.
 #
@@ -17,6 +17,8 @@ timeout 150 python bench/core_speed.py --device cuda --repeats 10 2>&1 | tee "$o
 timeout 150 python bench/atari_sps.py --device cuda --updates 6 2>&1 | tee "$out/atari_sps_8.txt"
 timeout 120 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 --cores rims lstm \
     2>&1 | tee "$out/atari_sps_64.txt"
+timeout 90 python bench/atari_sps.py --device cuda --updates 4 --cores rims --bptt 32 \
+    2>&1 | tee "$out/atari_sps_8_bptt32.txt"
 # 4. A short learning run on Pong with RIMs, and its curve.
 timeout 170 rims train --env ALE/Pong-v5 --device cuda --num-envs 64 --total-steps 2000000 \
     --run-dir "$out/pong_rims" --overwrite --no-progress 2>&1 | tail -3 | tee "$out/pong.txt"
