@@ -5,12 +5,14 @@ times (each time a new ``Grid``), walks it twice for visibility and encodes it c
 DoorKey it takes about 40% of a PPO training run here. ``fast_gen_obs`` reads the view's cells
 once, encodes them into one array, rotates that array with numpy and runs Minigrid's visibility
 rule on plain lists. The observation is the same, array for array: the tests compare the two on
-random rollouts of several env families, shifted views included.
+random rollouts of several env families, shifted views included, and every env checks its first
+view both ways.
 """
 
 from __future__ import annotations
 
 import types
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,12 +25,28 @@ _WALL = (OBJECT_TO_IDX["wall"], COLOR_TO_IDX["grey"], 0)  # what Grid.slice puts
 
 def install_fast_view(env: MiniGridEnv) -> bool:
     """Make ``env.gen_obs`` the fast, identical one; False (and nothing changed) when the env's
-    class computes its view its own way."""
+    class computes its view its own way. The first view is computed both ways: should they
+    differ (a Minigrid release that changed its view), the env keeps Minigrid's, with a warning.
+    """
     cls = type(env)
     if cls.gen_obs is not MiniGridEnv.gen_obs or cls.gen_obs_grid is not MiniGridEnv.gen_obs_grid:
         return False
-    env.gen_obs = types.MethodType(fast_gen_obs, env)
+    env.gen_obs = types.MethodType(_first_view_checked, env)
     return True
+
+
+def _first_view_checked(env: MiniGridEnv) -> dict[str, Any]:
+    ours, theirs = fast_gen_obs(env), MiniGridEnv.gen_obs(env)
+    if np.array_equal(ours["image"], theirs["image"]) and ours["direction"] == theirs["direction"]:
+        env.gen_obs = types.MethodType(fast_gen_obs, env)
+    else:
+        del env.gen_obs  # the class's own method from now on
+        warnings.warn(
+            f"envs.minigrid_view: the fast view differs from Minigrid's on {type(env).__name__} "
+            "(a changed Minigrid?); using Minigrid's own (slower)",
+            stacklevel=2,
+        )
+    return theirs
 
 
 def fast_gen_obs(env: MiniGridEnv) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def test_fast_view_sees_through_walls_when_the_env_does():
 
 def test_make_minigrid_installs_it_and_custom_views_keep_their_own():
     env = make_minigrid("MiniGrid-DoorKey-5x5-v0")
+    env.reset(seed=0)  # the first view, checked both ways
     assert env.unwrapped.gen_obs.__func__ is fast_gen_obs
 
     class CustomView(EmptyEnv):
@@ -67,3 +68,19 @@ def test_make_minigrid_installs_it_and_custom_views_keep_their_own():
     custom = CustomView()
     assert not install_fast_view(custom)
     assert "gen_obs" not in vars(custom)  # the class's own method still runs
+
+
+def test_a_first_view_that_differs_falls_back_to_minigrids_with_a_warning(monkeypatch):
+    """Should a Minigrid release change its view, the env keeps Minigrid's own, not ours."""
+    import envs.minigrid_view as view
+
+    def off_by_one(env):
+        obs = fast_gen_obs(env)
+        return dict(obs, image=obs["image"] + 1)
+
+    monkeypatch.setattr(view, "fast_gen_obs", off_by_one)
+    env = make_minigrid("MiniGrid-DoorKey-5x5-v0")
+    with pytest.warns(UserWarning, match="differs from Minigrid's"):
+        obs, _ = env.reset(seed=0)
+    assert "gen_obs" not in vars(env.unwrapped)  # Minigrid's own method from now on
+    assert np.array_equal(obs["image"], MiniGridEnv.gen_obs(env.unwrapped)["image"])
