@@ -1,10 +1,10 @@
 """Minigrid's egocentric view, computed without building and rotating ``Grid`` objects.
 
 ``MiniGridEnv.gen_obs`` slices the world into a new ``Grid``, rotates it cell by cell up to four
-times (each time a new ``Grid``), walks it twice for visibility and encodes it cell by cell: on
-DoorKey it takes about 40% of a PPO training run here. ``fast_gen_obs`` reads the view's cells
-once, encodes them into one array, rotates that array with numpy and runs Minigrid's visibility
-rule on plain lists. The observation is the same, array for array: the tests compare the two on
+times (each time a new ``Grid``), walks it twice for visibility and encodes it cell by cell:
+about 70 us per view, a sixth of a default DoorKey PPO run here. ``fast_gen_obs`` reads the
+view's cells once into one array, turns it by slicing and runs Minigrid's visibility rule on
+plain lists: about 19 us. The observation is the same, array for array: the tests compare the two on
 random rollouts of several env families, shifted views included, and every env checks its first
 view both ways.
 """
