@@ -85,6 +85,7 @@ class RIMsSequence(torch.autograd.Function):
         dc = dh.clone() if lstm else None
         if lstm and d_c_last is not None:
             dc = dc + d_c_last
+        one = d_out.new_ones(())  # `one - x` costs half of `1 - x` (no Python scalar to wrap)
         w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
         w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
         w_out_t = m_.comm_out.transpose(1, 2)  # (U, H, ch*cdv)
@@ -125,21 +126,21 @@ class RIMsSequence(torch.autograd.Function):
                 i, f, _, o = sig.chunk(4, dim=-1)
                 d_c_new = dc * mf
                 dc_in = dc - d_c_new
-                d_c_new = d_c_new + d_new * o * (1 - tanh_c * tanh_c)
+                d_c_new = d_c_new + d_new * o * (one - tanh_c * tanh_c)
                 dc_in = dc_in + d_c_new * f
                 d_gates = torch.cat((
-                    d_c_new * g * i * (1 - i),
-                    d_c_new * s["hs"][1] * f * (1 - f),
-                    d_c_new * i * (1 - g * g),
-                    d_new * tanh_c * o * (1 - o),
+                    d_c_new * g * i * (one - i),
+                    d_c_new * s["hs"][1] * f * (one - f),
+                    d_c_new * i * (one - g * g),
+                    d_new * tanh_c * o * (one - o),
                 ), dim=-1)  # fmt: skip
                 d_gx = d_gh = d_gates
             else:
                 r, z, n, h_n = s["acts"]
                 h_in = s["hs"][0]
-                d_n = d_new * (1 - z) * (1 - n * n)
-                d_r_pre = d_n * h_n * r * (1 - r)
-                d_z_pre = d_new * (h_in - n) * z * (1 - z)
+                d_n = d_new * (one - z) * (one - n * n)
+                d_r_pre = d_n * h_n * r * (one - r)
+                d_z_pre = d_new * (h_in - n) * z * (one - z)
                 dh_in = dh_in + d_new * z
                 d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
                 d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
