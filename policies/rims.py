@@ -432,17 +432,15 @@ class RIMs(nn.Module):
         self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]
     ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
         """All RIMs' cells at once. gates_x, gates_h: ``(U, B, G)``; hs: states ``(U, B, H)``.
-        Returns the new states and the activations the hand-written backward reuses: LSTM
-        ``(sigmoid(gates), g, tanh(c))``, GRU ``(r, z, n, h_n)``."""
+        Returns the new states and the activations the hand-written backward reuses."""
         if self.cell == "lstm":
             H = self.hidden_size
             gates = gates_x + gates_h  # (U, B, 4H): i, f, g, o
-            sig = torch.sigmoid(gates)  # (U, B, 4H); the sigmoid of g is unused
-            i, f, _, o = sig.chunk(4, dim=-1)
+            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)  # sigmoid of g is unused
             g = torch.tanh(gates[..., 2 * H : 3 * H])
             c_new = torch.addcmul(f * hs[1], i, g)
             tanh_c = torch.tanh(c_new)
-            return [o * tanh_c, c_new], (sig, g, tanh_c)
+            return [o * tanh_c, c_new], (i, f, g, o, tanh_c)
         # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only.
         (h,) = hs
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)

@@ -122,8 +122,7 @@ class RIMsSequence(torch.autograd.Function):
             dh_in = d_kept - d_new
             # --- the cells
             if lstm:
-                sig, g, tanh_c = s["acts"]
-                i, f, _, o = sig.chunk(4, dim=-1)
+                i, f, g, o, tanh_c = s["acts"]
                 d_c_new = dc * mf
                 dc_in = dc - d_c_new
                 d_c_new = d_c_new + d_new * o * (one - tanh_c * tanh_c)
