@@ -27,6 +27,7 @@ RESUME_MAY_CHANGE = {
     "torch_threads",
     "detect_anomaly",
     "env_timeout",
+    "rims_compile",
 }
 
 

@@ -105,6 +105,11 @@ class TrainConfig:
         "RIMs compute their large state-independent matmuls (input projections, value-gate "
         "products, sequence weight gradients) in bfloat16; the recurrence stays float32",
     )
+    rims_compile: bool = option(
+        False,
+        "RIMs run each step, forward and backward, through torch.compile (fuses its small "
+        "ops; compiling takes 10-30 s at start; eager where compiling fails)",
+    )
     # --- Atari
     frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")
     sticky_actions: float = option(0.25, "Atari: probability the previous action repeats")
@@ -282,6 +287,7 @@ def validate(c: TrainConfig) -> None:
         "--rims-spatial needs --core rims (LSTM/GRU read one flat vector)",
     )
     _check(not c.rims_bf16 or c.core == "rims", "--rims-bf16 needs --core rims")
+    _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt} "

@@ -94,7 +94,10 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 
 def build_policy(config: TrainConfig, observation_space, action_space) -> ActorCritic:
-    return ActorCritic(observation_space, int(action_space.n), config.policy_spec())
+    policy = ActorCritic(observation_space, int(action_space.n), config.policy_spec())
+    if config.rims_compile:  # validated: the core is RIMs (a speed setting, not in the spec)
+        policy.core.compile_steps = True
+    return policy
 
 
 def check_policy_fits(config: TrainConfig) -> None:

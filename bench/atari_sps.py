@@ -1,5 +1,5 @@
-"""Training steps/s on Atari (Breakout) for the rims (float32 and --rims-bf16), lstm and gru cores,
-measured in one run.
+"""Training steps/s on Atari (Breakout) for the rims (plain, --rims-bf16, --rims-compile), lstm and
+gru cores, measured in one run.
 
 The Atari preset (8 envs x 128 steps, 4 epochs x 4 minibatches, Nature CNN, 6 RIMs x 100 with
 4 active, LSTM/GRU of 600) unless flags say otherwise; each core trains for --updates updates and
@@ -10,6 +10,7 @@ is 4 emulator frames.
     python bench/atari_sps.py --device cuda --updates 20      # a GPU (say which card)
     python bench/atari_sps.py --num-envs 64 --spatial         # RIMs reading the 7x7 feature map
     python bench/atari_sps.py --bptt 32 --cores rims lstm     # training on 32-step chunks
+    python bench/atari_sps.py --cores rims rims-compile rims-bf16-compile   # RIMs variants
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument(
         "--cores", nargs="+", default=["rims", "rims-bf16", "lstm", "gru"],
-        help="cores to time; rims-bf16 is rims with --rims-bf16",
+        help="cores to time; rims may carry -bf16 and/or -compile (--rims-bf16, --rims-compile)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=2)
@@ -41,11 +42,17 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="atari_sps_"))
     rows = []
+    for core in args.cores:  # all checked before any trains
+        kind, *options = core.split("-")
+        if set(options) - {"bf16", "compile"} or (options and kind != "rims"):
+            parser.error(f"unknown core {core!r} (rims[-bf16][-compile], lstm, gru or ff)")
     for i, core in enumerate(args.cores):
+        kind, *options = core.split("-")
         given = dict(
             env=args.env,
-            core=core.removesuffix("-bf16"),
-            rims_bf16=core == "rims-bf16",
+            core=kind,
+            rims_bf16="bf16" in options,
+            rims_compile="compile" in options,
             device=args.device,
             num_envs=args.num_envs,
             run_dir=str(root / f"{i}-{core}"),
@@ -67,9 +74,9 @@ def main() -> None:
     chunks = f"{args.bptt}-step chunks" if args.bptt else "whole columns"
     setup = f"{args.num_envs} envs x 128 steps ({chunks}), {args.updates} updates/core"
     print(f"\n{args.env}, {setup}; {name}")
-    print(f"{'core':<16}{'steps/s':>10}{'x lstm':>8}")
+    print(f"{'core':<22}{'steps/s':>10}{'x lstm':>8}")
     for core, sps in rows:
-        print(f"{core:<16}{sps:>10.0f}{(sps / base if base else float('nan')):>8.2f}")
+        print(f"{core:<22}{sps:>10.0f}{(sps / base if base else float('nan')):>8.2f}")
 
 
 if __name__ == "__main__":

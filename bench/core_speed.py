@@ -10,7 +10,9 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
 
 ``rims-*`` rows use the paper's attention dropout 0.1 (autograd through the time loop);
 ``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward;
-``bf16`` computes the large state-independent matmuls from bfloat16 operands (``--rims-bf16``).
+``bf16`` computes the large state-independent matmuls from bfloat16 operands (``--rims-bf16``);
+``comp`` runs each step, forward and backward, through torch.compile (``--rims-compile``; the
+warm-up calls compile, so compiling is not in the figures).
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -146,6 +148,18 @@ def main() -> None:
         "rims-lstm drop 0 bf16": RIMs(
             512, num_units=6, k=4, hidden_size=100, dropout=0.0, bf16_matmuls=True
         ),
+        "rims-lstm drop 0 comp": RIMs(
+            512, num_units=6, k=4, hidden_size=100, dropout=0.0, compile_steps=True
+        ),
+        "rims-lstm d0 bf16 comp": RIMs(
+            512,
+            num_units=6,
+            k=4,
+            hidden_size=100,
+            dropout=0.0,
+            bf16_matmuls=True,
+            compile_steps=True,
+        ),  # fmt: skip
         "nn.LSTM(600)": LSTMCore(512, 600),
         "nn.GRU(600)": GRUCore(512, 600),
         "LSTMCell(600) loop": LSTMCellLoop(512, 600),

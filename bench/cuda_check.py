@@ -3,7 +3,8 @@
 For both cells, in float64 on the device: the hand-written backward gives autograd's gradients;
 outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactive RIMs keep their
 state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
-bfloat16 precision. Prints one line per check and exits 1 on a failure.
+bfloat16 precision; with ``compile_steps`` (Triton kernels) it agrees with the eager steps.
+Prints one line per check and exits 1 on a failure.
 
     python bench/cuda_check.py                  # needs CUDA; without it, says so and exits 0
     python bench/cuda_check.py --device cpu     # the script itself, against the CPU (trivial)
@@ -20,14 +21,15 @@ from policies.rims import RIMs
 
 
 def run(
-    cell: str, device: str, manual: bool, bf16: bool = False
+    cell: str, device: str, manual: bool, bf16: bool = False, compiled: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
     """float64, 4 of 6 active; or with ``bf16`` (bfloat16 products): float32, all 6 active, so
-    rounding differences between devices cannot flip the selection."""
+    rounding differences between devices cannot flip the selection. ``compiled``: each step
+    through torch.compile (Triton kernels on a GPU)."""
     torch.manual_seed(0)
     dtype = torch.float32 if bf16 else torch.float64
     core = RIMs(10, num_units=6, k=6 if bf16 else 4, hidden_size=8, cell=cell, input_key_size=16,
-                dropout=0.0, bf16_matmuls=bf16)  # fmt: skip
+                dropout=0.0, bf16_matmuls=bf16, compile_steps=compiled)  # fmt: skip
     core = core.to(device=device, dtype=dtype).train()
     core.manual_backward = manual
     x = torch.randn(9, 5, 10, dtype=dtype).to(device).requires_grad_()
@@ -72,6 +74,14 @@ def main() -> int:
         )
         check(f"{cell}: device gradients == CPU gradients", close)
         check(f"{cell}: exactly k active", bool((dev_manual[1].sum(-1) == 4).all()))
+        # Compiled steps (--rims-compile) compute the same function as the eager ones.
+        dev_compiled = run(cell, device, manual=True, compiled=True)
+        same_masks = torch.equal(dev_compiled[1], dev_manual[1])
+        check(f"{cell}: compiled steps, device masks == eager", same_masks)
+        check(f"{cell}: compiled steps, outputs and gradients == eager (float64)",
+              all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+                  for a, b in zip([dev_compiled[0], *dev_compiled[2]],
+                                  [dev_manual[0], *dev_manual[2]])))  # fmt: skip
         # bfloat16 products: the device agrees with the CPU and with itself (autograd) to
         # bfloat16 precision.
         runs16 = (("cpu", True), (device, True), (device, False))  # (device, manual backward)

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policies.compiled import CompiledStep
 from policies.core import (
     CoreInfo,
     State,
@@ -125,6 +126,10 @@ class RIMs(nn.Module):
             communication) stays in the module's dtype, so every invariant still holds exactly.
             Several times faster on GPUs and CPUs with bfloat16 units; about 3 significant
             digits in those products.
+        compile_steps: run each step's forward (and the hand-written backward's steps) through
+            ``torch.compile``, which fuses their small elementwise ops; the same function to
+            float rounding. Compiling takes seconds to a minute on first use; the eager code
+            runs where it fails. Can be switched later by setting the attribute.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class RIMs(nn.Module):
         query_bias: bool = True,
         fuse_input_gates_max: int = 4,
         bf16_matmuls: bool = False,
+        compile_steps: bool = False,
     ) -> None:
         super().__init__()
         if input_value_size is None:
@@ -186,6 +192,7 @@ class RIMs(nn.Module):
         # Training on the fused path uses the hand-written backward of policies.rims_grad
         # (same function, fewer, larger kernels); set False to use autograd throughout.
         self.manual_backward = True
+        self.compile_steps = compile_steps
         self.output_size = num_units * hidden_size
 
         U, H = num_units, hidden_size
@@ -367,20 +374,50 @@ class RIMs(nn.Module):
         """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``,
         and for a set of N > 1 elements the attention on each ``(U, B, N)`` (else None).
         With ``saved``, the intermediates the hand-written backward needs are appended to it."""
+        body = _COMPILED_STEP if self.compile_steps else RIMs._step_body
+        out, mask, null, element_attention, intermediates = body(
+            self,
+            hs,
+            inp.keys[t],
+            None if inp.value_gates is None else inp.value_gates[:, t],
+            None if inp.values is None else inp.values[t],
+            None if inp.keep is None else inp.keep[t],
+            inp,
+            saved is not None,
+        )
+        if saved is not None:
+            saved.append(intermediates)
+        return out, mask, null, element_attention
+
+    def _step_body(
+        self,
+        hs: list[Tensor],
+        keys: Tensor,
+        value_gates: Tensor | None,
+        values: Tensor | None,
+        keep: Tensor | None,
+        inp: StepInputs,
+        keep_intermediates: bool,
+    ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None, dict | None]:
+        """One step from this step's slices of ``inp``: keys ``(B, heads, dk, N)``, value_gates
+        ``(U, B, heads*N, G)``, values ``(B, heads, N, dv)``, keep ``(B,)`` (each None where
+        ``inp`` has none); the rest of ``inp`` is shared by all steps. A pure function of its
+        arguments (``torch.compile`` compiles it once for all steps). Returns what ``_step``
+        does and, with ``keep_intermediates``, what the hand-written backward needs."""
         U, B, _ = hs[0].shape
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
         gates = _GATES[self.cell] * self.hidden_size
-        if inp.keep is not None:
-            hs = [s * inp.keep[t].view(1, B, 1) for s in hs]
+        if keep is not None:
+            hs = [s * keep.view(1, B, 1) for s in hs]
         # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state.
         hq = torch.baddbmm(inp.state_bias, hs[0], self.state_weight)  # (U,B,H) -> (U,B,G+Q)
         gates_h, query = hq.split((gates, heads * dk), dim=-1)
         query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
         # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
         if inp.one_element:  # dot products: (U,B,1,dk) * (B,1,dk) -> sum -> (U,B,1,1)
-            scores = (query.view(U, B, 1, dk) * inp.keys[t].view(B, 1, dk)).sum(-1, keepdim=True)
+            scores = (query.view(U, B, 1, dk) * keys.view(B, 1, dk)).sum(-1, keepdim=True)
         else:  # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
-            scores = (query @ inp.keys[t].unsqueeze(0)).squeeze(3)
+            scores = (query @ keys.unsqueeze(0)).squeeze(3)
         probs = element_attention = None
         if inp.one_element:
             read = torch.sigmoid(scores)  # (U, B, 1, 1)
@@ -395,15 +432,15 @@ class RIMs(nn.Module):
         if inp.dropout:
             read = F.dropout(read, self.dropout, True)
         N = read.shape[-1]
-        if inp.value_gates is not None and inp.one_element:
+        if value_gates is not None and inp.one_element:
             # One product per RIM and row: (U,B,1,1) -> (U,B,1) times (U,B,1,G) -> (U,B,G)
-            gates_x = read.view(U, B, 1) * inp.value_gates[:, t].view(U, B, gates)
-        elif inp.value_gates is not None:
+            gates_x = read.view(U, B, 1) * value_gates.view(U, B, gates)
+        elif value_gates is not None:
             # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
-            gates_x = (read.reshape(U, B, 1, heads * N) @ inp.value_gates[:, t]).squeeze(2)
+            gates_x = (read.reshape(U, B, 1, heads * N) @ value_gates).squeeze(2)
         else:
             # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
-            read_in = (read.unsqueeze(-2) @ inp.values[t].unsqueeze(0)).view(U, B, heads * dv)
+            read_in = (read.unsqueeze(-2) @ values.unsqueeze(0)).view(U, B, heads * dv)
             gates_x = torch.bmm(read_in, self.input_gate_weight)  # -> (U, B, G)
         if inp.input_bias is not None:
             gates_x = gates_x + inp.input_bias
@@ -415,10 +452,11 @@ class RIMs(nn.Module):
             kept[0], inp.comm_weight, inp.dropout, inp.comm_score_scale
         )
         out = [torch.where(m, kept[0] + comm, kept[0]), *kept[1:]]
-        if saved is not None:
-            saved.append(dict(hs=hs, query=query, read=read, probs=probs, acts=acts, mask=m,
-                              kept=kept[0], comm=comm_parts))  # fmt: skip
-        return out, mask, null_attention, element_attention
+        intermediates = None
+        if keep_intermediates:
+            intermediates = dict(hs=hs, query=query, read=read, probs=probs, acts=acts, mask=m,
+                                 kept=kept[0], comm=comm_parts)  # fmt: skip
+        return out, mask, null_attention, element_attention, intermediates
 
     def _select(self, null_attention: Tensor) -> Tensor:
         """``(U, B)`` null attention -> ``(U, B)`` bool mask of the ``k`` least-null RIMs."""
@@ -485,3 +523,6 @@ class RIMs(nn.Module):
         read = (attn.unsqueeze(-1) * v.unsqueeze(0)).sum(1).view(U, B, heads * dv)
         out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)
         return out, (q, k, v, attn, read)
+
+
+_COMPILED_STEP = CompiledStep(RIMs._step_body, "RIMs step")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from policies.compiled import CompiledStep
 from policies.rims import StepInputs
 
 
@@ -72,8 +73,6 @@ class RIMsSequence(torch.autograd.Function):
         lstm = m_.cell == "lstm"
         T = len(steps)
         U, B, H = steps[0]["kept"].shape
-        heads, dk = m_.input_heads, m_.input_key_size
-        ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
         G = inp.value_gates.shape[-1]
         # The masks and the reads' slopes of all steps at once (small; one op each, not T).
         masks = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
@@ -93,85 +92,23 @@ class RIMsSequence(torch.autograd.Function):
         # the per-step gradients the value-gate products and the keys need, joined after it.
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
         d_gxs, d_scores_all = [], []
+        step_back = _COMPILED_STEP_BACKWARD if m_.compile_steps else step_backward
+        weights_t = (w_state_t, w_comm_t, w_out_t)
         for t in reversed(range(T)):
             s = steps[t]
-            dh = dh + d_out[t]
-            mf = mf_all[:, t]  # (U, B, 1)
-            # --- communication: out = kept + m * (read_c @ W_out + b)
-            q, k, v, attn, read_c = s["comm"]  # (U,B,ch,cdk) x2, (U,B,ch,cdv), (U,U,B,ch), ..
-            d_o = dh * mf  # (U, B, H)
-            # (U,B,H) @ (U,H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
-            d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv)
-            # read_i = sum_j attn[i,j] v_j, as broadcast products (see RIMs._communicate)
-            d_attn = (d_r.unsqueeze(1) * v.unsqueeze(0)).sum(-1)  # (U, U, B, ch)
-            d_v = (attn.unsqueeze(-1) * d_r.unsqueeze(1)).sum(0)  # (U, B, ch, cdv)
-            d_s = attn * (d_attn - (d_attn * attn).sum(1, keepdim=True))  # softmax over j
-            d_s = d_s.unsqueeze(-1)  # (U, U, B, ch, 1)
-            d_q = (d_s * k.unsqueeze(0)).sum(1)  # sum over j: (U, B, ch, cdk)
-            d_k = (d_s * q.unsqueeze(1)).sum(0)  # sum over i: (U, B, ch, cdk)
-            # three (U,B,ch,d) -> (U,B,ch*d), joined in qkv's column order
-            d_qkv = torch.cat((d_q.view(U, B, ch * cdk), d_k.view(U, B, ch * cdk),
-                               d_v.view(U, B, ch * cdv)), dim=-1)  # fmt: skip
-            d_kept = dh + torch.bmm(d_qkv, w_comm_t)  # (U, B, H)
+            dh, dc, d_qkv, d_o, d_gx, d_scores, d_hq = step_back(
+                m_, inp, s, weights_t, one, d_out[t], dh, dc, mf_all[:, t],
+                None if read_slope is None else read_slope[:, t], inp.keys[t],
+                inp.value_gates[:, t], None if inp.keep is None else inp.keep[t],
+            )  # fmt: skip
             kepts.append(s["kept"])
             d_qkvs.append(d_qkv)
-            reads_c.append(read_c)
+            reads_c.append(s["comm"][4])
             d_os.append(d_o)
-            # --- selection: kept = where(m, new, old)
-            d_new = d_kept * mf
-            dh_in = d_kept - d_new
-            # --- the cells
-            if lstm:
-                i, f, g, o, tanh_c = s["acts"]
-                d_c_new = dc * mf
-                dc_in = dc - d_c_new
-                d_c_new = d_c_new + d_new * o * (one - tanh_c * tanh_c)
-                dc_in = dc_in + d_c_new * f
-                d_gates = torch.cat((
-                    d_c_new * g * i * (one - i),
-                    d_c_new * s["hs"][1] * f * (one - f),
-                    d_c_new * i * (one - g * g),
-                    d_new * tanh_c * o * (one - o),
-                ), dim=-1)  # fmt: skip
-                d_gx = d_gh = d_gates
-            else:
-                r, z, n, h_n = s["acts"]
-                h_in = s["hs"][0]
-                d_n = d_new * (one - z) * (one - n * n)
-                d_r_pre = d_n * h_n * r * (one - r)
-                d_z_pre = d_new * (h_in - n) * z * (one - z)
-                dh_in = dh_in + d_new * z
-                d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
-                d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
             d_gxs.append(d_gx)  # 0 where the RIM was inactive
-            # --- input side: gates_x = read @ value_gates[:, t]
-            vg = inp.value_gates[:, t]  # (U, B, heads*N, G)
-            if inp.one_element:  # a dot product per RIM and row: (U,B,G) -> (U,B,1,1)
-                d_read = (d_gx * vg.view(U, B, G)).sum(-1).view(U, B, 1, 1)
-                d_scores = d_read * read_slope[:, t]  # (U, B, 1, 1)
-                # products of scalars, no matmul: (U,B,1,1) x (1,B,1,dk) -> (U,B,1,dk)
-                d_query = d_scores * inp.keys[t].view(1, B, 1, dk)
-            else:  # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
-                d_read = (d_gx.unsqueeze(2) @ vg.transpose(-1, -2)).view(s["read"].shape)
-                p = s["probs"]  # (U, B, heads, 1+N); the null column gets no gradient
-                d_p = F.pad(d_read, (1, 0))
-                d_scores = (p * (d_p - (d_p * p).sum(-1, keepdim=True)))[..., 1:]
-                # (U,B,heads,1,N) @ (1,B,heads,N,dk) -> (U,B,heads,1,dk)
-                d_query = d_scores.unsqueeze(3) @ inp.keys[t].transpose(-1, -2).unsqueeze(0)
             d_scores_all.append(d_scores)  # (U, B, heads, N)
-            d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
-            dh_in = dh_in + torch.bmm(d_hq, w_state_t)
             h_ins.append(s["hs"][0])
             d_hqs.append(d_hq)
-            # --- the episode-start reset at the top of the step
-            if inp.keep is not None:
-                keep = inp.keep[t].view(1, B, 1)
-                dh_in = dh_in * keep
-                if lstm:
-                    dc_in = dc_in * keep
-            dh = dh_in
-            if lstm:
-                dc = dc_in
 
         low = m_.matmul_dtype(d_out.dtype)  # operands of the sequence-wide products
 
@@ -204,6 +141,94 @@ class RIMsSequence(torch.autograd.Function):
         return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
                 d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
                 d_c0)  # fmt: skip
+
+
+def step_backward(
+    m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
+    d_out: Tensor, dh: Tensor, dc: Tensor | None, mf: Tensor, read_slope: Tensor | None,
+    keys: Tensor, value_gates: Tensor, keep: Tensor | None,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
+    the state after the step (plus the step's output gradient ``d_out``), those reaching the
+    state before it. ``s`` is the step's saved intermediates; weights_t the transposed state,
+    communication and output weights; mf ``(U, B, 1)`` the mask as floats; read_slope
+    ``(U, B, 1, 1)`` (one element) or None; keys ``(B, heads, dk, N)``, value_gates
+    ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's slices. A pure function (compiled
+    once for all steps with ``RIMs.compile_steps``). Returns ``(dh, dc)`` before the step and
+    the step's factors of the weight gradients: ``d_qkv``, ``d_o``, ``d_gx`` (0 where a RIM
+    was inactive), ``d_scores``, ``d_hq``."""
+    lstm = m_.cell == "lstm"
+    U, B, _ = dh.shape
+    heads, dk = m_.input_heads, m_.input_key_size
+    ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
+    G = value_gates.shape[-1]
+    w_state_t, w_comm_t, w_out_t = weights_t
+    dh = dh + d_out
+    # --- communication: out = kept + m * (read_c @ W_out + b)
+    q, k, v, attn, _ = s["comm"]  # (U,B,ch,cdk) x2, (U,B,ch,cdv), (U,U,B,ch), ..
+    d_o = dh * mf  # (U, B, H)
+    # (U,B,H) @ (U,H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
+    d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv)
+    # read_i = sum_j attn[i,j] v_j, as broadcast products (see RIMs._communicate)
+    d_attn = (d_r.unsqueeze(1) * v.unsqueeze(0)).sum(-1)  # (U, U, B, ch)
+    d_v = (attn.unsqueeze(-1) * d_r.unsqueeze(1)).sum(0)  # (U, B, ch, cdv)
+    d_s = attn * (d_attn - (d_attn * attn).sum(1, keepdim=True))  # softmax over j
+    d_s = d_s.unsqueeze(-1)  # (U, U, B, ch, 1)
+    d_q = (d_s * k.unsqueeze(0)).sum(1)  # sum over j: (U, B, ch, cdk)
+    d_k = (d_s * q.unsqueeze(1)).sum(0)  # sum over i: (U, B, ch, cdk)
+    # three (U,B,ch,d) -> (U,B,ch*d), joined in qkv's column order
+    d_qkv = torch.cat((d_q.view(U, B, ch * cdk), d_k.view(U, B, ch * cdk),
+                       d_v.view(U, B, ch * cdv)), dim=-1)  # fmt: skip
+    d_kept = dh + torch.bmm(d_qkv, w_comm_t)  # (U, B, H)
+    # --- selection: kept = where(m, new, old)
+    d_new = d_kept * mf
+    dh_in = d_kept - d_new
+    # --- the cells
+    dc_in = None
+    if lstm:
+        i, f, g, o, tanh_c = s["acts"]
+        d_c_new = dc * mf
+        dc_in = dc - d_c_new
+        d_c_new = d_c_new + d_new * o * (one - tanh_c * tanh_c)
+        dc_in = dc_in + d_c_new * f
+        d_gates = torch.cat((
+            d_c_new * g * i * (one - i),
+            d_c_new * s["hs"][1] * f * (one - f),
+            d_c_new * i * (one - g * g),
+            d_new * tanh_c * o * (one - o),
+        ), dim=-1)  # fmt: skip
+        d_gx = d_gh = d_gates
+    else:
+        r, z, n, h_n = s["acts"]
+        h_in = s["hs"][0]
+        d_n = d_new * (one - z) * (one - n * n)
+        d_r_pre = d_n * h_n * r * (one - r)
+        d_z_pre = d_new * (h_in - n) * z * (one - z)
+        dh_in = dh_in + d_new * z
+        d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
+        d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
+    # --- input side: gates_x = read @ value_gates
+    if inp.one_element:  # a dot product per RIM and row: (U,B,G) -> (U,B,1,1)
+        d_read = (d_gx * value_gates.view(U, B, G)).sum(-1).view(U, B, 1, 1)
+        d_scores = d_read * read_slope  # (U, B, 1, 1)
+        # products of scalars, no matmul: (U,B,1,1) x (1,B,1,dk) -> (U,B,1,dk)
+        d_query = d_scores * keys.view(1, B, 1, dk)
+    else:  # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
+        d_read = (d_gx.unsqueeze(2) @ value_gates.transpose(-1, -2)).view(s["read"].shape)
+        p = s["probs"]  # (U, B, heads, 1+N); the null column gets no gradient
+        d_p = F.pad(d_read, (1, 0))
+        d_scores = (p * (d_p - (d_p * p).sum(-1, keepdim=True)))[..., 1:]
+        # (U,B,heads,1,N) @ (1,B,heads,N,dk) -> (U,B,heads,1,dk)
+        d_query = d_scores.unsqueeze(3) @ keys.transpose(-1, -2).unsqueeze(0)
+    d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
+    dh_in = dh_in + torch.bmm(d_hq, w_state_t)
+    # --- the episode-start reset at the top of the step
+    if keep is not None:
+        keep = keep.view(1, B, 1)
+        dh_in = dh_in * keep
+        if lstm:
+            dc_in = dc_in * keep
+    return dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq
 
 
 def value_gate_grads(
@@ -243,3 +268,6 @@ def value_gate_grads(
                 else:
                     d_v[:, n, h].index_add_(0, rows, d_v_hn)
     return d_v.to(low).view_as(values), d_w.view_as(weight)
+
+
+_COMPILED_STEP_BACKWARD = CompiledStep(step_backward, "RIMs backward step")

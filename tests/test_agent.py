@@ -11,6 +11,7 @@ from agents.ppo import minibatch_loss
 from agents.rollout import RolloutCollector
 from agents.sampler import sequence_minibatches
 from agents.storage import RolloutStorage
+from agents.trainer import build_policy
 from envs.factory import make_vector_env
 from policies.actor_critic import ActorCritic
 
@@ -27,8 +28,7 @@ def collect(
     )  # fmt: skip
     torch.manual_seed(0)
     envs = make_vector_env(env, config.num_envs)
-    policy = ActorCritic(envs.single_observation_space, 2 if "Cue" in env else 7,
-                         config.policy_spec())  # fmt: skip
+    policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
     device = torch.device("cpu")
     storage = RolloutStorage(
         config.num_steps, config.num_envs, envs.single_observation_space,
@@ -57,6 +57,23 @@ def test_ratio_is_one_before_the_first_update(core, bptt):
         torch.testing.assert_close(out.values, batch.old_values, rtol=1e-5, atol=1e-5)
         parts = minibatch_loss(policy, batch, config)
         assert parts.approx_kl.abs().item() < 1e-6 and parts.clipfrac.item() == 0.0
+
+
+def test_compiled_rims_steps_keep_the_ratio_at_one_before_the_first_update():
+    """--rims-compile: acting compiles single steps, learning the hand-written backward's
+    forward and backward steps; both compute what the eager core does, so the first ratio is 1
+    to float rounding."""
+    config, policy, storage, adv, ret, _ = collect("rims", rims_compile=True)
+    assert policy.core.compile_steps
+    policy.train()
+    for batch in sequence_minibatches(storage, adv, ret, config.num_minibatches):
+        out = policy(batch.obs, batch.initial_state, batch.episode_starts)
+        new = out.distribution.log_prob(batch.actions)
+        torch.testing.assert_close(new, batch.old_logprobs, rtol=1e-5, atol=1e-5)
+        parts = minibatch_loss(policy, batch, config)
+        assert parts.approx_kl.abs().item() < 1e-6
+        parts.loss.backward()  # through the compiled backward steps
+        assert all(torch.isfinite(p.grad).all() for p in policy.core.parameters())
 
 
 def test_bf16_matmuls_keep_the_ratio_near_one_before_the_first_update():

@@ -14,7 +14,7 @@ def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
     assert cuda_check.main() == 0
     out = capsys.readouterr().out
     assert "0 failure(s)" in out and "FAIL" not in out
-    assert out.count("ok  ") == 2 * 9  # every check of both cells ran
+    assert out.count("ok  ") == 2 * 11  # every check of both cells ran
 
 
 def test_cuda_check_without_cuda_says_so(monkeypatch, capsys):

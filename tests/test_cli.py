@@ -126,6 +126,7 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--encoder", "nature"], "the policy does not fit MiniGrid-DoorKey-5x5-v0"),
         (["--core", "transformer"], "invalid choice"),
         (["--core", "lstm", "--rims-bf16"], "--rims-bf16 needs --core rims"),
+        (["--core", "gru", "--rims-compile"], "--rims-compile needs --core rims"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),
         (["--resume"], "holds no config.json; nothing to resume"),
         (["--resume", "--overwrite"], "holds no config.json"),

@@ -9,6 +9,12 @@ from policies.rims import RIMs
 from tests.rims_reference import reference_sequence
 
 CELLS = ["lstm", "gru"]
+# The ways a RIMs core can compute its steps; the invariants below must hold on each.
+PATHS = {
+    "fp32": {},
+    "bf16": dict(bf16_matmuls=True),  # bfloat16 operands in the large matmuls
+    "compiled": dict(compile_steps=True),  # each step (forward and backward) torch.compile'd
+}
 
 
 def make_rims(cell: str = "lstm", dtype: torch.dtype = torch.float32, **overrides) -> RIMs:
@@ -58,9 +64,9 @@ def test_fused_and_plain_paths_agree_float32(cell, elements):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bf16", [False, True])
-def test_exactly_k_active_and_they_are_the_least_null(cell, bf16):
-    m = make_rims(cell, num_units=6, k=4, bf16_matmuls=bf16)
+@pytest.mark.parametrize("path", PATHS)
+def test_exactly_k_active_and_they_are_the_least_null(cell, path):
+    m = make_rims(cell, num_units=6, k=4, **PATHS[path])
     x = torch.randn(9, 5, 10)
     _, _, info = m(x, m.initial_state(5))
     assert info.mask.shape == (9, 5, 6) and info.mask.dtype == torch.bool
@@ -74,9 +80,9 @@ def test_exactly_k_active_and_they_are_the_least_null(cell, bf16):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bf16", [False, True])
-def test_inactive_rims_keep_their_state_bit_for_bit(cell, bf16):
-    m = make_rims(cell, bf16_matmuls=bf16)
+@pytest.mark.parametrize("path", PATHS)
+def test_inactive_rims_keep_their_state_bit_for_bit(cell, path):
+    m = make_rims(cell, **PATHS[path])
     x = torch.randn(10, 4, 10)
     state = m.initial_state(4)
     kept = changed = 0
@@ -94,9 +100,9 @@ def test_inactive_rims_keep_their_state_bit_for_bit(cell, bf16):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("elements", [None, 3])
-@pytest.mark.parametrize("bf16", [False, True])
-def test_stepwise_equals_one_sequence_call(cell, elements, bf16):
-    m = make_rims(cell, bf16_matmuls=bf16)
+@pytest.mark.parametrize("path", PATHS)
+def test_stepwise_equals_one_sequence_call(cell, elements, path):
+    m = make_rims(cell, **PATHS[path])
     shape = (7, 3, 10) if elements is None else (7, 3, elements, 10)
     x = torch.randn(*shape)
     starts = torch.zeros(7, 3, dtype=torch.bool)
@@ -108,7 +114,7 @@ def test_stepwise_equals_one_sequence_call(cell, elements, bf16):
         outs.append(o)
         masks.append(i.mask)
     # bfloat16 products of one row may round differently in a GEMM of another height
-    tol = dict(rtol=1e-2, atol=1e-3) if bf16 else dict(rtol=1e-5, atol=1e-6)
+    tol = dict(rtol=1e-2, atol=1e-3) if path == "bf16" else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.cat(outs), out, **tol)
     assert torch.equal(torch.cat(masks), info.mask)
     for a, b in zip(state, final):
@@ -116,16 +122,16 @@ def test_stepwise_equals_one_sequence_call(cell, elements, bf16):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bf16", [False, True])
-def test_episode_start_equals_fresh_state_and_does_not_leak(cell, bf16):
-    m = make_rims(cell, bf16_matmuls=bf16)
+@pytest.mark.parametrize("path", PATHS)
+def test_episode_start_equals_fresh_state_and_does_not_leak(cell, path):
+    m = make_rims(cell, **PATHS[path])
     x = torch.randn(8, 3, 10)
     plain, _, _ = m(x, m.initial_state(3))
     starts = torch.zeros(8, 3, dtype=torch.bool)
     starts[5, 1] = True
     out, _, _ = m(x, m.initial_state(3), starts)
     fresh, _, _ = m(x[5:, 1:2], m.initial_state(1))
-    tol = dict(rtol=1e-2, atol=1e-3) if bf16 else dict(rtol=1e-5, atol=1e-6)  # as above
+    tol = dict(rtol=1e-2, atol=1e-3) if path == "bf16" else dict(rtol=1e-5, atol=1e-6)  # as above
     torch.testing.assert_close(out[5:, 1:2], fresh, **tol)
     # The other sequences and the steps before the start are untouched.
     torch.testing.assert_close(out[:, [0, 2]], plain[:, [0, 2]], rtol=0, atol=0)
@@ -139,9 +145,9 @@ def test_episode_start_equals_fresh_state_and_does_not_leak(cell, bf16):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bf16", [False, True])
-def test_inactive_output_does_not_depend_on_current_input(cell, bf16):
-    m = make_rims(cell, bf16_matmuls=bf16)
+@pytest.mark.parametrize("path", PATHS)
+def test_inactive_output_does_not_depend_on_current_input(cell, path):
+    m = make_rims(cell, **PATHS[path])
     x = torch.randn(4, 2, 10, requires_grad=True)
     out, _, info = m(x, m.initial_state(2))
     H = m.hidden_size
@@ -156,9 +162,9 @@ def test_inactive_output_does_not_depend_on_current_input(cell, bf16):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bf16", [False, True])
-def test_gradient_flows_unchanged_through_kept_state(cell, bf16):
-    m = make_rims(cell, bf16_matmuls=bf16)
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_flows_unchanged_through_kept_state(cell, path):
+    m = make_rims(cell, **PATHS[path])
     x = torch.randn(1, 3, 10)
     state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
     _, new_state, info = m(x, state)
@@ -323,6 +329,36 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
     ]
     for name, a, b in zip(names, grads[0], grads[1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2)])
+def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads):
+    """compile_steps changes how each step runs, not what it computes: outputs, selection,
+    final states and every gradient (through the hand-written backward's compiled steps) match
+    the eager autograd run."""
+    torch.manual_seed(4)
+    x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
+    starts = torch.zeros(6, 3, dtype=torch.bool)
+    starts[2, 1] = starts[4, 0] = True
+    runs = []
+    for compiled in (True, False):
+        m = make_rims(cell, torch.float64, input_heads=heads, k=3, compile_steps=compiled)
+        m.manual_backward = compiled  # the eager reference differentiates with autograd
+        xr = x.clone().requires_grad_()
+        state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
+        out, final, info = m(xr, state, starts)
+        loss = (out * torch.randn_like(out)).sum() + sum((f * f).sum() for f in final)
+        loss.backward()
+        grads = [xr.grad, *(s.grad for s in state), *(p.grad for p in m.parameters())]
+        runs.append((out.detach(), info.mask, [f.detach() for f in final], grads))
+    (out_c, mask_c, final_c, grads_c), (out_e, mask_e, final_e, grads_e) = runs
+    assert torch.equal(mask_c, mask_e) and mask_c.any() and not mask_c.all()
+    torch.testing.assert_close(out_c, out_e, rtol=1e-12, atol=1e-12)
+    for a, b in zip(final_c, final_e):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 def bf16_runs(cell: str, elements: int, heads: int, k: int) -> list[tuple]:

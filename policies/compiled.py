@@ -1,0 +1,54 @@
+"""``torch.compile`` for the small per-step functions of a time loop, eager as the fallback.
+
+A RIMs step is some 30 small ops forward and 60 backward; at recurrent-PPO sizes their dispatch,
+not their arithmetic, is the cost. Inductor fuses the elementwise ones into a few kernels (C++
+loops on a CPU, Triton on a GPU) and leaves the matmuls to the usual libraries. A function is
+compiled on its first call (and again for new shapes, up to dynamo's recompile limit, past which
+dynamo itself runs it eagerly). Where compiling fails (no C++ compiler, an op this torch cannot
+compile) the eager function runs instead, after one warning; it computes the same values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class CompiledStep:
+    """``fn`` compiled with ``torch.compile`` on first use, or ``fn`` itself once that failed.
+
+    ``fn`` must be pure (its results depend on its arguments only, and it mutates none of them),
+    so that running it again eagerly after a failed compile is safe.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn, self.name = fn, name
+        self.compiled: Callable[..., Any] | None = None
+        self.failed = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.failed:
+            return self.fn(*args)
+        if self.compiled is None:
+            try:
+                self.compiled = torch.compile(self.fn)
+            except RuntimeError as err:  # e.g. dynamo does not support this Python
+                return self._fall_back(err, *args)
+        try:
+            return self.compiled(*args)
+        except torch._dynamo.exc.TorchDynamoException as err:  # compiling (not running) failed
+            return self._fall_back(err, *args)
+
+    def _fall_back(self, err: Exception, *args: Any) -> Any:
+        self.failed = True
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        warnings.warn(
+            f"torch.compile failed for the {self.name} ({type(err).__name__}: {first}); "
+            "running it eagerly from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return self.fn(*args)

@@ -1,0 +1,94 @@
+"""CompiledStep: torch.compile where it works, the eager function (after one warning) where not."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from policies import rims as rims_module
+from policies import rims_grad
+from policies.compiled import CompiledStep
+from policies.rims import RIMs
+
+
+def affine(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return x * scale + 1.0
+
+
+def failing_compile(calls: list[str]):
+    """A stand-in for torch.compile whose compiled function fails like a broken compiler."""
+
+    def compile_(fn):
+        def compiled(*args):
+            calls.append("compiled")
+            raise torch._dynamo.exc.TorchDynamoException("CppCompileError: no C++ compiler")
+
+        return compiled
+
+    return compile_
+
+
+def test_a_failed_compile_warns_once_and_runs_eagerly_from_then_on(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "compile", failing_compile(calls))
+    step = CompiledStep(affine, "test step")
+    x = torch.arange(3.0)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed for the test step.*eagerly"):
+        first = step(x, 2.0)
+    torch.testing.assert_close(first, affine(x, 2.0), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        torch.testing.assert_close(step(x, 3.0), affine(x, 3.0), rtol=0, atol=0)
+    assert calls == ["compiled"] and step.failed  # the compiled function is not tried again
+
+
+def test_torch_compile_itself_failing_falls_back_too(monkeypatch):
+    def unsupported(fn):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    step = CompiledStep(affine, "test step")
+    with pytest.warns(RuntimeWarning, match="Dynamo is not supported"):
+        out = step(torch.ones(2), 2.0)
+    torch.testing.assert_close(out, torch.full((2,), 3.0))
+
+
+def test_errors_of_the_function_itself_are_not_taken_for_compile_failures(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn: fn)  # "compiled" = the function itself
+
+    def bad_shapes(x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("shapes do not match")
+
+    step = CompiledStep(bad_shapes, "test step")
+    with pytest.raises(ValueError, match="shapes do not match"):
+        step(torch.ones(1))
+    assert not step.failed
+
+
+def test_rims_with_compile_failing_compute_exactly_the_eager_function(monkeypatch):
+    """The eager fallback of compile_steps: same outputs, states and gradients, bit for bit."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "compile", failing_compile(calls))
+    # Fresh wrappers, so that the module-wide ones are not left failed for other tests.
+    monkeypatch.setattr(rims_module, "_COMPILED_STEP", CompiledStep(RIMs._step_body, "step"))
+    monkeypatch.setattr(
+        rims_grad, "_COMPILED_STEP_BACKWARD", CompiledStep(rims_grad.step_backward, "backward")
+    )
+    torch.manual_seed(0)
+    m = RIMs(10, num_units=5, k=2, hidden_size=6, input_key_size=8, dropout=0.0)
+    x = torch.randn(5, 3, 10)
+    results = []
+    for compiled in (False, True):
+        m.compile_steps = compiled
+        m.zero_grad()
+        out, final, info = m(x, m.initial_state(3))
+        out.sum().backward()
+        results.append((out, final, info.mask, [p.grad.clone() for p in m.parameters()]))
+    # The forward's step and the backward's step each went to the compiler once, which failed.
+    assert calls == ["compiled", "compiled"]
+    (out_e, final_e, mask_e, grads_e), (out_c, final_c, mask_c, grads_c) = results
+    assert torch.equal(out_e, out_c) and torch.equal(mask_e, mask_c)
+    assert all(torch.equal(a, b) for a, b in zip(final_e, final_c))
+    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))
