@@ -96,6 +96,7 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 def build_policy(config: TrainConfig, observation_space, action_space) -> ActorCritic:
     policy = ActorCritic(observation_space, int(action_space.n), config.policy_spec())
     if config.rims_compile:  # validated: the core is RIMs (a speed setting, not in the spec)
+        policy.compile_act = True
         policy.core.compile_steps = True
     return policy
 

@@ -14,6 +14,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from policies.compiled import CompiledStep
 from policies.core import CoreInfo, State
 from policies.encoders import make_encoder
 from policies.rims import RIMs
@@ -129,6 +130,8 @@ class ActorCritic(nn.Module):
         out = self.core.output_size
         self.actor = _mlp_head(out, spec.head_hidden_size, num_actions, 0.01)
         self.critic = _mlp_head(out, spec.head_hidden_size, 1, 1.0)
+        # Acting steps through torch.compile (a speed setting, not part of the spec).
+        self.compile_act = False
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.core.initial_state(batch_size, device)
@@ -150,20 +153,32 @@ class ActorCritic(nn.Module):
         deterministic: bool = False,
     ) -> ActResult:
         """One step. obs: dict of ``(B, ...)``; episode_starts ``(B,)`` bool."""
+        step = _COMPILED_ACT if self.compile_act else ActorCritic._act_tensors
+        actions, logprobs, values, state, mask, null, attention = step(
+            self, obs, state, episode_starts, deterministic
+        )
+        info = CoreInfo(mask=mask, null_attention=null, input_attention=attention)
+        return ActResult(actions, logprobs, values, state, info)
+
+    def _act_tensors(
+        self, obs: dict[str, Tensor], state: State, episode_starts: Tensor, deterministic: bool
+    ) -> tuple:
+        """``act`` as a pure function returning only tensors (compiled with ``compile_act``):
+        actions, log-probs, values ``(B,)``, the state, and the info's three fields
+        ``(1, B, ...)`` or None."""
         seq = {k: v.unsqueeze(0) for k, v in obs.items()}  # (B, ...) -> (1, B, ...)
         out = self.forward(seq, state, episode_starts.unsqueeze(0))  # (B,) -> (1, B)
         dist = out.distribution
         actions = out.logits.argmax(-1) if deterministic else dist.sample()  # (1, B)
-        return ActResult(
-            actions=actions[0],
-            logprobs=dist.log_prob(actions)[0],
-            values=out.values[0],
-            state=out.state,
-            info=out.info,
-        )
+        info = out.info
+        return (actions[0], dist.log_prob(actions)[0], out.values[0], out.state, info.mask,
+                info.null_attention, info.input_attention)  # fmt: skip
 
     @torch.no_grad()
     def value(self, obs: dict[str, Tensor], state: State, episode_starts: Tensor) -> Tensor:
         """Values ``(B,)`` of one step of ``(B, ...)`` observations from ``state``."""
         seq = {k: v.unsqueeze(0) for k, v in obs.items()}  # (B, ...) -> (1, B, ...)
         return self.forward(seq, state, episode_starts.unsqueeze(0)).values[0]
+
+
+_COMPILED_ACT = CompiledStep(ActorCritic._act_tensors, "acting step")

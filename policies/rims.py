@@ -374,7 +374,9 @@ class RIMs(nn.Module):
         """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``,
         and for a set of N > 1 elements the attention on each ``(U, B, N)`` (else None).
         With ``saved``, the intermediates the hand-written backward needs are appended to it."""
-        body = _COMPILED_STEP if self.compile_steps else RIMs._step_body
+        # Inside a caller's compiled region (a compiled acting step) dynamo traces the body.
+        compiled = self.compile_steps and not torch.compiler.is_compiling()
+        body = _COMPILED_STEP if compiled else RIMs._step_body
         out, mask, null, element_attention, intermediates = body(
             self,
             hs,

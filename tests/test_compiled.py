@@ -7,6 +7,10 @@ import warnings
 import pytest
 import torch
 
+from agents.config import TrainConfig
+from agents.storage import obs_to_tensors
+from agents.trainer import build_policy
+from envs.factory import make_vector_env
 from policies import rims as rims_module
 from policies import rims_grad
 from policies.compiled import CompiledStep
@@ -92,3 +96,43 @@ def test_rims_with_compile_failing_compute_exactly_the_eager_function(monkeypatc
     assert torch.equal(out_e, out_c) and torch.equal(mask_e, mask_c)
     assert all(torch.equal(a, b) for a, b in zip(final_e, final_c))
     assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))
+
+
+def test_compiled_acting_step_equals_the_eager_one():
+    """compile_act: the whole acting step (encoder, RIMs step, heads, action choice) compiled
+    gives the eager step's actions, values, states and info, across episode starts."""
+    envs = make_vector_env("rims/CueMemory-v0", 4)
+    config = TrainConfig(env="rims/CueMemory-v0", num_envs=4, hidden_size=8, num_units=4, k=2,
+                         feature_size=16, input_key_size=8, rims_compile=True)  # fmt: skip
+    torch.manual_seed(0)
+    policy = build_policy(config, envs.single_observation_space, envs.single_action_space).eval()
+    assert policy.compile_act and policy.core.compile_steps
+    obs, _ = envs.reset(seed=0)
+    states = {flag: policy.initial_state(4) for flag in (True, False)}
+    starts = torch.ones(4, dtype=torch.bool)
+    for t in range(6):
+        results = {}
+        for flag in (True, False):
+            policy.compile_act = policy.core.compile_steps = flag
+            results[flag] = policy.act(obs_to_tensors(obs, torch.device("cpu")), states[flag],
+                                       starts, deterministic=True)  # fmt: skip
+            states[flag] = results[flag].state
+        compiled, eager = results[True], results[False]
+        assert torch.equal(compiled.actions, eager.actions)
+        assert torch.equal(compiled.info.mask, eager.info.mask)
+        torch.testing.assert_close(compiled.values, eager.values)
+        torch.testing.assert_close(compiled.logprobs, eager.logprobs)
+        for a, b in zip(compiled.state, eager.state):
+            torch.testing.assert_close(a, b)
+        obs, *_ = envs.step(eager.actions.numpy())
+        starts = torch.tensor([t == 2, False, True, False])
+    envs.close()
+    # Sampled actions: valid, and the same for the same seed.
+    policy.compile_act = True
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        o = obs_to_tensors(obs, torch.device("cpu"))
+        draws.append(policy.act(o, policy.initial_state(4), torch.ones(4, dtype=torch.bool)))
+    assert torch.equal(draws[0].actions, draws[1].actions)
+    assert ((draws[0].actions >= 0) & (draws[0].actions < envs.single_action_space.n)).all()
