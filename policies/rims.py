@@ -257,7 +257,9 @@ class RIMs(nn.Module):
         T, B, _, _ = x.shape
         check_episode_starts(episode_starts, T, B)
         U, H = self.num_units, self.hidden_size
-        hs = [s.transpose(0, 1) for s in state]  # public (B, U, H) -> internal (U, B, H)
+        # public (B, U, H) -> internal (U, B, H), contiguous like every state a step returns
+        # (so a compiled step sees one memory layout, not two)
+        hs = [s.transpose(0, 1).contiguous() for s in state]
         manual = self._use_manual_backward(x, hs)
         inp = self._prepare(x, episode_starts, manual)
         if manual:

@@ -70,6 +70,7 @@ class RIMsSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_c_last, _d_masks, _d_nulls, _d_attention):
         m_, inp, steps = ctx.module, ctx.inp, ctx.steps
+        d_out = d_out.contiguous()  # (T, U, B, H); one layout for the (compiled) steps
         lstm = m_.cell == "lstm"
         T = len(steps)
         U, B, H = steps[0]["kept"].shape

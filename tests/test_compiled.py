@@ -24,7 +24,7 @@ def affine(x: torch.Tensor, scale: float) -> torch.Tensor:
 def failing_compile(calls: list[str]):
     """A stand-in for torch.compile whose compiled function fails like a broken compiler."""
 
-    def compile_(fn):
+    def compile_(fn, **options):
         def compiled(*args):
             calls.append("compiled")
             raise torch._dynamo.exc.TorchDynamoException("CppCompileError: no C++ compiler")
@@ -49,7 +49,7 @@ def test_a_failed_compile_warns_once_and_runs_eagerly_from_then_on(monkeypatch):
 
 
 def test_torch_compile_itself_failing_falls_back_too(monkeypatch):
-    def unsupported(fn):
+    def unsupported(fn, **options):
         raise RuntimeError("Dynamo is not supported on this Python")
 
     monkeypatch.setattr(torch, "compile", unsupported)
@@ -60,7 +60,8 @@ def test_torch_compile_itself_failing_falls_back_too(monkeypatch):
 
 
 def test_errors_of_the_function_itself_are_not_taken_for_compile_failures(monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda fn: fn)  # "compiled" = the function itself
+    # "compiled" = the function itself
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
 
     def bad_shapes(x: torch.Tensor) -> torch.Tensor:
         raise ValueError("shapes do not match")
