@@ -167,9 +167,10 @@ def test_crashed_env_worker_is_reported_and_checkpointed(tmp_path, env, message)
     assert time.monotonic() - started < 120
 
 
-def test_same_seed_same_first_updates_bit_for_bit(tmp_path):
-    a = train(small_config(tmp_path / "a", env="MiniGrid-DoorKey-5x5-v0"))
-    b = train(small_config(tmp_path / "b", env="MiniGrid-DoorKey-5x5-v0"))
+@pytest.mark.parametrize("compiled", [False, True])  # --rims-compile: compiled kernels too
+def test_same_seed_same_first_updates_bit_for_bit(tmp_path, compiled):
+    a = train(small_config(tmp_path / "a", env="MiniGrid-DoorKey-5x5-v0", rims_compile=compiled))
+    b = train(small_config(tmp_path / "b", env="MiniGrid-DoorKey-5x5-v0", rims_compile=compiled))
     assert a.global_step == b.global_step == 96
     ma = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")["model"]
     mb = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["model"]
@@ -177,7 +178,8 @@ def test_same_seed_same_first_updates_bit_for_bit(tmp_path):
     la = [e.value for e in scalars(tmp_path / "a")["losses/value_loss"]]
     lb = [e.value for e in scalars(tmp_path / "b")["losses/value_loss"]]
     assert la == lb and len(la) == 3
-    c = train(small_config(tmp_path / "c", env="MiniGrid-DoorKey-5x5-v0", seed=2))
+    c = train(small_config(tmp_path / "c", env="MiniGrid-DoorKey-5x5-v0", seed=2,
+                           rims_compile=compiled))  # fmt: skip
     mc = load_checkpoint(tmp_path / "c" / "checkpoints" / "latest.pt")["model"]
     assert c.global_step == 96 and not all(torch.equal(ma[k], mc[k]) for k in ma)
 
