@@ -7,6 +7,7 @@ log-probabilities recomputed at the first PPO epoch equal the ones stored while 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -116,6 +117,19 @@ class ActResult:
     info: CoreInfo
 
 
+class ActTensors(NamedTuple):
+    """``ActResult`` as plain tensors, which a compiled function can return: actions,
+    log-probs, values ``(B,)``, the state, and the info's fields ``(1, B, ...)`` or None."""
+
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    state: State
+    mask: Tensor | None
+    null_attention: Tensor | None
+    input_attention: Tensor | None
+
+
 class ActorCritic(nn.Module):
     """Encoder -> core -> (actor, critic). Discrete actions."""
 
@@ -154,25 +168,21 @@ class ActorCritic(nn.Module):
     ) -> ActResult:
         """One step. obs: dict of ``(B, ...)``; episode_starts ``(B,)`` bool."""
         step = _COMPILED_ACT if self.compile_act else ActorCritic._act_tensors
-        actions, logprobs, values, state, mask, null, attention = step(
-            self, obs, state, episode_starts, deterministic
-        )
-        info = CoreInfo(mask=mask, null_attention=null, input_attention=attention)
-        return ActResult(actions, logprobs, values, state, info)
+        r = step(self, obs, state, episode_starts, deterministic)
+        info = CoreInfo(r.mask, r.null_attention, r.input_attention)
+        return ActResult(r.actions, r.logprobs, r.values, r.state, info)
 
     def _act_tensors(
         self, obs: dict[str, Tensor], state: State, episode_starts: Tensor, deterministic: bool
-    ) -> tuple:
-        """``act`` as a pure function returning only tensors (compiled with ``compile_act``):
-        actions, log-probs, values ``(B,)``, the state, and the info's three fields
-        ``(1, B, ...)`` or None."""
+    ) -> ActTensors:
+        """``act`` as a pure function of tensors (compiled whole with ``compile_act``)."""
         seq = {k: v.unsqueeze(0) for k, v in obs.items()}  # (B, ...) -> (1, B, ...)
         out = self.forward(seq, state, episode_starts.unsqueeze(0))  # (B,) -> (1, B)
         dist = out.distribution
         actions = out.logits.argmax(-1) if deterministic else dist.sample()  # (1, B)
         info = out.info
-        return (actions[0], dist.log_prob(actions)[0], out.values[0], out.state, info.mask,
-                info.null_attention, info.input_attention)  # fmt: skip
+        return ActTensors(actions[0], dist.log_prob(actions)[0], out.values[0], out.state,
+                          info.mask, info.null_attention, info.input_attention)  # fmt: skip
 
     @torch.no_grad()
     def value(self, obs: dict[str, Tensor], state: State, episode_starts: Tensor) -> Tensor:

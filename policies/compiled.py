@@ -7,8 +7,8 @@ compiled on its first call, for static shapes, and again for each new combinatio
 strides and grad settings: acting (one step per call, batch = envs) and learning (batch =
 sequences per minibatch) each get their own kernels. Dynamo keeps 8 versions per function by
 default and runs any further ones eagerly; the first compile raises that to ``RECOMPILE_LIMIT``.
-Where compiling fails (no C++ compiler, an op this torch cannot
-compile) the eager function runs instead, after one warning; it computes the same values.
+Where compiling fails (no C++ compiler, an op this torch cannot compile) the eager function runs
+instead, after one warning; it computes the same values.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ class CompiledStep:
                 config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
                 # Static shapes: a handful of fixed shapes per run, and the kernels
                 # specialised to them are faster than dynamic-shape ones (0.71x against 0.83x
-                # eager at the Minigrid training shape on the CPU).
-                self.compiled = torch.compile(self.fn, dynamic=False)
+                # eager at the Minigrid training shape on the CPU). One whole graph or none:
+                # a graph break would fall back to eager (with the warning) rather than
+                # silently split the step.
+                self.compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
             except RuntimeError as err:  # e.g. dynamo does not support this Python
                 return self._fall_back(err, *args)
         try:

@@ -137,3 +137,19 @@ def test_compiled_acting_step_equals_the_eager_one():
         draws.append(policy.act(o, policy.initial_state(4), torch.ones(4, dtype=torch.bool)))
     assert torch.equal(draws[0].actions, draws[1].actions)
     assert ((draws[0].actions >= 0) & (draws[0].actions < envs.single_action_space.n)).all()
+
+
+def test_a_graph_break_falls_back_instead_of_splitting_the_step():
+    """A step is compiled as one graph or not at all (a split step would lose most of the gain
+    without saying so)."""
+
+    def with_break(x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        torch._dynamo.graph_break()
+        return y + 1
+
+    step = CompiledStep(with_break, "test step")
+    with pytest.warns(RuntimeWarning, match="torch.compile failed for the test step"):
+        out = step(torch.ones(3))
+    torch.testing.assert_close(out, torch.full((3,), 3.0))
+    assert step.failed
