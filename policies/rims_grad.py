@@ -16,7 +16,7 @@ precompute does, and accumulate in the gradients' dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -97,19 +97,20 @@ class RIMsSequence(torch.autograd.Function):
         weights_t = (w_state_t, w_comm_t, w_out_t)
         for t in reversed(range(T)):
             s = steps[t]
-            dh, dc, d_qkv, d_o, d_gx, d_scores, d_hq = step_back(
+            g = step_back(
                 m_, inp, s, weights_t, one, d_out[t], dh, dc, mf_all[:, t],
                 None if read_slope is None else read_slope[:, t], inp.keys[t],
                 inp.value_gates[:, t], None if inp.keep is None else inp.keep[t],
             )  # fmt: skip
+            dh, dc = g.dh, g.dc
             kepts.append(s["kept"])
-            d_qkvs.append(d_qkv)
+            d_qkvs.append(g.d_qkv)
             reads_c.append(s["comm"][4])
-            d_os.append(d_o)
-            d_gxs.append(d_gx)  # 0 where the RIM was inactive
-            d_scores_all.append(d_scores)  # (U, B, heads, N)
+            d_os.append(g.d_o)
+            d_gxs.append(g.d_gx)  # 0 where the RIM was inactive
+            d_scores_all.append(g.d_scores)  # (U, B, heads, N)
             h_ins.append(s["hs"][0])
-            d_hqs.append(d_hq)
+            d_hqs.append(g.d_hq)
 
         low = m_.matmul_dtype(d_out.dtype)  # operands of the sequence-wide products
 
@@ -144,20 +145,34 @@ class RIMsSequence(torch.autograd.Function):
                 d_c0)  # fmt: skip
 
 
+class StepGrads(NamedTuple):
+    """What one step of the reverse walk hands on: the gradients reaching the state before the
+    step, ``dh`` and ``dc`` ``(U, B, H)`` (``dc`` None for GRU), and the step's factors of the
+    weight gradients, joined after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o`` ``(U, B, H)``,
+    ``d_gx`` ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)`` and
+    ``d_hq`` ``(U, B, G+Q)``."""
+
+    dh: Tensor
+    dc: Tensor | None
+    d_qkv: Tensor
+    d_o: Tensor
+    d_gx: Tensor
+    d_scores: Tensor
+    d_hq: Tensor
+
+
 def step_backward(
     m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
     d_out: Tensor, dh: Tensor, dc: Tensor | None, mf: Tensor, read_slope: Tensor | None,
     keys: Tensor, value_gates: Tensor, keep: Tensor | None,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+) -> StepGrads:  # fmt: skip
     """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
     the state after the step (plus the step's output gradient ``d_out``), those reaching the
     state before it. ``s`` is the step's saved intermediates; weights_t the transposed state,
     communication and output weights; mf ``(U, B, 1)`` the mask as floats; read_slope
     ``(U, B, 1, 1)`` (one element) or None; keys ``(B, heads, dk, N)``, value_gates
     ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's slices. A pure function (compiled
-    once for all steps with ``RIMs.compile_steps``). Returns ``(dh, dc)`` before the step and
-    the step's factors of the weight gradients: ``d_qkv``, ``d_o``, ``d_gx`` (0 where a RIM
-    was inactive), ``d_scores``, ``d_hq``."""
+    once for all steps with ``RIMs.compile_steps``)."""
     lstm = m_.cell == "lstm"
     U, B, _ = dh.shape
     heads, dk = m_.input_heads, m_.input_key_size
@@ -229,7 +244,7 @@ def step_backward(
         dh_in = dh_in * keep
         if lstm:
             dc_in = dc_in * keep
-    return dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq
+    return StepGrads(dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
 
 
 def value_gate_grads(
