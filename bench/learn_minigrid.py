@@ -36,7 +36,10 @@ def first_step_at(run_dir: Path, threshold: float) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="MiniGrid-DoorKey-5x5-v0")
-    parser.add_argument("--cores", nargs="+", default=["rims", "lstm"])
+    parser.add_argument(
+        "--cores", nargs="+", default=["rims", "lstm"],
+        help="cores to train; rims-compile is rims with --rims-compile",
+    )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--total-steps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
@@ -48,7 +51,8 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = root / f"{core}_s{seed}"
             config = resolve_config(
-                dict(env=args.env, core=core, seed=seed, total_steps=args.total_steps,
+                dict(env=args.env, core=core.removesuffix("-compile"), seed=seed,
+                     rims_compile=core.endswith("-compile"), total_steps=args.total_steps,
                      run_dir=str(run_dir), overwrite=True, progress=False)
             )  # fmt: skip
             start = time.perf_counter()
@@ -60,10 +64,10 @@ def main() -> None:
                          ev.mean_return, wall, result.global_step / result.seconds))  # fmt: skip
             print(f"done {core} seed {seed}: {rows[-1]}", flush=True)
     print(f"\n{args.env}, {args.total_steps:,} steps, default config; run dirs in {root}")
-    print(f"{'core':<6}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
+    print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
           f"{'wall s':>8}{'steps/s':>9}")  # fmt: skip
     for core, seed, hit, train_ret, eval_ret, wall, sps in rows:
-        print(f"{core:<6}{seed:>5}{hit if hit is not None else 'never':>13}"
+        print(f"{core:<13}{seed:>5}{hit if hit is not None else 'never':>13}"
               f"{train_ret or 0:>11.3f}{eval_ret:>10.3f}{wall:>8.0f}{sps:>9.0f}")  # fmt: skip
 
 
