@@ -99,12 +99,13 @@ def test_resume_continues_the_step_counter_and_curves(tmp_path):
     assert main(["train", "--resume", "--run-dir", str(run), "--core", "lstm"]) == 2
 
 
-def test_resume_may_switch_on_compiled_steps(tmp_path):
+def test_resume_may_switch_on_compiled_steps(tmp_path, capsys):
     """--rims-compile is a speed setting, not part of the run's fixed config."""
     run = tmp_path / "run"
     assert main(["train", "--total-steps", "64", "--run-dir", str(run), *TINY]) == 0
     resume = ["train", "--resume", "--run-dir", str(run), "--total-steps", "128", "--rims-compile"]
     assert main(resume) == 0
+    assert "--rims-compile is experimental" in capsys.readouterr().err  # said, in one line
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 128
 
 
