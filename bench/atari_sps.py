@@ -42,12 +42,13 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="atari_sps_"))
     rows = []
-    for core in args.cores:  # all checked before any trains
+    variants = []  # (name, core, options), all checked before any trains
+    for core in args.cores:
         kind, *options = core.split("-")
         if set(options) - {"bf16", "compile"} or (options and kind != "rims"):
             parser.error(f"unknown core {core!r} (rims[-bf16][-compile], lstm, gru or ff)")
-    for i, core in enumerate(args.cores):
-        kind, *options = core.split("-")
+        variants.append((core, kind, options))
+    for i, (core, kind, options) in enumerate(variants):
         given = dict(
             env=args.env,
             core=kind,

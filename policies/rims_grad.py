@@ -73,7 +73,7 @@ class RIMsSequence(torch.autograd.Function):
         d_out = d_out.contiguous()  # (T, U, B, H); one layout for the (compiled) steps
         lstm = m_.cell == "lstm"
         T = len(steps)
-        U, B, H = steps[0]["kept"].shape
+        U, B, _ = steps[0]["kept"].shape
         G = inp.value_gates.shape[-1]
         # The masks and the reads' slopes of all steps at once (small; one op each, not T).
         masks = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
