@@ -30,7 +30,10 @@ paper and the authors' code differ we follow the paper and say so:
   equation needs value size == hidden size; a projection lets both be set freely). The authors'
   code uses a gated tanh output; not implemented.
 * Selection uses the head-averaged probability on the null element (paper); the authors' sequence
-  code uses the raw score of the real input, equivalent only for one head and one element.
+  code uses the raw score of the real input, equivalent only for one head and one element. The
+  RIMs are ranked by that probability's logit, computed from the scores: the same order, but
+  without the ties that float32 rounding makes where the probability saturates at 1 (a score
+  below -17 in the sigmoid), which would hand the choice among such RIMs to their index.
 
 One deliberate deviation, on by default and switchable: ``query_bias=True`` gives each RIM's
 query projection a bias. With the zero initial state the paper's bias-free queries are all zero
@@ -432,7 +435,7 @@ class RIMs(nn.Module):
             read = probs[..., 1:]  # (U, B, heads, N)
             if read.shape[-1] > 1:
                 element_attention = read.detach().mean(2)  # (U, B, heads, N) -> (U, B, N)
-        mask = self._select(null_attention.detach())  # (U, B) bool
+        mask = self._select(self._selection_key(scores).detach())  # (U, B) bool
         if inp.dropout:
             read = F.dropout(read, self.dropout, True)
         N = read.shape[-1]
@@ -462,12 +465,27 @@ class RIMs(nn.Module):
                                  kept=kept[0], comm=comm_parts)  # fmt: skip
         return out, mask, null_attention, element_attention, intermediates
 
-    def _select(self, null_attention: Tensor) -> Tensor:
-        """``(U, B)`` null attention -> ``(U, B)`` bool mask of the ``k`` least-null RIMs."""
+    def _selection_key(self, scores: Tensor) -> Tensor:
+        """Scores of the real elements ``(U, B, heads, N)`` -> ``(U, B)``: the logit of each
+        RIM's head-averaged null attention, which orders RIMs as the null attention does but
+        does not round to a tie where it saturates (in float32, sigmoid(-s) is exactly 1.0
+        for every s < -17, so RIMs that ignore the input would tie and be chosen by index)."""
+        U, B, heads, N = scores.shape
+        if heads == N == 1:  # the null attention is sigmoid(-score)
+            return -scores.view(U, B)  # (U, B, 1, 1) -> (U, B)
+        odds = torch.logsumexp(scores, dim=-1)  # (U,B,heads,N) -> (U,B,heads): log((1-p)/p)
+        if heads == 1:  # the null attention is sigmoid(-odds)
+            return -odds.view(U, B)  # (U, B, 1) -> (U, B)
+        # logit(mean_h p_h) = log sum_h p_h - log sum_h (1 - p_h), each term from a logsigmoid
+        return torch.logsumexp(F.logsigmoid(-odds), -1) - torch.logsumexp(F.logsigmoid(odds), -1)
+
+    def _select(self, key: Tensor) -> Tensor:
+        """``(U, B)`` selection key (see ``_selection_key``) -> ``(U, B)`` bool mask of the
+        ``k`` RIMs with the smallest key, i.e. the least attention on the null."""
         if self.k == self.num_units:
-            return torch.ones_like(null_attention, dtype=torch.bool)
-        idx = torch.topk(null_attention, self.k, dim=0, largest=False).indices  # (k, B)
-        mask = torch.zeros_like(null_attention, dtype=torch.bool)
+            return torch.ones_like(key, dtype=torch.bool)
+        idx = torch.topk(key, self.k, dim=0, largest=False).indices  # (k, B)
+        mask = torch.zeros_like(key, dtype=torch.bool)
         return mask.scatter_(0, idx, True)
 
     def _cell(

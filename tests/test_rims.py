@@ -79,6 +79,35 @@ def test_exactly_k_active_and_they_are_the_least_null(cell, path):
     assert ((null > 0) & (null < 1)).all()
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("elements", "heads"), [(1, 1), (3, 1), (3, 2)])
+def test_selection_ranks_rims_whose_null_attention_rounds_to_one(path, elements, heads):
+    """RIMs that all but ignore the input have a float32 null attention of exactly 1.0; the
+    selection still ranks them by how much they attend to the null (as float64 does), not by
+    their index."""
+    m = make_rims(num_units=6, k=3, input_heads=heads, **PATHS[path])
+    dk = m.input_key_size
+    scores = torch.tensor([-20.0, -25.0, -18.0, 3.0, -30.0, -22.0])  # unit u's score on e_0
+    with torch.no_grad():
+        # key(x) = x[:dk] in every head (the keys carry 1/sqrt(dk)); h = 0 at the first step,
+        # so each RIM's query is its bias: scores[u] times e_0 in every head.
+        m.input_key.copy_(torch.eye(10, dk).repeat(1, heads) * dk**0.5)
+        m.input_query_bias.zero_()
+        m.input_query_bias[:, 0, ::dk] = scores.view(6, 1)
+    x = torch.zeros(1, 2, elements, 10)
+    x[:, :, :, 0] = torch.tensor([1.0, 1.5, 2.0])[:elements]  # scores s, 1.5 s, 2 s
+    _, _, info = m(x, m.initial_state(2))
+    null = info.null_attention[0]  # (B, U)
+    assert (null[:, [0, 1, 2, 4, 5]] == 1.0).all()  # the premise: in float32 five RIMs tie
+    m64 = m.double()
+    _, _, info64 = m64(x.double(), m64.initial_state(2))
+    least_null = info64.null_attention[0].argsort(-1)[:, :3]  # float64 has no ties here
+    assert (info64.null_attention[0].sort(-1).values.diff(dim=-1) > 0).all()
+    expected = torch.zeros(2, 6, dtype=torch.bool).scatter_(1, least_null, True)
+    assert expected[0].tolist() == [True, False, True, True, False, False]
+    assert torch.equal(info.mask[0], expected)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("path", PATHS)
 def test_inactive_rims_keep_their_state_bit_for_bit(cell, path):
