@@ -2,35 +2,91 @@
 
 Trains each core with the default config (only --core, --seed and --total-steps set), then
 evaluates the final policy on 100 fresh episodes. Prints, per run: the first step at which the
-mean training return of an update reached 0.9, the final last-100 training return, the evaluation
-return, wall time and steps/s. Cores run one after the other so they do not share the CPU.
+mean training return of an update reached 0.9 and stayed there for the next two updates (a
+single update can pass it by luck: the first rollout's few finished episodes are the short,
+successful ones), the final last-100 training return, the evaluation return, wall time and
+steps/s; then how many runs of each core reached 0.9. With ``--jobs 1`` (default) runs go one
+after the other so they do not share the CPU; ``--jobs N`` runs N at once, each on one torch
+thread (results are the same learning process, rounded differently).
 
     python bench/learn_minigrid.py                       # rims and lstm, seed 1, 300k steps
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --total-steps 300000
+    python bench/learn_minigrid.py --cores rims lstm --seeds $(seq 13 28) --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from agents.checkpoint import load_policy
-from agents.config import resolve_config
-from agents.evaluate import evaluate
-from agents.trainer import train
+THRESHOLD = 0.9
+SUSTAINED = 3  # updates in a row at or above THRESHOLD
 
 
-def first_step_at(run_dir: Path, threshold: float) -> int | None:
+class Run(NamedTuple):
+    """One training run's outcome."""
+
+    core: str
+    seed: int
+    reached: int | None  # first step of SUSTAINED updates in a row with mean return >= THRESHOLD
+    train_return: float  # mean of the last 100 training episodes
+    eval_return: float
+    wall_seconds: float
+    steps_per_second: float
+
+
+def first_sustained_step(
+    points: list[tuple[int, float]], threshold: float = THRESHOLD, sustained: int = SUSTAINED
+) -> int | None:
+    """``(step, value)`` points in step order -> the step of the first of ``sustained``
+    consecutive points with value >= ``threshold`` (None if there is no such run of points)."""
+    streak = 0
+    for i, (_, value) in enumerate(points):
+        streak = streak + 1 if value >= threshold else 0
+        if streak == sustained:
+            return points[i - sustained + 1][0]
+    return None
+
+
+def return_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """``charts/episodic_return`` of a run, ``(step, mean return of that update)``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
-    for event in acc.Scalars("charts/episodic_return"):
-        if event.value >= threshold:
-            return event.step
-    return None
+    return [(e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
+
+
+def train_and_evaluate(
+    env: str, core: str, seed: int, total_steps: int, episodes: int, run_dir: Path, threads: int
+) -> Run:
+    """One run: ``core`` is a ``--core`` name, or ``rims-compile`` for rims with
+    ``--rims-compile``; ``threads`` 0 keeps torch's default."""
+    from agents.checkpoint import load_policy
+    from agents.config import resolve_config
+    from agents.evaluate import evaluate
+    from agents.trainer import train
+
+    config = resolve_config(
+        dict(env=env, core=core.removesuffix("-compile"), seed=seed,
+             rims_compile=core.endswith("-compile"), total_steps=total_steps,
+             run_dir=str(run_dir), overwrite=True, progress=False, torch_threads=threads)
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = train(config)
+    wall = time.perf_counter() - start
+    ev = evaluate(load_policy(run_dir).policy, env, episodes, seed=seed)
+    run = Run(core, seed, first_sustained_step(return_curve(run_dir)),
+              result.mean_recent_return or 0.0, ev.mean_return, wall,
+              result.global_step / result.seconds)  # fmt: skip
+    print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}",
+          flush=True)  # fmt: skip
+    return run
 
 
 def main() -> None:
@@ -43,32 +99,37 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--total-steps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     parser.add_argument("--out", default=None, help="run dirs go here (default: a temp dir)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     root = Path(args.out or tempfile.mkdtemp(prefix="learn_minigrid_"))
-    rows = []
-    for core in args.cores:
-        for seed in args.seeds:
-            run_dir = root / f"{core}_s{seed}"
-            config = resolve_config(
-                dict(env=args.env, core=core.removesuffix("-compile"), seed=seed,
-                     rims_compile=core.endswith("-compile"), total_steps=args.total_steps,
-                     run_dir=str(run_dir), overwrite=True, progress=False)
-            )  # fmt: skip
-            start = time.perf_counter()
-            result = train(config)
-            wall = time.perf_counter() - start
-            policy = load_policy(run_dir).policy
-            ev = evaluate(policy, args.env, args.episodes, seed=seed)
-            rows.append((core, seed, first_step_at(run_dir, 0.9), result.mean_recent_return,
-                         ev.mean_return, wall, result.global_step / result.seconds))  # fmt: skip
-            print(f"done {core} seed {seed}: {rows[-1]}", flush=True)
+    threads = 1 if args.jobs > 1 else 0
+    jobs = [
+        (args.env, core, seed, args.total_steps, args.episodes, root / f"{core}_s{seed}", threads)
+        for core in args.cores
+        for seed in args.seeds
+    ]
+    if args.jobs == 1:
+        runs = [train_and_evaluate(*job) for job in jobs]
+    else:  # fresh interpreters: no torch thread pool or compile state shared with this one
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
     print(f"\n{args.env}, {args.total_steps:,} steps, default config; run dirs in {root}")
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
           f"{'wall s':>8}{'steps/s':>9}")  # fmt: skip
-    for core, seed, hit, train_ret, eval_ret, wall, sps in rows:
-        print(f"{core:<13}{seed:>5}{hit if hit is not None else 'never':>13}"
-              f"{train_ret or 0:>11.3f}{eval_ret:>10.3f}{wall:>8.0f}{sps:>9.0f}")  # fmt: skip
+    for r in runs:
+        print(f"{r.core:<13}{r.seed:>5}{r.reached if r.reached is not None else 'never':>13}"
+              f"{r.train_return:>11.3f}{r.eval_return:>10.3f}{r.wall_seconds:>8.0f}"
+              f"{r.steps_per_second:>9.0f}")  # fmt: skip
+    for core in args.cores:
+        mine = [r for r in runs if r.core == core]
+        reached = sum(r.reached is not None for r in mine)
+        final = sum(r.train_return >= THRESHOLD for r in mine)
+        print(f"{core}: {reached} of {len(mine)} runs reached {THRESHOLD} ({SUSTAINED} updates "
+              f"in a row); {final} of {len(mine)} ended at or above it")  # fmt: skip
 
 
 if __name__ == "__main__":

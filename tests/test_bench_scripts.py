@@ -1,4 +1,5 @@
-"""The GPU check script runs (against the CPU here), so a lent GPU's minutes are not lost to it."""
+"""The GPU check script runs (against the CPU here), so a lent GPU's minutes are not lost to it;
+the learning bench's criterion."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from bench import cuda_check
+from bench import cuda_check, learn_minigrid
 
 
 def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
@@ -23,3 +24,13 @@ def test_cuda_check_without_cuda_says_so(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["cuda_check.py"])
     assert cuda_check.main() == 0
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_learn_minigrid_counts_a_threshold_only_when_it_holds():
+    first = learn_minigrid.first_sustained_step
+    lucky_start = [(2, 0.95), (4, 0.1), (6, 0.91), (8, 0.93), (10, 0.89), (12, 0.9), (14, 0.92),
+                   (16, 0.95)]  # fmt: skip
+    assert first(lucky_start, 0.9, 3) == 12  # the 0.89 broke the streak that began at 6
+    assert first(lucky_start, 0.9, 1) == 2
+    assert first([(2, 0.5), (4, 0.95), (6, 0.95)], 0.9, 3) is None
+    assert first([], 0.9, 3) is None
