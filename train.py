@@ -263,13 +263,6 @@ def run_train(given: dict) -> int:
     config = config_for_train(given)
     from agents.trainer import TrainingStopped, train  # imported late: `rims --help` stays fast
 
-    if config.rims_compile:
-        print(
-            "rims: note: --rims-compile is experimental: compiled runs collapsed more often than "
-            "eager ones on DoorKey (bench/RESULTS.md); use it to measure speed",
-            file=sys.stderr,
-        )
-
     try:
         result = train(config)
     except TrainingStopped as stop:

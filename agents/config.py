@@ -107,8 +107,8 @@ class TrainConfig:
     )
     rims_compile: bool = option(
         False,
-        "experimental, for speed measurements: torch.compile the acting step and each RIMs step, "
-        "forward and backward (compiling takes 10-30 s at start; eager where it fails)",
+        "torch.compile the acting step and each RIMs step, forward and backward (compiling "
+        "takes 10-30 s at start; eager where it fails)",
     )
     # --- Atari
     frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")
