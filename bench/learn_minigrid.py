@@ -12,11 +12,13 @@ thread (results are the same learning process, rounded differently).
     python bench/learn_minigrid.py                       # rims and lstm, seed 1, 300k steps
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --total-steps 300000
     python bench/learn_minigrid.py --cores rims lstm --seeds $(seq 13 28) --jobs 2
+    python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --set k=5 --set ent_coef=0.02
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import tempfile
 import time
@@ -59,14 +61,28 @@ def return_curve(run_dir: Path) -> list[tuple[int, float]]:
 
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
+    if "charts/episodic_return" not in acc.Tags()["scalars"]:  # no episode ended
+        return []
     return [(e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """``"k=5"`` -> ``("k", 5)``: a config field and a JSON value (a bare word stays a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
 def train_and_evaluate(
-    env: str, core: str, seed: int, total_steps: int, episodes: int, run_dir: Path, threads: int
-) -> Run:
+    env: str, core: str, seed: int, total_steps: int, episodes: int, run_dir: Path, threads: int,
+    overrides: dict[str, object],
+) -> Run:  # fmt: skip
     """One run: ``core`` is a ``--core`` name, or ``rims-compile`` for rims with
-    ``--rims-compile``; ``threads`` 0 keeps torch's default."""
+    ``--rims-compile``; ``threads`` 0 keeps torch's default; ``overrides`` are config fields."""
     from agents.checkpoint import load_policy
     from agents.config import resolve_config
     from agents.evaluate import evaluate
@@ -75,7 +91,8 @@ def train_and_evaluate(
     config = resolve_config(
         dict(env=env, core=core.removesuffix("-compile"), seed=seed,
              rims_compile=core.endswith("-compile"), total_steps=total_steps,
-             run_dir=str(run_dir), overwrite=True, progress=False, torch_threads=threads)
+             run_dir=str(run_dir), overwrite=True, progress=False, torch_threads=threads,
+             **overrides)
     )  # fmt: skip
     start = time.perf_counter()
     result = train(config)
@@ -100,14 +117,27 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
+    parser.add_argument(
+        "--set", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
+        help="a config field for every run (e.g. k=5, learning_rate=5e-4); repeatable",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="run dirs go here (default: a temp dir)")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    overrides = dict(args.set)
+    try:  # a bad field or value is one line here, not a traceback from a worker
+        from agents.config import resolve_config
+
+        for core in args.cores:
+            resolve_config(dict(env=args.env, core=core.removesuffix("-compile"), **overrides))
+    except (TypeError, ValueError) as err:  # an unknown field; ConfigError is a ValueError
+        parser.error(f"--set: {err}")
     root = Path(args.out or tempfile.mkdtemp(prefix="learn_minigrid_"))
     threads = 1 if args.jobs > 1 else 0
+    common = (args.total_steps, args.episodes)
     jobs = [
-        (args.env, core, seed, args.total_steps, args.episodes, root / f"{core}_s{seed}", threads)
+        (args.env, core, seed, *common, root / f"{core}_s{seed}", threads, overrides)
         for core in args.cores
         for seed in args.seeds
     ]
@@ -117,7 +147,9 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
-    print(f"\n{args.env}, {args.total_steps:,} steps, default config; run dirs in {root}")
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
+    print(f"\n{args.env}, {args.total_steps:,} steps, default config but {changed}; run dirs in "
+          f"{root}")  # fmt: skip
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
           f"{'wall s':>8}{'steps/s':>9}")  # fmt: skip
     for r in runs:

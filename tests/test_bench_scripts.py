@@ -34,3 +34,14 @@ def test_learn_minigrid_counts_a_threshold_only_when_it_holds():
     assert first(lucky_start, 0.9, 1) == 2
     assert first([(2, 0.5), (4, 0.95), (6, 0.95)], 0.9, 3) is None
     assert first([], 0.9, 3) is None
+
+
+def test_learn_minigrid_reads_config_overrides():
+    parse = learn_minigrid.parse_override
+    assert parse("k=5") == ("k", 5)
+    assert parse("learning-rate=5e-4") == ("learning_rate", 5e-4)
+    assert parse("cell=gru") == ("cell", "gru")  # a bare word stays a string
+    assert parse("target_kl=null") == ("target_kl", None)
+    for bad in ("k", "=5"):
+        with pytest.raises(learn_minigrid.argparse.ArgumentTypeError):
+            parse(bad)
