@@ -147,9 +147,8 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
-    changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-    print(f"\n{args.env}, {args.total_steps:,} steps, default config but {changed}; run dirs in "
-          f"{root}")  # fmt: skip
+    changed = "".join(f", {k}={v}" for k, v in overrides.items())
+    print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}; run dirs in {root}")
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
           f"{'wall s':>8}{'steps/s':>9}")  # fmt: skip
     for r in runs:
