@@ -72,9 +72,15 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.replace("-", "_"), json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
-        return key.replace("-", "_"), value
+        parsed = value
+    return key.replace("-", "_"), parsed
+
+
+def core_fields(core: str) -> dict[str, object]:
+    """A ``--cores`` name -> config fields: ``rims-compile`` is rims with ``--rims-compile``."""
+    return dict(core=core.removesuffix("-compile"), rims_compile=core.endswith("-compile"))
 
 
 def train_and_evaluate(
@@ -89,8 +95,7 @@ def train_and_evaluate(
     from agents.trainer import train
 
     config = resolve_config(
-        dict(env=env, core=core.removesuffix("-compile"), seed=seed,
-             rims_compile=core.endswith("-compile"), total_steps=total_steps,
+        dict(env=env, **core_fields(core), seed=seed, total_steps=total_steps,
              run_dir=str(run_dir), overwrite=True, progress=False, torch_threads=threads,
              **overrides)
     )  # fmt: skip
@@ -126,13 +131,15 @@ def main() -> None:
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     overrides = dict(args.set)
-    try:  # a bad field or value is one line here, not a traceback from a worker
+    try:  # a bad core, field or value is one line here, not a traceback from a worker
         from agents.config import resolve_config
 
         for core in args.cores:
-            resolve_config(dict(env=args.env, core=core.removesuffix("-compile"), **overrides))
-    except (TypeError, ValueError) as err:  # an unknown field; ConfigError is a ValueError
+            resolve_config(dict(env=args.env, **core_fields(core), **overrides))
+    except TypeError as err:  # an unknown --set field
         parser.error(f"--set: {err}")
+    except ValueError as err:  # ConfigError: its message names the flag
+        parser.error(str(err))
     root = Path(args.out or tempfile.mkdtemp(prefix="learn_minigrid_"))
     threads = 1 if args.jobs > 1 else 0
     common = (args.total_steps, args.episodes)

@@ -13,8 +13,9 @@ from policies import actor_critic, rims, rims_grad
 def compiled_for_real():
     """Code compiled with ``RIMs.compile_steps`` / ``ActorCritic.compile_act`` must really be
     compiled: no silent fallback to eager, neither ours (``CompiledStep`` after a failed
-    compile) nor dynamo's (past its recompile limit). Each test starts with no compiled code, so that guard lists stay short
-    (they are checked on every call) and no test depends on what another compiled."""
+    compile) nor dynamo's (past its recompile limit). Each test starts with no compiled code,
+    so that guard lists stay short (they are checked on every call) and no test depends on
+    what another compiled."""
     torch._dynamo.reset()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         yield
