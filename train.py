@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agents.checkpoint import CheckpointError
-from agents.config import ConfigError, TrainConfig, resolve_config
+from agents.config import PRESETS, ConfigError, TrainConfig, resolve_config
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
@@ -48,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a recurrent PPO agent",
         description=(
             "Train a recurrent PPO agent. With no flags: RIMs on MiniGrid-DoorKey-5x5-v0. "
-            "Flags you do not give come from the env family's preset."
+            "Flags you do not give come from the env family's preset (minigrid: Minigrid and "
+            "BabyAI ids; atari: ALE/ ids; gym: any other), then from the defaults below; each "
+            "flag's help names the presets that set it."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_flags(train, TrainConfig)
+    add_flags(train, TrainConfig, PRESETS)
     add_eval_parser(commands)
     add_record_parser(commands)
     add_plot_parser(commands)

@@ -2,7 +2,8 @@
 
 Each field becomes ``--field-name``; its ``help`` metadata becomes the ``--help`` line, its
 ``choices`` metadata the allowed values. Booleans get ``--flag/--no-flag``. Optional fields accept
-``none``. Flags the user did not give are absent from the result, so presets can fill them.
+``none``. Flags the user did not give are absent from the result, so presets can fill them; the
+help line names every preset that sets the field, beside the field's own default.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, Field
 from typing import Any
 
@@ -46,17 +48,26 @@ def _parser_for(kind: type, optional: bool, name: str):
     return parse
 
 
-def add_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """Add one flag per field of ``config_cls``; defaults are suppressed (absent if not given)."""
+def add_flags(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Add one flag per field of ``config_cls``; defaults are suppressed (absent if not given).
+    ``presets`` maps a preset's name to the fields it sets, for the help lines."""
     for f in dataclasses.fields(config_cls):
-        _add_flag(parser, f)
+        _add_flag(parser, f, presets or {})
 
 
-def _add_flag(parser: argparse.ArgumentParser, f: Field) -> None:
+def _add_flag(
+    parser: argparse.ArgumentParser, f: Field, presets: Mapping[str, Mapping[str, Any]]
+) -> None:
     flag = "--" + f.name.replace("_", "-")
     kind, optional = _base_type(f.type)
     default = f.default if f.default is not MISSING else None
-    help_text = f"{f.metadata.get('help', '')} (default: {default})"
+    by_preset = [f"{name} {values[f.name]}" for name, values in presets.items() if f.name in values]
+    shown = "; ".join([f"default: {default}", *by_preset])
+    help_text = f"{f.metadata.get('help', '')} ({shown})"
     if kind is bool:
         parser.add_argument(
             flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
