@@ -208,8 +208,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # laptop CPU). RIMs' hard top-k can flip which mechanisms are active after a small weight
     # change; the KL stop (target_kl 0.02) keeps such updates from wrecking the policy. Chunks
     # give 16 sequences per minibatch instead of 4 whole env columns: RIMs learnt in 3 of 3
-    # seeds instead of 2, in about half the time (measured: bench/RESULTS.md).
-    "minigrid": {"bptt": 32},
+    # seeds instead of 2, in about half the time (measured: bench/RESULTS.md). Entropy 0.02, not
+    # 0.01: DoorKey's reward is sparse, and while no episode succeeds the normalised advantages
+    # are value noise that still sharpens the policy; twice the bonus keeps it exploring until
+    # the key and door are found (seeds 13-28: RIMs reached 0.9 in 14 of 16 instead of 11, the
+    # LSTM in 16 instead of 15).
+    "minigrid": {"bptt": 32, "ent_coef": 0.02},
     # Classic-control style envs (CartPole, rims/CueMemory-v0): CleanRL's defaults.
     "gym": {
         "num_envs": 8,

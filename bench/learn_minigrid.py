@@ -12,7 +12,7 @@ thread (results are the same learning process, rounded differently).
     python bench/learn_minigrid.py                       # rims and lstm, seed 1, 300k steps
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --total-steps 300000
     python bench/learn_minigrid.py --cores rims lstm --seeds $(seq 13 28) --jobs 2
-    python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --set k=5 --set ent_coef=0.02
+    python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --set k=5 --set ent_coef=0.01
 """
 
 from __future__ import annotations

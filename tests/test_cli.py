@@ -201,11 +201,20 @@ def test_minigrid_preset_trains_on_chunks_and_a_short_rollout_is_one_chunk():
     assert resolve_config({"env": "CartPole-v1"}).bptt == 0  # other families: whole rollouts
 
 
+def test_minigrid_preset_doubles_the_entropy_bonus_and_a_flag_still_wins():
+    from agents.config import resolve_config
+
+    assert resolve_config({}).ent_coef == 0.02
+    assert resolve_config({"ent_coef": 0.01}).ent_coef == 0.01
+    assert resolve_config({"env": "CartPole-v1"}).ent_coef == 0.0
+
+
 def test_help_names_the_presets_that_set_a_flag(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["train", "--help"])
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
     assert "parallel envs (default: 16; gym 8; atari 8)" in text
+    assert "(default: 0.01; minigrid 0.02; gym 0.0; atari 0.01)" in text  # --ent-coef
     assert "(default: 0; minigrid 32)" in text  # --bptt
     assert "frames stacked per observation (1: memory is the core's) (default: 1)" in text
