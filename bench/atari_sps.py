@@ -40,7 +40,9 @@ def main() -> None:
         "--bptt", type=int, default=0, help="train on chunks of this many steps (0: whole columns)"
     )
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="atari_sps_"))
+    # The runs only serve the timing: their folder goes when this object does (at exit).
+    scratch = tempfile.TemporaryDirectory(prefix="atari_sps_")
+    root = Path(scratch.name)
     rows = []
     variants = []  # (name, core, options), all checked before any trains
     for core in args.cores:

@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=6, help="updates per run")
     args = parser.parse_args()
     torchrun = Path(sys.executable).with_name("torchrun")
-    root = Path(tempfile.mkdtemp(prefix="ddp_scaling_"))
+    # The runs only serve the timing: their folder goes when this object does (at exit).
+    scratch = tempfile.TemporaryDirectory(prefix="ddp_scaling_")
+    root = Path(scratch.name)
     rows = []
     for procs in args.procs:
         run = root / f"p{procs}"

@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     gym.make(ENV).close()
-    root = Path(tempfile.mkdtemp(prefix="vs_sb3_"))
+    # The runs only serve the timing: their folder goes when this object does (at exit).
+    scratch = tempfile.TemporaryDirectory(prefix="vs_sb3_")
+    root = Path(scratch.name)
     equal_work = dict(update_epochs=10, num_minibatches=8)
 
     def ours(core: str, **extra) -> float:
