@@ -36,7 +36,9 @@ class TrainConfig:
     )
     seed: int = option(1, "seed of torch, the envs (env i gets seed+i) and minibatch order")
     run_dir: str | None = option(
-        None, "run directory for config, TensorBoard events, checkpoints (default runs/<name>)"
+        None,
+        "run directory for config, TensorBoard events, checkpoints "
+        "(None: runs/<env>__<core>__s<seed>__<date-time>)",
     )
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     resume: bool = option(False, "continue the run in --run-dir from its latest checkpoint")
