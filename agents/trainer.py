@@ -164,6 +164,11 @@ class TrainingStopped(Exception):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        """Picklable with both arguments, so a run in a worker process (a benchmark's process
+        pool) reports its stop to the parent instead of breaking the pool."""
+        return type(self), (str(self), self.exit_code)
+
 
 class StopSignals:
     """Within ``with``: the first SIGINT/SIGTERM asks the loop to stop after the current step;

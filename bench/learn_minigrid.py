@@ -148,12 +148,17 @@ def main() -> None:
         for core in args.cores
         for seed in args.seeds
     ]
-    if args.jobs == 1:
-        runs = [train_and_evaluate(*job) for job in jobs]
-    else:  # fresh interpreters: no torch thread pool or compile state shared with this one
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
+    from agents.trainer import TrainingStopped
+
+    try:
+        if args.jobs == 1:
+            runs = [train_and_evaluate(*job) for job in jobs]
+        else:  # fresh interpreters: no torch thread pool or compile state shared with this one
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+                runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
+    except TrainingStopped as stop:  # a signal, NaNs: the finished runs' lines are printed above
+        parser.exit(stop.exit_code, f"learn_minigrid: a run stopped early: {stop}\n")
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
     print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}; run dirs in {root}")
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -141,6 +142,9 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingStopped, match="NaN/inf in update 3") as stop:
         train(small_config(run, env="rims-test/NaNReward-v0"))
     assert stop.value.exit_code == 1
+    # The stop crosses process boundaries intact (a benchmark's process pool unpickles it).
+    copied = pickle.loads(pickle.dumps(stop.value))
+    assert (str(copied), copied.exit_code) == (str(stop.value), 1)
     latest = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert latest["update"] == 2
     assert all(v.isfinite().all() for v in latest["model"].values())
