@@ -39,7 +39,8 @@ class Run(NamedTuple):
     train_return: float  # mean of the last 100 training episodes
     eval_return: float
     wall_seconds: float
-    steps_per_second: float
+    steps_per_second: float  # nan for a run that stopped early
+    stopped: str | None = None  # why the run stopped early (NaNs), None if it finished
 
 
 def first_sustained_step(
@@ -92,7 +93,7 @@ def train_and_evaluate(
     from agents.checkpoint import load_policy
     from agents.config import resolve_config
     from agents.evaluate import evaluate
-    from agents.trainer import train
+    from agents.trainer import TrainingStopped, train
 
     config = resolve_config(
         dict(env=env, **core_fields(core), seed=seed, total_steps=total_steps,
@@ -100,14 +101,28 @@ def train_and_evaluate(
              **overrides)
     )  # fmt: skip
     start = time.perf_counter()
-    result = train(config)
+    stopped = None
+    try:
+        result = train(config)
+        final, sps = result.mean_recent_return or 0.0, result.global_step / result.seconds
+    except TrainingStopped as stop:
+        if stop.exit_code != 1:  # a signal: the whole sweep stops
+            raise
+        # Diverged (NaNs): the run's curve so far and its last good checkpoint still count,
+        # and the other runs go on.
+        curve = return_curve(run_dir)
+        final, sps, stopped = (curve[-1][1] if curve else 0.0), float("nan"), str(stop)
     wall = time.perf_counter() - start
-    ev = evaluate(load_policy(run_dir).policy, env, episodes, seed=seed)
-    run = Run(core, seed, first_sustained_step(return_curve(run_dir)),
-              result.mean_recent_return or 0.0, ev.mean_return, wall,
-              result.global_step / result.seconds)  # fmt: skip
-    print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}",
-          flush=True)  # fmt: skip
+    saved = (run_dir / "checkpoints" / "latest.pt").exists()  # none if the first update failed
+    evaluated = (
+        evaluate(load_policy(run_dir).policy, env, episodes, seed=seed).mean_return
+        if saved
+        else float("nan")
+    )
+    reached = first_sustained_step(return_curve(run_dir))
+    run = Run(core, seed, reached, final, evaluated, wall, sps, stopped)
+    print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}"
+          + (f"; stopped early: {stopped}" if stopped else ""), flush=True)  # fmt: skip
     return run
 
 
@@ -157,7 +172,7 @@ def main() -> None:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
                 runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
-    except TrainingStopped as stop:  # a signal, NaNs: the finished runs' lines are printed above
+    except TrainingStopped as stop:  # a signal: the finished runs' lines are printed above
         parser.exit(stop.exit_code, f"learn_minigrid: a run stopped early: {stop}\n")
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
     print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}; run dirs in {root}")
@@ -167,12 +182,18 @@ def main() -> None:
         print(f"{r.core:<13}{r.seed:>5}{r.reached if r.reached is not None else 'never':>13}"
               f"{r.train_return:>11.3f}{r.eval_return:>10.3f}{r.wall_seconds:>8.0f}"
               f"{r.steps_per_second:>9.0f}")  # fmt: skip
+    for r in runs:
+        if r.stopped:
+            print(f"{r.core} seed {r.seed} stopped early (its row: the last update's return, the "
+                  f"last good checkpoint's evaluation): {r.stopped}")  # fmt: skip
     for core in args.cores:
         mine = [r for r in runs if r.core == core]
         reached = sum(r.reached is not None for r in mine)
         final = sum(r.train_return >= THRESHOLD for r in mine)
+        stopped = sum(r.stopped is not None for r in mine)
         print(f"{core}: {reached} of {len(mine)} runs reached {THRESHOLD} ({SUSTAINED} updates "
-              f"in a row); {final} of {len(mine)} ended at or above it")  # fmt: skip
+              f"in a row); {final} of {len(mine)} ended at or above it"
+              + (f"; {stopped} stopped early" if stopped else ""))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from bench import cuda_check, learn_minigrid
 
 
@@ -45,3 +46,17 @@ def test_learn_minigrid_reads_config_overrides():
     for bad in ("k", "=5"):
         with pytest.raises(learn_minigrid.argparse.ArgumentTypeError):
             parse(bad)
+
+
+def test_learn_minigrid_records_a_diverged_run_instead_of_ending_the_sweep(tmp_path):
+    """A run whose loss turns NaN comes back as a row that says so, with its last good
+    checkpoint evaluated, so the other runs of a sweep and the table are not lost."""
+    tiny = dict(num_envs=2, num_steps=16, num_minibatches=1, update_epochs=2, checkpoint_every=1,
+                hidden_size=4, num_units=3, k=2, feature_size=8)  # fmt: skip
+    # Each of the 2 envs steps 16 times per update; rewards turn NaN at its 41st step.
+    run = learn_minigrid.train_and_evaluate(
+        "rims-test/NaNReward-v0", "rims", 1, 320, 2, tmp_path / "run", 1, tiny
+    )
+    assert run.stopped is not None and "NaN/inf in update 3" in run.stopped
+    assert run.reached is None and run.steps_per_second != run.steps_per_second  # nan
+    assert 0.0 <= run.eval_return <= 1.0  # the update-2 checkpoint, on fresh (finite) episodes
