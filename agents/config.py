@@ -88,6 +88,11 @@ class TrainConfig:
     comm_heads: int = option(4, "communication attention heads")
     comm_key_size: int = option(32, "communication key size per head")
     comm_value_size: int = option(32, "communication value size per head")
+    comm_gate: bool = option(
+        True,
+        "RIMs communication output gated and tanh-bounded, as the authors' code (keeps the "
+        "state bounded); --no-comm-gate: a linear output, whose states can blow up",
+    )
     attention_dropout: float = option(
         0.0, "dropout on both RIMs attentions (paper 0.1; off for PPO: it makes ratios noisy)"
     )
@@ -171,6 +176,7 @@ class TrainConfig:
             comm_heads=self.comm_heads,
             comm_key_size=self.comm_key_size,
             comm_value_size=self.comm_value_size,
+            comm_gate=self.comm_gate,
             dropout=self.attention_dropout,
             encoder=self.encoder,
             spatial=self.rims_spatial,
@@ -202,7 +208,8 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}")
-        return cls(**data)
+        # Runs saved before the gated communication output existed had the linear one.
+        return cls(**{"comm_gate": False, **data})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

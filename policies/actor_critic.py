@@ -40,6 +40,7 @@ class PolicySpec:
     comm_heads: int = 4
     comm_key_size: int = 32
     comm_value_size: int = 32
+    comm_gate: bool = True
     dropout: float = 0.0
     head_hidden_size: int = 64
     encoder: str = "auto"
@@ -49,7 +50,10 @@ class PolicySpec:
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        known = {k: v for k, v in data.items() if k in names}
+        # Specs saved before the gated communication output existed had the linear one.
+        known.setdefault("comm_gate", False)
+        return cls(**known)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +79,7 @@ def build_core(spec: PolicySpec, input_size: int) -> nn.Module:
             comm_heads=spec.comm_heads,
             comm_key_size=spec.comm_key_size,
             comm_value_size=spec.comm_value_size,
+            comm_gate=spec.comm_gate,
             dropout=spec.dropout,
             bf16_matmuls=spec.bf16_matmuls,
         )

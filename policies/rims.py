@@ -15,8 +15,8 @@ step:
    inactive RIM's output does not depend on the current input while gradient still flows,
    unchanged, through its kept state.
 4. **Communication.** Active RIMs query all RIMs (per-RIM query/key/value weights, multi-head,
-   softmax); the result, projected back to the RIM's size, is added residually to the active RIMs
-   only.
+   softmax); the result, mapped back to the RIM's size through a gated tanh, is added residually
+   to the active RIMs only.
 5. **Output.** The concatenation of all RIM states, ``(T, B, num_units * hidden_size)``.
 
 Defaults follow the paper's Table 3 (input key 64, input value 4 x hidden, one input head as in
@@ -26,9 +26,11 @@ paper and the authors' code differ we follow the paper and say so:
 * Communication reads the states *after* the independent step, where inactive RIMs hold their
   kept state (paper, eq. 3); the authors' code lets inactive RIMs' keys/values come from a cell
   update on null input that is then discarded.
-* The communication output is a per-RIM linear projection plus the residual (the paper's
-  equation needs value size == hidden size; a projection lets both be set freely). The authors'
-  code uses a gated tanh output; not implemented.
+* The communication output is per-RIM, ``sigmoid(read W_g + b_g) * tanh(read W_o + b_o)``, added
+  residually: the authors' gated tanh output (the paper's equation has no output map and needs
+  value size == hidden size). The bound matters: with a linear output (``comm_gate=False``, the
+  popular reimplementation's) each active step adds a linear function of the other RIMs' states,
+  kept states included, so the states can grow geometrically over a long episode.
 * Selection uses the head-averaged probability on the null element (paper); the authors' sequence
   code uses the raw score of the real input, equivalent only for one head and one element. The
   RIMs are ranked by that probability's logit, computed from the scores: the same order, but
@@ -87,6 +89,10 @@ class StepInputs:
     input_bias: Tensor | None  # (U, 1, G) GRU input-gate bias (folded into state_bias for LSTM)
     comm_weight: Tensor  # (U, H, heads*(2dk+dv)); query columns scaled by 1/sqrt(dk) unless
     comm_score_scale: float | None  # ... this is set: then each step scales its scores instead
+    # (U, heads*dv, H) the communication's output map, or (U, heads*dv, 2H) with the gate's
+    # beside it (one matmul per step serves both), and its bias (U, 1, H or 2H)
+    out_weight: Tensor
+    out_bias: Tensor
     keep: Tensor | None  # (T, B) 0.0 where the state resets before step t
     one_element: bool
     dropout: bool
@@ -119,6 +125,11 @@ class RIMs(nn.Module):
         comm_value_size: value size per communication head (paper: 32).
         dropout: dropout on both attentions' probabilities in training mode (paper: 0.1).
         query_bias: give each RIM's input query a bias (see the module docstring).
+        comm_gate: the communication's output is ``sigmoid(read W_g + b_g) * tanh(read W_o +
+            b_o)``, as in the authors' code, so each step adds less than 1 to any state entry
+            and an LSTM RIM's state stays within (-2, 2). False: the linear output ``read W_o +
+            b_o`` (the popular reimplementation's), under which the state can grow without
+            bound over long episodes (it reached 1e17 and NaN gradients in a DoorKey-6x6 run).
         fuse_input_gates_max: precompute value x input-to-gate products for the whole sequence
             when ``num_elements * input_heads`` is at most this (saves a matmul per step; costs
             memory ``T*B*U*N*heads*gates``). Set 0 to never fuse. Same function either way.
@@ -150,6 +161,7 @@ class RIMs(nn.Module):
         comm_value_size: int = 32,
         dropout: float = 0.1,
         query_bias: bool = True,
+        comm_gate: bool = True,
         fuse_input_gates_max: int = 4,
         bf16_matmuls: bool = False,
         compile_steps: bool = False,
@@ -190,6 +202,7 @@ class RIMs(nn.Module):
         self.comm_value_size = comm_value_size
         self.dropout = dropout
         self.query_bias = query_bias
+        self.comm_gate = comm_gate
         self.fuse_input_gates_max = fuse_input_gates_max
         self.bf16_matmuls = bf16_matmuls
         # Training on the fused path uses the hand-written backward of policies.rims_grad
@@ -223,12 +236,18 @@ class RIMs(nn.Module):
         comm_out_in = comm_heads * comm_value_size
         self.comm_out = nn.Parameter(_uniform_(torch.empty(U, comm_out_in, H), comm_out_in))
         self.comm_out_bias = nn.Parameter(_uniform_(torch.empty(U, 1, H), comm_out_in))
+        if comm_gate:  # the output gate, sized like the output projection
+            gate = _uniform_(torch.empty(U, comm_out_in, H), comm_out_in)
+            self.comm_gate_weight = nn.Parameter(gate)
+            self.comm_gate_bias = nn.Parameter(_uniform_(torch.empty(U, 1, H), comm_out_in))
+        else:
+            self.comm_gate_weight = self.comm_gate_bias = None
 
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, num_units={self.num_units}, k={self.k}, "
             f"hidden_size={self.hidden_size}, cell={self.cell!r}, input_heads={self.input_heads}, "
-            f"comm_heads={self.comm_heads}, dropout={self.dropout}"
+            f"comm_heads={self.comm_heads}, comm_gate={self.comm_gate}, dropout={self.dropout}"
             + (", bf16_matmuls=True" if self.bf16_matmuls else "")
         )
 
@@ -368,6 +387,16 @@ class RIMs(nn.Module):
             input_bias=None if lstm else self.input_gate_bias,
             comm_weight=self.comm_qkv if acting else self._comm_weight(),
             comm_score_scale=self.comm_key_size**-0.5 if acting else None,
+            out_weight=(
+                torch.cat((self.comm_out, self.comm_gate_weight), dim=-1)  # -> (U,heads*dv,2H)
+                if self.comm_gate
+                else self.comm_out
+            ),
+            out_bias=(
+                torch.cat((self.comm_out_bias, self.comm_gate_bias), dim=-1)  # -> (U, 1, 2H)
+                if self.comm_gate
+                else self.comm_out_bias
+            ),
             keep=None if episode_starts is None else keep_factor(episode_starts, x.dtype),
             one_element=N * heads == 1,  # softmax over [null, x] is a sigmoid of x's score
             dropout=self._attention_dropout_on(),
@@ -455,9 +484,7 @@ class RIMs(nn.Module):
         # Inactive RIMs keep their state exactly.
         m = mask.unsqueeze(-1)  # (U, B) -> (U, B, 1)
         kept = [torch.where(m, n, s) for n, s in zip(new, hs)]
-        comm, comm_parts = self._communicate(
-            kept[0], inp.comm_weight, inp.dropout, inp.comm_score_scale
-        )
+        comm, comm_parts = self._communicate(kept[0], inp)
         out = [torch.where(m, kept[0] + comm, kept[0]), *kept[1:]]
         intermediates = None
         if keep_intermediates:
@@ -518,15 +545,15 @@ class RIMs(nn.Module):
         scale[:q_cols] = 1.0 / math.sqrt(self.comm_key_size)
         return self.comm_qkv * scale
 
-    def _communicate(
-        self, h: Tensor, comm_weight: Tensor, dropout: bool, score_scale: float | None = None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM reads from all RIMs, and the
-        intermediates ``(q, k, v, attn, read)`` the hand-written backward reuses. ``score_scale``
-        (1/sqrt(dk)) is given when ``comm_weight``'s query columns are not scaled."""
-        U, B, _ = h.shape
+    def _communicate(self, h: Tensor, inp: StepInputs) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM adds from all RIMs, and the
+        intermediates ``(q, k, v, attn, read, gate, tanh_out)`` the hand-written backward reuses
+        (the last two None without ``comm_gate``). Weights and score scaling come from
+        ``inp`` (``comm_weight``, ``comm_score_scale``, ``out_weight``, ``out_bias``)."""
+        U, B, H = h.shape
         heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
-        qkv = torch.bmm(h, comm_weight)  # (U,B,H) -> (U,B,heads*(2dk+dv))
+        score_scale = inp.comm_score_scale
+        qkv = torch.bmm(h, inp.comm_weight)  # (U,B,H) -> (U,B,heads*(2dk+dv))
         q, k, v = qkv.split((heads * dk, heads * dk, heads * dv), dim=-1)
         q = q.view(U, B, heads, dk)  # (U,B,heads*dk) -> (U,B,heads,dk)
         k = k.view(U, B, heads, dk)  # (U,B,heads*dk) -> (U,B,heads,dk)
@@ -538,13 +565,18 @@ class RIMs(nn.Module):
         if score_scale is not None:
             scores = scores * score_scale
         attn = torch.softmax(scores, dim=1)  # over the RIMs read from, j
-        if dropout:
+        if inp.dropout:
             attn = F.dropout(attn, self.dropout, True)
         # read_i = sum_j attn[i,j] v_j: (U,U,B,heads,1) * (1,U,B,heads,dv) -> sum over j
         # -> (U,B,heads,dv) -> (U,B,heads*dv)
         read = (attn.unsqueeze(-1) * v.unsqueeze(0)).sum(1).view(U, B, heads * dv)
-        out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)  # -> (U, B, H)
-        return out, (q, k, v, attn, read)
+        # (U,B,heads*dv) @ (U,heads*dv,H or 2H) -> (U,B,H or 2H)
+        out = torch.baddbmm(inp.out_bias, read, inp.out_weight)
+        if not self.comm_gate:
+            return out, (q, k, v, attn, read, None, None)
+        tanh_out = torch.tanh(out[..., :H])  # (U, B, H)
+        gate = torch.sigmoid(out[..., H:])  # (U, B, H)
+        return gate * tanh_out, (q, k, v, attn, read, gate, tanh_out)
 
 
 _COMPILED_STEP = CompiledStep(RIMs._step_body, "RIMs step")

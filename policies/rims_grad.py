@@ -6,7 +6,8 @@ forward runs the very same ``RIMs._step`` without recording, keeping the interme
 backward needs, and the backward walks the steps in reverse with the chain rule written out:
 the state-path gradients step by step, every weight's gradient in one batched matmul over all
 steps at the end. Gradients to the precomputed inputs (keys, value-gate products, biases, the
-scaled communication weight) flow on through autograd to the parameters and the input.
+scaled communication weight, the joined output map and gate) flow on through autograd to the
+parameters and the input.
 
 Used only when ``RIMs._use_manual_backward`` says so (grad enabled, fused input path, no
 dropout); the tests check it against autograd in float64 for both cells. With
@@ -36,8 +37,8 @@ def run_with_manual_backward(
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
     out, c_last, masks, nulls, attention = RIMsSequence.apply(
         module, inp, inp.keys, inp.gate_values, module.input_gate_weight, inp.state_bias,
-        inp.input_bias, inp.comm_weight, module.state_weight, module.comm_out,
-        module.comm_out_bias, hs[0], c0,
+        inp.input_bias, inp.comm_weight, module.state_weight, inp.out_weight, inp.out_bias,
+        hs[0], c0,
     )  # fmt: skip
     states = [out[-1], c_last] if lstm else [out[-1]]
     return out, states, masks, nulls, attention
@@ -48,7 +49,7 @@ class RIMsSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module, inp, keys, gate_values, input_gate_weight, state_bias, input_bias,
-                comm_weight, state_weight, comm_out, comm_out_bias, h0, c0):  # fmt: skip
+                comm_weight, state_weight, out_weight, out_bias, h0, c0):  # fmt: skip
         lstm = module.cell == "lstm"
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
@@ -88,7 +89,7 @@ class RIMsSequence(torch.autograd.Function):
         one = d_out.new_ones(())  # `one - x` costs half of `1 - x` (no Python scalar to wrap)
         w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
         w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
-        w_out_t = m_.comm_out.transpose(1, 2)  # (U, H, ch*cdv)
+        w_out_t = inp.out_weight.transpose(1, 2)  # (U, H or 2H with the gate, ch*cdv)
         # Per-step factors of the weight gradients, summed in one matmul after the loop; and
         # the per-step gradients the value-gate products and the keys need, joined after it.
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
@@ -124,8 +125,8 @@ class RIMsSequence(torch.autograd.Function):
         d_state_weight, d_hq_all = summed(h_ins, d_hqs)
         d_state_bias = d_hq_all.sum(1, keepdim=True)  # (U, T*B, G+Q) -> (U, 1, G+Q)
         d_comm_weight, _ = summed(kepts, d_qkvs)
-        d_comm_out, d_o_all = summed(reads_c, d_os)
-        d_comm_out_bias = d_o_all.sum(1, keepdim=True)  # (U, T*B, H) -> (U, 1, H)
+        d_out_weight, d_o_all = summed(reads_c, d_os)
+        d_out_bias = d_o_all.sum(1, keepdim=True)  # (U, T*B, H or 2H) -> (U, 1, H or 2H)
         d_gx_all = torch.stack(d_gxs[::-1], dim=1)  # T x (U,B,G) -> (U,T,B,G), in time order
         d_input_bias = None if lstm else d_gx_all.sum((1, 2)).unsqueeze(1)  # -> (U, 1, G)
         # keys[t,b,h,:,n] gets sum_u query[u,b,h] * d_scores[u,b,h,n]:
@@ -141,16 +142,17 @@ class RIMsSequence(torch.autograd.Function):
         )  # fmt: skip
         d_c0 = dc if lstm else None
         return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
-                d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
+                d_input_bias, d_comm_weight, d_state_weight, d_out_weight, d_out_bias, dh,
                 d_c0)  # fmt: skip
 
 
 class StepGrads(NamedTuple):
     """What one step of the reverse walk hands on: the gradients reaching the state before the
     step, ``dh`` and ``dc`` ``(U, B, H)`` (``dc`` None for GRU), and the step's factors of the
-    weight gradients, joined after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o`` ``(U, B, H)``,
-    ``d_gx`` ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)`` and
-    ``d_hq`` ``(U, B, G+Q)``."""
+    weight gradients, joined after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o``
+    ``(U, B, H or 2H)`` (the communication output map's pre-activation, with the gate's beside
+    it), ``d_gx`` ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)``
+    and ``d_hq`` ``(U, B, G+Q)``."""
 
     dh: Tensor
     dc: Tensor | None
@@ -169,10 +171,10 @@ def step_backward(
     """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
     the state after the step (plus the step's output gradient ``d_out``), those reaching the
     state before it. ``s`` is the step's saved intermediates; weights_t the transposed state,
-    communication and output weights; mf ``(U, B, 1)`` the mask as floats; read_slope
-    ``(U, B, 1, 1)`` (one element) or None; keys ``(B, heads, dk, N)``, value_gates
-    ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's slices. A pure function (compiled
-    once for all steps with ``RIMs.compile_steps``)."""
+    communication and output (with the gate's beside it) weights; mf ``(U, B, 1)``
+    the mask as floats; read_slope ``(U, B, 1, 1)`` (one element) or None; keys
+    ``(B, heads, dk, N)``, value_gates ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's
+    slices. A pure function (compiled once for all steps with ``RIMs.compile_steps``)."""
     lstm = m_.cell == "lstm"
     U, B, _ = dh.shape
     heads, dk = m_.input_heads, m_.input_key_size
@@ -180,10 +182,16 @@ def step_backward(
     G = value_gates.shape[-1]
     w_state_t, w_comm_t, w_out_t = weights_t
     dh = dh + d_out
-    # --- communication: out = kept + m * (read_c @ W_out + b)
-    q, k, v, attn, _ = s["comm"]  # (U,B,ch,cdk) x2, (U,B,ch,cdv), (U,U,B,ch), ..
-    d_o = dh * mf  # (U, B, H)
-    # (U,B,H) @ (U,H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
+    # --- communication: out = kept + m * sigmoid(read_c @ W_g + b_g) * tanh(read_c @ W_o + b_o)
+    # (or kept + m * (read_c @ W_o + b_o) without the gate)
+    q, k, v, attn, _, gate, tanh_o = s["comm"]  # (U,B,ch,cdk) x2, (U,B,ch,cdv), (U,U,B,ch), ..
+    d_comm = dh * mf  # (U, B, H)
+    if gate is None:
+        d_o = d_comm
+    else:  # through tanh and through the sigmoid: 2 x (U,B,H) -> (U,B,2H), the output's order
+        d_o = torch.cat((d_comm * gate * (one - tanh_o * tanh_o),
+                         d_comm * tanh_o * gate * (one - gate)), dim=-1)  # fmt: skip
+    # (U,B,H or 2H) @ (U,H or 2H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
     d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv)
     # read_i = sum_j attn[i,j] v_j, as broadcast products (see RIMs._communicate)
     d_attn = (d_r.unsqueeze(1) * v.unsqueeze(0)).sum(-1)  # (U, U, B, ch)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.checkpoint import load_checkpoint, load_policy
+from agents.checkpoint import load_checkpoint, load_policy, save_checkpoint
 from policies import actor_critic, rims, rims_grad
 from train import main
 
@@ -98,6 +98,26 @@ def test_resume_continues_the_step_counter_and_curves(tmp_path):
     assert int(first.name.split(".")[3]) < int(resumed.name.split(".")[3])
     # Changing the architecture on resume is refused.
     assert main(["train", "--resume", "--run-dir", str(run), "--core", "lstm"]) == 2
+
+
+def test_runs_saved_before_the_communication_gate_load_and_resume_as_linear(tmp_path):
+    """Checkpoints and configs written before ``comm_gate`` existed had the linear
+    communication output: they rebuild with it, evaluate and resume."""
+    run = tmp_path / "old"
+    given = ["--total-steps", "32", "--run-dir", str(run), "--no-comm-gate", *TINY]
+    assert main(["train", *given]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["comm_gate"]
+    (run / "config.json").write_text(json.dumps(config))
+    for path in (run / "checkpoints").glob("*.pt"):
+        data = load_checkpoint(path)
+        del data["config"]["comm_gate"], data["policy_spec"]["comm_gate"]
+        save_checkpoint(path, data)
+    core = load_policy(run).policy.core
+    assert core.comm_gate is False and core.comm_gate_weight is None
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "64"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["policy_spec"]["comm_gate"] is False
 
 
 def test_resume_may_switch_on_compiled_steps(tmp_path, monkeypatch):

@@ -39,8 +39,11 @@ def make_rims(cell: str = "lstm", dtype: torch.dtype = torch.float32, **override
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("fuse", [0, 100])
 @pytest.mark.parametrize("grad", [True, False])  # learning (grad) and acting (no grad) paths
-def test_matches_naive_reference_float64(cell, elements, heads, fuse, grad):
-    m = make_rims(cell, torch.float64, input_heads=heads, fuse_input_gates_max=fuse)
+@pytest.mark.parametrize("comm_gate", [True, False])  # gated tanh or linear communication output
+def test_matches_naive_reference_float64(cell, elements, heads, fuse, grad, comm_gate):
+    m = make_rims(
+        cell, torch.float64, input_heads=heads, fuse_input_gates_max=fuse, comm_gate=comm_gate
+    )
     x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
     with torch.set_grad_enabled(grad):
         out, _, info = m(x, m.initial_state(3))
@@ -207,6 +210,28 @@ def test_gradient_flows_unchanged_through_kept_state(cell, path):
         assert torch.equal(grad, expected)
 
 
+def test_gated_communication_keeps_the_state_bounded():
+    """With the gated tanh output each active step adds less than 1 per state entry: an LSTM
+    RIM's state stays within (-2, 2) and a GRU RIM's grows by less than 2 per step, whatever the
+    weights. With the linear output the same weights blow the state up (the failure the gate
+    prevents: 1e17 states and NaN gradients in a long DoorKey-6x6 run)."""
+    x = torch.randn(300, 4, 10)
+    for cell in CELLS:
+        for gate in (True, False):
+            m = make_rims(cell, num_units=6, k=4, comm_gate=gate, comm_key_size=8)
+            with torch.no_grad():
+                m.comm_out.mul_(8.0)  # a communication that amplifies: gain well above 1
+                m.comm_qkv.mul_(3.0)
+                out, _, _ = m(x, m.initial_state(4))
+            peak = out.abs().amax(dim=(1, 2))  # (T,)
+            if not gate:
+                assert not (peak[-1] < 1e6)  # huge, inf or NaN
+            elif cell == "lstm":
+                assert peak.max() < 2.0
+            else:
+                assert (peak < 2.0 * torch.arange(1, 301)).all()
+
+
 def test_selection_is_not_differentiated():
     m = make_rims("lstm")
     m.manual_backward = False  # with autograd throughout, the info tensors are graph nodes
@@ -330,7 +355,8 @@ def test_training_changes_only_through_used_paths():
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2)])
 @pytest.mark.parametrize("with_starts", [False, True])
-def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_starts):
+@pytest.mark.parametrize("comm_gate", [True, False])
+def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_starts, comm_gate):
     """The hand-written backward (policies.rims_grad) gives autograd's gradients for every
     parameter, the input and the initial state."""
     torch.manual_seed(3)
@@ -340,7 +366,7 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
         starts[3, 1] = starts[5, 0] = True
     grads, outs = [], []
     for manual in (True, False):
-        m = make_rims(cell, torch.float64, input_heads=heads, k=3).train()
+        m = make_rims(cell, torch.float64, input_heads=heads, k=3, comm_gate=comm_gate).train()
         m.dropout = 0.0
         m.manual_backward = manual
         xr = x.clone().requires_grad_()
@@ -354,15 +380,18 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
     assert torch.equal(outs[0][1], outs[1][1])
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
     names = ["x", "h0", "c0"][: 1 + (2 if cell == "lstm" else 1)] + [
-        n for n, _ in make_rims(cell).named_parameters()
+        n for n, _ in make_rims(cell, comm_gate=comm_gate).named_parameters()
     ]
     for name, a, b in zip(names, grads[0], grads[1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2), (6, 1)])
-def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads):
+@pytest.mark.parametrize(
+    "cell, elements, heads, comm_gate",
+    [(c, e, h, True) for c in CELLS for e, h in [(1, 1), (2, 2), (6, 1)]]
+    + [("lstm", 1, 1, False)],  # the linear communication output, compiled once
+)
+def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads, comm_gate):
     """compile_steps changes how each step runs, not what it computes: outputs, selection,
     final states and every gradient match the eager autograd run. Up to 4 elements x heads the
     gradients come from the hand-written backward's compiled steps; 6 elements take the unfused
@@ -373,7 +402,8 @@ def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads)
     starts[2, 1] = starts[4, 0] = True
     runs = []
     for compiled in (True, False):
-        m = make_rims(cell, torch.float64, input_heads=heads, k=3, compile_steps=compiled)
+        m = make_rims(cell, torch.float64, input_heads=heads, k=3, compile_steps=compiled,
+                      comm_gate=comm_gate)  # fmt: skip
         m.manual_backward = compiled  # the eager reference differentiates with autograd
         xr = x.clone().requires_grad_()
         state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
