@@ -129,7 +129,7 @@ class RIMs(nn.Module):
             b_o)``, as in the authors' code, so each step adds less than 1 to any state entry
             and an LSTM RIM's state stays within (-2, 2). False: the linear output ``read W_o +
             b_o`` (the popular reimplementation's), under which the state can grow without
-            bound over long episodes (it reached 1e17 and NaN gradients in a DoorKey-6x6 run).
+            bound over long episodes (it reached 7e17 and NaN gradients in a DoorKey-6x6 run).
         fuse_input_gates_max: precompute value x input-to-gate products for the whole sequence
             when ``num_elements * input_heads`` is at most this (saves a matmul per step; costs
             memory ``T*B*U*N*heads*gates``). Set 0 to never fuse. Same function either way.
