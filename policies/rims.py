@@ -89,10 +89,6 @@ class StepInputs:
     input_bias: Tensor | None  # (U, 1, G) GRU input-gate bias (folded into state_bias for LSTM)
     comm_weight: Tensor  # (U, H, heads*(2dk+dv)); query columns scaled by 1/sqrt(dk) unless
     comm_score_scale: float | None  # ... this is set: then each step scales its scores instead
-    # (U, heads*dv, H) the communication's output map, or (U, heads*dv, 2H) with the gate's
-    # beside it (one matmul per step serves both), and its bias (U, 1, H or 2H)
-    out_weight: Tensor
-    out_bias: Tensor
     keep: Tensor | None  # (T, B) 0.0 where the state resets before step t
     one_element: bool
     dropout: bool
@@ -234,14 +230,14 @@ class RIMs(nn.Module):
         # Communication: per-RIM query/key/value from the state, per-RIM output projection.
         self.comm_qkv = nn.Parameter(_uniform_(torch.empty(U, H, comm_qkv), H))
         comm_out_in = comm_heads * comm_value_size
-        self.comm_out = nn.Parameter(_uniform_(torch.empty(U, comm_out_in, H), comm_out_in))
-        self.comm_out_bias = nn.Parameter(_uniform_(torch.empty(U, 1, H), comm_out_in))
-        if comm_gate:  # the output gate, sized like the output projection
-            gate = _uniform_(torch.empty(U, comm_out_in, H), comm_out_in)
-            self.comm_gate_weight = nn.Parameter(gate)
-            self.comm_gate_bias = nn.Parameter(_uniform_(torch.empty(U, 1, H), comm_out_in))
-        else:
-            self.comm_gate_weight = self.comm_gate_bias = None
+        out = _uniform_(torch.empty(U, comm_out_in, H), comm_out_in)
+        out_bias = _uniform_(torch.empty(U, 1, H), comm_out_in)
+        if comm_gate:  # the gate's map beside the output map, so one matmul per step serves both
+            out = torch.cat((out, _uniform_(torch.empty(U, comm_out_in, H), comm_out_in)), dim=-1)
+            out_bias = torch.cat((out_bias, _uniform_(torch.empty(U, 1, H), comm_out_in)), dim=-1)
+        # (U, heads*dv, H), or (U, heads*dv, 2H) with the gate: [output map | gate map]
+        self.comm_out = nn.Parameter(out)
+        self.comm_out_bias = nn.Parameter(out_bias)  # (U, 1, H or 2H), the same halves
 
     def extra_repr(self) -> str:
         return (
@@ -387,16 +383,6 @@ class RIMs(nn.Module):
             input_bias=None if lstm else self.input_gate_bias,
             comm_weight=self.comm_qkv if acting else self._comm_weight(),
             comm_score_scale=self.comm_key_size**-0.5 if acting else None,
-            out_weight=(
-                torch.cat((self.comm_out, self.comm_gate_weight), dim=-1)  # -> (U,heads*dv,2H)
-                if self.comm_gate
-                else self.comm_out
-            ),
-            out_bias=(
-                torch.cat((self.comm_out_bias, self.comm_gate_bias), dim=-1)  # -> (U, 1, 2H)
-                if self.comm_gate
-                else self.comm_out_bias
-            ),
             keep=None if episode_starts is None else keep_factor(episode_starts, x.dtype),
             one_element=N * heads == 1,  # softmax over [null, x] is a sigmoid of x's score
             dropout=self._attention_dropout_on(),
@@ -548,8 +534,8 @@ class RIMs(nn.Module):
     def _communicate(self, h: Tensor, inp: StepInputs) -> tuple[Tensor, tuple[Tensor | None, ...]]:
         """``(U, B, H)`` states -> ``(U, B, H)`` what each RIM adds from all RIMs, and the
         intermediates ``(q, k, v, attn, read, gate, tanh_out)`` the hand-written backward reuses
-        (the last two None without ``comm_gate``). Weights and score scaling come from
-        ``inp`` (``comm_weight``, ``comm_score_scale``, ``out_weight``, ``out_bias``)."""
+        (the last two None without ``comm_gate``). ``inp`` gives ``comm_weight``,
+        ``comm_score_scale`` and ``dropout``."""
         U, B, H = h.shape
         heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
         score_scale = inp.comm_score_scale
@@ -571,7 +557,7 @@ class RIMs(nn.Module):
         # -> (U,B,heads,dv) -> (U,B,heads*dv)
         read = (attn.unsqueeze(-1) * v.unsqueeze(0)).sum(1).view(U, B, heads * dv)
         # (U,B,heads*dv) @ (U,heads*dv,H or 2H) -> (U,B,H or 2H)
-        out = torch.baddbmm(inp.out_bias, read, inp.out_weight)
+        out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)
         if not self.comm_gate:
             return out, (q, k, v, attn, read, None, None)
         tanh_out = torch.tanh(out[..., :H])  # (U, B, H)

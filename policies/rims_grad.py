@@ -6,8 +6,7 @@ forward runs the very same ``RIMs._step`` without recording, keeping the interme
 backward needs, and the backward walks the steps in reverse with the chain rule written out:
 the state-path gradients step by step, every weight's gradient in one batched matmul over all
 steps at the end. Gradients to the precomputed inputs (keys, value-gate products, biases, the
-scaled communication weight, the joined output map and gate) flow on through autograd to the
-parameters and the input.
+scaled communication weight) flow on through autograd to the parameters and the input.
 
 Used only when ``RIMs._use_manual_backward`` says so (grad enabled, fused input path, no
 dropout); the tests check it against autograd in float64 for both cells. With
@@ -37,8 +36,8 @@ def run_with_manual_backward(
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
     out, c_last, masks, nulls, attention = RIMsSequence.apply(
         module, inp, inp.keys, inp.gate_values, module.input_gate_weight, inp.state_bias,
-        inp.input_bias, inp.comm_weight, module.state_weight, inp.out_weight, inp.out_bias,
-        hs[0], c0,
+        inp.input_bias, inp.comm_weight, module.state_weight, module.comm_out,
+        module.comm_out_bias, hs[0], c0,
     )  # fmt: skip
     states = [out[-1], c_last] if lstm else [out[-1]]
     return out, states, masks, nulls, attention
@@ -49,7 +48,7 @@ class RIMsSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module, inp, keys, gate_values, input_gate_weight, state_bias, input_bias,
-                comm_weight, state_weight, out_weight, out_bias, h0, c0):  # fmt: skip
+                comm_weight, state_weight, comm_out, comm_out_bias, h0, c0):  # fmt: skip
         lstm = module.cell == "lstm"
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
@@ -89,7 +88,7 @@ class RIMsSequence(torch.autograd.Function):
         one = d_out.new_ones(())  # `one - x` costs half of `1 - x` (no Python scalar to wrap)
         w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
         w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
-        w_out_t = inp.out_weight.transpose(1, 2)  # (U, H or 2H with the gate, ch*cdv)
+        w_out_t = m_.comm_out.transpose(1, 2)  # (U, H or 2H with the gate, ch*cdv)
         # Per-step factors of the weight gradients, summed in one matmul after the loop; and
         # the per-step gradients the value-gate products and the keys need, joined after it.
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
@@ -125,8 +124,8 @@ class RIMsSequence(torch.autograd.Function):
         d_state_weight, d_hq_all = summed(h_ins, d_hqs)
         d_state_bias = d_hq_all.sum(1, keepdim=True)  # (U, T*B, G+Q) -> (U, 1, G+Q)
         d_comm_weight, _ = summed(kepts, d_qkvs)
-        d_out_weight, d_o_all = summed(reads_c, d_os)
-        d_out_bias = d_o_all.sum(1, keepdim=True)  # (U, T*B, H or 2H) -> (U, 1, H or 2H)
+        d_comm_out, d_o_all = summed(reads_c, d_os)
+        d_comm_out_bias = d_o_all.sum(1, keepdim=True)  # (U, T*B, H or 2H) -> (U, 1, H or 2H)
         d_gx_all = torch.stack(d_gxs[::-1], dim=1)  # T x (U,B,G) -> (U,T,B,G), in time order
         d_input_bias = None if lstm else d_gx_all.sum((1, 2)).unsqueeze(1)  # -> (U, 1, G)
         # keys[t,b,h,:,n] gets sum_u query[u,b,h] * d_scores[u,b,h,n]:
@@ -142,7 +141,7 @@ class RIMsSequence(torch.autograd.Function):
         )  # fmt: skip
         d_c0 = dc if lstm else None
         return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
-                d_input_bias, d_comm_weight, d_state_weight, d_out_weight, d_out_bias, dh,
+                d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
                 d_c0)  # fmt: skip
 
 

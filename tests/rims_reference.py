@@ -75,10 +75,12 @@ def reference_step(
             vals = qkv[:, 2 * ch * ck + hh * cv : 2 * ch * ck + (hh + 1) * cv]
             p = torch.softmax(keys @ q / math.sqrt(ck), dim=0)
             read.append(p @ vals)
-        out = torch.cat(read) @ m.comm_out[u] + m.comm_out_bias[u, 0]
+        # comm_out holds the output map, and with the gate the gate's map beside it
+        w, bias = m.comm_out[u][:, :H], m.comm_out_bias[u, 0, :H]
+        out = torch.cat(read) @ w + bias
         if m.comm_gate:  # the authors' gated tanh output
-            gate = torch.sigmoid(torch.cat(read) @ m.comm_gate_weight[u] + m.comm_gate_bias[u, 0])
-            out = gate * torch.tanh(out)
+            w_g, b_g = m.comm_out[u][:, H:], m.comm_out_bias[u, 0, H:]
+            out = torch.sigmoid(torch.cat(read) @ w_g + b_g) * torch.tanh(out)
         h_new[u] = h_tilde[u] + out
     return h_new, c_tilde, active, null
 

@@ -114,7 +114,7 @@ def test_runs_saved_before_the_communication_gate_load_and_resume_as_linear(tmp_
         del data["config"]["comm_gate"], data["policy_spec"]["comm_gate"]
         save_checkpoint(path, data)
     core = load_policy(run).policy.core
-    assert core.comm_gate is False and core.comm_gate_weight is None
+    assert core.comm_gate is False and core.comm_out.shape[-1] == core.hidden_size  # no gate half
     assert main(["eval", str(run), "--episodes", "1"]) == 0
     assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "64"]) == 0
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["policy_spec"]["comm_gate"] is False
