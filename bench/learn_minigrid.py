@@ -101,26 +101,28 @@ def train_and_evaluate(
              **overrides)
     )  # fmt: skip
     start = time.perf_counter()
-    stopped = None
+    result, stopped = None, None
     try:
         result = train(config)
-        final, sps = result.mean_recent_return or 0.0, result.global_step / result.seconds
     except TrainingStopped as stop:
         if stop.exit_code != 1:  # a signal: the whole sweep stops
             raise
         # Diverged (NaNs): the run's curve so far and its last good checkpoint still count,
         # and the other runs go on.
-        curve = return_curve(run_dir)
-        final, sps, stopped = (curve[-1][1] if curve else 0.0), float("nan"), str(stop)
+        stopped = str(stop)
     wall = time.perf_counter() - start
+    curve = return_curve(run_dir)
+    if result is not None:
+        final, sps = result.mean_recent_return or 0.0, result.global_step / result.seconds
+    else:
+        final, sps = (curve[-1][1] if curve else 0.0), float("nan")
     saved = (run_dir / "checkpoints" / "latest.pt").exists()  # none if the first update failed
     evaluated = (
         evaluate(load_policy(run_dir).policy, env, episodes, seed=seed).mean_return
         if saved
         else float("nan")
     )
-    reached = first_sustained_step(return_curve(run_dir))
-    run = Run(core, seed, reached, final, evaluated, wall, sps, stopped)
+    run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped)
     print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}"
           + (f"; stopped early: {stopped}" if stopped else ""), flush=True)  # fmt: skip
     return run
