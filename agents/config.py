@@ -15,7 +15,7 @@ from typing import Any
 
 from agents.flags import option
 from envs.factory import check_env_id, env_family
-from policies.actor_critic import CORES, PolicySpec
+from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
 from policies.encoders import ENCODERS
 from policies.rims import CELLS
 
@@ -208,8 +208,7 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}")
-        # Runs saved before the gated communication output existed had the linear one.
-        return cls(**{"comm_gate": False, **data})
+        return cls(**{**SAVED_BEFORE_FIELD, **data})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

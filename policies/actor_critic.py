@@ -24,6 +24,11 @@ from policies.rnn import FeedForwardCore, GRUCore, LSTMCore
 CORES = ("rims", "lstm", "gru", "ff")
 
 
+# Fields that runs saved before the field existed lack, with the value those runs had (read by
+# PolicySpec.from_dict and TrainConfig.from_dict): the communication output was linear.
+SAVED_BEFORE_FIELD: dict[str, object] = {"comm_gate": False}
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """Everything needed, with the spaces, to rebuild a policy (stored in checkpoints)."""
@@ -50,10 +55,7 @@ class PolicySpec:
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
         names = {f.name for f in fields(cls)}
-        known = {k: v for k, v in data.items() if k in names}
-        # Specs saved before the gated communication output existed had the linear one.
-        known.setdefault("comm_gate", False)
-        return cls(**known)
+        return cls(**{**SAVED_BEFORE_FIELD, **{k: v for k, v in data.items() if k in names}})
 
     def to_dict(self) -> dict:
         return asdict(self)
