@@ -22,7 +22,7 @@ def option(default: Any, help: str, choices: tuple | None = None) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
-def _base_type(annotation: Any) -> tuple[type, bool]:
+def base_type(annotation: Any) -> tuple[type, bool]:
     """``int | None`` -> ``(int, True)``; ``float`` -> ``(float, False)``."""
     if isinstance(annotation, str):
         annotation = eval(annotation, {}, {})  # the dataclass uses postponed annotations
@@ -63,7 +63,7 @@ def _add_flag(
     parser: argparse.ArgumentParser, f: Field, presets: Mapping[str, Mapping[str, Any]]
 ) -> None:
     flag = "--" + f.name.replace("_", "-")
-    kind, optional = _base_type(f.type)
+    kind, optional = base_type(f.type)
     default = f.default if f.default is not MISSING else None
     by_preset = [f"{name} {values[f.name]}" for name, values in presets.items() if f.name in values]
     shown = "; ".join([f"default: {default}", *by_preset])

@@ -68,12 +68,14 @@ def return_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """``"k=5"`` -> ``("k", 5)``: a config field and a JSON value (a bare word stays a string)."""
+    """``"k=5"`` -> ``("k", 5)``: a config field and a JSON value (a bare word stays a string;
+    ``True``/``False``/``None`` in any case are the bool and None, as on the command line)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    words = {"true": True, "false": False, "none": None}
     try:
-        parsed = json.loads(value)
+        parsed = words[value.lower()] if value.lower() in words else json.loads(value)
     except json.JSONDecodeError:
         parsed = value
     return key.replace("-", "_"), parsed

@@ -43,6 +43,10 @@ def test_learn_minigrid_reads_config_overrides():
     assert parse("learning-rate=5e-4") == ("learning_rate", 5e-4)
     assert parse("cell=gru") == ("cell", "gru")  # a bare word stays a string
     assert parse("target_kl=null") == ("target_kl", None)
+    # Python's spellings too: JSON knows only false, and the string "False" is truthy.
+    assert parse("norm_adv=False") == ("norm_adv", False)
+    assert parse("comm_gate=TRUE") == ("comm_gate", True)
+    assert parse("target_kl=None") == ("target_kl", None)
     for bad in ("k", "=5"):
         with pytest.raises(learn_minigrid.argparse.ArgumentTypeError):
             parse(bad)

@@ -210,6 +210,36 @@ def test_script_exit_codes_in_a_real_process(tmp_path):
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"norm_adv": "False"}, "--norm-adv must be true or false, got 'False'"),
+        ({"num_envs": True}, "--num-envs must be an integer, got True"),
+        ({"learning_rate": "1e-3"}, "--learning-rate must be a number, got '1e-3'"),
+        ({"target_kl": "none"}, "--target-kl must be a number, got 'none'"),
+        ({"cell": 3}, "--cell must be a string, got 3"),
+    ],
+)
+def test_a_config_field_of_the_wrong_type_is_refused(given, message):
+    """Configs built in code (bench --set, a hand-edited config.json) skip argparse; a string
+    "False" in a bool field would be truthy and silently mean True."""
+    from agents.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        resolve_config(given)
+    assert resolve_config({"env_timeout": 5, "target_kl": None}).env_timeout == 5  # int as float
+
+
+def test_resume_refuses_a_hand_edited_config_of_the_wrong_type(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "comm_gate": "false"}))
+    assert exit_code(["train", "--run-dir", str(run), "--resume", "--total-steps", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--comm-gate must be true or false, got 'false'" in err[0]
+
+
 def test_minigrid_preset_trains_on_chunks_and_a_short_rollout_is_one_chunk():
     from agents.config import resolve_config
 

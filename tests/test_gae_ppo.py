@@ -75,3 +75,31 @@ def test_ppo_loss_by_hand():
     # At ratio 1 the KL estimate is 0 and nothing is clipped.
     same = ppo_loss(old, old, adv, entropy, values_old, values_old, returns, 0.2, 0.5, 0.0)
     assert same.approx_kl.item() == 0.0 and same.clipfrac.item() == 0.0
+
+
+def test_normalising_advantages_blows_value_noise_up_to_the_size_of_a_real_signal():
+    """A rollout in which nothing succeeds has advantages that are only value noise (~1e-3).
+    Normalised, that noise pulls the policy as hard as a real reward would (how DoorKey runs
+    drift while nothing succeeds); unnormalised it barely moves it."""
+    generator = torch.Generator().manual_seed(0)
+    noise = 1e-3 * torch.randn(256, generator=generator)
+    signal = torch.randn(256, generator=generator)
+
+    def policy_gradient_norm(advantages: torch.Tensor, norm_adv: bool) -> float:
+        logits = torch.zeros(256, 7, requires_grad=True)
+        dist = torch.distributions.Categorical(logits=logits)
+        actions = torch.arange(256) % 7
+        logprobs = dist.log_prob(actions)
+        zeros = torch.zeros(256)
+        parts = ppo_loss(
+            logprobs, logprobs.detach(), advantages, dist.entropy(), zeros, zeros, zeros,
+            clip_coef=0.2, vf_coef=0.0, ent_coef=0.0, norm_adv=norm_adv,
+        )  # fmt: skip
+        parts.policy_loss.backward()
+        return logits.grad.norm().item()
+
+    raw_noise, raw_signal = policy_gradient_norm(noise, False), policy_gradient_norm(signal, False)
+    assert raw_noise < 0.01 * raw_signal
+    normed_noise = policy_gradient_norm(noise, True)
+    normed_signal = policy_gradient_norm(signal, True)
+    assert normed_noise == pytest.approx(normed_signal, rel=0.2)
