@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from agents.atomic import atomic_output
+from agents.flags import type_mismatch
 
 FORMAT = "rims-rl-checkpoint"
 VERSION = 1
@@ -99,9 +100,10 @@ def load_policy(
         env = make_env(config.env, **config.env_kwargs())
         observation_space = env.observation_space
         env.close()
-        policy = ActorCritic(
-            observation_space, int(data["num_actions"]), PolicySpec.from_dict(data["policy_spec"])
-        )
+        spec = PolicySpec.from_dict(data["policy_spec"])
+        if (mismatch := type_mismatch(spec)) is not None:
+            raise TypeError("policy spec field {} {}".format(*mismatch))
+        policy = ActorCritic(observation_space, int(data["num_actions"]), spec)
         policy.load_state_dict(data["model"])
     except (KeyError, TypeError, RuntimeError, ConfigError, EnvError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

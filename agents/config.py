@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agents.flags import base_type, option
+from agents.flags import option, type_mismatch
 from envs.factory import check_env_id, env_family
 from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
 from policies.encoders import ENCODERS
@@ -265,27 +265,11 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_types(c: TrainConfig) -> None:
-    """Each field holds its annotated type: a string ``"False"`` for a bool field (truthy!) or
-    ``True`` for an int field is refused instead of silently meaning something else."""
-    for f in dataclasses.fields(c):
-        kind, optional = base_type(f.type)
-        value = getattr(c, f.name)
-        if value is None and optional:
-            continue
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind)
-        wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
-        _check(ok, f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r}")
-
-
 def validate(c: TrainConfig) -> None:
     """Raise ``ConfigError`` (one line, naming the flag) for any impossible setting."""
-    _check_types(c)
+    if (mismatch := type_mismatch(c)) is not None:
+        name, problem = mismatch
+        raise ConfigError(f"--{name.replace('_', '-')} {problem}")
     positive = [
         "total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
         "feature_size", "hidden_size", "num_units", "input_heads", "input_key_size",

@@ -33,6 +33,28 @@ def base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+def type_mismatch(instance: Any) -> tuple[str, str] | None:
+    """The first field of a dataclass instance that does not hold its annotated type, as
+    ``("norm_adv", "must be true or false, got 'False'")``; None when all do (None is fine where
+    the field is optional, an int where a float is wanted). Configs built in code or read from
+    JSON skip argparse, and a string "False" in a bool field would silently mean True."""
+    wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    for f in dataclasses.fields(instance):
+        kind, optional = base_type(f.type)
+        value = getattr(instance, f.name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool):
+            ok = kind is bool
+        elif kind is float:
+            ok = isinstance(value, (int, float))
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return f.name, f"must be {wanted.get(kind, kind.__name__)}, got {value!r}"
+    return None
+
+
 def _parser_for(kind: type, optional: bool, name: str):
     def parse(text: str) -> Any:
         if optional and text.lower() == "none":

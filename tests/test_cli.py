@@ -230,7 +230,7 @@ def test_a_config_field_of_the_wrong_type_is_refused(given, message):
     assert resolve_config({"env_timeout": 5, "target_kl": None}).env_timeout == 5  # int as float
 
 
-def test_resume_refuses_a_hand_edited_config_of_the_wrong_type(tmp_path, capsys):
+def test_a_hand_edited_config_or_checkpoint_of_the_wrong_type_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 0
     config = json.loads((run / "config.json").read_text())
@@ -238,6 +238,16 @@ def test_resume_refuses_a_hand_edited_config_of_the_wrong_type(tmp_path, capsys)
     assert exit_code(["train", "--run-dir", str(run), "--resume", "--total-steps", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--comm-gate must be true or false, got 'false'" in err[0]
+    # The same in a checkpoint's policy spec (which rebuilds the network for eval and record).
+    checkpoint = run / "checkpoints" / "latest.pt"
+    data = load_checkpoint(checkpoint)
+    data["policy_spec"]["spatial"] = "false"
+    save_checkpoint(checkpoint, data)
+    assert exit_code(["eval", str(checkpoint), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "policy spec field spatial must be true or false, got 'false'" in err[0]
+    )
 
 
 def test_minigrid_preset_trains_on_chunks_and_a_short_rollout_is_one_chunk():
