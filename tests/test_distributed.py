@@ -18,13 +18,15 @@ TORCHRUN = _BESIDE_PYTHON if os.path.exists(_BESIDE_PYTHON) else shutil.which("t
 requires_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 
 
-def torchrun_two_processes(script: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run ``script ARGS`` in two CPU processes under torchrun (gloo), one torch thread each."""
+def torchrun_two_processes(script: Path, scratch: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``script ARGS`` in two CPU processes under torchrun (gloo), one torch thread each;
+    torchrun's own temporary folders go under ``scratch`` (it leaves them behind in /tmp)."""
     assert TORCHRUN is not None
+    scratch.mkdir(exist_ok=True)
     return subprocess.run(
         [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), *args],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)},
     )  # fmt: skip
 
 
@@ -32,7 +34,7 @@ def torchrun_two_processes(script: Path, *args: str) -> subprocess.CompletedProc
 def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
     run = tmp_path / "run"
     result = torchrun_two_processes(
-        ROOT / "train.py", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
+        ROOT / "train.py", tmp_path / "tmp", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
         "--total-steps", "128", *TINY, "--torch-threads", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -69,7 +71,7 @@ def test_shutdown_leaves_no_gloo_threads_to_run_during_interpreter_exit(tmp_path
     # and the rank aborts (SIGABRT) after a successful run: an intermittent failure.
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE.format(root=str(ROOT), out=str(tmp_path)))
-    result = torchrun_two_processes(probe)
+    result = torchrun_two_processes(probe, tmp_path / "tmp")
     assert result.returncode == 0, result.stderr[-2000:]
     gloo_threads_left = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert gloo_threads_left == ["0", "0"]
