@@ -275,12 +275,9 @@ def validate(c: TrainConfig) -> None:
         "feature_size", "hidden_size", "num_units", "input_heads", "input_key_size",
         "comm_heads", "comm_key_size", "comm_value_size", "checkpoint_every",
     ]  # fmt: skip
-    for name in positive:
+    for name in positive:  # integers already (the type check above)
         value = getattr(c, name)
-        _check(
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-            f"--{name.replace('_', '-')} must be a positive integer, got {value!r}",
-        )
+        _check(value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     _check(c.core in CORES, f"--core must be one of {', '.join(CORES)}, got {c.core!r}")
     _check(c.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {c.cell!r}")
     _check(
