@@ -9,6 +9,7 @@ bonus).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class TrainConfig:
     vf_coef: float = option(0.5, "value loss coefficient")
     max_grad_norm: float = option(0.5, "global gradient-norm clip")
     norm_adv: bool = option(True, "normalise advantages per minibatch")
+    adv_std_floor: float = option(
+        0.0,
+        "with --norm-adv, divide by max(std, this): a minibatch whose advantages are only value "
+        "noise (sparse reward, no success yet) is not scaled up to unit size (0: by std alone)",
+    )
     target_kl: float | None = option(
         0.02, "stop the epochs early past this approximate KL (none: never)"
     )
@@ -316,6 +322,10 @@ def validate(c: TrainConfig) -> None:
     _check(0 <= c.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {c.gae_lambda}")
     _check(c.clip_coef > 0, f"--clip-coef must be > 0, got {c.clip_coef}")
     _check(c.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {c.max_grad_norm}")
+    _check(
+        math.isfinite(c.adv_std_floor) and c.adv_std_floor >= 0,
+        f"--adv-std-floor must be a finite number >= 0, got {c.adv_std_floor}",
+    )
     _check(c.ent_coef >= 0 and c.vf_coef >= 0, "--ent-coef and --vf-coef must be >= 0")
     _check(
         0 <= c.attention_dropout < 1,

@@ -41,12 +41,16 @@ def ppo_loss(
     ent_coef: float,
     clip_vloss: bool = True,
     norm_adv: bool = True,
+    adv_std_floor: float = 0.0,
 ) -> LossParts:
-    """Clipped-surrogate PPO loss (as CleanRL). Every input has the same shape (any)."""
+    """Clipped-surrogate PPO loss (as CleanRL). Every input has the same shape (any).
+    With ``norm_adv`` the advantages are centred and divided by max(their std, ``adv_std_floor``)
+    (a floor of 0 is CleanRL's normalisation)."""
     log_ratio = new_logprobs - old_logprobs
     ratio = log_ratio.exp()
     if norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        scale = advantages.std().clamp_min(adv_std_floor) + 1e-8
+        advantages = (advantages - advantages.mean()) / scale
     policy_loss = torch.max(
         -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
     ).mean()
@@ -101,6 +105,7 @@ def minibatch_loss(policy: ActorCritic, batch: SequenceBatch, config: TrainConfi
         ent_coef=config.ent_coef,
         clip_vloss=config.clip_vloss,
         norm_adv=config.norm_adv,
+        adv_std_floor=config.adv_std_floor,
     )
 
 

@@ -157,6 +157,8 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--num-minibatches", "3"], "--num-minibatches=3 must divide"),
         (["--bptt", "5"], "--num-steps=128 must be a multiple of --bptt=5"),
         (["--env-timeout", "-1"], "--env-timeout must be >= 0"),
+        (["--adv-std-floor", "-0.1"], "--adv-std-floor must be a finite number >= 0"),
+        (["--adv-std-floor", "nan"], "--adv-std-floor must be a finite number >= 0"),
         (["--env", "CartPole-v1", "--rims-spatial"], "the policy does not fit CartPole-v1"),
         (["--encoder", "nature"], "the policy does not fit MiniGrid-DoorKey-5x5-v0"),
         (["--core", "transformer"], "invalid choice"),

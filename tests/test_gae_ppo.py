@@ -77,6 +77,22 @@ def test_ppo_loss_by_hand():
     assert same.approx_kl.item() == 0.0 and same.clipfrac.item() == 0.0
 
 
+def policy_gradient_norm(advantages: torch.Tensor, norm_adv: bool, floor: float = 0.0) -> float:
+    """Norm of the PPO policy loss's gradient at the old policy (uniform over 7 actions)."""
+    n = advantages.shape[0]
+    logits = torch.zeros(n, 7, requires_grad=True)
+    dist = torch.distributions.Categorical(logits=logits)
+    actions = torch.arange(n) % 7
+    logprobs = dist.log_prob(actions)
+    zeros = torch.zeros(n)
+    parts = ppo_loss(
+        logprobs, logprobs.detach(), advantages, dist.entropy(), zeros, zeros, zeros,
+        clip_coef=0.2, vf_coef=0.0, ent_coef=0.0, norm_adv=norm_adv, adv_std_floor=floor,
+    )  # fmt: skip
+    parts.policy_loss.backward()
+    return logits.grad.norm().item()
+
+
 def test_normalising_advantages_blows_value_noise_up_to_the_size_of_a_real_signal():
     """A rollout in which nothing succeeds has advantages that are only value noise (~1e-3).
     Normalised, that noise pulls the policy as hard as a real reward would (how DoorKey runs
@@ -84,22 +100,44 @@ def test_normalising_advantages_blows_value_noise_up_to_the_size_of_a_real_signa
     generator = torch.Generator().manual_seed(0)
     noise = 1e-3 * torch.randn(256, generator=generator)
     signal = torch.randn(256, generator=generator)
-
-    def policy_gradient_norm(advantages: torch.Tensor, norm_adv: bool) -> float:
-        logits = torch.zeros(256, 7, requires_grad=True)
-        dist = torch.distributions.Categorical(logits=logits)
-        actions = torch.arange(256) % 7
-        logprobs = dist.log_prob(actions)
-        zeros = torch.zeros(256)
-        parts = ppo_loss(
-            logprobs, logprobs.detach(), advantages, dist.entropy(), zeros, zeros, zeros,
-            clip_coef=0.2, vf_coef=0.0, ent_coef=0.0, norm_adv=norm_adv,
-        )  # fmt: skip
-        parts.policy_loss.backward()
-        return logits.grad.norm().item()
-
     raw_noise, raw_signal = policy_gradient_norm(noise, False), policy_gradient_norm(signal, False)
     assert raw_noise < 0.01 * raw_signal
     normed_noise = policy_gradient_norm(noise, True)
     normed_signal = policy_gradient_norm(signal, True)
     assert normed_noise == pytest.approx(normed_signal, rel=0.2)
+
+
+def test_a_floor_on_the_advantage_scale_damps_noise_and_leaves_real_signals_normalised():
+    """Divided by max(std, 0.02): noise of std 1e-3 pulls 20x less than when divided by its own
+    std, while a minibatch with one success among noise (std above the floor) is normalised
+    exactly as without the floor."""
+    generator = torch.Generator().manual_seed(0)
+    noise = 1e-3 * torch.randn(256, generator=generator)
+    success = noise.clone()
+    success[-20:] += 0.7  # one successful episode's last steps (GAE spreads its reward back)
+    assert success.std() > 0.02
+
+    floored = policy_gradient_norm(noise, True, floor=0.02)
+    assert floored == pytest.approx(
+        policy_gradient_norm(noise, True) * noise.std().item() / 0.02, rel=1e-4
+    )
+    assert policy_gradient_norm(success, True, floor=0.02) == policy_gradient_norm(success, True)
+
+
+def test_a_floor_of_zero_is_cleanrls_normalisation():
+    """The default floor gives exactly (A - mean) / (std + 1e-8), as before the floor existed."""
+    generator = torch.Generator().manual_seed(1)
+    advantages = 3.0 * torch.randn(64, generator=generator) + 1.0
+    old_logprobs = torch.randn(64, generator=generator)
+    new_logprobs = old_logprobs + 0.05 * torch.randn(64, generator=generator)  # inside the clip
+    zeros = torch.zeros(64)
+    parts = ppo_loss(
+        new_logprobs, old_logprobs, advantages, zeros, zeros, zeros, zeros,
+        clip_coef=0.2, vf_coef=0.0, ent_coef=0.0, norm_adv=True,
+    )  # fmt: skip
+    normalised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    expected = -(normalised * (new_logprobs - old_logprobs).exp()).mean()
+    assert parts.policy_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts.policy_loss.item() != pytest.approx(
+        -(advantages * (new_logprobs - old_logprobs).exp()).mean().item(), rel=0.1
+    )
