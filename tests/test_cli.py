@@ -271,6 +271,26 @@ def test_minigrid_preset_doubles_the_entropy_bonus_and_a_flag_still_wins():
     assert resolve_config({"env": "CartPole-v1"}).ent_coef == 0.0
 
 
+def test_minigrid_preset_floors_the_advantage_scale_and_old_runs_resume_without_it(tmp_path):
+    """Only the Minigrid preset sets a floor; a run saved before the field existed trained
+    without one and resumes without one."""
+    from agents.config import resolve_config
+
+    assert resolve_config({}).adv_std_floor == 0.02
+    assert resolve_config({"adv_std_floor": 0.0}).adv_std_floor == 0.0
+    assert resolve_config({"env": "CartPole-v1"}).adv_std_floor == 0.0
+    assert resolve_config({"env": "ALE/Breakout-v5"}).adv_std_floor == 0.0
+
+    run = tmp_path / "old"
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["adv_std_floor"] == 0.02
+    del config["adv_std_floor"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "64"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["config"]["adv_std_floor"] == 0.0
+
+
 def test_help_names_the_presets_that_set_a_flag(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["train", "--help"])
