@@ -228,9 +228,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # are value noise that still sharpens the policy; twice the bonus keeps it exploring until
     # the key and door are found (seeds 13-28: RIMs reached 0.9 in 14 of 16 instead of 11, the
     # LSTM in 16 instead of 15). The advantage floor (0.02) goes at that drift's cause: value
-    # noise (std ~0.005 here) is no longer scaled up to unit size, while a minibatch holding a
-    # success (std 0.02-0.06) is normalised as before. RIMs then reached 0.9 in 20 of 20 seeds
-    # (1-4, 13-28) instead of 19, median 118k steps instead of 156k.
+    # noise (std 0.003-0.011 here) is no longer scaled up to unit size, while a minibatch holding
+    # a success (std 0.03-0.09) is normalised as before. RIMs then reached 0.9 in 20 of 20 seeds
+    # (1-4, 13-28) instead of 19, median 118k steps on 13-28 instead of 156k; the LSTM in 20 of 20.
     "minigrid": {"bptt": 32, "ent_coef": 0.02, "adv_std_floor": 0.02},
     # Classic-control style envs (CartPole, rims/CueMemory-v0): CleanRL's defaults.
     "gym": {

@@ -125,7 +125,7 @@ def test_a_floor_on_the_advantage_scale_damps_noise_and_leaves_real_signals_norm
 
 
 def test_a_floor_of_zero_is_cleanrls_normalisation():
-    """The default floor gives exactly (A - mean) / (std + 1e-8), as before the floor existed."""
+    """The default floor gives (A - mean) / (std + 1e-8), as before the floor existed."""
     generator = torch.Generator().manual_seed(1)
     advantages = 3.0 * torch.randn(64, generator=generator) + 1.0
     old_logprobs = torch.randn(64, generator=generator)
