@@ -2,8 +2,8 @@
 
 Every field has a one-line help that becomes its ``--help`` text. Values a user does not give
 come from the preset of the env's family (``PRESETS``), then from the field defaults below
-(sized for Minigrid; the Minigrid preset changes only the training chunks and the entropy
-bonus).
+(sized for Minigrid; the Minigrid preset changes only the training chunks, the entropy bonus
+and the advantage std floor).
 """
 
 from __future__ import annotations
