@@ -3,8 +3,9 @@ gru cores, measured in one run.
 
 The Atari preset (8 envs x 128 steps, 4 epochs x 4 minibatches, Nature CNN, 6 RIMs x 100 with
 4 active, LSTM/GRU of 600) unless flags say otherwise; each core trains for --updates updates and
-the figure is agent steps / seconds inside the training loop (start-up excluded). One agent step
-is 4 emulator frames.
+two figures are printed: agent steps / seconds over the whole training loop (start-up excluded,
+the first update's warm-up and compiling included), and the steady rate, the median of the
+per-update rates (``charts/SPS``) after the first update. One agent step is 4 emulator frames.
 
     python bench/atari_sps.py                                 # CPU here: 2 updates per core
     python bench/atari_sps.py --device cuda --updates 20      # a GPU (say which card)
@@ -16,12 +17,14 @@ is 4 emulator frames.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
 from agents.config import resolve_config
+from agents.curves import read_curve
 from agents.trainer import train
 
 
@@ -67,19 +70,23 @@ def main() -> None:
             given["rims_spatial"] = True
         config = resolve_config({**given, "total_steps": args.updates * args.num_envs * 128})
         result = train(config)
+        _, per_update = read_curve(Path(config.run_dir), "charts/SPS")  # one rate per update
+        steady = statistics.median(per_update[1:]) if len(per_update) > 1 else float("nan")
         rows.append((core + (" (spatial)" if given.get("rims_spatial") else ""),
-                     result.global_step / result.seconds))  # fmt: skip
-        print(f"done {rows[-1][0]}: {rows[-1][1]:.0f} steps/s", flush=True)
+                     result.global_step / result.seconds, float(steady)))  # fmt: skip
+        print(f"done {rows[-1][0]}: {rows[-1][1]:.0f} steps/s, steady {steady:.0f}", flush=True)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")  # fmt: skip
-    base = dict(rows).get("lstm")
+    base = {core: (sps, steady) for core, sps, steady in rows}.get("lstm")
     chunks = f"{args.bptt}-step chunks" if args.bptt else "whole columns"
     setup = f"{args.num_envs} envs x 128 steps ({chunks}), {args.updates} updates/core"
     print(f"\n{args.env}, {setup}; {name}")
-    print(f"{'core':<22}{'steps/s':>10}{'x lstm':>8}")
-    for core, sps in rows:
-        print(f"{core:<22}{sps:>10.0f}{(sps / base if base else float('nan')):>8.2f}")
+    print(f"{'core':<22}{'steps/s':>10}{'x lstm':>8}{'steady':>10}{'x lstm':>8}")
+    nan = float("nan")
+    for core, sps, steady in rows:
+        ratio, steady_ratio = (sps / base[0], steady / base[1]) if base else (nan, nan)
+        print(f"{core:<22}{sps:>10.0f}{ratio:>8.2f}{steady:>10.0f}{steady_ratio:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
     python bench/core_speed.py                 # CPU: T=32, B in 8/16/64
     python bench/core_speed.py --device cuda   # GPU: T=128, B in 8/64/512
     python bench/core_speed.py --public-rims PATH/RIM.py   # add the public implementation
+    python bench/core_speed.py --cores "rims-lstm drop 0"  # one row (and the baselines)
 
 ``rims-*`` rows use the paper's attention dropout 0.1 (autograd through the time loop);
 ``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward;
 ``bf16`` computes the large state-independent matmuls from bfloat16 operands (``--rims-bf16``);
 ``comp`` runs each step, forward and backward, through torch.compile (``--rims-compile``; the
-warm-up calls compile, so compiling is not in the figures).
+warm-up calls compile, so compiling is not in the figures). ``graph`` rows (GPU only) replay
+CUDA graphs: the step and the forward captured whole, the forward+backward through
+``torch.cuda.make_graphed_callables`` (a measurement; training does not use graphs yet).
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -120,6 +123,53 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
     }
 
 
+class FlatCore(nn.Module):
+    """``core(x, state)`` with tensors in and a tuple of tensors out, the form that
+    ``torch.cuda.make_graphed_callables`` takes: ``(x, *state) -> (out, *new_state)``."""
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, new, _ = self.core(x, tuple(state))
+        return (out, *new)
+
+
+def measure_graphed(core: nn.Module, T: int, B: int, device: torch.device, repeats: int) -> dict:
+    """``measure`` with each figure replaying a CUDA graph: the rollout step and the forward
+    captured under no_grad with ``torch.cuda.graph``, the forward+backward through
+    ``torch.cuda.make_graphed_callables`` (CUDA only)."""
+    x = torch.randn(T, B, 512, device=device)
+    state = core.initial_state(B, device)
+
+    def capture(inputs: torch.Tensor) -> Callable[[], object]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(3):  # warm-up off the capture, as CUDA graphs require
+                core(inputs, state)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            core(inputs, state)
+        return graph.replay
+
+    step, forward = capture(x[:1].clone()), capture(x)
+    graphed = torch.cuda.make_graphed_callables(
+        FlatCore(core), (x, *state), allow_unused_input=True
+    )
+
+    def forward_backward() -> None:
+        graphed(x, *state)[0].sum().backward()
+
+    return {
+        "step_ms": 1e3 * median_time(step, device, repeats),
+        "fwd_ms": 1e3 * median_time(forward, device, repeats),
+        "fwdbwd_ms": 1e3 * median_time(forward_backward, device, repeats),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -127,6 +177,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--cores", nargs="+", default=None, metavar="NAME",
+                        help="time only these rows (the LSTM baselines always run)")  # fmt: skip
     parser.add_argument("--public-rims", default=None, metavar="RIM.py",
                         help="time the public implementation's RIMCell from this file")  # fmt: skip
     args = parser.parse_args()
@@ -160,30 +212,60 @@ def main() -> None:
             bf16_matmuls=True,
             compile_steps=True,
         ),  # fmt: skip
+        **(
+            {  # CUDA graphs (measure_graphed): only on a GPU
+                "rims-lstm d0 graph": RIMs(512, num_units=6, k=4, hidden_size=100, dropout=0.0),
+                "rims-lstm d0 bf16 graph": RIMs(
+                    512, num_units=6, k=4, hidden_size=100, dropout=0.0, bf16_matmuls=True
+                ),
+                "rims-lstm d0 comp graph": RIMs(
+                    512, num_units=6, k=4, hidden_size=100, dropout=0.0, compile_steps=True
+                ),
+            }
+            if gpu
+            else {}
+        ),
         "nn.LSTM(600)": LSTMCore(512, 600),
         "nn.GRU(600)": GRUCore(512, 600),
         "LSTMCell(600) loop": LSTMCellLoop(512, 600),
     }
     if args.public_rims:
         cores["public rims-lstm"] = PublicRIMsLoop(args.public_rims, device, "lstm")
+    unknown = set(args.cores or ()) - set(cores)
+    if unknown:
+        parser.error(f"unknown --cores {sorted(unknown)}; choose from {sorted(cores)}")
+    # The two baselines first, so that each row prints (with its ratios) as soon as it is timed.
+    baselines = ("nn.LSTM(600)", "LSTMCell(600) loop")
+    order = [*baselines, *(n for n in cores if n not in baselines)]
+    chosen = [n for n in order if n in baselines or not args.cores or n in args.cores]
     header = f"{'core':<22}{'B':>5}{'step ms':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
     header += f"{'x LSTM':>9}{'x cell loop':>13}" + (
         f"{'x public':>10}" if args.public_rims else ""
     )
-    print(header)
+    print(header, flush=True)
     for B in batches:
-        results = {
-            n: measure(c.to(device).train(), T, B, device, repeats) for n, c in cores.items()
-        }
-        lstm, loop = results["nn.LSTM(600)"], results["LSTMCell(600) loop"]
-        public = results.get("public rims-lstm")
-        for n, r in results.items():
+        # The rows every other row is compared with, timed first.
+        first = [*baselines, *(["public rims-lstm"] if args.public_rims else [])]
+        results = {n: measure(cores[n].to(device).train(), T, B, device, repeats) for n in first}
+        for n in chosen:
+            timer = measure_graphed if n.endswith(" graph") else measure
+            try:
+                r = results.get(n) or timer(cores[n].to(device).train(), T, B, device, repeats)
+            except Exception as err:  # a failed variant must not cost the rows after it
+                if n in baselines:
+                    raise
+                print(f"{n:<22}{B:>5}  failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+                continue
+            results[n] = r
+            lstm, loop = results["nn.LSTM(600)"], results["LSTMCell(600) loop"]
+            public = results.get("public rims-lstm")
             vs_lstm = r["fwdbwd_ms"] / lstm["fwdbwd_ms"]
             vs_loop = r["fwdbwd_ms"] / loop["fwdbwd_ms"]
             vs_public = f"{r['fwdbwd_ms'] / public['fwdbwd_ms']:>10.2f}" if public else ""
             print(
                 f"{n:<22}{B:>5}{r['step_ms']:>10.3f}{r['fwd_ms']:>10.2f}{r['fwdbwd_ms']:>12.2f}"
-                f"{vs_lstm:>9.2f}{vs_loop:>13.2f}{vs_public}"
+                f"{vs_lstm:>9.2f}{vs_loop:>13.2f}{vs_public}",
+                flush=True,
             )
 
 
