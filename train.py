@@ -28,6 +28,7 @@ RESUME_MAY_CHANGE = {
     "detect_anomaly",
     "env_timeout",
     "rims_compile",
+    "rims_graphs",
 }
 
 

@@ -124,6 +124,11 @@ class TrainConfig:
         "torch.compile the acting step and each RIMs step, forward and backward (compiling "
         "takes 10-30 s at start; eager where it fails)",
     )
+    rims_graphs: bool = option(
+        False,
+        "on CUDA, replay the RIMs core's forward and backward from CUDA graphs, one capture per "
+        "input shape (no effect on the CPU)",
+    )
     # --- Atari
     frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")
     sticky_actions: float = option(0.25, "Atari: probability the previous action repeats")
@@ -310,6 +315,7 @@ def validate(c: TrainConfig) -> None:
     )
     _check(not c.rims_bf16 or c.core == "rims", "--rims-bf16 needs --core rims")
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
+    _check(not c.rims_graphs or c.core == "rims", "--rims-graphs needs --core rims")
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt} "

@@ -95,9 +95,14 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 def build_policy(config: TrainConfig, observation_space, action_space) -> ActorCritic:
     policy = ActorCritic(observation_space, int(action_space.n), config.policy_spec())
-    if config.rims_compile:  # validated: the core is RIMs (a speed setting, not in the spec)
-        policy.compile_act = True
+    # Speed settings, not in the spec; validated: the core is RIMs.
+    if config.rims_compile:
+        # With graphs the core's compiled steps are replayed from the graph; a compiled whole
+        # acting step would trace the core instead of replaying it.
+        policy.compile_act = not config.rims_graphs
         policy.core.compile_steps = True
+    if config.rims_graphs:
+        policy.core.cuda_graphs = True
     return policy
 
 

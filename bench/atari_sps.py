@@ -12,6 +12,7 @@ per-update rates (``charts/SPS``) after the first update. One agent step is 4 em
     python bench/atari_sps.py --num-envs 64 --spatial         # RIMs reading the 7x7 feature map
     python bench/atari_sps.py --bptt 32 --cores rims lstm     # training on 32-step chunks
     python bench/atari_sps.py --cores rims rims-compile rims-bf16-compile   # RIMs variants
+    python bench/atari_sps.py --device cuda --cores rims-graphs rims-compile-graphs lstm
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def main() -> None:
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument(
         "--cores", nargs="+", default=["rims", "rims-bf16", "lstm", "gru"],
-        help="cores to time; rims may carry -bf16 and/or -compile (--rims-bf16, --rims-compile)",
+        help="cores to time; rims may carry -bf16, -compile and/or -graphs (--rims-bf16, "
+        "--rims-compile, --rims-graphs)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=2)
@@ -50,8 +52,8 @@ def main() -> None:
     variants = []  # (name, core, options), all checked before any trains
     for core in args.cores:
         kind, *options = core.split("-")
-        if set(options) - {"bf16", "compile"} or (options and kind != "rims"):
-            parser.error(f"unknown core {core!r} (rims[-bf16][-compile], lstm, gru or ff)")
+        if set(options) - {"bf16", "compile", "graphs"} or (options and kind != "rims"):
+            parser.error(f"unknown core {core!r} (rims[-bf16][-compile][-graphs], lstm, gru, ff)")
         variants.append((core, kind, options))
     for i, (core, kind, options) in enumerate(variants):
         given = dict(
@@ -59,6 +61,7 @@ def main() -> None:
             core=kind,
             rims_bf16="bf16" in options,
             rims_compile="compile" in options,
+            rims_graphs="graphs" in options,
             device=args.device,
             num_envs=args.num_envs,
             run_dir=str(root / f"{i}-{core}"),

@@ -13,9 +13,9 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
 ``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward;
 ``bf16`` computes the large state-independent matmuls from bfloat16 operands (``--rims-bf16``);
 ``comp`` runs each step, forward and backward, through torch.compile (``--rims-compile``; the
-warm-up calls compile, so compiling is not in the figures). ``graph`` rows (GPU only) replay
-CUDA graphs: the step and the forward captured whole, the forward+backward through
-``torch.cuda.make_graphed_callables`` (a measurement; training does not use graphs yet).
+warm-up calls compile, so compiling is not in the figures). ``graphs`` rows (GPU only) replay
+each figure's forward (and backward) from CUDA graphs captured in the warm-up calls
+(``--rims-graphs``, ``policies/graphs.py``).
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -123,53 +123,6 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
     }
 
 
-class FlatCore(nn.Module):
-    """``core(x, state)`` with tensors in and a tuple of tensors out, the form that
-    ``torch.cuda.make_graphed_callables`` takes: ``(x, *state) -> (out, *new_state)``."""
-
-    def __init__(self, core: nn.Module) -> None:
-        super().__init__()
-        self.core = core
-
-    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out, new, _ = self.core(x, tuple(state))
-        return (out, *new)
-
-
-def measure_graphed(core: nn.Module, T: int, B: int, device: torch.device, repeats: int) -> dict:
-    """``measure`` with each figure replaying a CUDA graph: the rollout step and the forward
-    captured under no_grad with ``torch.cuda.graph``, the forward+backward through
-    ``torch.cuda.make_graphed_callables`` (CUDA only)."""
-    x = torch.randn(T, B, 512, device=device)
-    state = core.initial_state(B, device)
-
-    def capture(inputs: torch.Tensor) -> Callable[[], object]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(3):  # warm-up off the capture, as CUDA graphs require
-                core(inputs, state)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            core(inputs, state)
-        return graph.replay
-
-    step, forward = capture(x[:1].clone()), capture(x)
-    graphed = torch.cuda.make_graphed_callables(
-        FlatCore(core), (x, *state), allow_unused_input=True
-    )
-
-    def forward_backward() -> None:
-        graphed(x, *state)[0].sum().backward()
-
-    return {
-        "step_ms": 1e3 * median_time(step, device, repeats),
-        "fwd_ms": 1e3 * median_time(forward, device, repeats),
-        "fwdbwd_ms": 1e3 * median_time(forward_backward, device, repeats),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -212,15 +165,20 @@ def main() -> None:
             bf16_matmuls=True,
             compile_steps=True,
         ),  # fmt: skip
+        # CUDA graphs (--rims-graphs; on the CPU these rows would run the eager core)
         **(
-            {  # CUDA graphs (measure_graphed): only on a GPU
-                "rims-lstm d0 graph": RIMs(512, num_units=6, k=4, hidden_size=100, dropout=0.0),
-                "rims-lstm d0 bf16 graph": RIMs(
-                    512, num_units=6, k=4, hidden_size=100, dropout=0.0, bf16_matmuls=True
-                ),
-                "rims-lstm d0 comp graph": RIMs(
-                    512, num_units=6, k=4, hidden_size=100, dropout=0.0, compile_steps=True
-                ),
+            {
+                f"rims-lstm d0{extra} graphs": RIMs(
+                    512,
+                    num_units=6,
+                    k=4,
+                    hidden_size=100,
+                    dropout=0.0,
+                    cuda_graphs=True,
+                    bf16_matmuls="bf16" in extra,
+                    compile_steps="comp" in extra,
+                )  # fmt: skip
+                for extra in ("", " bf16", " comp", " bf16 comp")
             }
             if gpu
             else {}
@@ -248,9 +206,8 @@ def main() -> None:
         first = [*baselines, *(["public rims-lstm"] if args.public_rims else [])]
         results = {n: measure(cores[n].to(device).train(), T, B, device, repeats) for n in first}
         for n in chosen:
-            timer = measure_graphed if n.endswith(" graph") else measure
             try:
-                r = results.get(n) or timer(cores[n].to(device).train(), T, B, device, repeats)
+                r = results.get(n) or measure(cores[n].to(device).train(), T, B, device, repeats)
             except Exception as err:  # a failed variant must not cost the rows after it
                 if n in baselines:
                     raise

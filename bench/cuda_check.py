@@ -3,10 +3,13 @@
 For both cells, in float64 on the device: the hand-written backward gives autograd's gradients;
 outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactive RIMs keep their
 state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
-bfloat16 precision; with ``compile_steps`` (Triton kernels) it agrees with the eager steps.
+bfloat16 precision; with ``compile_steps`` (Triton kernels) it agrees with the eager steps; with
+``cuda_graphs`` (replayed CUDA graphs) training steps with optimizer updates between them, acting
+steps and out-of-order backwards agree with the eager core.
 Prints one line per check and exits 1 on a failure.
 
     python bench/cuda_check.py                  # needs CUDA; without it, says so and exits 0
+    python bench/cuda_check.py --only graphs    # the CUDA-graph checks alone
     python bench/cuda_check.py --device cpu     # the script itself, against the CPU (trivial)
 """
 
@@ -43,10 +46,78 @@ def run(
     return out.detach().cpu(), info.mask.cpu(), [g.cpu() for g in grads]
 
 
+def graph_checks(cell: str, device: str, compiled: bool, check) -> None:
+    """A core with ``cuda_graphs`` against the same core run eagerly (float64): three training
+    steps with an SGD update between them, two forwards whose backwards run in reverse order,
+    and five acting steps that carry the state."""
+    torch.manual_seed(2)
+    eager = RIMs(10, num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16, dropout=0.0,
+                 compile_steps=compiled).to(device=device, dtype=torch.float64)  # fmt: skip
+    graphed = RIMs(10, num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16,
+                   dropout=0.0, compile_steps=compiled, cuda_graphs=True)  # fmt: skip
+    graphed = graphed.to(device=device, dtype=torch.float64)
+    graphed.load_state_dict(eager.state_dict())
+    tag = f"{cell}{', compiled steps' if compiled else ''}"
+
+    def batch(seed: int, T: int = 9):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(T, 5, 10, generator=g, dtype=torch.float64).to(device).requires_grad_()
+        state = tuple(torch.randn(5, 6, 8, generator=g, dtype=torch.float64).to(device)
+                      for _ in eager.initial_state(1))  # fmt: skip
+        starts = (torch.rand(T, 5, generator=g) < 0.2).to(device)
+        return x, state, starts
+
+    def loss(out, state):
+        w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
+        return (out * w).sum() + sum((s * s).sum() for s in state)
+
+    def grads(core, x, value):
+        wrt = [x, *core.parameters()]
+        found = torch.autograd.grad(value, wrt, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, found)]
+
+    def close(a, b):
+        return all(torch.allclose(u, v, rtol=1e-9, atol=1e-11) for u, v in zip(a, b))
+
+    ok = True
+    for step in range(3):
+        x, state, starts = batch(step)
+        (a, sa, ia), (b, sb, ib) = graphed(x, state, starts), eager(x, state, starts)
+        ga, gb = grads(graphed, x, loss(a, sa)), grads(eager, x, loss(b, sb))
+        ok &= close([a, *sa], [b, *sb]) and torch.equal(ia.mask, ib.mask) and close(ga, gb)
+        with torch.no_grad():  # an SGD step on both: the replays must read the new weights
+            for core, g in ((graphed, ga), (eager, gb)):
+                for p, d in zip(core.parameters(), g[1:]):
+                    p.sub_(0.05 * d)
+    check(f"{tag}: graphed training steps == eager (float64, updates between)", ok)
+    (x1, s1, st1), (x2, s2, st2) = batch(10), batch(11)
+    a1, a2 = graphed(x1, s1, st1), graphed(x2, s2, st2)
+    g2, g1 = grads(graphed, x2, loss(*a2[:2])), grads(graphed, x1, loss(*a1[:2]))
+    e1, e2 = (
+        grads(eager, x1, loss(*eager(x1, s1, st1)[:2])),
+        grads(eager, x2, loss(*eager(x2, s2, st2)[:2])),
+    )
+    check(f"{tag}: graphed backwards out of order == eager", close(g1, e1) and close(g2, e2))
+    graphed.eval(), eager.eval()
+    state_a = state_b = batch(20, T=1)[1]
+    ok = True
+    with torch.no_grad():
+        for step in range(5):
+            x, _, starts = batch(30 + step, T=1)
+            a, state_a, ia = graphed(x, state_a, starts)
+            b, state_b, ib = eager(x, state_b, starts)
+            ok &= close([a, *state_a], [b, *state_b]) and torch.equal(ia.mask, ib.mask)
+    check(f"{tag}: graphed acting steps == eager (state carried)", ok)
+    captured = len(graphed._graphs.graphs) if graphed._graphs is not None else 0
+    check(f"{tag}: graphs captured, one per signature (training, acting)", captured == 2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU")
-    device = parser.parse_args().device
+    parser.add_argument("--only", choices=["graphs"], default=None, help="run only these checks")
+    args = parser.parse_args()
+    device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 0
@@ -59,6 +130,12 @@ def main() -> int:
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
     print(f"device: {name}; torch {torch.__version__}")
+    if device.startswith("cuda"):
+        for cell, compiled in (("lstm", False), ("gru", False), ("lstm", True)):
+            graph_checks(cell, device, compiled, check)
+    if args.only == "graphs":
+        print(f"{failures} failure(s)")
+        return 1 if failures else 0
     for cell in ("lstm", "gru"):
         cpu = run(cell, "cpu", manual=True)
         dev_manual = run(cell, device, manual=True)

@@ -6,7 +6,9 @@
 #
 #     bash bench/gpu_check.sh core     # correctness on the device, then core speed (issue 8)
 #     bash bench/gpu_check.sh atari    # Atari steps/s and a short learning run (issue 4)
-#     bash bench/gpu_check.sh          # both
+#     bash bench/gpu_check.sh graphs   # --rims-graphs: correctness, Atari steps/s, core speed,
+#                                      # a short learning run (about 6.5 minutes)
+#     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
 set -uo pipefail
@@ -49,4 +51,23 @@ if [[ $part == atari || $part == all ]]; then
     # The run's scalars travel back; its checkpoints (and the folder) stay behind.
     cp "$out"/breakout_rims/events.out.tfevents.* "$out/" 2>/dev/null
     rm -rf "$out/breakout_rims"
+fi
+
+if [[ $part == graphs ]]; then
+    # 5. CUDA graphs (--rims-graphs): replays agree with the eager core, then what they buy.
+    timeout -k 10 70 python bench/cuda_check.py --only graphs 2>&1 | tee "$out/cuda_check_graphs.txt"
+    timeout -k 10 80 python bench/atari_sps.py --device cuda --updates 6 \
+        --cores rims-graphs rims-compile-graphs lstm 2>&1 | tee "$out/atari_sps_8_graphs.txt"
+    timeout -k 10 80 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 \
+        --cores rims-graphs rims-compile-graphs lstm 2>&1 | tee "$out/atari_sps_64_graphs.txt"
+    timeout -k 10 60 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
+        --cores "rims-lstm drop 0" "rims-lstm d0 graphs" "rims-lstm d0 comp graphs" \
+        "rims-lstm d0 bf16 comp graphs" 2>&1 | tee "$out/core_speed_graphs.txt"
+    timeout -k 20 90 "${rims[@]}" train --env ALE/Breakout-v5 --device cuda --num-envs 32 \
+        --rims-compile --rims-graphs --total-steps 2000000 --run-dir "$out/breakout_graphs" \
+        --overwrite --no-progress 2>&1 | tail -4 | tee "$out/breakout_graphs.txt"
+    "${rims[@]}" plot "$out/breakout_graphs" --out "$out/breakout_graphs.png" 2>&1 \
+        | tee -a "$out/breakout_graphs.txt"
+    cp "$out"/breakout_graphs/events.out.tfevents.* "$out/" 2>/dev/null
+    rm -rf "$out/breakout_graphs"
 fi

@@ -70,6 +70,7 @@ from policies.core import (
     check_sequence_input,
     keep_factor,
 )
+from policies.graphs import SequenceGraphs
 
 CELLS = ("lstm", "gru")
 
@@ -140,6 +141,10 @@ class RIMs(nn.Module):
             ``torch.compile``, which fuses their small elementwise ops; the same function to
             float rounding. Compiling takes seconds to a minute on first use; the eager code
             runs where it fails. Can be switched later by setting the attribute.
+        cuda_graphs: on CUDA inputs, capture each input signature's forward (and backward) as
+            CUDA graphs on its first call and replay them after (``policies.graphs``); the same
+            function, without the thousands of kernel launches. Other inputs run eagerly. Can
+            be switched later by setting the attribute.
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class RIMs(nn.Module):
         fuse_input_gates_max: int = 4,
         bf16_matmuls: bool = False,
         compile_steps: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         if input_value_size is None:
@@ -205,6 +211,9 @@ class RIMs(nn.Module):
         # (same function, fewer, larger kernels); set False to use autograd throughout.
         self.manual_backward = True
         self.compile_steps = compile_steps
+        self.cuda_graphs = cuda_graphs
+        # Captured CUDA graphs per input signature (built on the first CUDA call; not state).
+        self._graphs: SequenceGraphs | None = None
         self.output_size = num_units * hidden_size
 
         U, H = num_units, hidden_size
@@ -270,6 +279,21 @@ class RIMs(nn.Module):
         ``(T, B, U, N)`` (each RIM's head-averaged attention on each element).
         """
         check_sequence_input(x, self.input_size, allow_set=True)
+        if self.cuda_graphs and x.is_cuda:
+            if self._graphs is None:
+                self._graphs = SequenceGraphs(self._run, self, self._graph_settings)
+            return self._graphs(x, state, episode_starts)
+        return self._run(x, state, episode_starts)
+
+    def _graph_settings(self) -> tuple:
+        """What, beside the inputs and the train mode, changes the function a graph records."""
+        return (self.compile_steps, self.bf16_matmuls, self.manual_backward, self.dropout,
+                self.fuse_input_gates_max)  # fmt: skip
+
+    def _run(
+        self, x: Tensor, state: State, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, State, CoreInfo]:
+        """``forward`` run eagerly (also what a CUDA graph records)."""
         if x.dim() == 3:
             x = x.unsqueeze(2)  # (T, B, D) -> (T, B, 1, D): a set of one element
         T, B, _, _ = x.shape

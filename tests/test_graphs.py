@@ -1,0 +1,229 @@
+"""CUDA-graph replay of a core (policies.graphs), checked on the CPU through an emulated capture.
+
+``EmulatedCapture`` keeps the one property of CUDA graphs that can make replays go wrong: every
+replay of a signature reads and writes the same static buffers, and a backward replay uses the
+activations of the latest forward replay. ``SequenceGraphs`` must hide that: outputs and
+gradients equal the eager ones in any call order. The capture itself (``torch.cuda.graph``) runs
+in ``bench/cuda_check.py`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._pytree import tree_flatten
+
+from agents.config import resolve_config
+from agents.trainer import build_policy
+from envs.factory import make_vector_env
+from policies import RIMs
+from policies.graphs import SequenceGraphs
+
+
+class EmulatedCapture:
+    """``Captured`` without a GPU: a replay reruns ``fn`` on the static inputs and overwrites the
+    static outputs (forward) or static gradients (backward) in place."""
+
+    def __init__(self, fn, inputs, params, with_backward: bool) -> None:
+        self.fn, self.params, self.with_backward = fn, params, with_backward
+        self.inputs = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
+        leaves, self.spec = tree_flatten(fn(*self.inputs))
+        self.outputs = tuple(o.detach().clone() for o in leaves)
+        self.grad_outputs = tuple(
+            torch.zeros_like(o) if with_backward and o.requires_grad else None for o in leaves
+        )
+        surface = (*self.inputs, *params)
+        self.grad_inputs = tuple(
+            torch.zeros_like(t) if with_backward and t.requires_grad else None for t in surface
+        )
+        self.generation = 0
+        self.live: list[torch.Tensor] = []
+
+    def replay_forward(self) -> None:
+        with torch.set_grad_enabled(self.with_backward):
+            self.live = tree_flatten(self.fn(*self.inputs))[0]
+        for static, new in zip(self.outputs, self.live):
+            static.copy_(new.detach())
+        self.generation += 1
+
+    def replay_backward(self) -> None:
+        pairs = [(o, g) for o, g in zip(self.live, self.grad_outputs) if g is not None]
+        wrt = [t for t in (*self.inputs, *self.params) if t.requires_grad]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True
+        )
+        given = iter(grads)
+        for static in self.grad_inputs:
+            if static is not None:
+                grad = next(given)
+                static.copy_(grad) if grad is not None else static.zero_()
+
+
+def core_and_graphs(max_graphs: int = 16, **kwargs) -> tuple[RIMs, SequenceGraphs, list]:
+    """A float64 RIMs core, its graphs through ``EmulatedCapture``, and the list of captures."""
+    torch.manual_seed(0)
+    options = dict(num_units=5, k=3, hidden_size=6, input_key_size=8, dropout=0.0) | kwargs
+    core = RIMs(7, **options).double()
+    captures: list[EmulatedCapture] = []
+
+    def capture(*args):
+        captures.append(EmulatedCapture(*args))
+        return captures[-1]
+
+    graphs = SequenceGraphs(
+        core._run, core, core._graph_settings, capture, max_graphs, applies=lambda x: True
+    )
+    return core, graphs, captures
+
+
+def inputs(seed: int, T: int = 6, B: int = 4) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(B, 5, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    starts = torch.rand(T, B, generator=g) < 0.2
+    return x, state, starts
+
+
+def gradients(core: RIMs, x: torch.Tensor, loss: torch.Tensor) -> list[torch.Tensor]:
+    """d loss / d (x, parameters), zeros where there is none."""
+    wrt = [x, *core.parameters()]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+
+
+def weighted(out: torch.Tensor, state: tuple) -> torch.Tensor:
+    """A loss that weights every output and state entry differently."""
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    return (out * w).sum() + sum((s * s).sum() for s in state)
+
+
+def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_replayed_forward_and_backward_equal_eager(cell):
+    core, graphs, captures = core_and_graphs(cell=cell)
+    for seed in (1, 2, 3):  # the second and third calls replay the first capture
+        x, state, starts = inputs(seed)
+        state = state[: len(core.initial_state(1))]
+        out, new, info = graphs(x, state, starts)
+        eager_out, eager_new, eager_info = core._run(x, state, starts)
+        assert_same(
+            [out, *new, info.null_attention], [eager_out, *eager_new, eager_info.null_attention]
+        )
+        assert torch.equal(info.mask, eager_info.mask)
+        assert_same(gradients(core, x, weighted(out, new)),
+                    gradients(core, x, weighted(eager_out, eager_new)))  # fmt: skip
+    assert len(captures) == 1
+
+
+def test_a_backward_after_another_forward_gets_its_own_gradients():
+    """Two forwards of one signature, then the first's backward: the first's outputs were not
+    overwritten by the second replay and its gradients are its own (its forward is replayed
+    again before the backward)."""
+    core, graphs, captures = core_and_graphs()
+    (x1, s1, st1), (x2, s2, st2) = inputs(1), inputs(2)
+    out1, new1, _ = graphs(x1, s1, st1)
+    kept = out1.detach().clone()
+    out2, new2, _ = graphs(x2, s2, st2)
+    assert torch.equal(out1, kept)
+    eager1, eager_new1, _ = core._run(x1, s1, st1)
+    eager2, eager_new2, _ = core._run(x2, s2, st2)
+    assert_same(gradients(core, x1, weighted(out1, new1)),
+                gradients(core, x1, weighted(eager1, eager_new1)))  # fmt: skip
+    assert_same(gradients(core, x2, weighted(out2, new2)),
+                gradients(core, x2, weighted(eager2, eager_new2)))  # fmt: skip
+    # Both calls in one loss, the gradient accumulated over them, as two minibatches would.
+    both = weighted(*graphs(x1, s1, st1)[:2]) + weighted(*graphs(x2, s2, st2)[:2])
+    eager_both = weighted(*core._run(x1, s1, st1)[:2]) + weighted(*core._run(x2, s2, st2)[:2])
+    x_grad, eager_x_grad = (torch.autograd.grad(loss, x1) for loss in (both, eager_both))
+    assert_same(list(x_grad), list(eager_x_grad))
+    assert len(captures) == 1
+
+
+def test_acting_steps_replay_one_graph_and_carry_the_state():
+    """Acting: T=1 without grad, each step's state fed back, as a rollout does."""
+    core, graphs, captures = core_and_graphs()
+    core.eval()
+    state = eager_state = core.initial_state(4, "cpu")
+    state = eager_state = tuple(s.double() for s in state)
+    kept = []
+    with torch.no_grad():
+        for seed in range(5):
+            x, _, starts = inputs(seed, T=1)
+            out, state, info = graphs(x, state, starts)
+            eager_out, eager_state, eager_info = core._run(x, eager_state, starts)
+            assert_same([out, *state], [eager_out, *eager_state])
+            assert torch.equal(info.mask, eager_info.mask)
+            kept.append((state[0], eager_state[0]))
+    # Earlier states handed out are not overwritten by later replays.
+    assert all(torch.equal(a, b) for a, b in kept)
+    assert len(captures) == 1 and captures[0].with_backward is False
+
+
+def test_each_signature_gets_its_own_capture_up_to_the_limit():
+    core, graphs, captures = core_and_graphs(max_graphs=3)
+    x, state, starts = inputs(1)
+    graphs(x, state, starts)  # training
+    graphs(x.detach(), state, starts)  # x without grad: still a backward (the parameters)
+    with torch.no_grad():
+        graphs(x, state, starts)  # no grad: forward only
+    assert [c.with_backward for c in captures] == [True, True, False]
+    graphs(x, state, starts)  # seen before: replayed
+    assert len(captures) == 3
+    core.manual_backward = False  # a setting that changes the recorded function
+    with pytest.warns(RuntimeWarning, match="run eagerly"):  # a fourth, past the limit
+        out, new, _ = graphs(x, state, starts)
+    eager_out, eager_new, _ = core._run(x, state, starts)
+    assert_same([out, *new], [eager_out, *eager_new])
+    assert len(captures) == 3
+
+
+def test_a_parameter_changed_before_the_backward_raises():
+    """The optimizer stepping between a forward and its backward would give gradients of other
+    parameters; autograd raises for saved tensors changed in place, and so do the graphs."""
+    core, graphs, _ = core_and_graphs()
+    x, state, starts = inputs(1)
+    out, new, _ = graphs(x, state, starts)
+    with torch.no_grad():
+        core.state_weight.add_(0.01)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        weighted(out, new).backward()
+
+
+def test_cuda_graphs_on_the_cpu_run_the_eager_core():
+    """--rims-graphs on the CPU: the same values, bit for bit, and nothing captured."""
+    torch.manual_seed(3)
+    plain = RIMs(7, num_units=5, k=3, hidden_size=6, dropout=0.0)
+    graphed = RIMs(7, num_units=5, k=3, hidden_size=6, dropout=0.0, cuda_graphs=True)
+    graphed.load_state_dict(plain.state_dict())
+    x = torch.randn(6, 4, 7)
+    state = plain.initial_state(4)
+    a, b = plain(x, state), graphed(x, state)
+    assert torch.equal(a[0], b[0]) and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+    assert graphed._graphs is None
+
+
+def test_rims_graphs_flag_switches_the_core_and_keeps_compiled_acting_off():
+    """--rims-graphs sets the core's switch; with --rims-compile the core's steps are compiled
+    and the acting step is not compiled whole (that would trace the core, not replay it)."""
+    given = dict(env="MiniGrid-Empty-5x5-v0", num_envs=2, num_steps=8, total_steps=16, bptt=0,
+                 num_minibatches=1,
+                 rims_graphs=True, rims_compile=True)  # fmt: skip
+    config = resolve_config(given)
+    envs = make_vector_env(config.env, 1)
+    try:
+        policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
+    finally:
+        envs.close()
+    assert policy.core.cuda_graphs and policy.core.compile_steps and not policy.compile_act
+    plain = resolve_config({**given, "rims_graphs": False})
+    envs = make_vector_env(plain.env, 1)
+    try:
+        policy = build_policy(plain, envs.single_observation_space, envs.single_action_space)
+    finally:
+        envs.close()
+    assert not policy.core.cuda_graphs and policy.compile_act
