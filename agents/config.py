@@ -125,9 +125,9 @@ class TrainConfig:
         "takes 10-30 s at start; eager where it fails)",
     )
     rims_graphs: bool = option(
-        False,
+        True,
         "on CUDA, replay the RIMs core's forward and backward from CUDA graphs, one capture per "
-        "input shape (no effect on the CPU)",
+        "input shape (no effect on the CPU or for other cores)",
     )
     # --- Atari
     frame_stack: int = option(1, "Atari: frames stacked per observation (1: memory is the core's)")
@@ -315,7 +315,6 @@ def validate(c: TrainConfig) -> None:
     )
     _check(not c.rims_bf16 or c.core == "rims", "--rims-bf16 needs --core rims")
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
-    _check(not c.rims_graphs or c.core == "rims", "--rims-graphs needs --core rims")
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt} "

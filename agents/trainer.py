@@ -95,13 +95,11 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 def build_policy(config: TrainConfig, observation_space, action_space) -> ActorCritic:
     policy = ActorCritic(observation_space, int(action_space.n), config.policy_spec())
-    # Speed settings, not in the spec; validated: the core is RIMs.
-    if config.rims_compile:
-        # With graphs the core's compiled steps are replayed from the graph; a compiled whole
-        # acting step would trace the core instead of replaying it.
-        policy.compile_act = not config.rims_graphs
+    # Speed settings, not in the spec.
+    if config.rims_compile:  # validated: the core is RIMs
+        policy.compile_act = True
         policy.core.compile_steps = True
-    if config.rims_graphs:
+    if config.rims_graphs and config.core == "rims":  # the others run as they are
         policy.core.cuda_graphs = True
     return policy
 

@@ -174,7 +174,9 @@ class ActorCritic(nn.Module):
         deterministic: bool = False,
     ) -> ActResult:
         """One step. obs: dict of ``(B, ...)``; episode_starts ``(B,)`` bool."""
-        step = _COMPILED_ACT if self.compile_act else ActorCritic._act_tensors
+        # A core that replays CUDA graphs here is replayed, not traced into a compiled step.
+        replays = getattr(self.core, "cuda_graphs", False) and episode_starts.is_cuda
+        step = _COMPILED_ACT if self.compile_act and not replays else ActorCritic._act_tensors
         r = step(self, obs, state, episode_starts, deterministic)
         info = CoreInfo(r.mask, r.null_attention, r.input_attention)
         return ActResult(r.actions, r.logprobs, r.values, r.state, info)

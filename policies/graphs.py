@@ -17,6 +17,8 @@ at B=64 took 182 ms eagerly, 35 ms replayed from a graph and 17 ms replayed with
   tensor.
 - Inputs that are not CUDA tensors, a call inside another capture or inside ``torch.compile``
   tracing, and signatures past ``max_graphs`` run ``run`` eagerly: the CPU runs the eager code.
+  A capture that fails (an op this torch cannot capture) warns once, and everything runs
+  eagerly from then on.
 
 The function captured must keep CUDA graphs' rules, as RIMs does on a GPU: static shapes per
 signature, no host synchronisation, no Python branch on tensor values, and parameters that are
@@ -25,8 +27,9 @@ updated in place (optimizers do).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -86,7 +89,7 @@ class CudaCapture:
         wrt = tuple(t for t in surface if t.requires_grad)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with _quiet_stream_mismatch(), torch.cuda.stream(side):
             for _ in range(WARMUP_CALLS):
                 leaves = tree_flatten(fn(*self.inputs))[0]
                 if with_backward:
@@ -106,7 +109,7 @@ class CudaCapture:
         if with_backward and any(g is not None for g in self.grad_outputs):
             self._backward = torch.cuda.CUDAGraph()
             given = iter(g for g in self.grad_outputs if g is not None)
-            with torch.cuda.graph(self._backward, pool=pool):
+            with _quiet_stream_mismatch(), torch.cuda.graph(self._backward, pool=pool):
                 grads = _gradients(leaves, wrt, lambda o: next(given))
         self.grad_inputs = tuple(grads.get(id(t)) for t in surface)
         self.generation = 0
@@ -119,6 +122,21 @@ class CudaCapture:
         if self._backward is None:
             raise RuntimeError("this graph was captured without a backward")
         self._backward.replay()
+
+
+@contextlib.contextmanager
+def _quiet_stream_mismatch() -> Iterator[None]:
+    """Silence autograd's warning that a parameter's gradient accumulator belongs to another
+    stream: warm-up and capture differentiate on side streams by design, with
+    ``autograd.grad``, which accumulates nothing into ``.grad``."""
+    switch = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if switch is not None:
+        switch(False)
+    try:
+        yield
+    finally:
+        if switch is not None:
+            switch(True)
 
 
 def _gradients(
@@ -199,6 +217,7 @@ class SequenceGraphs:
         self.capture, self.max_graphs = capture, max_graphs
         self.applies = applies or _cuda_and_not_capturing
         self.graphs: dict[Hashable, Captured] = {}
+        self.failed = False  # a capture failed: everything runs eagerly
         self._warned = False
 
     def __call__(
@@ -219,8 +238,13 @@ class SequenceGraphs:
         )
         graphs = self.graphs.get(key)
         if graphs is None:
+            if self.failed:
+                return self.run(x, state, episode_starts)
             if len(self.graphs) >= self.max_graphs:
-                self._warn_full()
+                self._warn_once(
+                    f"{self.max_graphs} input signatures are captured as CUDA graphs already; "
+                    "further ones run eagerly"
+                )
                 return self.run(x, state, episode_starts)
             n_state = len(state)
 
@@ -232,7 +256,17 @@ class SequenceGraphs:
                 fields = {k: v for k, v in vars(info).items() if v is not None}
                 return out, new_state, fields
 
-            graphs = self.graphs[key] = self.capture(flat, inputs, params, with_backward)
+            try:
+                graphs = self.capture(flat, inputs, params, with_backward)
+            except RuntimeError as err:  # e.g. an op this torch cannot capture
+                self.failed = True
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+                self._warn_once(
+                    f"capturing a CUDA graph failed ({type(err).__name__}: {first}); the core "
+                    "runs eagerly from now on"
+                )
+                return self.run(x, state, episode_starts)
+            self.graphs[key] = graphs
         if with_backward:
             leaves = _Replay.apply(graphs, len(inputs), *inputs, *params)
         else:
@@ -241,15 +275,10 @@ class SequenceGraphs:
         out, new_state, fields = tree_unflatten(list(leaves), graphs.spec)
         return out, tuple(new_state), CoreInfo(**fields)
 
-    def _warn_full(self) -> None:
+    def _warn_once(self, message: str) -> None:
         if not self._warned:
             self._warned = True
-            warnings.warn(
-                f"{self.max_graphs} input signatures are captured as CUDA graphs already; "
-                "further ones run eagerly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _cuda_and_not_capturing(x: Tensor) -> bool:

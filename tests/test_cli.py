@@ -164,7 +164,6 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--core", "transformer"], "invalid choice"),
         (["--core", "lstm", "--rims-bf16"], "--rims-bf16 needs --core rims"),
         (["--core", "gru", "--rims-compile"], "--rims-compile needs --core rims"),
-        (["--core", "lstm", "--rims-graphs"], "--rims-graphs needs --core rims"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),
         (["--resume"], "holds no config.json; nothing to resume"),
         (["--resume", "--overwrite"], "holds no config.json"),

@@ -207,23 +207,43 @@ def test_cuda_graphs_on_the_cpu_run_the_eager_core():
     assert graphed._graphs is None
 
 
-def test_rims_graphs_flag_switches_the_core_and_keeps_compiled_acting_off():
-    """--rims-graphs sets the core's switch; with --rims-compile the core's steps are compiled
-    and the acting step is not compiled whole (that would trace the core, not replay it)."""
-    given = dict(env="MiniGrid-Empty-5x5-v0", num_envs=2, num_steps=8, total_steps=16, bptt=0,
-                 num_minibatches=1,
-                 rims_graphs=True, rims_compile=True)  # fmt: skip
-    config = resolve_config(given)
-    envs = make_vector_env(config.env, 1)
+def test_rims_graphs_is_on_by_default_for_rims_only():
+    """--rims-graphs (the default) switches a RIMs core's graphs on; other cores run as they
+    are; --no-rims-graphs switches them off; --rims-compile still compiles the acting step
+    (on the CPU, where no graph replays)."""
+    base = dict(env="MiniGrid-Empty-5x5-v0", num_envs=2, num_steps=8, total_steps=16, bptt=0,
+                num_minibatches=1)  # fmt: skip
+    envs = make_vector_env(base["env"], 1)
     try:
-        policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
+        spaces = envs.single_observation_space, envs.single_action_space
+
+        def policy(**given):
+            return build_policy(resolve_config({**base, **given}), *spaces)
+
+        assert resolve_config(base).rims_graphs
+        assert policy().core.cuda_graphs
+        assert not policy(rims_graphs=False).core.cuda_graphs
+        assert not hasattr(policy(core="lstm").core, "cuda_graphs")
+        compiled = policy(rims_compile=True)
+        assert compiled.core.cuda_graphs and compiled.compile_act
     finally:
         envs.close()
-    assert policy.core.cuda_graphs and policy.core.compile_steps and not policy.compile_act
-    plain = resolve_config({**given, "rims_graphs": False})
-    envs = make_vector_env(plain.env, 1)
-    try:
-        policy = build_policy(plain, envs.single_observation_space, envs.single_action_space)
-    finally:
-        envs.close()
-    assert not policy.core.cuda_graphs and policy.compile_act
+
+
+def test_a_failed_capture_warns_once_and_runs_eagerly():
+    core, graphs, _ = core_and_graphs()
+    attempts = []
+
+    def failing(*args):
+        attempts.append(args)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphs.capture = failing
+    x, state, starts = inputs(1)
+    with pytest.warns(RuntimeWarning, match="capturing a CUDA graph failed"):
+        out, new, _ = graphs(x, state, starts)
+    eager_out, eager_new, _ = core._run(x, state, starts)
+    assert_same([out, *new], [eager_out, *eager_new])
+    with torch.no_grad():  # another signature: not tried again
+        graphs(x, state, starts)
+    assert len(attempts) == 1 and graphs.failed and not graphs.graphs
