@@ -60,7 +60,7 @@ class Captured(Protocol):
     spec: TreeSpec
     grad_outputs: tuple[Tensor | None, ...]
     grad_inputs: tuple[Tensor | None, ...]
-    generation: int  # forward replays so far
+    generation: int  # changes whenever the activations stop being the last forward's
 
     def replay_forward(self) -> None: ...
 
@@ -184,6 +184,10 @@ class _Replay(torch.autograd.Function):
             else:
                 static.copy_(grad)
         graphs.replay_backward()
+        # The backward replay may have reused the activations' memory for its own temporaries
+        # (autograd frees saved tensors as it goes): a second backward of this call (with
+        # retain_graph) must replay the forward again.
+        graphs.generation += 1
         # Copies: the next backward replay overwrites the static gradients.
         return (None, None, *(None if g is None else g.clone() for g in graphs.grad_inputs))
 

@@ -144,6 +144,19 @@ def test_a_backward_after_another_forward_gets_its_own_gradients():
     assert len(captures) == 1
 
 
+def test_a_second_backward_of_one_call_recomputes_its_activations():
+    """backward twice through one call (retain_graph): the second replays the forward again,
+    since the first backward replay may have reused the activations' memory."""
+    core, graphs, _ = core_and_graphs()
+    x, state, starts = inputs(1)
+    loss = weighted(*graphs(x, state, starts)[:2])
+    eager = weighted(*core._run(x, state, starts)[:2])
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, x)[0]
+    expected = torch.autograd.grad(eager, x)[0]
+    assert_same([first, second], [expected, expected])
+
+
 def test_acting_steps_replay_one_graph_and_carry_the_state():
     """Acting: T=1 without grad, each step's state fed back, as a rollout does."""
     core, graphs, captures = core_and_graphs()
