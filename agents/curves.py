@@ -15,7 +15,7 @@ from agents.checkpoint import CheckpointError
 # these are seeds of one config.
 IGNORED = {"seed", "run_dir", "resume", "overwrite", "progress", "torch_threads", "device",
            "total_steps", "detect_anomaly", "checkpoint_every", "keep_checkpoints",
-           "image_every"}  # fmt: skip
+           "image_every", "rims_graphs"}  # fmt: skip
 
 
 def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,11 +9,14 @@ in ``bench/cuda_check.py`` on a GPU.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils._pytree import tree_flatten
 
 from agents.config import resolve_config
+from agents.curves import group_label
 from agents.trainer import build_policy
 from envs.factory import make_vector_env
 from policies import RIMs
@@ -260,3 +263,21 @@ def test_a_failed_capture_warns_once_and_runs_eagerly():
     with torch.no_grad():  # another signature: not tried again
         graphs(x, state, starts)
     assert len(attempts) == 1 and graphs.failed and not graphs.graphs
+
+
+def test_rims_graphs_does_not_split_a_plot_group(tmp_path):
+    """Runs saved before the flag existed and runs with it either way are seeds of one config
+    in `rims plot` (the flag changes speed, not the function)."""
+    labels = []
+    for name, extra in (
+        ("old", {}),
+        ("on", {"rims_graphs": True}),
+        ("off", {"rims_graphs": False}),
+    ):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(
+            json.dumps({"core": "rims", "env": "E", "seed": 1, **extra})
+        )
+        labels.append(group_label(run))
+    assert len(set(labels)) == 1
