@@ -22,7 +22,8 @@ at B=64 took 182 ms eagerly, 35 ms replayed from a graph and 17 ms replayed with
 
 The function captured must keep CUDA graphs' rules, as RIMs does on a GPU: static shapes per
 signature, no host synchronisation, no Python branch on tensor values, and parameters that are
-updated in place (optimizers do).
+updated in place (optimizers do; a parameter replaced by another tensor makes its signatures
+be captured again).
 """
 
 from __future__ import annotations
@@ -241,6 +242,11 @@ class SequenceGraphs:
             self.settings(),
         )
         graphs = self.graphs.get(key)
+        if graphs is not None and not _same_tensors(graphs.params, params):
+            # A parameter was replaced by another tensor (not updated in place): the graph reads
+            # the old one, so it is captured again.
+            del self.graphs[key]
+            graphs = None
         if graphs is None:
             if self.failed:
                 return self.run(x, state, episode_starts)
@@ -283,6 +289,10 @@ class SequenceGraphs:
         if not self._warned:
             self._warned = True
             warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _same_tensors(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> bool:
+    return len(a) == len(b) and all(u is v for u, v in zip(a, b))
 
 
 def _cuda_and_not_capturing(x: Tensor) -> bool:

@@ -198,6 +198,19 @@ def test_each_signature_gets_its_own_capture_up_to_the_limit():
     assert len(captures) == 3
 
 
+def test_a_replaced_parameter_is_captured_again():
+    """A parameter assigned a new tensor (not updated in place) is not the one the graph reads:
+    the signature is captured again and the output follows the new weights."""
+    core, graphs, captures = core_and_graphs()
+    x, state, starts = inputs(1)
+    graphs(x, state, starts)
+    core.state_weight = torch.nn.Parameter(core.state_weight.detach() * 1.5)
+    out, new, _ = graphs(x, state, starts)
+    eager_out, eager_new, _ = core._run(x, state, starts)
+    assert_same([out, *new], [eager_out, *eager_new])
+    assert len(captures) == 2 and len(graphs.graphs) == 1
+
+
 def test_a_parameter_changed_before_the_backward_raises():
     """The optimizer stepping between a forward and its backward would give gradients of other
     parameters; autograd raises for saved tensors changed in place, and so do the graphs."""
