@@ -145,39 +145,28 @@ def main() -> None:
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; T={T}; input 512; 6 RIMs x 100, 4 active")
+
+    def rims(**options) -> RIMs:
+        """The benchmarked RIMs: input 512, 6 x 100, 4 active, with ``options``."""
+        return RIMs(512, num_units=6, k=4, hidden_size=100, **options)
+
     cores = {
-        "rims-lstm": RIMs(512, num_units=6, k=4, hidden_size=100, cell="lstm"),
-        "rims-gru": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru"),
-        "rims-lstm drop 0": RIMs(512, num_units=6, k=4, hidden_size=100, dropout=0.0),
-        "rims-gru drop 0": RIMs(512, num_units=6, k=4, hidden_size=100, cell="gru", dropout=0.0),
-        "rims-lstm drop 0 bf16": RIMs(
-            512, num_units=6, k=4, hidden_size=100, dropout=0.0, bf16_matmuls=True
-        ),
-        "rims-lstm drop 0 comp": RIMs(
-            512, num_units=6, k=4, hidden_size=100, dropout=0.0, compile_steps=True
-        ),
-        "rims-lstm d0 bf16 comp": RIMs(
-            512,
-            num_units=6,
-            k=4,
-            hidden_size=100,
-            dropout=0.0,
-            bf16_matmuls=True,
-            compile_steps=True,
-        ),  # fmt: skip
+        "rims-lstm": rims(cell="lstm"),
+        "rims-gru": rims(cell="gru"),
+        "rims-lstm drop 0": rims(dropout=0.0),
+        "rims-gru drop 0": rims(cell="gru", dropout=0.0),
+        "rims-lstm drop 0 bf16": rims(dropout=0.0, bf16_matmuls=True),
+        "rims-lstm drop 0 comp": rims(dropout=0.0, compile_steps=True),
+        "rims-lstm d0 bf16 comp": rims(dropout=0.0, bf16_matmuls=True, compile_steps=True),
         # CUDA graphs (--rims-graphs; on the CPU these rows would run the eager core)
         **(
             {
-                f"rims-lstm d0{extra} graphs": RIMs(
-                    512,
-                    num_units=6,
-                    k=4,
-                    hidden_size=100,
+                f"rims-lstm d0{extra} graphs": rims(
                     dropout=0.0,
                     cuda_graphs=True,
                     bf16_matmuls="bf16" in extra,
                     compile_steps="comp" in extra,
-                )  # fmt: skip
+                )
                 for extra in ("", " bf16", " comp", " bf16 comp")
             }
             if gpu
@@ -201,9 +190,9 @@ def main() -> None:
         f"{'x public':>10}" if args.public_rims else ""
     )
     print(header, flush=True)
+    # The rows every other row is compared with, timed first at each batch size.
+    first = [*baselines, *(["public rims-lstm"] if args.public_rims else [])]
     for B in batches:
-        # The rows every other row is compared with, timed first.
-        first = [*baselines, *(["public rims-lstm"] if args.public_rims else [])]
         results = {n: measure(cores[n].to(device).train(), T, B, device, repeats) for n in first}
         for n in chosen:
             try:

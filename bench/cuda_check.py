@@ -51,11 +51,10 @@ def graph_checks(cell: str, device: str, compiled: bool, check) -> None:
     steps with an SGD update between them, two forwards whose backwards run in reverse order,
     and five acting steps that carry the state."""
     torch.manual_seed(2)
-    eager = RIMs(10, num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16, dropout=0.0,
-                 compile_steps=compiled).to(device=device, dtype=torch.float64)  # fmt: skip
-    graphed = RIMs(10, num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16,
-                   dropout=0.0, compile_steps=compiled, cuda_graphs=True)  # fmt: skip
-    graphed = graphed.to(device=device, dtype=torch.float64)
+    options = dict(num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16, dropout=0.0,
+                   compile_steps=compiled)  # fmt: skip
+    eager = RIMs(10, **options).to(device=device, dtype=torch.float64)
+    graphed = RIMs(10, **options, cuda_graphs=True).to(device=device, dtype=torch.float64)
     graphed.load_state_dict(eager.state_dict())
     tag = f"{cell}{', compiled steps' if compiled else ''}"
 

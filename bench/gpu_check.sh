@@ -25,6 +25,21 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 # The imports every step needs; fail at once (not after minutes of timeouts) when one is missing.
 python -c "import gymnasium, minigrid, ale_py, agents.trainer, policies, envs.factory" || exit 1
 
+# learning_run NAME SECONDS STEPS [FLAGS...]: RIMs on Breakout (32 envs, the learning rate
+# annealed over STEPS) for at most SECONDS (SIGTERM at the limit: the run stops after its step
+# and saves), then its curve as NAME.png and its scalars beside it; its checkpoints (and the
+# folder) stay behind.
+learning_run() {
+    local name=$1 seconds=$2 steps=$3
+    shift 3
+    timeout -k 20 "$seconds" "${rims[@]}" train --env ALE/Breakout-v5 --device cuda \
+        --num-envs 32 --total-steps "$steps" --run-dir "$out/$name" --overwrite --no-progress \
+        "$@" 2>&1 | tail -4 | tee "$out/$name.txt"
+    "${rims[@]}" plot "$out/$name" --out "$out/$name.png" 2>&1 | tee -a "$out/$name.txt"
+    cp "$out/$name"/events.out.tfevents.* "$out/" 2>/dev/null
+    rm -rf "${out:?}/$name"
+}
+
 if [[ $part == core || $part == all ]]; then
     # 1. Correctness on the device, before any timing (compiles Triton kernels for two cells).
     timeout -k 10 110 python bench/cuda_check.py 2>&1 | tee "$out/cuda_check.txt"
@@ -41,16 +56,8 @@ if [[ $part == atari || $part == all ]]; then
         2>&1 | tee "$out/atari_sps_8.txt"
     timeout -k 10 75 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 \
         --cores rims lstm 2>&1 | tee "$out/atari_sps_64.txt"
-    # 4. A short learning run on Breakout with RIMs (SIGTERM at the limit: the run stops after
-    #    its step, saves, and its curve is still plotted), and its curve.
-    timeout -k 20 120 "${rims[@]}" train --env ALE/Breakout-v5 --device cuda --num-envs 32 \
-        --total-steps 1000000 --run-dir "$out/breakout_rims" --overwrite --no-progress 2>&1 \
-        | tail -4 | tee "$out/breakout.txt"
-    "${rims[@]}" plot "$out/breakout_rims" --out "$out/breakout_rims.png" 2>&1 \
-        | tee -a "$out/breakout.txt"
-    # The run's scalars travel back; its checkpoints (and the folder) stay behind.
-    cp "$out"/breakout_rims/events.out.tfevents.* "$out/" 2>/dev/null
-    rm -rf "$out/breakout_rims"
+    # 4. A short learning run on Breakout with RIMs, and its curve.
+    learning_run breakout_rims 120 1000000
 fi
 
 if [[ $part == graphs ]]; then
@@ -63,11 +70,5 @@ if [[ $part == graphs ]]; then
     timeout -k 10 60 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
         --cores "rims-lstm drop 0" "rims-lstm d0 graphs" "rims-lstm d0 comp graphs" \
         "rims-lstm d0 bf16 comp graphs" 2>&1 | tee "$out/core_speed_graphs.txt"
-    timeout -k 20 90 "${rims[@]}" train --env ALE/Breakout-v5 --device cuda --num-envs 32 \
-        --rims-compile --rims-graphs --total-steps 2000000 --run-dir "$out/breakout_graphs" \
-        --overwrite --no-progress 2>&1 | tail -4 | tee "$out/breakout_graphs.txt"
-    "${rims[@]}" plot "$out/breakout_graphs" --out "$out/breakout_graphs.png" 2>&1 \
-        | tee -a "$out/breakout_graphs.txt"
-    cp "$out"/breakout_graphs/events.out.tfevents.* "$out/" 2>/dev/null
-    rm -rf "$out/breakout_graphs"
+    learning_run breakout_graphs 90 2000000 --rims-compile --rims-graphs
 fi

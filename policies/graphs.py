@@ -141,11 +141,11 @@ def _quiet_stream_mismatch() -> Iterator[None]:
 
 
 def _gradients(
-    leaves: list[Any], wrt: tuple[Tensor, ...], grad_of: Callable[[Tensor], Tensor]
+    leaves: list[Tensor], wrt: tuple[Tensor, ...], grad_of: Callable[[Tensor], Tensor]
 ) -> dict[int, Tensor]:
     """Gradients of the leaves that require grad, weighted by ``grad_of(leaf)``, with respect to
     ``wrt``, keyed by ``id`` of the tensor in ``wrt`` (those without a gradient are left out)."""
-    outs = [o for o in leaves if isinstance(o, Tensor) and o.requires_grad]
+    outs = [o for o in leaves if o.requires_grad]
     if not outs or not wrt:
         return {}
     grads = torch.autograd.grad(outs, wrt, [grad_of(o) for o in outs], allow_unused=True)
