@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
-from bench import cuda_check, learn_minigrid
+from bench import cuda_check, learn_minigrid, step_kernels
 
 
 def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
@@ -16,7 +16,7 @@ def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
     assert cuda_check.main() == 0
     out = capsys.readouterr().out
     assert "0 failure(s)" in out and "FAIL" not in out
-    assert out.count("ok  ") == 2 * 11  # every check of both cells ran
+    assert out.count("ok  ") == 2 * 12  # every check of both cells ran
 
 
 def test_cuda_check_without_cuda_says_so(monkeypatch, capsys):
@@ -64,3 +64,41 @@ def test_learn_minigrid_records_a_diverged_run_instead_of_ending_the_sweep(tmp_p
     assert run.stopped is not None and "NaN/inf in update 3" in run.stopped
     assert run.reached is None and run.steps_per_second != run.steps_per_second  # nan
     assert 0.0 <= run.eval_return <= 1.0  # the update-2 checkpoint, on fresh (finite) episodes
+
+
+def test_step_kernels_counts_the_launches_of_triton_and_cpp_code():
+    triton = """
+def call(args):
+    arg0_1, arg1_1 = args
+    # Topologically Sorted Source Nodes: [hq], Original ATen: [aten.bmm]
+    extern_kernels.bmm(arg0_1, arg1_1, out=buf0)
+    triton_per_fused_sum_0.run(buf0, buf1, 64, 16, stream=stream0)
+    buf2 = torch.ops.aten.topk.default(buf1, 4, 0, False, True)
+    del buf0
+    triton_poi_fused_where_1.run(buf1, 128, stream=stream0)
+    return (buf1, )
+
+def benchmark_compiled_module():
+    triton_poi_fused_where_1.run(buf1, 128)
+"""
+    got = step_kernels.census(triton)
+    assert (got.fused, got.extern) == (2, 2)
+    assert got.names == ["bmm", "triton_0", "topk", "triton_1"]
+    cpp = (
+        "def call(args):\n    cpp_fused_mul_0(arg0_1, buf0)\n    extern_kernels.baddbmm(a, b, c)\n"
+    )
+    assert step_kernels.census(cpp) == step_kernels.Census(1, 1, ["cpp_0", "baddbmm"])
+    assert step_kernels.census("no call here") == step_kernels.Census(0, 0, [])
+
+
+def test_a_compiled_training_step_is_its_three_matmuls_and_three_fused_kernels_each_way():
+    """Each step, forward and backward, launches its three matmuls and at most three fused
+    kernels between them: the episode-start reset and the RIM selection (a topk before) fuse
+    into the kernels around the matmuls."""
+    codes = step_kernels.step_codes("lstm", 1, True, step_kernels.torch.device("cpu"))
+    counts = [c for c in map(step_kernels.census, codes) if c.fused + c.extern]
+    assert len(counts) == 2  # the forward step and the backward step
+    for count in counts:
+        externs = [n for n in count.names if not n.startswith(("cpp_", "triton_"))]
+        assert sorted(externs) in (["baddbmm", "bmm", "bmm"], ["baddbmm", "baddbmm", "bmm"])
+        assert count.fused <= 3

@@ -1,0 +1,109 @@
+"""How many kernels one compiled RIMs step launches, forward and backward (``--rims-compile``).
+
+With CUDA graphs (``--rims-graphs``) a training sequence costs its kernels, not their launches'
+host time, and each small kernel still costs some microseconds on the device: at B=64 the
+forward+backward over T=128 is about (kernels per step) x 128 small kernels. This counts them
+from the code Inductor generates for the step bodies (``policies/compiled.py``): fused kernels
+(Triton on a GPU, C++ loops on a CPU) and extern calls (matmuls, and ops Inductor cannot lower,
+such as ``topk``). The CPU count is a proxy for the GPU's (the same scheduler decides the
+fusion; Triton splits some reductions that C++ loops join).
+
+    python bench/step_kernels.py                 # CPU
+    python bench/step_kernels.py --device cuda   # the kernels a GPU launches
+    python bench/step_kernels.py --cells lstm --names   # one cell, each kernel named
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import NamedTuple
+
+import torch
+from torch._inductor.utils import run_and_get_code
+
+from policies import RIMs
+
+_LAUNCH = re.compile(
+    r"(?P<extern>extern_kernels\.\w+|torch\.ops\.\w+\.\w+(?:\.\w+)?)\(|(?P<fused>\w+)(?:\.run)?\("
+)
+
+
+class Census(NamedTuple):
+    """Launches in one compiled graph's ``call``: fused kernels, extern calls, their names."""
+
+    fused: int
+    extern: int
+    names: list[str]
+
+
+def census(code: str) -> Census:
+    """Count the kernel launches in the ``call`` function of one Inductor output module."""
+    if "def call(" not in code:
+        return Census(0, 0, [])
+    body = code.split("def call(", 1)[1].split("\ndef ", 1)[0]
+    fused = extern = 0
+    names = []
+    for line in body.splitlines():
+        text = line.strip()
+        if text.startswith(("#", "assert", "del ")) or "reinterpret_tensor(" in text.split("(")[0]:
+            continue
+        call = text.split("=", 1)[1].strip() if re.match(r"^\w+ = ", text) else text
+        match = _LAUNCH.match(call)
+        if not match:
+            continue
+        if match["extern"]:
+            extern += 1
+            names.append(match["extern"].removesuffix(".default").split(".")[-1])
+        elif match["fused"].startswith(("triton_", "cpp_fused")):
+            fused += 1
+            names.append(match["fused"].split("_")[0] + "_" + match["fused"].split("_")[-1])
+    return Census(fused, extern, names)
+
+
+def step_codes(cell: str, elements: int, starts: bool, device: torch.device) -> list[str]:
+    """The Inductor output code of the compiled forward and backward steps of one training
+    call (T=2, B=16, input 512, 6 RIMs x 100, 4 active, dropout 0)."""
+    torch._dynamo.reset()  # compile afresh, so that this configuration's code is captured
+    core = RIMs(512, 6, 4, 100, cell=cell, dropout=0.0, compile_steps=True).to(device)
+    x = torch.randn(2, 16, elements, 512, device=device)  # (T, B, N, D)
+    episode_starts = torch.zeros(2, 16, dtype=torch.bool, device=device) if starts else None
+
+    def train_call() -> None:
+        out, _, _ = core(x, core.initial_state(16, device), episode_starts)
+        out.sum().backward()
+
+    _, codes = run_and_get_code(train_call)
+    return codes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--cells", nargs="+", choices=["lstm", "gru"], default=["lstm", "gru"],
+                        help="the cells counted")  # fmt: skip
+    parser.add_argument("--names", action="store_true", help="list each graph's kernels")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"device: {device}; torch {torch.__version__}; launches per step (fused + extern)")
+    print(f"{'cell':<6}{'elements':>9}{'starts':>8}{'forward':>12}{'backward':>12}{'total':>7}")
+    for cell in args.cells:
+        for elements, starts in ((1, True), (1, False), (3, True)):
+            counts = [census(code) for code in step_codes(cell, elements, starts, device)]
+            counts = [c for c in counts if c.fused + c.extern]
+            if len(counts) != 2:
+                raise SystemExit(f"expected a forward and a backward step graph, got {len(counts)}")
+            fwd, bwd = counts
+            total = fwd.fused + fwd.extern + bwd.fused + bwd.extern
+            print(
+                f"{cell:<6}{elements:>9}{str(starts):>8}"
+                f"{f'{fwd.fused}+{fwd.extern}':>12}{f'{bwd.fused}+{bwd.extern}':>12}{total:>7}",
+                flush=True,
+            )
+            if args.names:
+                print("   forward: ", " ".join(fwd.names))
+                print("   backward:", " ".join(bwd.names))
+
+
+if __name__ == "__main__":
+    main()
