@@ -5,7 +5,7 @@ outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactiv
 state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
 bfloat16 precision; with ``compile_steps`` (Triton kernels) it agrees with the eager steps; with
 ``cuda_graphs`` (replayed CUDA graphs) training steps with optimizer updates between them, acting
-steps and out-of-order backwards agree with the eager core.
+steps and out-of-order backwards agree with the eager core; tied RIMs are chosen by index.
 Prints one line per check and exits 1 on a failure.
 
     python bench/cuda_check.py                  # needs CUDA; without it, says so and exits 0
@@ -37,7 +37,7 @@ def run(
     core.manual_backward = manual
     x = torch.randn(9, 5, 10, dtype=dtype).to(device).requires_grad_()
     starts = torch.zeros(9, 5, dtype=torch.bool, device=device)
-    starts[4, 2] = True
+    starts[4, 2] = starts[0, 1] = True
     state = core.initial_state(5)
     out, _, info = core(x, state, starts)
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=device).view_as(out)).sum(
@@ -180,6 +180,16 @@ def main() -> int:
         idle = ~info.mask[0]  # (B, U)
         check(f"{cell}: inactive state bit-identical on the device",
               all(torch.equal(n[idle], s[idle]) for n, s in zip(new, state)))  # fmt: skip
+        # Without query biases every RIM ties at the first step: the lowest indices win,
+        # eagerly (a stable sort) and compiled (counted ranks).
+        tied = []
+        for compiled in (False, True):
+            core = RIMs(10, num_units=6, k=4, hidden_size=8, cell=cell, query_bias=False,
+                        compile_steps=compiled).to(device).eval()  # fmt: skip
+            with torch.no_grad():
+                _, _, info = core(torch.randn(1, 8, 10, device=device), core.initial_state(8))
+            tied.append(info.mask[0].cpu().tolist() == [[True] * 4 + [False] * 2] * 8)
+        check(f"{cell}: tied RIMs chosen by index on the device, eager and compiled", all(tied))
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

@@ -9,7 +9,8 @@ step:
    query from its own state with its own weights. Multi-head; probabilities are averaged over
    heads for the selection.
 2. **Selection.** The ``k`` RIMs that put the *least* attention on the null element are active.
-   The selection is a hard top-k and is not differentiated through.
+   The selection is a hard top-k and is not differentiated through; ties go to the lower index,
+   the same on every device.
 3. **Independent dynamics.** Each RIM runs its own LSTM or GRU cell (own weights) on what it read.
    Inactive RIMs keep ``h`` (and ``c``) bit-for-bit; their new state is the kept state, so an
    inactive RIM's output does not depend on the current input while gradient still flows,
@@ -453,10 +454,23 @@ class RIMs(nn.Module):
         U, B, _ = hs[0].shape
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
         gates = _GATES[self.cell] * self.hidden_size
-        if keep is not None:
-            hs = [s * keep.view(1, B, 1) for s in hs]
-        # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state.
-        hq = torch.baddbmm(inp.state_bias, hs[0], self.state_weight)  # (U,B,H) -> (U,B,G+Q)
+        # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state,
+        # (U,B,H) -> (U,B,G+Q), after the reset at episode starts (keep is 0 or 1 per row).
+        if torch.compiler.is_compiling():
+            # Compiled, the reset applies to the product's rows instead (the same values: a
+            # reset row is exactly 0 either way), so that it fuses into the kernel after the
+            # matmul, with the bias, rather than being a kernel of its own before it. (The bias
+            # is added the same way without resets, so that rows that are not reset round
+            # alike with and without them.)
+            products = torch.bmm(hs[0], self.state_weight)
+            if keep is not None:
+                products = torch.where(keep.view(1, B, 1) > 0, products, 0.0)
+                hs = [s * keep.view(1, B, 1) for s in hs]
+            hq = products + inp.state_bias
+        else:
+            if keep is not None:
+                hs = [s * keep.view(1, B, 1) for s in hs]
+            hq = torch.baddbmm(inp.state_bias, hs[0], self.state_weight)
         gates_h, query = hq.split((gates, heads * dk), dim=-1)
         query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
         # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
@@ -518,12 +532,28 @@ class RIMs(nn.Module):
 
     def _select(self, key: Tensor) -> Tensor:
         """``(U, B)`` selection key (see ``_selection_key``) -> ``(U, B)`` bool mask of the
-        ``k`` RIMs with the smallest key, i.e. the least attention on the null."""
-        if self.k == self.num_units:
+        ``k`` RIMs with the smallest key, i.e. the least attention on the null.
+
+        Ties go to the lower index and NaN ranks above every number, so exactly k are chosen
+        and the choice is the same on every device. Eagerly a stable sort picks them (three
+        ops); in a compiled step each RIM's rank is counted instead, elementwise over the
+        ``(U, U, B)`` pairs, which fuses into the step's kernels where a sort (or topk) would be
+        kernels of its own."""
+        U = self.num_units
+        if self.k == U:
             return torch.ones_like(key, dtype=torch.bool)
-        idx = torch.topk(key, self.k, dim=0, largest=False).indices  # (k, B)
-        mask = torch.zeros_like(key, dtype=torch.bool)
-        return mask.scatter_(0, idx, True)
+        if not torch.compiler.is_compiling():
+            idx = torch.sort(key, dim=0, stable=True).indices[: self.k]  # (U, B) -> (k, B)
+            return torch.zeros_like(key, dtype=torch.bool).scatter_(0, idx, True)
+        # before[u, v, b]: RIM v ranks before RIM u, in the order (is NaN, key, index).
+        mine, other = key.unsqueeze(1), key.unsqueeze(0)  # (U, B) -> (U, 1, B), (1, U, B)
+        mine_nan, other_nan = mine.isnan(), other.isnan()
+        index = torch.arange(U, device=key.device)
+        earlier = index.view(1, U, 1) < index.view(U, 1, 1)  # (U, U, 1): v < u
+        same = (other == mine) | (other_nan & mine_nan)
+        before = (other_nan == mine_nan) & ((other < mine) | (same & earlier))
+        before = before | (~other_nan & mine_nan)
+        return before.sum(1) < self.k  # (U, U, B) -> (U, B): rank < k
 
     def _cell(
         self, gates_x: Tensor, gates_h: Tensor, hs: list[Tensor]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -271,6 +273,37 @@ def test_k_equal_num_units_runs_every_rim(cell):
     assert (new_state[0] != 0).all()
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_counted_ranks_select_what_the_sort_selects(monkeypatch, k):
+    """Compiled steps select by counting ranks, eager ones by a stable sort: the same k RIMs,
+    with ties to the lower index and NaN after every number, +-inf included."""
+    m = make_rims(k=k)
+    torch.manual_seed(0)
+    key = torch.randint(0, 3, (5, 3000)).float()  # (U, B), many ties
+    for value, share in ((float("nan"), 0.1), (float("inf"), 0.1), (-float("inf"), 0.1)):
+        key[torch.rand(key.shape) < share] = value
+    by_sort = m._select(key)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    by_rank = m._select(key)
+    assert torch.equal(by_rank, by_sort)
+    assert (by_sort.sum(0) == k).all()
+    # The order (is NaN, key, index), checked column by column in plain Python.
+    for b in range(200):
+        column = key[:, b].tolist()
+        order = sorted(range(5), key=lambda u: (math.isnan(column[u]), column[u], u))
+        expected = [u in order[:k] for u in range(5)]
+        assert by_sort[:, b].tolist() == expected
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_tied_rims_are_chosen_by_index(path):
+    """Without query biases every RIM ties at the first step (all queries are 0); the lowest
+    indices are chosen, on every path."""
+    m = make_rims(query_bias=False, k=3, **PATHS[path])
+    _, _, info = m(torch.randn(1, 4, 10), m.initial_state(4))
+    assert info.mask[0].tolist() == [[True, True, True, False, False]] * 4
+
+
 def test_dropout_only_in_training_mode():
     m = make_rims("lstm", dropout=0.5)
     x = torch.randn(5, 4, 10)
@@ -362,8 +395,8 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
     torch.manual_seed(3)
     x = torch.randn(7, 3, elements, 10, dtype=torch.float64)
     starts = torch.zeros(7, 3, dtype=torch.bool)
-    if with_starts:
-        starts[3, 1] = starts[5, 0] = True
+    if with_starts:  # t=0 too: the first step's reset takes all gradient from its row of h0
+        starts[3, 1] = starts[5, 0] = starts[0, 2] = True
     grads, outs = [], []
     for manual in (True, False):
         m = make_rims(cell, torch.float64, input_heads=heads, k=3, comm_gate=comm_gate).train()
@@ -377,6 +410,8 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
         loss.backward()
         outs.append((out.detach(), info.mask))
         grads.append([xr.grad, *(s.grad for s in state), *(p.grad for p in m.parameters())])
+        if with_starts:
+            assert all(not s.grad[2].any() and s.grad[:2].any() for s in state)
     assert torch.equal(outs[0][1], outs[1][1])
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
     names = ["x", "h0", "c0"][: 1 + (2 if cell == "lstm" else 1)] + [
@@ -399,7 +434,7 @@ def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads,
     torch.manual_seed(4)
     x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
     starts = torch.zeros(6, 3, dtype=torch.bool)
-    starts[2, 1] = starts[4, 0] = True
+    starts[2, 1] = starts[4, 0] = starts[0, 2] = True
     runs = []
     for compiled in (True, False):
         m = make_rims(cell, torch.float64, input_heads=heads, k=3, compile_steps=compiled,
