@@ -95,14 +95,18 @@ class RIMsSequence(torch.autograd.Function):
         d_gxs, d_scores_all = [], []
         step_back = _COMPILED_STEP_BACKWARD if m_.compile_steps else step_backward
         weights_t = (w_state_t, w_comm_t, w_out_t)
+        # Each step hands back dh before its own episode-start reset; the step before applies
+        # it (keep_next), where it fuses into that step's first kernel. Ones after the last.
+        keep_next = None if inp.keep is None else torch.ones_like(inp.keep[0])
         for t in reversed(range(T)):
             s = steps[t]
+            keep = None if inp.keep is None else inp.keep[t]
             g = step_back(
                 m_, inp, s, weights_t, one, d_out[t], dh, dc, mf_all[:, t],
                 None if read_slope is None else read_slope[:, t], inp.keys[t],
-                inp.value_gates[:, t], None if inp.keep is None else inp.keep[t],
+                inp.value_gates[:, t], keep, keep_next,
             )  # fmt: skip
-            dh, dc = g.dh, g.dc
+            dh, dc, keep_next = g.dh, g.dc, keep
             kepts.append(s["kept"])
             d_qkvs.append(g.d_qkv)
             reads_c.append(s["comm"][4])
@@ -140,6 +144,8 @@ class RIMsSequence(torch.autograd.Function):
             compact=m_.state_weight.device.type == "cpu",
         )  # fmt: skip
         d_c0 = dc if lstm else None
+        if keep_next is not None:  # the first step's reset
+            dh = dh * keep_next.view(1, B, 1)
         return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
                 d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
                 d_c0)  # fmt: skip
@@ -147,7 +153,8 @@ class RIMsSequence(torch.autograd.Function):
 
 class StepGrads(NamedTuple):
     """What one step of the reverse walk hands on: the gradients reaching the state before the
-    step, ``dh`` and ``dc`` ``(U, B, H)`` (``dc`` None for GRU), and the step's factors of the
+    step, ``dh`` and ``dc`` ``(U, B, H)`` (``dc`` None for GRU; ``dh`` before the step's
+    episode-start reset, which the step before applies), and the step's factors of the
     weight gradients, joined after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o``
     ``(U, B, H or 2H)`` (the communication output map's pre-activation, with the gate's beside
     it), ``d_gx`` ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)``
@@ -165,7 +172,7 @@ class StepGrads(NamedTuple):
 def step_backward(
     m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
     d_out: Tensor, dh: Tensor, dc: Tensor | None, mf: Tensor, read_slope: Tensor | None,
-    keys: Tensor, value_gates: Tensor, keep: Tensor | None,
+    keys: Tensor, value_gates: Tensor, keep: Tensor | None, keep_next: Tensor | None,
 ) -> StepGrads:  # fmt: skip
     """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
     the state after the step (plus the step's output gradient ``d_out``), those reaching the
@@ -173,14 +180,17 @@ def step_backward(
     communication and output (with the gate's beside it) weights; mf ``(U, B, 1)``
     the mask as floats; read_slope ``(U, B, 1, 1)`` (one element) or None; keys
     ``(B, heads, dk, N)``, value_gates ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's
-    slices. A pure function (compiled once for all steps with ``RIMs.compile_steps``)."""
+    slices; keep_next ``(B,)`` the next step's reset, which ``dh`` has not been through yet
+    (the returned ``dh`` has not been through ``keep`` either: the step before applies it, so
+    that it fuses into that step's first kernel; ``dc`` has). A pure function (compiled once for
+    all steps with ``RIMs.compile_steps``)."""
     lstm = m_.cell == "lstm"
     U, B, _ = dh.shape
     heads, dk = m_.input_heads, m_.input_key_size
     ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
     G = value_gates.shape[-1]
     w_state_t, w_comm_t, w_out_t = weights_t
-    dh = dh + d_out
+    dh = (dh if keep_next is None else dh * keep_next.view(1, B, 1)) + d_out
     # --- communication: out = kept + m * sigmoid(read_c @ W_g + b_g) * tanh(read_c @ W_o + b_o)
     # (or kept + m * (read_c @ W_o + b_o) without the gate)
     q, k, v, attn, _, gate, tanh_o = s["comm"]  # (U,B,ch,cdk) x2, (U,B,ch,cdv), (U,U,B,ch), ..
@@ -244,13 +254,11 @@ def step_backward(
         # (U,B,heads,1,N) @ (1,B,heads,N,dk) -> (U,B,heads,1,dk)
         d_query = d_scores.unsqueeze(3) @ keys.transpose(-1, -2).unsqueeze(0)
     d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
-    dh_in = dh_in + torch.bmm(d_hq, w_state_t)
-    # --- the episode-start reset at the top of the step
-    if keep is not None:
-        keep = keep.view(1, B, 1)
-        dh_in = dh_in * keep
-        if lstm:
-            dc_in = dc_in * keep
+    # dh_in + d_hq @ W_state^T: (U,B,G+Q) @ (U,G+Q,H) -> (U,B,H), the sum in the matmul
+    dh_in = torch.baddbmm(dh_in, d_hq, w_state_t)
+    # --- the episode-start reset at the top of the step (dh's is left to the step before)
+    if keep is not None and lstm:
+        dc_in = dc_in * keep.view(1, B, 1)
     return StepGrads(dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
 
 
