@@ -8,6 +8,7 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
     python bench/core_speed.py --device cuda   # GPU: T=128, B in 8/64/512
     python bench/core_speed.py --public-rims PATH/RIM.py   # add the public implementation
     python bench/core_speed.py --cores "rims-lstm drop 0"  # one row (and the baselines)
+    python bench/core_speed.py --inductor max_autotune=True   # Inductor settings for `comp`
 
 ``rims-*`` rows use the paper's attention dropout 0.1 (autograd through the time loop);
 ``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward;
@@ -123,6 +124,30 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
     }
 
 
+def inductor_setting(setting: str) -> None:
+    """Apply one ``KEY=VALUE`` to ``torch._inductor.config`` (VALUE a Python literal)."""
+    import ast
+
+    import torch._inductor.config as config
+
+    key, sep, text = setting.partition("=")
+    if not sep:
+        raise ValueError("expected KEY=VALUE")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a bare word: a string
+    owner, _, name = key.rpartition(".")
+    target = config
+    for part in filter(None, owner.split(".")):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ValueError(f"no Inductor setting {key!r}")
+    if not hasattr(target, name):
+        raise ValueError(f"no Inductor setting {key!r}")
+    setattr(target, name, value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -132,6 +157,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--cores", nargs="+", default=None, metavar="NAME",
                         help="time only these rows (the LSTM baselines always run)")  # fmt: skip
+    parser.add_argument(
+        "--inductor", nargs="+", default=[], metavar="KEY=VALUE",
+        help="torch._inductor.config settings for the compiled rows, e.g. max_autotune=True "
+        "(Triton matmuls that can take the pointwise ops around them in)",
+    )  # fmt: skip
     parser.add_argument("--public-rims", default=None, metavar="RIM.py",
                         help="time the public implementation's RIMCell from this file")  # fmt: skip
     args = parser.parse_args()
@@ -142,6 +172,11 @@ def main() -> None:
     repeats = args.repeats or (20 if gpu else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
+    for setting in args.inductor:
+        try:
+            inductor_setting(setting)
+        except ValueError as err:
+            parser.error(f"--inductor {setting}: {err}")
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; T={T}; input 512; 6 RIMs x 100, 4 active")
