@@ -12,24 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agents.checkpoint import CheckpointError
-from agents.config import PRESETS, ConfigError, TrainConfig, resolve_config
+from agents.config import NOT_LEARNED, PRESETS, ConfigError, TrainConfig, resolve_config
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
 
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
-RESUME_MAY_CHANGE = {
-    "run_dir",
-    "resume",
-    "total_steps",
-    "device",
-    "progress",
-    "torch_threads",
-    "detect_anomaly",
-    "env_timeout",
-    "rims_compile",
-    "rims_graphs",
-}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -249,9 +237,7 @@ def config_for_train(given: dict) -> TrainConfig:
     if not given.get("run_dir"):
         raise ConfigError("--resume needs --run-dir DIR (the run to continue)")
     saved = saved_config(Path(given["run_dir"]))
-    changed = sorted(
-        k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v
-    )
+    changed = sorted(k for k, v in given.items() if k not in NOT_LEARNED and saved.get(k) != v)
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ConfigError(f"cannot change {flags} when resuming (the run's config is fixed)")

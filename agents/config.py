@@ -223,6 +223,16 @@ class TrainConfig:
         return cls(**{**SAVED_BEFORE_FIELD, **data})
 
 
+NOT_LEARNED = frozenset({
+    "run_dir", "resume", "overwrite", "device", "progress", "torch_threads", "detect_anomaly",
+    "env_timeout", "checkpoint_every", "keep_checkpoints", "image_every", "rims_compile",
+    "rims_graphs", "total_steps",
+})  # fmt: skip
+"""Settings that change how a run is carried out, kept or shown, not what it learns (the speed
+flags change float rounding at most): a resumed run may change them, and ``rims plot`` pools
+runs that differ only in them and the seed. ``total_steps`` is one so that a run can be
+extended when resumed and runs of different lengths pooled."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The field defaults plus 32-step chunks make the Minigrid preset (solves DoorKey-5x5 on a
     # laptop CPU). RIMs' hard top-k can flip which mechanisms are active after a small weight

@@ -10,12 +10,10 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.checkpoint import CheckpointError
+from agents.config import NOT_LEARNED
 
-# Settings that do not change what is learned (bookkeeping), and the seed: runs differing only in
-# these are seeds of one config.
-IGNORED = {"seed", "run_dir", "resume", "overwrite", "progress", "torch_threads", "device",
-           "total_steps", "detect_anomaly", "checkpoint_every", "keep_checkpoints",
-           "image_every", "rims_graphs"}  # fmt: skip
+IGNORED = NOT_LEARNED | {"seed"}
+"""Settings that do not tell configs apart: runs that differ only in these are its seeds."""
 
 
 def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -132,6 +133,27 @@ def test_resume_may_switch_on_compiled_steps(tmp_path, monkeypatch):
     # The resumed run acted and learnt through the compiled functions.
     assert all(w.compiled is not None and not w.failed for w in wrappers)
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 128
+
+
+def test_resume_may_change_what_does_not_change_learning_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    bookkeeping = ["--checkpoint-every", "3", "--keep-checkpoints", "1", "--image-every", "0",
+                   "--env-timeout", "30", "--torch-threads", "1"]  # fmt: skip
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "64",
+                 *bookkeeping]) == 0  # fmt: skip
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 64
+    assert main(["train", "--resume", "--run-dir", str(run), "--ent-coef", "0.5"]) == 2
+
+
+def test_settings_that_do_not_change_learning_are_config_fields():
+    from agents.config import NOT_LEARNED, TrainConfig
+    from agents.curves import IGNORED
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert NOT_LEARNED < fields and IGNORED == NOT_LEARNED | {"seed"}
+    # What a run learns is never among them.
+    assert not NOT_LEARNED & {"env", "core", "seed", "learning_rate", "k", "num_units", "bptt"}
 
 
 def test_overwrite_starts_afresh(tmp_path):

@@ -286,6 +286,7 @@ def test_rims_graphs_does_not_split_a_plot_group(tmp_path):
         ("old", {}),
         ("on", {"rims_graphs": True}),
         ("off", {"rims_graphs": False}),
+        ("compiled", {"rims_graphs": False, "rims_compile": True}),  # also speed only
     ):
         run = tmp_path / name
         run.mkdir()
