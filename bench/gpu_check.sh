@@ -9,8 +9,8 @@
 #     bash bench/gpu_check.sh graphs   # --rims-graphs: correctness, Atari steps/s, core speed,
 #                                      # a short learning run (about 6.5 minutes)
 #     bash bench/gpu_check.sh kernels  # fewer kernels per step: correctness, the kernel count
-#                                      # on the device, core speed with and without Inductor's
-#                                      # max-autotune (about 6.5 minutes)
+#                                      # and a profile on the device, core speed with and
+#                                      # without Inductor's max-autotune (about 9 minutes)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -78,13 +78,13 @@ fi
 
 if [[ $part == kernels ]]; then
     # 6. Fewer kernels per step (issue 8; bench/step_kernels.py): the device still computes what
-    #    the CPU does (the counted-rank selection and the moved resets run compiled there), then
-    #    how many kernels a compiled step launches on the device, then what that buys at the
-    #    target's shape, and what Inductor's max-autotune (Triton matmuls that can take the
-    #    pointwise ops around them in) adds to it.
+    #    the CPU does (the counted-rank selection and the moved resets run compiled there); how
+    #    many kernels a compiled step launches on the device and where its time goes (a profile
+    #    without graphs); what that buys at the target's shape; and what Inductor's max-autotune
+    #    (Triton matmuls that can take the pointwise ops around them in) adds to it.
     timeout -k 10 150 python bench/cuda_check.py 2>&1 | tee "$out/cuda_check.txt"
-    timeout -k 10 90 python bench/step_kernels.py --device cuda --cells lstm --names 2>&1 \
-        | tee "$out/step_kernels.txt"
+    timeout -k 10 150 python bench/step_kernels.py --device cuda --cells lstm --names --profile \
+        2>&1 | tee "$out/step_kernels.txt"
     timeout -k 10 80 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
         --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
         | tee "$out/core_speed_kernels.txt"

@@ -11,6 +11,7 @@ fusion; Triton splits some reductions that C++ loops join).
     python bench/step_kernels.py                 # CPU
     python bench/step_kernels.py --device cuda   # the kernels a GPU launches
     python bench/step_kernels.py --cells lstm --names   # one cell, each kernel named
+    python bench/step_kernels.py --device cuda --profile   # and where a step's time goes
 """
 
 from __future__ import annotations
@@ -77,12 +78,48 @@ def step_codes(cell: str, elements: int, starts: bool, device: torch.device) -> 
     return codes
 
 
+def profile(device: torch.device, T: int, B: int, rows: int) -> str:
+    """A profiler table of one training call (forward+backward) of the compiled core with
+    bfloat16 products, input 512, 6 RIMs x 100, 4 active, no CUDA graphs (so that each kernel
+    shows), the kernels sorted by their own time on the device (CPU: by CPU time), and the
+    device time per step."""
+    core = RIMs(512, 6, 4, 100, dropout=0.0, compile_steps=True, bf16_matmuls=True).to(device)
+    x = torch.randn(T, B, 512, device=device)
+    episode_starts = torch.zeros(T, B, dtype=torch.bool, device=device)
+    cuda = device.type == "cuda"
+
+    def train_call() -> None:
+        out, _, _ = core(x, core.initial_state(B, device), episode_starts)
+        out.sum().backward()
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):  # compile and warm up
+        train_call()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        train_call()
+    events = prof.key_averages()
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = events.table(sort_by=sort_by, row_limit=rows)
+    if cuda:
+        total_us = sum(e.self_device_time_total for e in events)
+        table += f"\ndevice time {total_us / 1e3:.2f} ms, {total_us / T:.1f} us per step (T={T})"
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cells", nargs="+", choices=["lstm", "gru"], default=["lstm", "gru"],
                         help="the cells counted")  # fmt: skip
     parser.add_argument("--names", action="store_true", help="list each graph's kernels")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="then profile a training call at T=128, B=64 (on a CPU T=32, B=16)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device: {device}; torch {torch.__version__}; launches per step (fused + extern)")
@@ -103,6 +140,9 @@ def main() -> None:
             if args.names:
                 print("   forward: ", " ".join(fwd.names))
                 print("   backward:", " ".join(bwd.names))
+    if args.profile:
+        gpu = device.type == "cuda"
+        print(profile(device, 128 if gpu else 32, 64 if gpu else 16, rows=25))
 
 
 if __name__ == "__main__":
