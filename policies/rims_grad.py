@@ -198,15 +198,14 @@ def step_backward(
     if gate is None:
         d_o = d_comm
     else:  # through tanh and through the sigmoid: 2 x (U,B,H) -> (U,B,2H), the output's order
-        d_o = torch.cat((d_comm * gate * (one - tanh_o * tanh_o),
-                         d_comm * tanh_o * gate * (one - gate)), dim=-1)  # fmt: skip
+        d_o = torch.cat((_tanh_grad(d_comm * gate, tanh_o),
+                         _sigmoid_grad(d_comm * tanh_o, gate)), dim=-1)  # fmt: skip
     # (U,B,H or 2H) @ (U,H or 2H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
     d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv)
     # read_i = sum_j attn[i,j] v_j, as broadcast products (see RIMs._communicate)
     d_attn = (d_r.unsqueeze(1) * v.unsqueeze(0)).sum(-1)  # (U, U, B, ch)
     d_v = (attn.unsqueeze(-1) * d_r.unsqueeze(1)).sum(0)  # (U, B, ch, cdv)
-    d_s = attn * (d_attn - (d_attn * attn).sum(1, keepdim=True))  # softmax over j
-    d_s = d_s.unsqueeze(-1)  # (U, U, B, ch, 1)
+    d_s = _softmax_grad(d_attn, attn, 1).unsqueeze(-1)  # softmax over j; (U, U, B, ch, 1)
     d_q = (d_s * k.unsqueeze(0)).sum(1)  # sum over j: (U, B, ch, cdk)
     d_k = (d_s * q.unsqueeze(1)).sum(0)  # sum over i: (U, B, ch, cdk)
     # three (U,B,ch,d) -> (U,B,ch*d), joined in qkv's column order
@@ -222,21 +221,21 @@ def step_backward(
         i, f, g, o, tanh_c = s["acts"]
         d_c_new = dc * mf
         dc_in = dc - d_c_new
-        d_c_new = d_c_new + d_new * o * (one - tanh_c * tanh_c)
-        dc_in = dc_in + d_c_new * f
+        d_c_new = d_c_new + _tanh_grad(d_new * o, tanh_c)
+        dc_in = torch.addcmul(dc_in, d_c_new, f)
         d_gates = torch.cat((
-            d_c_new * g * i * (one - i),
-            d_c_new * s["hs"][1] * f * (one - f),
-            d_c_new * i * (one - g * g),
-            d_new * tanh_c * o * (one - o),
+            _sigmoid_grad(d_c_new * g, i),
+            _sigmoid_grad(d_c_new * s["hs"][1], f),
+            _tanh_grad(d_c_new * i, g),
+            _sigmoid_grad(d_new * tanh_c, o),
         ), dim=-1)  # fmt: skip
         d_gx = d_gh = d_gates
     else:
         r, z, n, h_n = s["acts"]
         h_in = s["hs"][0]
-        d_n = d_new * (one - z) * (one - n * n)
-        d_r_pre = d_n * h_n * r * (one - r)
-        d_z_pre = d_new * (h_in - n) * z * (one - z)
+        d_n = _tanh_grad(d_new * (one - z), n)
+        d_r_pre = _sigmoid_grad(d_n * h_n, r)
+        d_z_pre = _sigmoid_grad(d_new * (h_in - n), z)
         dh_in = dh_in + d_new * z
         d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
         d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
@@ -260,6 +259,22 @@ def step_backward(
     if keep is not None and lstm:
         dc_in = dc_in * keep.view(1, B, 1)
     return StepGrads(dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
+
+
+def _sigmoid_grad(grad: Tensor, y: Tensor) -> Tensor:
+    """``grad * y * (1 - y)``, the gradient through ``y = sigmoid(x)``: one kernel, not three."""
+    return torch.ops.aten.sigmoid_backward(grad, y)
+
+
+def _tanh_grad(grad: Tensor, y: Tensor) -> Tensor:
+    """``grad * (1 - y * y)``, the gradient through ``y = tanh(x)``: one kernel, not three."""
+    return torch.ops.aten.tanh_backward(grad, y)
+
+
+def _softmax_grad(grad: Tensor, p: Tensor, dim: int) -> Tensor:
+    """``p * (grad - (grad * p).sum(dim))``, the gradient through ``p = softmax(x, dim)``:
+    one kernel, not four."""
+    return torch.ops.aten._softmax_backward_data(grad, p, dim, p.dtype)
 
 
 def value_gate_grads(
