@@ -1,4 +1,5 @@
-"""How many kernels one compiled RIMs step launches, forward and backward (``--rims-compile``).
+"""How many kernels one RIMs step launches, forward and backward, compiled (``--rims-compile``)
+and eager.
 
 With CUDA graphs (``--rims-graphs``) a training sequence costs its kernels, not their launches'
 host time, and each small kernel still costs some microseconds on the device: at B=64 the
@@ -6,7 +7,8 @@ forward+backward over T=128 is about (kernels per step) x 128 small kernels. Thi
 from the code Inductor generates for the step bodies (``policies/compiled.py``): fused kernels
 (Triton on a GPU, C++ loops on a CPU) and extern calls (matmuls, and ops Inductor cannot lower,
 such as ``topk``). The CPU count is a proxy for the GPU's (the same scheduler decides the
-fusion; Triton splits some reductions that C++ loops join).
+fusion; Triton splits some reductions that C++ loops join). Eager steps (what ``--rims-graphs``
+replays without ``--rims-compile``) are counted as the aten ops they run, views left out.
 
     python bench/step_kernels.py                 # CPU
     python bench/step_kernels.py --device cuda   # the kernels a GPU launches
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 from typing import NamedTuple
 
 import torch
 from torch._inductor.utils import run_and_get_code
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from policies import RIMs
 
@@ -76,6 +80,48 @@ def step_codes(cell: str, elements: int, starts: bool, device: torch.device) -> 
 
     _, codes = run_and_get_code(train_call)
     return codes
+
+
+VIEW_OPS = frozenset({
+    "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "split", "split_with_sizes",
+    "chunk", "slice", "select", "transpose", "t", "permute", "expand", "detach", "alias",
+    "as_strided", "unbind",
+})  # fmt: skip
+"""Aten ops that only make views: no kernel."""
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops run inside it by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def eager_ops_per_step(cell: str, device: torch.device) -> tuple[float, float]:
+    """Aten ops that launch a kernel (views left out) per step of an eager training call,
+    forward and backward (input 512, 6 RIMs x 100, 4 active, B=16, with episode starts): the
+    kernels a CUDA graph of the eager core replays (``--rims-graphs`` without compiled steps).
+    The difference between T=16 and T=8, over 8."""
+    core = RIMs(512, 6, 4, 100, cell=cell, dropout=0.0).to(device)
+    totals = []
+    for T in (8, 16):
+        x = torch.randn(T, 16, 512, device=device)
+        starts = torch.zeros(T, 16, dtype=torch.bool, device=device)
+        forward, backward = _OpCounter(), _OpCounter()
+        with forward:
+            out, _, _ = core(x, core.initial_state(16, device), starts)
+        loss = out.sum()
+        with backward:
+            loss.backward()
+        totals.append([sum(n for op, n in c.ops.items() if op not in VIEW_OPS)
+                       for c in (forward, backward)])  # fmt: skip
+    (f8, b8), (f16, b16) = totals
+    return (f16 - f8) / 8, (b16 - b8) / 8
 
 
 def profile(device: torch.device, T: int, B: int, rows: int) -> str:
@@ -140,6 +186,10 @@ def main() -> None:
             if args.names:
                 print("   forward: ", " ".join(fwd.names))
                 print("   backward:", " ".join(bwd.names))
+    print("eager steps (--rims-graphs without --rims-compile replays these): kernels per step")
+    for cell in args.cells:
+        forward, backward = eager_ops_per_step(cell, device)
+        print(f"{cell:<6}forward {forward:.0f}  backward {backward:.0f}", flush=True)
     if args.profile:
         gpu = device.type == "cuda"
         print(profile(device, 128 if gpu else 32, 64 if gpu else 16, rows=25))

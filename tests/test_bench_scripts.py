@@ -102,3 +102,10 @@ def test_a_compiled_training_step_is_its_three_matmuls_and_three_fused_kernels_e
         externs = [n for n in count.names if not n.startswith(("cpp_", "triton_"))]
         assert sorted(externs) in (["baddbmm", "bmm", "bmm"], ["baddbmm", "baddbmm", "bmm"])
         assert count.fused <= 3
+
+
+def test_an_eager_step_runs_the_fused_derivatives_not_their_chains():
+    """The eager backward step takes sigmoid, tanh and softmax gradients in one op each (46
+    kernels per LSTM step, against 65 written out as products); the forward runs 34."""
+    forward, backward = step_kernels.eager_ops_per_step("lstm", step_kernels.torch.device("cpu"))
+    assert forward <= 34 and backward <= 47
