@@ -89,6 +89,30 @@ def benchmark_compiled_module():
     )
     assert step_kernels.census(cpp) == step_kernels.Census(1, 1, ["cpp_0", "baddbmm"])
     assert step_kernels.census("no call here") == step_kernels.Census(0, 0, [])
+    # With graph partitions the launches sit in partition_N functions; `call` may be a method.
+    partitioned = """
+triton_poi_fused_0 = async_compile.triton('triton_poi_fused_0', '''
+def triton_poi_fused_0(in_ptr0, out_ptr0, xnumel, XBLOCK : tl.constexpr):
+    tmp0 = tl.load(in_ptr0 + (x0), xmask)
+''', device_str='cuda')
+
+def partition_0(args):
+    arg0_1, = args
+    with torch.cuda._DeviceGuard(0):
+        torch.cuda.set_device(0)
+        buf0 = empty_strided_cuda((4, ), (1, ), torch.float32)
+        triton_poi_fused_0.run(arg0_1, buf0, 4, stream=stream0)
+        extern_kernels.mm(buf0, arg0_1, out=buf1)
+    return (buf1, )
+
+class Runner:
+    def call(self, args):
+        buf2 = torch.ops.aten.topk.default(args[0], 2)
+        (buf1, ) = self.partitions[0](args)
+        return (buf1, buf2)
+"""
+    got = step_kernels.census(partitioned)
+    assert got == step_kernels.Census(1, 2, ["triton_0", "mm", "topk"])
 
 
 def test_a_compiled_training_step_is_its_three_matmuls_and_three_fused_kernels_each_way():
