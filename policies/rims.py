@@ -454,22 +454,22 @@ class RIMs(nn.Module):
         U, B, _ = hs[0].shape
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
         gates = _GATES[self.cell] * self.hidden_size
+        h_before_reset = hs[0]
+        if keep is not None:  # the reset at episode starts (keep is 0 or 1 per row)
+            hs = [s * keep.view(1, B, 1) for s in hs]
         # One batched matmul: each RIM's own [hidden-to-gates | query] from its own state,
-        # (U,B,H) -> (U,B,G+Q), after the reset at episode starts (keep is 0 or 1 per row).
+        # (U,B,H) -> (U,B,G+Q).
         if torch.compiler.is_compiling():
             # Compiled, the reset applies to the product's rows instead (the same values: a
             # reset row is exactly 0 either way), so that it fuses into the kernel after the
             # matmul, with the bias, rather than being a kernel of its own before it. (The bias
             # is added the same way without resets, so that rows that are not reset round
             # alike with and without them.)
-            products = torch.bmm(hs[0], self.state_weight)
+            products = torch.bmm(h_before_reset, self.state_weight)
             if keep is not None:
                 products = torch.where(keep.view(1, B, 1) > 0, products, 0.0)
-                hs = [s * keep.view(1, B, 1) for s in hs]
             hq = products + inp.state_bias
         else:
-            if keep is not None:
-                hs = [s * keep.view(1, B, 1) for s in hs]
             hq = torch.baddbmm(inp.state_bias, hs[0], self.state_weight)
         gates_h, query = hq.split((gates, heads * dk), dim=-1)
         query = query.view(U, B, heads, 1, dk)  # (U,B,heads*dk) -> (U,B,heads,1,dk)
