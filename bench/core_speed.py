@@ -25,6 +25,7 @@ value size is forced to the RIM size, 100).
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import statistics
 import time
@@ -126,8 +127,6 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
 
 def inductor_setting(setting: str) -> None:
     """Apply one ``KEY=VALUE`` to ``torch._inductor.config`` (VALUE a Python literal)."""
-    import ast
-
     import torch._inductor.config as config
 
     key, sep, text = setting.partition("=")

@@ -35,7 +35,8 @@ _LAUNCH = re.compile(
 
 
 class Census(NamedTuple):
-    """Launches in one compiled graph's ``call``: fused kernels, extern calls, their names."""
+    """Launches in one compiled graph (``_launch_bodies``): fused kernels, extern calls, and
+    their names in launch order."""
 
     fused: int
     extern: int
@@ -83,11 +84,17 @@ def census(code: str) -> Census:
     return Census(fused, extern, names)
 
 
+def bench_core(device: torch.device, **options) -> RIMs:
+    """The RIMs counted: input 512, 6 RIMs x 100, 4 active, dropout 0 (the PPO presets'), with
+    ``options``."""
+    return RIMs(512, 6, 4, 100, dropout=0.0, **options).to(device)
+
+
 def step_codes(cell: str, elements: int, starts: bool, device: torch.device) -> list[str]:
     """The Inductor output code of the compiled forward and backward steps of one training
     call (T=2, B=16, input 512, 6 RIMs x 100, 4 active, dropout 0)."""
     torch._dynamo.reset()  # compile afresh, so that this configuration's code is captured
-    core = RIMs(512, 6, 4, 100, cell=cell, dropout=0.0, compile_steps=True).to(device)
+    core = bench_core(device, cell=cell, compile_steps=True)
     x = torch.randn(2, 16, elements, 512, device=device)  # (T, B, N, D)
     episode_starts = torch.zeros(2, 16, dtype=torch.bool, device=device) if starts else None
 
@@ -124,7 +131,7 @@ def eager_ops_per_step(cell: str, device: torch.device) -> tuple[float, float]:
     forward and backward (input 512, 6 RIMs x 100, 4 active, B=16, with episode starts): the
     kernels a CUDA graph of the eager core replays (``--rims-graphs`` without compiled steps).
     The difference between T=16 and T=8, over 8."""
-    core = RIMs(512, 6, 4, 100, cell=cell, dropout=0.0).to(device)
+    core = bench_core(device, cell=cell)
     totals = []
     for T in (8, 16):
         x = torch.randn(T, 16, 512, device=device)
@@ -146,7 +153,7 @@ def profile(device: torch.device, T: int, B: int, rows: int) -> str:
     bfloat16 products, input 512, 6 RIMs x 100, 4 active, no CUDA graphs (so that each kernel
     shows), the kernels sorted by their own time on the device (CPU: by CPU time), and the
     device time per step."""
-    core = RIMs(512, 6, 4, 100, dropout=0.0, compile_steps=True, bf16_matmuls=True).to(device)
+    core = bench_core(device, compile_steps=True, bf16_matmuls=True)
     x = torch.randn(T, B, 512, device=device)
     episode_starts = torch.zeros(T, B, dtype=torch.bool, device=device)
     cuda = device.type == "cuda"

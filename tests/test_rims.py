@@ -290,7 +290,9 @@ def test_counted_ranks_select_what_the_sort_selects(monkeypatch, k):
     # The order (is NaN, key, index), checked column by column in plain Python.
     for b in range(200):
         column = key[:, b].tolist()
-        order = sorted(range(5), key=lambda u: (math.isnan(column[u]), column[u], u))
+        # NaN compares unequal to itself: sort it by a 0 in the key's second place instead
+        nan_last = [(1, 0.0) if math.isnan(v) else (0, v) for v in column]
+        order = sorted(range(5), key=lambda u: (*nan_last[u], u))
         expected = [u in order[:k] for u in range(5)]
         assert by_sort[:, b].tolist() == expected
 
