@@ -59,11 +59,17 @@ class CompiledStep:
 
     def _fall_back(self, err: Exception, *args: Any) -> Any:
         self.failed = True
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         warnings.warn(
-            f"torch.compile failed for the {self.name} ({type(err).__name__}: {first}); "
+            f"torch.compile failed for the {self.name} ({error_summary(err)}); "
             "running it eagerly from now on",
             RuntimeWarning,
             stacklevel=3,
         )
         return self.fn(*args)
+
+
+def error_summary(err: BaseException, limit: int = 200) -> str:
+    """``TypeName: the message's first line`` (at most ``limit`` characters of it), for the
+    one-line warning of a speed path that failed and falls back to eager code."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:limit] if text else ''}"

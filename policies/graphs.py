@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
+from policies.compiled import error_summary
 from policies.core import CoreInfo, State
 
 Run = Callable[[Tensor, State, Tensor | None], tuple[Tensor, State, CoreInfo]]
@@ -270,10 +271,9 @@ class SequenceGraphs:
                 graphs = self.capture(flat, inputs, params, with_backward)
             except RuntimeError as err:  # e.g. an op this torch cannot capture
                 self.failed = True
-                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
                 self._warn_once(
-                    f"capturing a CUDA graph failed ({type(err).__name__}: {first}); the core "
-                    "runs eagerly from now on"
+                    f"capturing a CUDA graph failed ({error_summary(err)}); the core runs "
+                    "eagerly from now on"
                 )
                 return self.run(x, state, episode_starts)
             self.graphs[key] = graphs
