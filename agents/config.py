@@ -43,6 +43,11 @@ class TrainConfig:
         "(None: runs/<env>__<core>__s<seed>__<date-time>)",
     )
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    tf32: bool = option(
+        False,
+        "on CUDA, float32 matmuls run on TF32 tensor cores (about 3 significant digits, as "
+        "cuDNN's RNNs and convolutions do by default); no effect on the CPU",
+    )
     resume: bool = option(False, "continue the run in --run-dir from its latest checkpoint")
     overwrite: bool = option(False, "start afresh even if --run-dir already holds a run")
     # --- rollout and PPO

@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--spatial", action="store_true", help="RIMs read the feature map as a set")
     parser.add_argument(
+        "--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores (CUDA only)"
+    )
+    parser.add_argument(
         "--bptt", type=int, default=0, help="train on chunks of this many steps (0: whole columns)"
     )
     args = parser.parse_args()
@@ -68,6 +71,7 @@ def main() -> None:
             progress=False,
             checkpoint_every=10**6,
             bptt=args.bptt,
+            tf32=args.tf32,
         )
         if core.startswith("rims") and args.spatial:
             given["rims_spatial"] = True
@@ -84,6 +88,7 @@ def main() -> None:
     base = {core: (sps, steady) for core, sps, steady in rows}.get("lstm")
     chunks = f"{args.bptt}-step chunks" if args.bptt else "whole columns"
     setup = f"{args.num_envs} envs x 128 steps ({chunks}), {args.updates} updates/core"
+    setup += ", TF32 matmuls" if args.tf32 else ""
     print(f"\n{args.env}, {setup}; {name}")
     print(f"{'core':<22}{'steps/s':>10}{'x lstm':>8}{'steady':>10}{'x lstm':>8}")
     nan = float("nan")

@@ -9,6 +9,12 @@ over T steps, and the ratios to both LSTM baselines, all measured in one run.
     python bench/core_speed.py --public-rims PATH/RIM.py   # add the public implementation
     python bench/core_speed.py --cores "rims-lstm drop 0"  # one row (and the baselines)
     python bench/core_speed.py --inductor max_autotune=True   # Inductor settings for `comp`
+    python bench/core_speed.py --device cuda --tf32   # float32 matmuls on TF32 tensor cores
+
+cuDNN runs ``nn.LSTM``'s float32 products on TF32 tensor cores by default (PyTorch's cuDNN RNN
+setting), while cuBLAS matmuls (everything else here) stay in full float32 unless ``--tf32``
+(``rims train --tf32``) allows TF32. So on a GPU the ``nn.LSTM(600) fp32`` row times cuDNN in
+full float32 too, and the ratios to either row compare like with like.
 
 ``rims-*`` rows use the paper's attention dropout 0.1 (autograd through the time loop);
 ``rims-* drop 0`` rows are the PPO presets' setting, trained through the hand-written backward;
@@ -29,12 +35,17 @@ import ast
 import importlib.util
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
+from agents.trainer import tf32_matmuls
 from policies import GRUCore, LSTMCore, RIMs
+
+FP32_LSTM = "nn.LSTM(600) fp32"
+"""The baseline row timed with cuDNN's TF32 switched off for RNNs (GPU only)."""
 
 
 class LSTMCellLoop(nn.Module):
@@ -125,6 +136,26 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
     }
 
 
+@contextmanager
+def cudnn_rnn_without_tf32() -> Iterator[None]:
+    """Within the block cuDNN RNNs compute float32 products in full float32 (PyTorch's default
+    lets them use TF32 tensor cores); the setting before it is restored after."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    newer = rnn is not None and hasattr(rnn, "fp32_precision")  # PyTorch >= 2.9
+    before = rnn.fp32_precision if newer else torch.backends.cudnn.allow_tf32
+    if newer:
+        rnn.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if newer:
+            rnn.fp32_precision = before
+        else:
+            torch.backends.cudnn.allow_tf32 = before
+
+
 def inductor_setting(setting: str) -> None:
     """Apply one ``KEY=VALUE`` to ``torch._inductor.config`` (VALUE a Python literal)."""
     import torch._inductor.config as config
@@ -161,6 +192,8 @@ def main() -> None:
         help="torch._inductor.config settings for the compiled rows, e.g. max_autotune=True "
         "(Triton matmuls that can take the pointwise ops around them in)",
     )  # fmt: skip
+    parser.add_argument("--tf32", action="store_true",
+                        help="cuBLAS float32 matmuls may use TF32 (rims train --tf32)")  # fmt: skip
     parser.add_argument("--public-rims", default=None, metavar="RIM.py",
                         help="time the public implementation's RIMCell from this file")  # fmt: skip
     args = parser.parse_args()
@@ -207,6 +240,7 @@ def main() -> None:
             else {}
         ),
         "nn.LSTM(600)": LSTMCore(512, 600),
+        **({FP32_LSTM: LSTMCore(512, 600)} if gpu else {}),
         "nn.GRU(600)": GRUCore(512, 600),
         "LSTMCell(600) loop": LSTMCellLoop(512, 600),
     }
@@ -216,37 +250,58 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --cores {sorted(unknown)}; choose from {sorted(cores)}")
     # The two baselines first, so that each row prints (with its ratios) as soon as it is timed.
-    baselines = ("nn.LSTM(600)", "LSTMCell(600) loop")
+    baselines = ("nn.LSTM(600)", "LSTMCell(600) loop", *([FP32_LSTM] if gpu else []))
     order = [*baselines, *(n for n in cores if n not in baselines)]
     chosen = [n for n in order if n in baselines or not args.cores or n in args.cores]
     header = f"{'core':<22}{'B':>5}{'step ms':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}"
-    header += f"{'x LSTM':>9}{'x cell loop':>13}" + (
-        f"{'x public':>10}" if args.public_rims else ""
-    )
+    header += f"{'x LSTM':>9}{'x cell loop':>13}" + (f"{'x fp32 LSTM':>13}" if gpu else "")
+    header += f"{'x public':>10}" if args.public_rims else ""
+    print(f"float32 matmuls: {'TF32 allowed (--tf32)' if args.tf32 else 'full float32'}")
     print(header, flush=True)
     # The rows every other row is compared with, timed first at each batch size.
     first = [*baselines, *(["public rims-lstm"] if args.public_rims else [])]
-    for B in batches:
-        results = {n: measure(cores[n].to(device).train(), T, B, device, repeats) for n in first}
-        for n in chosen:
-            try:
-                r = results.get(n) or measure(cores[n].to(device).train(), T, B, device, repeats)
-            except Exception as err:  # a failed variant must not cost the rows after it
-                if n in baselines:
-                    raise
-                print(f"{n:<22}{B:>5}  failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
-                continue
-            results[n] = r
-            lstm, loop = results["nn.LSTM(600)"], results["LSTMCell(600) loop"]
-            public = results.get("public rims-lstm")
-            vs_lstm = r["fwdbwd_ms"] / lstm["fwdbwd_ms"]
-            vs_loop = r["fwdbwd_ms"] / loop["fwdbwd_ms"]
-            vs_public = f"{r['fwdbwd_ms'] / public['fwdbwd_ms']:>10.2f}" if public else ""
-            print(
-                f"{n:<22}{B:>5}{r['step_ms']:>10.3f}{r['fwd_ms']:>10.2f}{r['fwdbwd_ms']:>12.2f}"
-                f"{vs_lstm:>9.2f}{vs_loop:>13.2f}{vs_public}",
-                flush=True,
-            )
+
+    def timed(n: str, B: int) -> dict:
+        """Row ``n`` measured at batch size ``B``."""
+        with cudnn_rnn_without_tf32() if n == FP32_LSTM else nullcontext():
+            return measure(cores[n].to(device).train(), T, B, device, repeats)
+
+    with tf32_matmuls(args.tf32):
+        for B in batches:
+            time_batch(B, first, chosen, baselines, timed, gpu)
+
+
+def time_batch(
+    B: int,
+    first: list[str],
+    chosen: list[str],
+    baselines: tuple[str, ...],
+    timed: Callable[[str, int], dict],
+    gpu: bool,
+) -> None:
+    """Time and print every chosen row at batch size ``B``, the rows in ``first`` first (the
+    ones the others are compared with)."""
+    results = {n: timed(n, B) for n in first}
+    for n in chosen:
+        try:
+            r = results.get(n) or timed(n, B)
+        except Exception as err:  # a failed variant must not cost the rows after it
+            if n in baselines:
+                raise
+            print(f"{n:<22}{B:>5}  failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+            continue
+        results[n] = r
+        lstm, loop = results["nn.LSTM(600)"], results["LSTMCell(600) loop"]
+        public = results.get("public rims-lstm")
+        vs_lstm = r["fwdbwd_ms"] / lstm["fwdbwd_ms"]
+        vs_loop = r["fwdbwd_ms"] / loop["fwdbwd_ms"]
+        vs_fp32 = f"{r['fwdbwd_ms'] / results[FP32_LSTM]['fwdbwd_ms']:>13.2f}" if gpu else ""
+        vs_public = f"{r['fwdbwd_ms'] / public['fwdbwd_ms']:>10.2f}" if public else ""
+        print(
+            f"{n:<22}{B:>5}{r['step_ms']:>10.3f}{r['fwd_ms']:>10.2f}{r['fwdbwd_ms']:>12.2f}"
+            f"{vs_lstm:>9.2f}{vs_loop:>13.2f}{vs_fp32}{vs_public}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 #     bash bench/gpu_check.sh kernels  # fewer kernels per step: correctness, the kernel count
 #                                      # and a profile on the device, core speed with and
 #                                      # without Inductor's max-autotune (about 9 minutes)
+#     bash bench/gpu_check.sh tf32     # like for like with cuDNN (TF32 products), and two
+#                                      # Inductor fusion settings (about 6 minutes)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -91,4 +93,23 @@ if [[ $part == kernels ]]; then
     timeout -k 10 150 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
         --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" \
         --inductor max_autotune=True 2>&1 | tee "$out/core_speed_autotune.txt"
+fi
+
+if [[ $part == tf32 ]]; then
+    # 7. cuDNN's nn.LSTM runs its float32 products on TF32 tensor cores by default; the RIMs'
+    #    per-step matmuls (cuBLAS) stay float32 unless --tf32. Time both that way (core_speed
+    #    also times cuDNN in full float32). Then whether Inductor, told not to split
+    #    reductions or to fuse more aggressively, launches fewer of its ~19 kernels per step on
+    #    a GPU (12 on a CPU), and the Atari steps/s with TF32.
+    timeout -k 10 120 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
+        --cores "rims-lstm d0 graphs" "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" \
+        2>&1 | tee "$out/core_speed_tf32.txt"
+    timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
+        --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" \
+        --inductor split_reductions=False 2>&1 | tee "$out/core_speed_nosplit.txt"
+    timeout -k 10 80 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
+        --cores "rims-lstm d0 comp graphs" --inductor aggressive_fusion=True 2>&1 \
+        | tee "$out/core_speed_aggressive.txt"
+    timeout -k 10 90 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 --tf32 \
+        --cores rims-compile-graphs lstm 2>&1 | tee "$out/atari_sps_64_tf32.txt"
 fi
