@@ -22,8 +22,7 @@ full float32 too, and the ratios to either row compare like with like.
 ``comp`` runs each step, forward and backward, through torch.compile (``--rims-compile``; the
 warm-up calls compile, so compiling is not in the figures). ``graphs`` rows (GPU only) replay
 each figure's forward (and backward) from CUDA graphs captured in the warm-up calls
-(``--rims-graphs``, ``policies/graphs.py``). ``kN`` rows split the hand-written backward's
-per-step matmuls in N (``RIMs.backward_split_k``; compiled steps on CUDA default to 4).
+(``--rims-graphs``, ``policies/graphs.py``).
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -137,12 +136,6 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
     }
 
 
-def split_k(core: RIMs, splits: int) -> RIMs:
-    """``core`` with its backward's per-step matmuls split in ``splits``."""
-    core.backward_split_k = splits
-    return core
-
-
 @contextmanager
 def cudnn_rnn_without_tf32() -> Iterator[None]:
     """Within the block cuDNN RNNs compute float32 products in full float32 (PyTorch's default
@@ -242,21 +235,6 @@ def main() -> None:
                     compile_steps="comp" in extra,
                 )
                 for extra in ("", " bf16", " comp", " bf16 comp")
-            }
-            if gpu
-            else {}
-        ),
-        # the backward's matmuls split in k (RIMs.backward_split_k; 4 by default there)
-        **(
-            {
-                f"rims-lstm d0{extra} comp graphs k{k}": split_k(
-                    rims(
-                        dropout=0.0, cuda_graphs=True, bf16_matmuls=bool(extra), compile_steps=True
-                    ),
-                    k,
-                )  # fmt: skip
-                for extra in ("", " bf16")
-                for k in (1, 2, 8)
             }
             if gpu
             else {}

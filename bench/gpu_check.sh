@@ -13,7 +13,6 @@
 #                                      # without Inductor's max-autotune (about 9 minutes)
 #     bash bench/gpu_check.sh tf32     # like for like with cuDNN (TF32 products), and two
 #                                      # Inductor fusion settings (about 6 minutes)
-#     bash bench/gpu_check.sh split    # the backward's matmuls split in k (about 4.5 minutes)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -113,19 +112,4 @@ if [[ $part == tf32 ]]; then
         | tee "$out/core_speed_aggressive.txt"
     timeout -k 10 90 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 --tf32 \
         --cores rims-compile-graphs lstm 2>&1 | tee "$out/atari_sps_64_tf32.txt"
-fi
-
-if [[ $part == split ]]; then
-    # 8. The backward's per-step matmuls split along K (RIMs.backward_split_k: 4 by default for
-    #    compiled steps on CUDA; k1 is the unsplit matmul), with TF32 as cuDNN has it; that the
-    #    split compiled steps still equal eager ones in float64; the default rows in float32.
-    timeout -k 10 150 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
-        --cores "rims-lstm d0 bf16 comp graphs" "rims-lstm d0 bf16 comp graphs k1" \
-        "rims-lstm d0 bf16 comp graphs k8" "rims-lstm d0 comp graphs" \
-        "rims-lstm d0 comp graphs k1" 2>&1 | tee "$out/core_speed_split_tf32.txt"
-    timeout -k 10 60 python bench/cuda_check.py --only compiled 2>&1 \
-        | tee "$out/cuda_check_compiled.txt"
-    timeout -k 10 70 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
-        --cores "rims-lstm d0 bf16 comp graphs" "rims-lstm d0 comp graphs" 2>&1 \
-        | tee "$out/core_speed_split.txt"
 fi

@@ -211,12 +211,6 @@ class RIMs(nn.Module):
         # Training on the fused path uses the hand-written backward of policies.rims_grad
         # (same function, fewer, larger kernels); set False to use autograd throughout.
         self.manual_backward = True
-        # The hand-written backward's per-step state-gradient matmuls, (B, K) @ (K, H) per RIM
-        # with K the 200-464 columns a RIM's state feeds, split K into this many slices whose
-        # products are summed: more and shorter matmul tiles, which a GPU runs in parallel at
-        # small B. None: 4 for compiled steps on CUDA (where the sum fuses into the next
-        # kernel), else 1. The same function either way, to float rounding.
-        self.backward_split_k: int | None = None
         self.compile_steps = compile_steps
         self.cuda_graphs = cuda_graphs
         # Captured CUDA graphs per input signature (built on the first CUDA call; not state).
@@ -295,7 +289,7 @@ class RIMs(nn.Module):
     def _graph_settings(self) -> tuple:
         """What, beside the inputs and the train mode, changes the function a graph records."""
         return (self.compile_steps, self.bf16_matmuls, self.manual_backward, self.dropout,
-                self.fuse_input_gates_max, self.backward_split_k)  # fmt: skip
+                self.fuse_input_gates_max)  # fmt: skip
 
     def _run(
         self, x: Tensor, state: State, episode_starts: Tensor | None = None

@@ -86,14 +86,9 @@ class RIMsSequence(torch.autograd.Function):
         if lstm and d_c_last is not None:
             dc = dc + d_c_last
         one = d_out.new_ones(())  # `one - x` costs half of `1 - x` (no Python scalar to wrap)
-        splits = m_.backward_split_k
-        if splits is None:
-            splits = 4 if m_.compile_steps and d_out.is_cuda else 1
-        # (U, G+Q, H), (U, 3-part, H), (U, H or 2H with the gate, ch*cdv); each split along
-        # its rows for split_matmul where they divide evenly
-        w_state_t = split_rows(m_.state_weight.transpose(1, 2), splits)
-        w_comm_t = split_rows(inp.comm_weight.transpose(1, 2), splits)
-        w_out_t = split_rows(m_.comm_out.transpose(1, 2), splits)
+        w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
+        w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
+        w_out_t = m_.comm_out.transpose(1, 2)  # (U, H or 2H with the gate, ch*cdv)
         # Per-step factors of the weight gradients, summed in one matmul after the loop; and
         # the per-step gradients the value-gate products and the keys need, joined after it.
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
@@ -179,16 +174,16 @@ def step_backward(
     d_out: Tensor, dh: Tensor, dc: Tensor | None, mf: Tensor, read_slope: Tensor | None,
     keys: Tensor, value_gates: Tensor, keep: Tensor | None, keep_next: Tensor | None,
 ) -> StepGrads:  # fmt: skip
-    """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching the
-    state after the step (plus the step's output gradient ``d_out``), those reaching the state
-    before it. ``s`` is the step's saved intermediates; weights_t the transposed state,
-    communication and output (with the gate's beside it) weights, as ``split_rows`` gave them;
-    mf ``(U, B, 1)`` the mask as floats; read_slope ``(U, B, 1, 1)`` (one element) or None; keys
+    """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
+    the state after the step (plus the step's output gradient ``d_out``), those reaching the
+    state before it. ``s`` is the step's saved intermediates; weights_t the transposed state,
+    communication and output (with the gate's beside it) weights; mf ``(U, B, 1)``
+    the mask as floats; read_slope ``(U, B, 1, 1)`` (one element) or None; keys
     ``(B, heads, dk, N)``, value_gates ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's
-    slices; keep_next ``(B,)`` the next step's reset, which ``dh`` has not been through yet (the
-    returned ``dh`` has not been through ``keep`` either: the step before applies it, so that it
-    fuses into that step's first kernel; ``dc`` has). A pure function (compiled once for all
-    steps with ``RIMs.compile_steps``)."""
+    slices; keep_next ``(B,)`` the next step's reset, which ``dh`` has not been through yet
+    (the returned ``dh`` has not been through ``keep`` either: the step before applies it, so
+    that it fuses into that step's first kernel; ``dc`` has). A pure function (compiled once for
+    all steps with ``RIMs.compile_steps``)."""
     lstm = m_.cell == "lstm"
     U, B, _ = dh.shape
     heads, dk = m_.input_heads, m_.input_key_size
@@ -206,7 +201,7 @@ def step_backward(
         d_o = torch.cat((_tanh_grad(d_comm * gate, tanh_o),
                          _sigmoid_grad(d_comm * tanh_o, gate)), dim=-1)  # fmt: skip
     # (U,B,H or 2H) @ (U,H or 2H,ch*cdv) -> (U,B,ch*cdv) -> (U,B,ch,cdv)
-    d_r = split_matmul(d_o, w_out_t).view(U, B, ch, cdv)
+    d_r = torch.bmm(d_o, w_out_t).view(U, B, ch, cdv)
     # read_i = sum_j attn[i,j] v_j, as broadcast products (see RIMs._communicate)
     d_attn = (d_r.unsqueeze(1) * v.unsqueeze(0)).sum(-1)  # (U, U, B, ch)
     d_v = (attn.unsqueeze(-1) * d_r.unsqueeze(1)).sum(0)  # (U, B, ch, cdv)
@@ -216,7 +211,7 @@ def step_backward(
     # three (U,B,ch,d) -> (U,B,ch*d), joined in qkv's column order
     d_qkv = torch.cat((d_q.view(U, B, ch * cdk), d_k.view(U, B, ch * cdk),
                        d_v.view(U, B, ch * cdv)), dim=-1)  # fmt: skip
-    d_kept = dh + split_matmul(d_qkv, w_comm_t)  # (U, B, H)
+    d_kept = dh + torch.bmm(d_qkv, w_comm_t)  # (U, B, H)
     # --- selection: kept = where(m, new, old)
     d_new = d_kept * mf
     dh_in = d_kept - d_new
@@ -259,38 +254,11 @@ def step_backward(
         d_query = d_scores.unsqueeze(3) @ keys.transpose(-1, -2).unsqueeze(0)
     d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
     # dh_in + d_hq @ W_state^T: (U,B,G+Q) @ (U,G+Q,H) -> (U,B,H), the sum in the matmul
-    if w_state_t.shape[0] == U:
-        dh_in = torch.baddbmm(dh_in, d_hq, w_state_t)
-    else:
-        dh_in = dh_in + split_matmul(d_hq, w_state_t)
+    dh_in = torch.baddbmm(dh_in, d_hq, w_state_t)
     # --- the episode-start reset at the top of the step (dh's is left to the step before)
     if keep is not None and lstm:
         dc_in = dc_in * keep.view(1, B, 1)
     return StepGrads(dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
-
-
-def split_rows(weight: Tensor, splits: int) -> Tensor:
-    """``(U, K, N)`` -> ``(U*S, K/S, N)``: each RIM's weight cut into S slices of consecutive
-    rows (a copy, once per backward call), or the weight as it is where S does not divide K."""
-    U, K, N = weight.shape
-    if splits <= 1 or K % splits:
-        return weight
-    return weight.reshape(U * splits, K // splits, N)  # (U,K,N) -> (U*S,K/S,N)
-
-
-def split_matmul(a: Tensor, weight: Tensor) -> Tensor:
-    """``(U, B, K) @ (U, K, N) -> (U, B, N)``, the weight as ``split_rows`` gave it. Split in S,
-    the product is S matmuls of K/S each, summed: at small B the whole product is a few matmul
-    tiles, each looping over all of K; split, S times as many tiles run side by side, and the
-    sum fuses into the next kernel when compiled."""
-    U, B, K = a.shape
-    S = weight.shape[0] // U
-    if S == 1:
-        return torch.bmm(a, weight)
-    # (U,B,K) -> (U,B,S,K/S) -> (U,S,B,K/S) -> (U*S,B,K/S)
-    parts = a.view(U, B, S, K // S).transpose(1, 2).reshape(U * S, B, K // S)
-    # (U*S,B,K/S) @ (U*S,K/S,N) -> (U*S,B,N) -> (U,S,B,N) -> sum over S -> (U,B,N)
-    return torch.bmm(parts, weight).view(U, S, B, -1).sum(1)
 
 
 def _sigmoid_grad(grad: Tensor, y: Tensor) -> Tensor:
