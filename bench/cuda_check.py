@@ -10,6 +10,7 @@ Prints one line per check and exits 1 on a failure.
 
     python bench/cuda_check.py                  # needs CUDA; without it, says so and exits 0
     python bench/cuda_check.py --only graphs    # the CUDA-graph checks alone
+    python bench/cuda_check.py --only compiled  # compiled steps against eager ones alone
     python bench/cuda_check.py --device cpu     # the script itself, against the CPU (trivial)
 """
 
@@ -111,10 +112,21 @@ def graph_checks(cell: str, device: str, compiled: bool, check) -> None:
     check(f"{tag}: graphs captured, one per signature (training, acting)", captured == 2)
 
 
+def compiled_checks(cell: str, device: str, eager: tuple, check) -> None:
+    """Compiled steps (``--rims-compile``) compute the same function as the eager ``run``
+    ``eager``."""
+    compiled = run(cell, device, manual=True, compiled=True)
+    check(f"{cell}: compiled steps, device masks == eager", torch.equal(compiled[1], eager[1]))
+    check(f"{cell}: compiled steps, outputs and gradients == eager (float64)",
+          all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+              for a, b in zip([compiled[0], *compiled[2]], [eager[0], *eager[2]])))  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU")
-    parser.add_argument("--only", choices=["graphs"], default=None, help="run only these checks")
+    parser.add_argument("--only", choices=["graphs", "compiled"], default=None,
+                        help="run only these checks")  # fmt: skip
     args = parser.parse_args()
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -129,15 +141,18 @@ def main() -> int:
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
     print(f"device: {name}; torch {torch.__version__}")
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and args.only != "compiled":
         for cell, compiled in (("lstm", False), ("gru", False), ("lstm", True)):
             graph_checks(cell, device, compiled, check)
     if args.only == "graphs":
         print(f"{failures} failure(s)")
         return 1 if failures else 0
     for cell in ("lstm", "gru"):
-        cpu = run(cell, "cpu", manual=True)
         dev_manual = run(cell, device, manual=True)
+        if args.only == "compiled":
+            compiled_checks(cell, device, dev_manual, check)
+            continue
+        cpu = run(cell, "cpu", manual=True)
         dev_auto = run(cell, device, manual=False)
         close = all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
                     for a, b in zip(dev_manual[2], dev_auto[2]))  # fmt: skip
@@ -150,14 +165,7 @@ def main() -> int:
         )
         check(f"{cell}: device gradients == CPU gradients", close)
         check(f"{cell}: exactly k active", bool((dev_manual[1].sum(-1) == 4).all()))
-        # Compiled steps (--rims-compile) compute the same function as the eager ones.
-        dev_compiled = run(cell, device, manual=True, compiled=True)
-        same_masks = torch.equal(dev_compiled[1], dev_manual[1])
-        check(f"{cell}: compiled steps, device masks == eager", same_masks)
-        check(f"{cell}: compiled steps, outputs and gradients == eager (float64)",
-              all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
-                  for a, b in zip([dev_compiled[0], *dev_compiled[2]],
-                                  [dev_manual[0], *dev_manual[2]])))  # fmt: skip
+        compiled_checks(cell, device, dev_manual, check)
         # bfloat16 products: the device agrees with the CPU and with itself (autograd) to
         # bfloat16 precision.
         runs16 = (("cpu", True), (device, True), (device, False))  # (device, manual backward)
