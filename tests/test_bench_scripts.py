@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
-from bench import cuda_check, learn_minigrid, step_kernels
+from bench import core_speed, cuda_check, learn_minigrid, step_kernels
 
 
 def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
@@ -17,6 +18,23 @@ def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "0 failure(s)" in out and "FAIL" not in out
     assert out.count("ok  ") == 2 * 12  # every check of both cells ran
+
+
+def test_cuda_check_only_compiled_runs_those_checks(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["cuda_check.py", "--device", "cpu", "--only", "compiled"])
+    assert cuda_check.main() == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("ok  ", "FAIL")]
+    assert len(lines) == 4 and all(
+        line.startswith("ok   ") and "compiled" in line for line in lines
+    )
+
+
+def test_the_fp32_lstm_baseline_switches_off_cudnn_tf32_for_its_rows_only():
+    rnn = torch.backends.cudnn.rnn
+    before = rnn.fp32_precision
+    with core_speed.cudnn_rnn_without_tf32():
+        assert rnn.fp32_precision == "ieee"
+    assert rnn.fp32_precision == before
 
 
 def test_cuda_check_without_cuda_says_so(monkeypatch, capsys):

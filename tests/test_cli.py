@@ -156,6 +156,41 @@ def test_settings_that_do_not_change_learning_are_config_fields():
     assert not NOT_LEARNED & {"env", "core", "seed", "learning_rate", "k", "num_units", "bptt"}
 
 
+def test_tf32_holds_for_the_run_only(tmp_path, monkeypatch):
+    """--tf32 lets cuBLAS use TF32 while the run trains (off without it), and the process's
+    setting from before the run is back after it."""
+    from agents import trainer
+
+    matmul = torch.backends.cuda.matmul
+    seen = []
+    real_run = trainer.Trainer.run
+
+    def run(self):
+        seen.append(matmul.fp32_precision)
+        return real_run(self)
+
+    monkeypatch.setattr(trainer.Trainer, "run", run)
+    before = matmul.fp32_precision
+    for flag in (["--tf32"], []):
+        assert main(["train", "--total-steps", "32", "--run-dir", str(tmp_path / str(flag)),
+                     *flag, *TINY]) == 0  # fmt: skip
+        assert matmul.fp32_precision == before
+    assert seen == ["tf32", "ieee"]
+
+
+def test_tf32_matmuls_restores_the_older_switch_where_torch_has_only_that(monkeypatch):
+    """PyTorch before 2.9 has only ``allow_tf32``; the setting before is restored there too."""
+    from agents.trainer import tf32_matmuls
+
+    class OldMatmul:  # the older torch.backends.cuda.matmul: no fp32_precision
+        allow_tf32 = False
+
+    monkeypatch.setattr(torch.backends.cuda, "matmul", OldMatmul())
+    with tf32_matmuls(True):
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
 def test_overwrite_starts_afresh(tmp_path):
     run = tmp_path / "run"
     (run).mkdir()
