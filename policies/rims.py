@@ -611,7 +611,12 @@ class RIMs(nn.Module):
         # -> (U,B,heads,dv) -> (U,B,heads*dv)
         read = (attn.unsqueeze(-1) * v.unsqueeze(0)).sum(1).view(U, B, heads * dv)
         # (U,B,heads*dv) @ (U,heads*dv,H or 2H) -> (U,B,H or 2H)
-        out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)
+        if torch.compiler.is_compiling():
+            # Compiled, the bias adds in the kernel after the matmul: baddbmm would first copy
+            # the broadcast bias into its output, a kernel of its own on a GPU.
+            out = torch.bmm(read, self.comm_out) + self.comm_out_bias
+        else:  # eagerly the sum in the matmul saves the add's kernel
+            out = torch.baddbmm(self.comm_out_bias, read, self.comm_out)
         if not self.comm_gate:
             return out, (q, k, v, attn, read, None, None)
         tanh_out = torch.tanh(out[..., :H])  # (U, B, H)

@@ -82,6 +82,9 @@ class RIMsSequence(torch.autograd.Function):
         # read = sigmoid(score) for one element: its derivative, (U, T, B, 1, 1)
         read_slope = reads * (1 - reads) if inp.one_element else None
         dh = torch.zeros_like(steps[0]["kept"])
+        # Compiled steps hand back their state-gradient product unadded (StepGrads.dh_product);
+        # zeros for the last step, so that every step compiles to one signature.
+        dh_product = torch.zeros_like(dh) if m_.compile_steps else None
         dc = dh.clone() if lstm else None
         if lstm and d_c_last is not None:
             dc = dc + d_c_last
@@ -102,11 +105,11 @@ class RIMsSequence(torch.autograd.Function):
             s = steps[t]
             keep = None if inp.keep is None else inp.keep[t]
             g = step_back(
-                m_, inp, s, weights_t, one, d_out[t], dh, dc, mf_all[:, t],
+                m_, inp, s, weights_t, one, d_out[t], dh, dh_product, dc, mf_all[:, t],
                 None if read_slope is None else read_slope[:, t], inp.keys[t],
                 inp.value_gates[:, t], keep, keep_next,
             )  # fmt: skip
-            dh, dc, keep_next = g.dh, g.dc, keep
+            dh, dh_product, dc, keep_next = g.dh, g.dh_product, g.dc, keep
             kepts.append(s["kept"])
             d_qkvs.append(g.d_qkv)
             reads_c.append(s["comm"][4])
@@ -144,6 +147,8 @@ class RIMsSequence(torch.autograd.Function):
             compact=m_.state_weight.device.type == "cpu",
         )  # fmt: skip
         d_c0 = dc if lstm else None
+        if dh_product is not None:
+            dh = dh + dh_product
         if keep_next is not None:  # the first step's reset
             dh = dh * keep_next.view(1, B, 1)
         return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
@@ -154,13 +159,16 @@ class RIMsSequence(torch.autograd.Function):
 class StepGrads(NamedTuple):
     """What one step of the reverse walk hands on: the gradients reaching the state before the
     step, ``dh`` and ``dc`` ``(U, B, H)`` (``dc`` None for GRU; ``dh`` before the step's
-    episode-start reset, which the step before applies), and the step's factors of the
+    episode-start reset, which the step before applies; from a compiled step, ``dh`` without
+    the state-gradient matmul's product ``dh_product`` ``(U, B, H)``, which the step before
+    adds; else ``dh_product`` is None), and the step's factors of the
     weight gradients, joined after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o``
     ``(U, B, H or 2H)`` (the communication output map's pre-activation, with the gate's beside
     it), ``d_gx`` ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)``
     and ``d_hq`` ``(U, B, G+Q)``."""
 
     dh: Tensor
+    dh_product: Tensor | None
     dc: Tensor | None
     d_qkv: Tensor
     d_o: Tensor
@@ -171,12 +179,14 @@ class StepGrads(NamedTuple):
 
 def step_backward(
     m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
-    d_out: Tensor, dh: Tensor, dc: Tensor | None, mf: Tensor, read_slope: Tensor | None,
-    keys: Tensor, value_gates: Tensor, keep: Tensor | None, keep_next: Tensor | None,
+    d_out: Tensor, dh: Tensor, dh_product: Tensor | None, dc: Tensor | None, mf: Tensor,
+    read_slope: Tensor | None, keys: Tensor, value_gates: Tensor, keep: Tensor | None,
+    keep_next: Tensor | None,
 ) -> StepGrads:  # fmt: skip
     """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
     the state after the step (plus the step's output gradient ``d_out``), those reaching the
-    state before it. ``s`` is the step's saved intermediates; weights_t the transposed state,
+    state before it (``dh_product``, where not None, is part of ``dh``: see ``StepGrads``).
+    ``s`` is the step's saved intermediates; weights_t the transposed state,
     communication and output (with the gate's beside it) weights; mf ``(U, B, 1)``
     the mask as floats; read_slope ``(U, B, 1, 1)`` (one element) or None; keys
     ``(B, heads, dk, N)``, value_gates ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's
@@ -190,6 +200,8 @@ def step_backward(
     ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
     G = value_gates.shape[-1]
     w_state_t, w_comm_t, w_out_t = weights_t
+    if dh_product is not None:
+        dh = dh + dh_product
     dh = (dh if keep_next is None else dh * keep_next.view(1, B, 1)) + d_out
     # --- communication: out = kept + m * sigmoid(read_c @ W_g + b_g) * tanh(read_c @ W_o + b_o)
     # (or kept + m * (read_c @ W_o + b_o) without the gate)
@@ -253,12 +265,19 @@ def step_backward(
         # (U,B,heads,1,N) @ (1,B,heads,N,dk) -> (U,B,heads,1,dk)
         d_query = d_scores.unsqueeze(3) @ keys.transpose(-1, -2).unsqueeze(0)
     d_hq = torch.cat((d_gh, d_query.reshape(U, B, heads * dk)), dim=-1)  # (U, B, G+Q)
-    # dh_in + d_hq @ W_state^T: (U,B,G+Q) @ (U,G+Q,H) -> (U,B,H), the sum in the matmul
-    dh_in = torch.baddbmm(dh_in, d_hq, w_state_t)
+    # dh_in + d_hq @ W_state^T: (U,B,G+Q) @ (U,G+Q,H) -> (U,B,H)
+    dh_product = None
+    if torch.compiler.is_compiling():
+        # Compiled, the product is handed back unadded and the step before adds it in its first
+        # kernel: the sum in the matmul (baddbmm) would first copy dh_in into the matmul's
+        # output, a kernel of its own on a GPU.
+        dh_product = torch.bmm(d_hq, w_state_t)
+    else:  # eagerly the sum in the matmul saves the add's kernel
+        dh_in = torch.baddbmm(dh_in, d_hq, w_state_t)
     # --- the episode-start reset at the top of the step (dh's is left to the step before)
     if keep is not None and lstm:
         dc_in = dc_in * keep.view(1, B, 1)
-    return StepGrads(dh_in, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
+    return StepGrads(dh_in, dh_product, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
 
 
 def _sigmoid_grad(grad: Tensor, y: Tensor) -> Tensor:
