@@ -6,9 +6,12 @@ host time, and each small kernel still costs some microseconds on the device: at
 forward+backward over T=128 is about (kernels per step) x 128 small kernels. This counts them
 from the code Inductor generates for the step bodies (``policies/compiled.py``): fused kernels
 (Triton on a GPU, C++ loops on a CPU) and extern calls (matmuls, and ops Inductor cannot lower,
-such as ``topk``). The CPU count is a proxy for the GPU's (the same scheduler decides the
-fusion; Triton splits some reductions that C++ loops join). Eager steps (what ``--rims-graphs``
-replays without ``--rims-compile``) are counted as the aten ops they run, views left out.
+such as ``topk``). The CPU count is a lower bound for the GPU's, not a stand-in: the same
+scheduler decides the fusion, but Triton splits reductions that C++ loops join (on an H200 a
+compiled LSTM step launched 25 kernels where the CPU's launches 12; ``bench/RESULTS.md``).
+Eager steps (what ``--rims-graphs`` replays without ``--rims-compile``) are counted as the aten
+ops they run, views left out. ``baddbmm`` is one launch here and two on a GPU (it first copies
+its addend into its output), which is why compiled steps use ``bmm`` and fuse the sums.
 
     python bench/step_kernels.py                 # CPU
     python bench/step_kernels.py --device cuda   # the kernels a GPU launches
