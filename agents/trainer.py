@@ -9,8 +9,6 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from agents.distributed import (
 from agents.gae import compute_gae
 from agents.logger import RunLogger
 from agents.ppo import ppo_update
+from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
@@ -65,29 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for, but this torch build sees no CUDA device")
     return torch.device(name)
-
-
-@contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    """Within the block, CUDA float32 matmuls (cuBLAS) may use TF32 tensor cores when
-    ``enabled``; the setting before it is restored after. cuDNN's own switch (RNNs and
-    convolutions), on by default in PyTorch, is left as it is."""
-    matmul = torch.backends.cuda.matmul
-    # PyTorch >= 2.9 has fp32_precision ("tf32", "ieee", or "none": follow the global setting);
-    # reading the older allow_tf32 after a caller set the newer one raises, so use the newer.
-    newer = hasattr(matmul, "fp32_precision")
-    before = matmul.fp32_precision if newer else matmul.allow_tf32
-    if newer:
-        matmul.fp32_precision = "tf32" if enabled else "ieee"
-    else:
-        matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        if newer:
-            matmul.fp32_precision = before
-        else:
-            matmul.allow_tf32 = before
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -35,13 +35,13 @@ import ast
 import importlib.util
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
-from agents.trainer import tf32_matmuls
+from agents.precision import tf32_cudnn_rnns, tf32_matmuls
 from policies import GRUCore, LSTMCore, RIMs
 
 FP32_LSTM = "nn.LSTM(600) fp32"
@@ -134,26 +134,6 @@ def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int)
         "fwd_ms": 1e3 * median_time(forward, device, repeats),
         "fwdbwd_ms": 1e3 * median_time(forward_backward, device, repeats),
     }
-
-
-@contextmanager
-def cudnn_rnn_without_tf32() -> Iterator[None]:
-    """Within the block cuDNN RNNs compute float32 products in full float32 (PyTorch's default
-    lets them use TF32 tensor cores); the setting before it is restored after."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    newer = rnn is not None and hasattr(rnn, "fp32_precision")  # PyTorch >= 2.9
-    before = rnn.fp32_precision if newer else torch.backends.cudnn.allow_tf32
-    if newer:
-        rnn.fp32_precision = "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        if newer:
-            rnn.fp32_precision = before
-        else:
-            torch.backends.cudnn.allow_tf32 = before
 
 
 def inductor_setting(setting: str) -> None:
@@ -263,7 +243,7 @@ def main() -> None:
 
     def timed(n: str, B: int) -> dict:
         """Row ``n`` measured at batch size ``B``."""
-        with cudnn_rnn_without_tf32() if n == FP32_LSTM else nullcontext():
+        with tf32_cudnn_rnns(False) if n == FP32_LSTM else nullcontext():
             return measure(cores[n].to(device).train(), T, B, device, repeats)
 
     with tf32_matmuls(args.tf32):

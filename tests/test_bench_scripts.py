@@ -32,7 +32,7 @@ def test_cuda_check_only_compiled_runs_those_checks(monkeypatch, capsys):
 def test_the_fp32_lstm_baseline_switches_off_cudnn_tf32_for_its_rows_only():
     rnn = torch.backends.cudnn.rnn
     before = rnn.fp32_precision
-    with core_speed.cudnn_rnn_without_tf32():
+    with core_speed.tf32_cudnn_rnns(False):
         assert rnn.fp32_precision == "ieee"
     assert rnn.fp32_precision == before
 

@@ -180,7 +180,7 @@ def test_tf32_holds_for_the_run_only(tmp_path, monkeypatch):
 
 def test_tf32_matmuls_restores_the_older_switch_where_torch_has_only_that(monkeypatch):
     """PyTorch before 2.9 has only ``allow_tf32``; the setting before is restored there too."""
-    from agents.trainer import tf32_matmuls
+    from agents.precision import tf32_matmuls
 
     class OldMatmul:  # the older torch.backends.cuda.matmul: no fp32_precision
         allow_tf32 = False
