@@ -178,7 +178,11 @@ def profile(device: torch.device, T: int, B: int, rows: int) -> str:
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     table = events.table(sort_by=sort_by, row_limit=rows)
     if cuda:
-        total_us = sum(e.self_device_time_total for e in events)
+        # The kernels' own events (as the table's footer counts them): an op's row carries
+        # its kernels' time too, so summing every row would count it twice.
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                   and not e.is_user_annotation]  # fmt: skip
+        total_us = sum(e.self_device_time_total for e in kernels)
         table += f"\ndevice time {total_us / 1e3:.2f} ms, {total_us / T:.1f} us per step (T={T})"
     return table
 
