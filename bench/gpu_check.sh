@@ -13,6 +13,9 @@
 #                                      # without Inductor's max-autotune (about 9 minutes)
 #     bash bench/gpu_check.sh tf32     # like for like with cuDNN (TF32 products), and two
 #                                      # Inductor fusion settings (about 6 minutes)
+#     bash bench/gpu_check.sh step     # the compiled step without baddbmm: correctness, speed
+#                                      # with TF32 and without, a TF32 profile, rims eval on
+#                                      # the GPU (about 6 minutes)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -112,4 +115,28 @@ if [[ $part == tf32 ]]; then
         | tee "$out/core_speed_aggressive.txt"
     timeout -k 10 90 python bench/atari_sps.py --device cuda --updates 4 --num-envs 64 --tf32 \
         --cores rims-compile-graphs lstm 2>&1 | tee "$out/atari_sps_64_tf32.txt"
+fi
+
+if [[ $part == step ]]; then
+    # 8. The compiled step without baddbmm (commit 20d39a7; baddbmm first copies its addend into
+    #    its output, 2.4 copy kernels per step in the H200 profile): still equal to eager steps
+    #    on the device; its speed with TF32 on both sides and in full float32; where a TF32
+    #    step's time goes; and rims eval of a short DoorKey run on the GPU against the CPU.
+    timeout -k 10 60 python bench/cuda_check.py --only compiled 2>&1 \
+        | tee "$out/cuda_check_compiled.txt"
+    timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
+        --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
+        | tee "$out/core_speed_tf32.txt"
+    timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
+        --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
+        | tee "$out/core_speed_fp32.txt"
+    timeout -k 10 100 python bench/step_kernels.py --device cuda --cells lstm --names --profile \
+        --tf32 2>&1 | tee "$out/step_kernels_tf32.txt"
+    timeout -k 10 60 "${rims[@]}" train --device cuda --total-steps 4096 --run-dir "$out/run" \
+        --overwrite --no-progress 2>&1 | tail -2 | tee "$out/eval_gpu.txt"
+    for device in cuda cpu; do
+        timeout -k 10 60 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
+            | tail -3 | tee -a "$out/eval_gpu.txt"
+    done
+    rm -rf "${out:?}/run"
 fi

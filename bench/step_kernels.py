@@ -17,6 +17,7 @@ its addend into its output), which is why compiled steps use ``bmm`` and fuse th
     python bench/step_kernels.py --device cuda   # the kernels a GPU launches
     python bench/step_kernels.py --cells lstm --names   # one cell, each kernel named
     python bench/step_kernels.py --device cuda --profile   # and where a step's time goes
+    python bench/step_kernels.py --device cuda --profile --tf32   # ... with TF32 matmuls
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from agents.precision import tf32_matmuls
 from policies import RIMs
 
 _LAUNCH = re.compile(
@@ -197,6 +199,8 @@ def main() -> None:
         "--profile", action="store_true",
         help="then profile a training call at T=128, B=64 (on a CPU T=32, B=16)",
     )  # fmt: skip
+    parser.add_argument("--tf32", action="store_true",
+                        help="profile with TF32 matmuls (rims train --tf32)")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device: {device}; torch {torch.__version__}; launches per step (fused + extern)")
@@ -225,7 +229,8 @@ def main() -> None:
         print(f"{cell:<6}forward {forward:.0f}  backward {backward:.0f}", flush=True)
     if args.profile:
         gpu = device.type == "cuda"
-        print(profile(device, 128 if gpu else 32, 64 if gpu else 16, rows=25))
+        with tf32_matmuls(args.tf32):
+            print(profile(device, 128 if gpu else 32, 64 if gpu else 16, rows=25))
 
 
 if __name__ == "__main__":
