@@ -29,6 +29,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
 
 
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters), or its type's name
+    when it has none: what a one-line ``CheckpointError`` quotes."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely; raise ``CheckpointError`` with one line on any problem."""
     path = Path(path)
@@ -37,9 +44,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or objects that are not plain weights
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path} is not a readable rims-rl checkpoint ({first[:160]})"
+            f"{path} is not a readable rims-rl checkpoint ({_first_line(err)})"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a rims-rl checkpoint")
@@ -106,6 +112,5 @@ def load_policy(
         policy = ActorCritic(observation_space, int(data["num_actions"]), spec)
         policy.load_state_dict(data["model"])
     except (KeyError, TypeError, RuntimeError, ConfigError, EnvError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{file} does not rebuild a policy ({first[:160]})") from None
+        raise CheckpointError(f"{file} does not rebuild a policy ({_first_line(err)})") from None
     return LoadedPolicy(policy.to(device).eval(), config, data, file, observation_space)

@@ -38,6 +38,7 @@ from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from envs.factory import make_env, make_vector_env
 from policies.actor_critic import ActorCritic
+from policies.compiled import error_summary
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -401,8 +402,7 @@ class Trainer:
                 what = "an env worker process died without a word: a segfault, the OOM killer "
                 what += f"or a kill; {type(err).__name__}"
             else:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                what = f"{type(err).__name__}: {first[:200]}"
+                what = error_summary(err)
             raise TrainingStopped(
                 f"an environment failed during update {update} ({what}); checkpoint {path}", 1
             ) from err
