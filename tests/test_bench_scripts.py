@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
-from bench import core_speed, cuda_check, learn_minigrid, step_kernels
+from bench import core_speed, cuda_check, learn_minigrid, step_kernels, triton_step
 
 
 def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
@@ -152,3 +152,37 @@ def test_an_eager_step_runs_the_fused_derivatives_not_their_chains():
     kernels per LSTM step, against 65 written out as products); the forward runs 34."""
     forward, backward = step_kernels.eager_ops_per_step("lstm", step_kernels.torch.device("cpu"))
     assert forward <= 34 and backward <= 47
+
+
+def test_the_triton_step_prototype_serves_issue_8s_configuration_only():
+    from policies import RIMs
+
+    base = dict(input_size=8, num_units=6, k=4, hidden_size=4, dropout=0.0)
+    assert triton_step.supported(RIMs(**base))
+    assert not triton_step.supported(RIMs(**base, cell="gru"))
+    assert not triton_step.supported(RIMs(**base, comm_heads=3))  # blocks are powers of 2
+    assert not triton_step.supported(RIMs(**{**base, "dropout": 0.1}).train())
+
+
+@pytest.mark.skipif(triton_step.triton is not None, reason="Triton is installed here")
+def test_the_triton_step_prototype_without_triton_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["triton_step.py", "--device", "cpu", "--check"])
+    assert triton_step.main() == 2
+    assert "Triton is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(triton_step.triton is None, reason="needs Triton (its interpreter on a CPU)")
+def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
+    """Every output and saved intermediate of four steps, float64 and float32, with and
+    without episode starts (Triton picks its interpreter at import: a process of its own)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(triton_step.__file__)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--check"], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len([line for line in lines if line.startswith("ok   step")]) == 16
