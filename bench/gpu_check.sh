@@ -15,8 +15,8 @@
 #                                      # Inductor fusion settings (about 6 minutes)
 #     bash bench/gpu_check.sh step     # the compiled step without baddbmm: correctness, speed
 #                                      # with TF32 and without, a TF32 profile, rims eval on
-#                                      # the GPU; the prototype Triton forward step against the
-#                                      # library's (about 7.5 minutes)
+#                                      # the GPU; the prototype Triton step kernels against the
+#                                      # library's steps (about 8 minutes)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -125,9 +125,9 @@ if [[ $part == step ]]; then
     #    step's time goes; and rims eval of a short DoorKey run on the GPU against the CPU.
     timeout -k 10 60 python bench/cuda_check.py --only compiled 2>&1 \
         | tee "$out/cuda_check_compiled.txt"
-    # the prototype Triton forward step: equal to the library's step, then a T=128 forward
-    # of each from CUDA graphs
-    timeout -k 10 120 python bench/triton_step.py --device cuda --check --time 2>&1 \
+    # the prototype Triton step kernels: equal to the library's steps, forward and backward,
+    # then T=128 steps each way of each, from CUDA graphs
+    timeout -k 10 150 python bench/triton_step.py --device cuda --check --time 2>&1 \
         | tee "$out/triton_step.txt"
     timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
         --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \

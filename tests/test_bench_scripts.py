@@ -173,16 +173,21 @@ def test_the_triton_step_prototype_without_triton_says_so(monkeypatch, capsys):
 
 @pytest.mark.skipif(triton_step.triton is None, reason="needs Triton (its interpreter on a CPU)")
 def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
-    """Every output and saved intermediate of four steps, float64 and float32, with and
-    without episode starts (Triton picks its interpreter at import: a process of its own)."""
+    """Every output and saved intermediate of four steps, and every gradient their backward
+    steps hand on, float64 and float32, with and without episode starts; and the timed loops
+    run (once, untimed, on a CPU). Triton picks its interpreter at import: a process of its
+    own."""
     import os
     import subprocess
     from pathlib import Path
 
     script = Path(triton_step.__file__)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--check"], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    args = ["--device", "cpu", "--check", "--time", "--T", "3", "--batch", "4"]
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr
     assert len([line for line in lines if line.startswith("ok   step")]) == 16
+    assert len([line for line in lines if line.startswith("ok   backward step")]) == 16
+    assert len([line for line in lines if line.endswith("nan ms")]) == 6  # 3 loops each way
