@@ -16,7 +16,8 @@
 #     bash bench/gpu_check.sh step     # the compiled step without baddbmm: correctness, speed
 #                                      # with TF32 and without, a TF32 profile, rims eval on
 #                                      # the GPU; the prototype Triton step kernels against the
-#                                      # library's steps (about 8 minutes)
+#                                      # library's steps (about 8 minutes; the timeouts
+#                                      # add up to 10, the most one device call may take)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -132,15 +133,15 @@ if [[ $part == step ]]; then
     timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
         --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
         | tee "$out/core_speed_tf32.txt"
-    timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
+    timeout -k 10 80 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
         --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
         | tee "$out/core_speed_fp32.txt"
-    timeout -k 10 100 python bench/step_kernels.py --device cuda --cells lstm --names --profile \
+    timeout -k 10 90 python bench/step_kernels.py --device cuda --cells lstm --names --profile \
         --tf32 2>&1 | tee "$out/step_kernels_tf32.txt"
-    timeout -k 10 60 "${rims[@]}" train --device cuda --total-steps 4096 --run-dir "$out/run" \
+    timeout -k 10 45 "${rims[@]}" train --device cuda --total-steps 4096 --run-dir "$out/run" \
         --overwrite --no-progress 2>&1 | tail -2 | tee "$out/eval_gpu.txt"
     for device in cuda cpu; do
-        timeout -k 10 60 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
+        timeout -k 10 40 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
             | tail -3 | tee -a "$out/eval_gpu.txt"
     done
     rm -rf "${out:?}/run"
