@@ -144,6 +144,30 @@ if triton is not None:
         tl.store(mask + u * B + b, active.to(tl.int8), mask=u_ok)
 
     @triton.jit
+    def _layout(b, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
+                CDV: tl.constexpr, UP: tl.constexpr):  # fmt: skip
+        """Batch row ``b``'s offsets in the communication's tensors: its queries (keys follow
+        at ``+ CH*CDK``) and values in qkv ``(U, B, CH*(2CDK+CDV))``, ``(UP, CH, CDK)`` and
+        ``(UP, CH, CDV)``; its read ``(U, B, CH*CDV)``, ``(UP, CH, CDV)``; its attention
+        ``(U, U, B, CH)``, ``(UP, UP, CH)``; and the masks of the real RIMs in each."""
+        W: tl.constexpr = CH * (2 * CDK + CDV)
+        i = tl.arange(0, UP)
+        hd = tl.arange(0, CH)
+        kd = tl.arange(0, CDK)
+        vd = tl.arange(0, CDV)
+        row = i[:, None, None] * B * W + b * W + hd[None, :, None] * CDK + kd[None, None, :]
+        vrow = (i[:, None, None] * B * W + b * W + 2 * CH * CDK + hd[None, :, None] * CDV
+                + vd[None, None, :])  # fmt: skip
+        r_off = (i[:, None, None] * B * CH * CDV + b * CH * CDV + hd[None, :, None] * CDV
+                 + vd[None, None, :])  # fmt: skip
+        a_off = (i[:, None, None] * U * B * CH + i[None, :, None] * B * CH + b * CH
+                 + hd[None, None, :])  # fmt: skip
+        ok_k = (i < U)[:, None, None] & (kd < CDK)[None, None, :]
+        ok_v = (i < U)[:, None, None] & (vd < CDV)[None, None, :]
+        a_ok = (i < U)[:, None, None] & (i < U)[None, :, None]
+        return row, vrow, r_off, a_off, ok_k, ok_v, a_ok
+
+    @triton.jit
     def _attention_kernel(
         qkv, attn, read, B, scale,
         U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr, CDV: tl.constexpr,
@@ -152,34 +176,21 @@ if triton is not None:
         """One batch row: qkv ``(U, B, CH*(2CDK+CDV))`` -> attn ``(U, U, B, CH)`` (softmax over
         the second U) and read ``(U, B, CH*CDV)``."""
         b = tl.program_id(0)
-        W: tl.constexpr = CH * (2 * CDK + CDV)
-        i = tl.arange(0, UP)
-        hd = tl.arange(0, CH)
-        kd = tl.arange(0, CDK)
-        vd = tl.arange(0, CDV)
-        row = i[:, None, None] * B * W + b * W + hd[None, :, None] * CDK  # (UP, CH, 1)
-        ok_k = (i < U)[:, None, None] & (kd < CDK)[None, None, :]
-        q = tl.load(qkv + row + kd[None, None, :], mask=ok_k, other=0.0)  # (UP, CH, CDK)
-        k = tl.load(qkv + row + CH * CDK + kd[None, None, :], mask=ok_k, other=0.0)
-        vrow = i[:, None, None] * B * W + b * W + 2 * CH * CDK + hd[None, :, None] * CDV
-        ok_v = (i < U)[:, None, None] & (vd < CDV)[None, None, :]
-        v = tl.load(qkv + vrow + vd[None, None, :], mask=ok_v, other=0.0)  # (UP, CH, CDV)
+        row, vrow, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, B, U, CH, CDK, CDV, UP)
+        q = tl.load(qkv + row, mask=ok_k, other=0.0)  # (UP, CH, CDK)
+        k = tl.load(qkv + row + CH * CDK, mask=ok_k, other=0.0)
+        v = tl.load(qkv + vrow, mask=ok_v, other=0.0)  # (UP, CH, CDV)
         # scores[i, j, h] = q_i . k_j: (UP,1,CH,CDK) * (1,UP,CH,CDK) -> sum -> (UP, UP, CH)
         s = tl.sum(q[:, None, :, :] * k[None, :, :, :], axis=3) * scale
-        j_ok = (i < U)[None, :, None]
+        j_ok = (tl.arange(0, UP) < U)[None, :, None]
         s = tl.where(j_ok, s, float("-inf"))
         s = s - tl.max(s, axis=1)[:, None, :]
         e = tl.where(j_ok, tl.exp(s), 0.0)
         p = e / tl.sum(e, axis=1)[:, None, :]  # (UP, UP, CH)
         # read_i = sum_j p[i, j] v_j: (UP,UP,CH,1) * (1,UP,CH,CDV) -> sum over j -> (UP,CH,CDV)
         r = tl.sum(p[:, :, :, None] * v[None, :, :, :], axis=1)
-        jj = tl.arange(0, UP)
-        a_off = (i[:, None, None] * U * B * CH + jj[None, :, None] * B * CH + b * CH
-                 + hd[None, None, :])  # fmt: skip
-        a_ok = (i < U)[:, None, None] & (jj < U)[None, :, None]
         tl.store(attn + a_off, p, mask=a_ok)
-        r_off = i[:, None, None] * B * CH * CDV + b * CH * CDV + hd[None, :, None] * CDV
-        tl.store(read + r_off + vd[None, None, :], r, mask=ok_v)
+        tl.store(read + r_off, r, mask=ok_v)
 
     @triton.jit
     def _output_kernel(
@@ -244,24 +255,11 @@ if triton is not None:
         """Backward, one batch row: from the gradient of the communication's read ``(U, B,
         CH*CDV)``, those of its queries, keys and values, d_qkv ``(U, B, CH*(2CDK+CDV))``."""
         b = tl.program_id(0)
-        W: tl.constexpr = CH * (2 * CDK + CDV)
-        i = tl.arange(0, UP)
-        hd = tl.arange(0, CH)
-        kd = tl.arange(0, CDK)
-        vd = tl.arange(0, CDV)
-        row = i[:, None, None] * B * W + b * W + hd[None, :, None] * CDK
-        ok_k = (i < U)[:, None, None] & (kd < CDK)[None, None, :]
-        q = tl.load(qkv + row + kd[None, None, :], mask=ok_k, other=0.0)  # (UP, CH, CDK)
-        k = tl.load(qkv + row + CH * CDK + kd[None, None, :], mask=ok_k, other=0.0)
-        vrow = i[:, None, None] * B * W + b * W + 2 * CH * CDK + hd[None, :, None] * CDV
-        ok_v = (i < U)[:, None, None] & (vd < CDV)[None, None, :]
-        v = tl.load(qkv + vrow + vd[None, None, :], mask=ok_v, other=0.0)  # (UP, CH, CDV)
-        r_off = i[:, None, None] * B * CH * CDV + b * CH * CDV + hd[None, :, None] * CDV
-        dr = tl.load(d_read + r_off + vd[None, None, :], mask=ok_v, other=0.0)
-        jj = tl.arange(0, UP)
-        a_off = (i[:, None, None] * U * B * CH + jj[None, :, None] * B * CH + b * CH
-                 + hd[None, None, :])  # fmt: skip
-        a_ok = (i < U)[:, None, None] & (jj < U)[None, :, None]
+        row, vrow, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, B, U, CH, CDK, CDV, UP)
+        q = tl.load(qkv + row, mask=ok_k, other=0.0)  # (UP, CH, CDK)
+        k = tl.load(qkv + row + CH * CDK, mask=ok_k, other=0.0)
+        v = tl.load(qkv + vrow, mask=ok_v, other=0.0)  # (UP, CH, CDV)
+        dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)
         p = tl.load(attn + a_off, mask=a_ok, other=0.0)  # (UP, UP, CH)
         # d_attn[i,j,h] = d_read_i . v_j; d_v_j = sum_i p[i,j] d_read_i
         d_p = tl.sum(dr[:, None, :, :] * v[None, :, :, :], axis=3)
@@ -269,9 +267,9 @@ if triton is not None:
         d_s = p * (d_p - tl.sum(d_p * p, axis=1)[:, None, :])  # through the softmax over j
         d_q = tl.sum(d_s[:, :, :, None] * k[None, :, :, :], axis=1)
         d_k = tl.sum(d_s[:, :, :, None] * q[:, None, :, :], axis=0)
-        tl.store(d_qkv + row + kd[None, None, :], d_q, mask=ok_k)
-        tl.store(d_qkv + row + CH * CDK + kd[None, None, :], d_k, mask=ok_k)
-        tl.store(d_qkv + vrow + vd[None, None, :], d_v, mask=ok_v)
+        tl.store(d_qkv + row, d_q, mask=ok_k)
+        tl.store(d_qkv + row + CH * CDK, d_k, mask=ok_k)
+        tl.store(d_qkv + vrow, d_v, mask=ok_v)
 
     @triton.jit
     def _cell_grad_kernel(
