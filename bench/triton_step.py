@@ -144,28 +144,24 @@ if triton is not None:
         tl.store(mask + u * B + b, active.to(tl.int8), mask=u_ok)
 
     @triton.jit
-    def _layout(b, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
+    def _layout(b, h, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
                 CDV: tl.constexpr, UP: tl.constexpr):  # fmt: skip
-        """Batch row ``b``'s offsets in the communication's tensors: its queries (keys follow
-        at ``+ CH*CDK``) and values in qkv ``(U, B, CH*(2CDK+CDV))``, ``(UP, CH, CDK)`` and
-        ``(UP, CH, CDV)``; its read ``(U, B, CH*CDV)``, ``(UP, CH, CDV)``; its attention
-        ``(U, U, B, CH)``, ``(UP, UP, CH)``; and the masks of the real RIMs in each."""
+        """Batch row ``b``'s and head ``h``'s offsets in the communication's tensors: its
+        queries (the keys follow at ``+ CH*CDK``) and values in qkv ``(U, B, CH*(2CDK+CDV))``,
+        ``(UP, CDK)`` and ``(UP, CDV)``; its read ``(U, B, CH*CDV)``, ``(UP, CDV)``; its
+        attention ``(U, U, B, CH)``, ``(UP, UP)``; and the masks of the real RIMs in each."""
         W: tl.constexpr = CH * (2 * CDK + CDV)
         i = tl.arange(0, UP)
-        hd = tl.arange(0, CH)
         kd = tl.arange(0, CDK)
         vd = tl.arange(0, CDV)
-        row = i[:, None, None] * B * W + b * W + hd[None, :, None] * CDK + kd[None, None, :]
-        vrow = (i[:, None, None] * B * W + b * W + 2 * CH * CDK + hd[None, :, None] * CDV
-                + vd[None, None, :])  # fmt: skip
-        r_off = (i[:, None, None] * B * CH * CDV + b * CH * CDV + hd[None, :, None] * CDV
-                 + vd[None, None, :])  # fmt: skip
-        a_off = (i[:, None, None] * U * B * CH + i[None, :, None] * B * CH + b * CH
-                 + hd[None, None, :])  # fmt: skip
-        ok_k = (i < U)[:, None, None] & (kd < CDK)[None, None, :]
-        ok_v = (i < U)[:, None, None] & (vd < CDV)[None, None, :]
-        a_ok = (i < U)[:, None, None] & (i < U)[None, :, None]
-        return row, vrow, r_off, a_off, ok_k, ok_v, a_ok
+        q_off = i[:, None] * B * W + b * W + h * CDK + kd[None, :]
+        v_off = i[:, None] * B * W + b * W + 2 * CH * CDK + h * CDV + vd[None, :]
+        r_off = i[:, None] * B * CH * CDV + b * CH * CDV + h * CDV + vd[None, :]
+        a_off = i[:, None] * U * B * CH + i[None, :] * B * CH + b * CH + h
+        ok_k = (i < U)[:, None] & (kd < CDK)[None, :]
+        ok_v = (i < U)[:, None] & (vd < CDV)[None, :]
+        a_ok = (i < U)[:, None] & (i < U)[None, :]
+        return q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok
 
     @triton.jit
     def _attention_kernel(
@@ -174,23 +170,24 @@ if triton is not None:
         UP: tl.constexpr,
     ):  # fmt: skip
         """One batch row: qkv ``(U, B, CH*(2CDK+CDV))`` -> attn ``(U, U, B, CH)`` (softmax over
-        the second U) and read ``(U, B, CH*CDV)``."""
+        the second U) and read ``(U, B, CH*CDV)``, one head at a time."""
         b = tl.program_id(0)
-        row, vrow, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, B, U, CH, CDK, CDV, UP)
-        q = tl.load(qkv + row, mask=ok_k, other=0.0)  # (UP, CH, CDK)
-        k = tl.load(qkv + row + CH * CDK, mask=ok_k, other=0.0)
-        v = tl.load(qkv + vrow, mask=ok_v, other=0.0)  # (UP, CH, CDV)
-        # scores[i, j, h] = q_i . k_j: (UP,1,CH,CDK) * (1,UP,CH,CDK) -> sum -> (UP, UP, CH)
-        s = tl.sum(q[:, None, :, :] * k[None, :, :, :], axis=3) * scale
-        j_ok = (tl.arange(0, UP) < U)[None, :, None]
-        s = tl.where(j_ok, s, float("-inf"))
-        s = s - tl.max(s, axis=1)[:, None, :]
-        e = tl.where(j_ok, tl.exp(s), 0.0)
-        p = e / tl.sum(e, axis=1)[:, None, :]  # (UP, UP, CH)
-        # read_i = sum_j p[i, j] v_j: (UP,UP,CH,1) * (1,UP,CH,CDV) -> sum over j -> (UP,CH,CDV)
-        r = tl.sum(p[:, :, :, None] * v[None, :, :, :], axis=1)
-        tl.store(attn + a_off, p, mask=a_ok)
-        tl.store(read + r_off, r, mask=ok_v)
+        j_ok = (tl.arange(0, UP) < U)[None, :]
+        for h in tl.static_range(CH):
+            q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, h, B, U, CH, CDK, CDV, UP)
+            q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDK)
+            k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
+            v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDV)
+            # scores[i, j] = q_i . k_j: (UP,1,CDK) * (1,UP,CDK) -> sum -> (UP, UP)
+            sc = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
+            sc = tl.where(j_ok, sc, float("-inf"))
+            sc = sc - tl.max(sc, axis=1)[:, None]
+            e = tl.where(j_ok, tl.exp(sc), 0.0)
+            p = e / tl.sum(e, axis=1)[:, None]
+            # read_i = sum_j p[i, j] v_j: (UP,UP,1) * (1,UP,CDV) -> sum over j -> (UP, CDV)
+            r = tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+            tl.store(attn + a_off, p, mask=a_ok)
+            tl.store(read + r_off, r, mask=ok_v)
 
     @triton.jit
     def _output_kernel(
@@ -253,23 +250,25 @@ if triton is not None:
         UP: tl.constexpr,
     ):  # fmt: skip
         """Backward, one batch row: from the gradient of the communication's read ``(U, B,
-        CH*CDV)``, those of its queries, keys and values, d_qkv ``(U, B, CH*(2CDK+CDV))``."""
+        CH*CDV)``, those of its queries, keys and values, d_qkv ``(U, B, CH*(2CDK+CDV))``, one
+        head at a time."""
         b = tl.program_id(0)
-        row, vrow, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, B, U, CH, CDK, CDV, UP)
-        q = tl.load(qkv + row, mask=ok_k, other=0.0)  # (UP, CH, CDK)
-        k = tl.load(qkv + row + CH * CDK, mask=ok_k, other=0.0)
-        v = tl.load(qkv + vrow, mask=ok_v, other=0.0)  # (UP, CH, CDV)
-        dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)
-        p = tl.load(attn + a_off, mask=a_ok, other=0.0)  # (UP, UP, CH)
-        # d_attn[i,j,h] = d_read_i . v_j; d_v_j = sum_i p[i,j] d_read_i
-        d_p = tl.sum(dr[:, None, :, :] * v[None, :, :, :], axis=3)
-        d_v = tl.sum(p[:, :, :, None] * dr[:, None, :, :], axis=0)
-        d_s = p * (d_p - tl.sum(d_p * p, axis=1)[:, None, :])  # through the softmax over j
-        d_q = tl.sum(d_s[:, :, :, None] * k[None, :, :, :], axis=1)
-        d_k = tl.sum(d_s[:, :, :, None] * q[:, None, :, :], axis=0)
-        tl.store(d_qkv + row, d_q, mask=ok_k)
-        tl.store(d_qkv + row + CH * CDK, d_k, mask=ok_k)
-        tl.store(d_qkv + vrow, d_v, mask=ok_v)
+        for h in tl.static_range(CH):
+            q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, h, B, U, CH, CDK, CDV, UP)
+            q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDK)
+            k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
+            v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDV)
+            dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)  # (UP, CDV)
+            p = tl.load(attn + a_off, mask=a_ok, other=0.0)  # (UP, UP)
+            # d_attn[i, j] = d_read_i . v_j; d_v_j = sum_i p[i, j] d_read_i
+            d_p = tl.sum(dr[:, None, :] * v[None, :, :], axis=2)
+            d_v = tl.sum(p[:, :, None] * dr[:, None, :], axis=0)
+            d_s = p * (d_p - tl.sum(d_p * p, axis=1)[:, None])  # through the softmax over j
+            d_q = tl.sum(d_s[:, :, None] * k[None, :, :], axis=1)
+            d_k = tl.sum(d_s[:, :, None] * q[:, None, :], axis=0)
+            tl.store(d_qkv + q_off, d_q, mask=ok_k)
+            tl.store(d_qkv + q_off + CH * CDK, d_k, mask=ok_k)
+            tl.store(d_qkv + v_off, d_v, mask=ok_v)
 
     @triton.jit
     def _cell_grad_kernel(
