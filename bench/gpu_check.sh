@@ -128,7 +128,7 @@ if [[ $part == step ]]; then
         | tee "$out/cuda_check_compiled.txt"
     # the prototype Triton step kernels: equal to the library's steps, forward and backward,
     # then T=128 steps each way of each, from CUDA graphs
-    timeout -k 10 150 python bench/triton_step.py --device cuda --check --time 2>&1 \
+    timeout -k 10 150 python bench/triton_step.py --device cuda --check --time --profile 2>&1 \
         | tee "$out/triton_step.txt"
     timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
         --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \

@@ -21,6 +21,7 @@ hand-written step kernels are worth building in.
 
     TRITON_INTERPRET=1 python bench/triton_step.py --device cpu --check   # Triton's interpreter
     TRITON_INTERPRET=1 python bench/triton_step.py --device cpu --time --T 3 --batch 4  # runs
+    python bench/triton_step.py --device cuda --profile   # each kernel's time
     python bench/triton_step.py --device cuda --check --time              # a GPU
 
 ``tanh`` is ``2 sigmoid(2x) - 1`` (the interpreter has no libdevice), exact to float rounding
@@ -644,12 +645,49 @@ def replay_ms(run, repeats: int, device: str) -> float:
     return sorted(times)[len(times) // 2] * 1e3
 
 
+def profile(device: str, T: int, B: int) -> str:
+    """A profiler table of T Triton steps forward and T backward (float32, no graphs, so that
+    each kernel shows), sorted by the kernels' own time on the device (on a CPU: by CPU time):
+    where a step's time goes, kernel by kernel."""
+    core, inp, hs = setup(device, torch.float32, T, B, training=True)
+    weights = weights_t(core, inp)
+    d_out = torch.randn(T, *hs[0].shape, device=device)
+
+    def run() -> None:
+        with torch.no_grad():
+            states, saved = hs, []
+            for t in range(T):
+                states, _, s = triton_step(core, states, t, inp)
+                saved.append(s)
+            dh, dp, dc = torch.zeros_like(hs[0]), torch.zeros_like(hs[0]), torch.zeros_like(hs[1])
+            for t in reversed(range(T)):
+                s = saved[t]
+                g = triton_step_backward(core, inp, s, weights, d_out[t], dh, dp, dc,
+                                         s["read"].view(hs[0].shape[:2]), t)  # fmt: skip
+                dh, dp, dc = g.dh, g.dh_product, g.dc
+
+    cuda = device.startswith("cuda")
+    run()  # compile the kernels
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        torch.cuda.synchronize()
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=15)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1")
     parser.add_argument("--check", action="store_true", help="compare with RIMs._step_body")
     parser.add_argument("--time", action="store_true",
                         help="time T steps each way (a CPU: run them once)")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="a profiler table of T steps each way, kernel by kernel")  # fmt: skip
     parser.add_argument("--T", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
@@ -665,6 +703,8 @@ def main() -> int:
     if args.time:
         time_forward(args.device, args.T, args.batch, repeats=20)
         time_backward(args.device, args.T, args.batch, repeats=20)
+    if args.profile:
+        print(profile(args.device, args.T, args.batch))
     return 0 if ok else 1
 
 

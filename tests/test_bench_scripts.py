@@ -183,7 +183,7 @@ def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
 
     script = Path(triton_step.__file__)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    args = ["--device", "cpu", "--check", "--time", "--T", "3", "--batch", "4"]
+    args = ["--device", "cpu", "--check", "--time", "--profile", "--T", "3", "--batch", "4"]
     done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     lines = done.stdout.splitlines()
@@ -191,3 +191,4 @@ def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
     assert len([line for line in lines if line.startswith("ok   step")]) == 16
     assert len([line for line in lines if line.startswith("ok   backward step")]) == 16
     assert len([line for line in lines if line.endswith("nan ms")]) == 6  # 3 loops each way
+    assert any("Self CPU time total" in line for line in lines)  # the profile's table
