@@ -591,12 +591,7 @@ def time_backward(device: str, T: int, B: int, repeats: int) -> None:
     masks = [s["mask"].float() for s in library_saved]
 
     def triton_loop() -> None:
-        dh, dp, dc = torch.zeros_like(hs[0]), torch.zeros_like(hs[0]), torch.zeros_like(hs[1])
-        for t in reversed(range(T)):
-            s = triton_saved[t]
-            g = triton_step_backward(core, inp, s, weights, d_out[t], dh, dp, dc,
-                                     s["read"].view(hs[0].shape[:2]), t)  # fmt: skip
-            dh, dp, dc = g.dh, g.dh_product, g.dc
+        triton_backward(core, inp, weights, triton_saved, d_out)
 
     def library_loop(compiled: bool):
         def loop() -> None:
@@ -618,6 +613,19 @@ def time_backward(device: str, T: int, B: int, repeats: int) -> None:
     for name, loop in loops.items():
         ms = replay_ms(loop, repeats, device)
         print(f"{name:<16} backward, T={T}, B={B}: {ms:.2f} ms", flush=True)
+
+
+def triton_backward(core: RIMs, inp, weights, saved: list[dict], d_out: Tensor) -> StepGrads:
+    """The backward steps of a whole sequence by the Triton kernels, from zero gradients after
+    the last step and the output gradients d_out ``(T, U, B, H)``; the first step's grads."""
+    dh = torch.zeros_like(d_out[0])
+    dh_product, dc = torch.zeros_like(dh), torch.zeros_like(dh)
+    for t in reversed(range(len(saved))):
+        s = saved[t]
+        g = triton_step_backward(core, inp, s, weights, d_out[t], dh, dh_product, dc,
+                                 s["read"].view(dh.shape[:2]), t)  # fmt: skip
+        dh, dh_product, dc = g.dh, g.dh_product, g.dc
+    return g
 
 
 def replay_ms(run, repeats: int, device: str) -> float:
@@ -659,12 +667,7 @@ def profile(device: str, T: int, B: int) -> str:
             for t in range(T):
                 states, _, s = triton_step(core, states, t, inp)
                 saved.append(s)
-            dh, dp, dc = torch.zeros_like(hs[0]), torch.zeros_like(hs[0]), torch.zeros_like(hs[1])
-            for t in reversed(range(T)):
-                s = saved[t]
-                g = triton_step_backward(core, inp, s, weights, d_out[t], dh, dp, dc,
-                                         s["read"].view(hs[0].shape[:2]), t)  # fmt: skip
-                dh, dp, dc = g.dh, g.dh_product, g.dc
+            triton_backward(core, inp, weights, saved, d_out)
 
     cuda = device.startswith("cuda")
     run()  # compile the kernels
