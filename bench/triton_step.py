@@ -401,12 +401,12 @@ def reference_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tens
 
 def triton_step_backward(
     core: RIMs, inp, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], d_out: Tensor,
-    dh: Tensor, dh_product: Tensor, dc: Tensor, read: Tensor, t: int,
+    dh: Tensor, dh_product: Tensor, dc: Tensor, t: int,
 ) -> StepGrads:  # fmt: skip
     """The hand-written backward of step ``t`` (``policies.rims_grad.step_backward``) as three
     Triton kernels between its three matmuls. ``dh`` comes without ``dh_product`` (the state
-    matmul's product of the step after) and before the next step's reset; ``read`` ``(U, B)``
-    is the step's input attention. Returns ``dh`` the same way, with its product beside it."""
+    matmul's product of the step after) and before the next step's reset. Returns ``dh`` the
+    same way, with its product beside it."""
     w_state_t, w_comm_t, w_out_t = weights_t
     U, B, H = dh.shape
     dk = core.input_key_size
@@ -414,6 +414,7 @@ def triton_step_backward(
     new = dh.new_empty
     up, hp = _pow2(U), _pow2(H)
     mask = s["mask_i8"] if "mask_i8" in s else s["mask"].view(U, B).to(torch.int8)
+    read = s["read"].view(U, B)  # the step's input attention: (U,B,1,1) -> (U,B)
     q, k, v, attn, _, gate, tanh_out = s["comm"]
     has_next = inp.keep is not None and t + 1 < len(inp.keep)
     keep_next = inp.keep[t + 1] if has_next else dh
@@ -528,7 +529,7 @@ def check_backward(device: str, dtype: torch.dtype, starts: bool, T: int = 4, B:
                 inp.keys[t], inp.value_gates[:, t], keep, keep_next,
             )  # fmt: skip
             got = triton_step_backward(core, inp, s, weights, d_out[t], dh,
-                                       torch.zeros_like(dh), dc, read, t)  # fmt: skip
+                                       torch.zeros_like(dh), dc, t)  # fmt: skip
             pairs = {"dh": (got.dh + got.dh_product, ref.dh), "dc": (got.dc, ref.dc)}
             pairs |= {n: (getattr(got, n), getattr(ref, n))
                       for n in ("d_qkv", "d_o", "d_gx", "d_scores", "d_hq")}  # fmt: skip
@@ -622,8 +623,7 @@ def triton_backward(core: RIMs, inp, weights, saved: list[dict], d_out: Tensor) 
     dh_product, dc = torch.zeros_like(dh), torch.zeros_like(dh)
     for t in reversed(range(len(saved))):
         s = saved[t]
-        g = triton_step_backward(core, inp, s, weights, d_out[t], dh, dh_product, dc,
-                                 s["read"].view(dh.shape[:2]), t)  # fmt: skip
+        g = triton_step_backward(core, inp, s, weights, d_out[t], dh, dh_product, dc, t)
         dh, dh_product, dc = g.dh, g.dh_product, g.dc
     return g
 
