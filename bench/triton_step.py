@@ -31,6 +31,7 @@ but with the absolute, not relative, error of that rounding near 0.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -696,6 +697,12 @@ def main() -> int:
     args = parser.parse_args()
     if triton is None:
         print("Triton is not installed: nothing to run")
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device: run on a GPU, or --device cpu with TRITON_INTERPRET=1")
+        return 2
+    if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        print(f"--device {args.device} needs Triton's interpreter: set TRITON_INTERPRET=1")
         return 2
     ok = True
     if args.check:

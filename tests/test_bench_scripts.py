@@ -171,6 +171,17 @@ def test_the_triton_step_prototype_without_triton_says_so(monkeypatch, capsys):
     assert "Triton is not installed" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(triton_step.triton is None, reason="needs Triton")
+def test_the_triton_step_prototype_on_a_cpu_without_the_interpreter_says_so(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(sys, "argv", ["triton_step.py", "--device", "cpu", "--check"])
+    assert triton_step.main() == 2
+    assert (
+        capsys.readouterr().out
+        == "--device cpu needs Triton's interpreter: set TRITON_INTERPRET=1\n"
+    )
+
+
 @pytest.mark.skipif(triton_step.triton is None, reason="needs Triton (its interpreter on a CPU)")
 def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
     """Every output and saved intermediate of four steps, and every gradient their backward
