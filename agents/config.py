@@ -20,6 +20,7 @@ from envs.factory import check_env_id, env_family
 from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
 from policies.encoders import ENCODERS
 from policies.rims import CELLS
+from policies.triton_steps import unsupported as triton_unsupported
 
 
 class ConfigError(ValueError):
@@ -129,6 +130,12 @@ class TrainConfig:
         "torch.compile the acting step and each RIMs step, forward and backward (compiling "
         "takes 10-30 s at start; eager where it fails)",
     )
+    rims_triton: bool = option(
+        False,
+        "on CUDA, run each RIMs step, forward and backward, as hand-written Triton kernels (needs "
+        "Triton, LSTM cells, one input head, the gated communication, no dropout, power-of-2 "
+        "communication sizes); elsewhere the usual steps run, after a warning",
+    )
     rims_graphs: bool = option(
         True,
         "on CUDA, replay the RIMs core's forward and backward from CUDA graphs, one capture per "
@@ -231,7 +238,7 @@ class TrainConfig:
 NOT_LEARNED = frozenset({
     "run_dir", "resume", "overwrite", "device", "progress", "torch_threads", "detect_anomaly",
     "env_timeout", "checkpoint_every", "keep_checkpoints", "image_every", "rims_compile",
-    "rims_graphs", "total_steps",
+    "rims_triton", "rims_graphs", "total_steps",
 })  # fmt: skip
 """Settings that change how a run is carried out, kept or shown, not what it learns (the speed
 flags change float rounding at most): a resumed run may change them, and ``rims plot`` pools
@@ -330,6 +337,13 @@ def validate(c: TrainConfig) -> None:
     )
     _check(not c.rims_bf16 or c.core == "rims", "--rims-bf16 needs --core rims")
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
+    _check(not c.rims_triton or c.core == "rims", "--rims-triton needs --core rims")
+    if c.rims_triton and c.core == "rims":
+        sizes = (c.comm_heads, c.comm_key_size, c.comm_value_size)
+        problem = triton_unsupported(c.cell, c.input_heads, c.comm_gate, c.attention_dropout,
+                                     sizes)  # fmt: skip
+        _check(problem is None, f"--rims-triton: {problem}")
+        _check(not c.rims_spatial, "--rims-triton: the kernels read one input element, not a set")
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt} "

@@ -101,6 +101,8 @@ def build_policy(config: TrainConfig, observation_space, action_space) -> ActorC
     if config.rims_compile:  # validated: the core is RIMs
         policy.compile_act = True
         policy.core.compile_steps = True
+    if config.rims_triton:  # validated: the core and its configuration fit the kernels
+        policy.core.triton_steps = True
     if config.rims_graphs and config.core == "rims":  # the others run as they are
         policy.core.cuda_graphs = True
     return policy

@@ -56,12 +56,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policies import triton_steps
 from policies.compiled import CompiledStep
 from policies.core import (
     CoreInfo,
@@ -72,6 +75,7 @@ from policies.core import (
     keep_factor,
 )
 from policies.graphs import SequenceGraphs
+from policies.triton_steps import unsupported as triton_unsupported
 
 CELLS = ("lstm", "gru")
 
@@ -142,6 +146,12 @@ class RIMs(nn.Module):
             ``torch.compile``, which fuses their small elementwise ops; the same function to
             float rounding. Compiling takes seconds to a minute on first use; the eager code
             runs where it fails. Can be switched later by setting the attribute.
+        triton_steps: run each step, forward and backward, as hand-written Triton kernels
+            (``policies.triton_steps``): fewer launches than compiled steps, the same function
+            to float rounding. For LSTM cells, one input element and head, the gated
+            communication output, no dropout and power-of-2 communication sizes (a
+            ``ValueError`` otherwise); where Triton or a CUDA device is missing the usual
+            steps run, after one warning. Can be switched later by setting the attribute.
         cuda_graphs: on CUDA inputs, capture each input signature's forward (and backward) as
             CUDA graphs on its first call and replay them after (``policies.graphs``); the same
             function, without the thousands of kernel launches. Other inputs run eagerly. Can
@@ -167,6 +177,7 @@ class RIMs(nn.Module):
         fuse_input_gates_max: int = 4,
         bf16_matmuls: bool = False,
         compile_steps: bool = False,
+        triton_steps: bool = False,
         cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
@@ -191,6 +202,11 @@ class RIMs(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if fuse_input_gates_max < 0:
             raise ValueError(f"fuse_input_gates_max must be >= 0, got {fuse_input_gates_max!r}")
+        comm_sizes = (comm_heads, comm_key_size, comm_value_size)
+        # (dropout matters in training only, where each call checks it)
+        problem = triton_steps and triton_unsupported(cell, input_heads, comm_gate, 0.0, comm_sizes)
+        if problem:
+            raise ValueError(f"triton_steps: {problem}")
 
         self.input_size = input_size
         self.num_units = num_units
@@ -212,6 +228,8 @@ class RIMs(nn.Module):
         # (same function, fewer, larger kernels); set False to use autograd throughout.
         self.manual_backward = True
         self.compile_steps = compile_steps
+        self.triton_steps = triton_steps
+        self._triton_warned: set[str] = set()  # each reason the kernels did not run, once
         self.cuda_graphs = cuda_graphs
         # Captured CUDA graphs per input signature (built on the first CUDA call; not state).
         self._graphs: SequenceGraphs | None = None
@@ -288,8 +306,8 @@ class RIMs(nn.Module):
 
     def _graph_settings(self) -> tuple:
         """What, beside the inputs and the train mode, changes the function a graph records."""
-        return (self.compile_steps, self.bf16_matmuls, self.manual_backward, self.dropout,
-                self.fuse_input_gates_max)  # fmt: skip
+        return (self.compile_steps, self.triton_steps, self.bf16_matmuls, self.manual_backward,
+                self.dropout, self.fuse_input_gates_max)  # fmt: skip
 
     def _run(
         self, x: Tensor, state: State, episode_starts: Tensor | None = None
@@ -419,9 +437,7 @@ class RIMs(nn.Module):
         """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``,
         and for a set of N > 1 elements the attention on each ``(U, B, N)`` (else None).
         With ``saved``, the intermediates the hand-written backward needs are appended to it."""
-        # Inside a caller's compiled region (a compiled acting step) dynamo traces the body.
-        compiled = self.compile_steps and not torch.compiler.is_compiling()
-        body = _COMPILED_STEP if compiled else RIMs._step_body
+        body = self._step_function(hs[0], inp, saved)
         out, mask, null, element_attention, intermediates = body(
             self,
             hs,
@@ -435,6 +451,40 @@ class RIMs(nn.Module):
         if saved is not None:
             saved.append(intermediates)
         return out, mask, null, element_attention
+
+    def _step_function(
+        self, state: Tensor, inp: StepInputs, saved: list[dict] | None
+    ) -> Callable[..., tuple[list[Tensor], Tensor, Tensor, Tensor | None, dict | None]]:
+        """What runs a step with ``_step_body``'s arguments: the Triton kernels, the compiled
+        step, or ``_step_body`` itself. ``state``: a state ``(U, B, H)``."""
+        # Inside a caller's compiled region (a compiled acting step) dynamo traces the body.
+        compiling = torch.compiler.is_compiling()
+        if self.triton_steps and not compiling:
+            problem = self._triton_problem(state, inp, saved is not None)
+            if problem is None:
+                return triton_steps.step
+            if problem not in self._triton_warned:
+                self._triton_warned.add(problem)
+                warnings.warn(f"RIMs triton_steps: {problem}; running the "
+                              f"{'compiled' if self.compile_steps else 'eager'} steps instead",
+                              RuntimeWarning, stacklevel=4)  # fmt: skip
+        return _COMPILED_STEP if self.compile_steps and not compiling else RIMs._step_body
+
+    def _triton_problem(self, state: Tensor, inp: StepInputs, saving: bool) -> str | None:
+        """Why the Triton kernels cannot run this step (see ``triton_steps``), or None."""
+        comm_sizes = (self.comm_heads, self.comm_key_size, self.comm_value_size)
+        dropout = self.dropout if inp.dropout else 0.0
+        problem = triton_unsupported(self.cell, self.input_heads, self.comm_gate, dropout,
+                                     comm_sizes)  # fmt: skip
+        if problem is None:
+            problem = triton_steps.unavailable(state.device)
+        if problem is None and state.dtype not in (torch.float32, torch.float64):
+            problem = f"the kernels compute in float32 or float64, not {state.dtype}"
+        if problem is None and (inp.value_gates is None or not inp.one_element):
+            problem = "the kernels read one input element (not a set: --rims-spatial)"
+        if problem is None and torch.is_grad_enabled() and not saving:
+            problem = "autograd records this step (manual_backward is off)"
+        return problem
 
     def _step_body(
         self,

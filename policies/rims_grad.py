@@ -16,14 +16,16 @@ precompute does, and accumulate in the gradients' dtype.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from policies import triton_steps
 from policies.compiled import CompiledStep
 from policies.rims import StepInputs
+from policies.step_grads import StepGrads
 
 
 def run_with_manual_backward(
@@ -82,9 +84,12 @@ class RIMsSequence(torch.autograd.Function):
         # read = sigmoid(score) for one element: its derivative, (U, T, B, 1, 1)
         read_slope = reads * (1 - reads) if inp.one_element else None
         dh = torch.zeros_like(steps[0]["kept"])
-        # Compiled steps hand back their state-gradient product unadded (StepGrads.dh_product);
-        # zeros for the last step, so that every step compiles to one signature.
-        dh_product = torch.zeros_like(dh) if m_.compile_steps else None
+        # The steps ran as Triton kernels (RIMs.triton_steps), or not; the same for all.
+        by_kernels = steps[0].get("triton", False)
+        # Compiled and Triton steps hand back their state-gradient product unadded
+        # (StepGrads.dh_product); zeros for the last step, so that every step compiles to one
+        # signature.
+        dh_product = torch.zeros_like(dh) if m_.compile_steps or by_kernels else None
         dc = dh.clone() if lstm else None
         if lstm and d_c_last is not None:
             dc = dc + d_c_last
@@ -97,6 +102,8 @@ class RIMsSequence(torch.autograd.Function):
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
         d_gxs, d_scores_all = [], []
         step_back = _COMPILED_STEP_BACKWARD if m_.compile_steps else step_backward
+        if by_kernels:
+            step_back = triton_steps.step_backward
         weights_t = (w_state_t, w_comm_t, w_out_t)
         # Each step hands back dh before its own episode-start reset; the step before applies
         # it (keep_next), where it fuses into that step's first kernel. Ones after the last.
@@ -154,27 +161,6 @@ class RIMsSequence(torch.autograd.Function):
         return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
                 d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
                 d_c0)  # fmt: skip
-
-
-class StepGrads(NamedTuple):
-    """What one step of the reverse walk hands on: the gradients reaching the state before the
-    step, ``dh`` and ``dc`` ``(U, B, H)`` (``dc`` None for GRU; ``dh`` before the step's
-    episode-start reset, which the step before applies; from a compiled step, ``dh`` without
-    the state-gradient matmul's product ``dh_product`` ``(U, B, H)``, which the step before
-    adds; else ``dh_product`` is None), and the step's factors of the weight gradients, joined
-    after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o`` ``(U, B, H or 2H)`` (the
-    communication output map's pre-activation, with the gate's beside it), ``d_gx``
-    ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)`` and ``d_hq``
-    ``(U, B, G+Q)``."""
-
-    dh: Tensor
-    dh_product: Tensor | None
-    dc: Tensor | None
-    d_qkv: Tensor
-    d_o: Tensor
-    d_gx: Tensor
-    d_scores: Tensor
-    d_hq: Tensor
 
 
 def step_backward(

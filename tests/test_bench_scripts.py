@@ -154,7 +154,7 @@ def test_an_eager_step_runs_the_fused_derivatives_not_their_chains():
     assert forward <= 34 and backward <= 47
 
 
-def test_the_triton_step_prototype_serves_issue_8s_configuration_only():
+def test_the_triton_step_script_serves_the_kernels_configuration_only():
     from policies import RIMs
 
     base = dict(input_size=8, num_units=6, k=4, hidden_size=4, dropout=0.0)
@@ -162,17 +162,18 @@ def test_the_triton_step_prototype_serves_issue_8s_configuration_only():
     assert not triton_step.supported(RIMs(**base, cell="gru"))
     assert not triton_step.supported(RIMs(**base, comm_heads=3))  # blocks are powers of 2
     assert not triton_step.supported(RIMs(**{**base, "dropout": 0.1}).train())
+    assert triton_step.supported(RIMs(**{**base, "dropout": 0.1}).eval())  # no dropout then
 
 
-@pytest.mark.skipif(triton_step.triton is not None, reason="Triton is installed here")
-def test_the_triton_step_prototype_without_triton_says_so(monkeypatch, capsys):
+@pytest.mark.skipif(triton_step.kernels is not None, reason="Triton is installed here")
+def test_the_triton_step_script_without_triton_says_so(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["triton_step.py", "--device", "cpu", "--check"])
     assert triton_step.main() == 2
     assert "Triton is not installed" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(triton_step.triton is None, reason="needs Triton")
-def test_the_triton_step_prototype_on_a_cpu_without_the_interpreter_says_so(monkeypatch, capsys):
+@pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton")
+def test_the_triton_step_script_on_a_cpu_without_the_interpreter_says_so(monkeypatch, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(sys, "argv", ["triton_step.py", "--device", "cpu", "--check"])
     assert triton_step.main() == 2
@@ -182,8 +183,8 @@ def test_the_triton_step_prototype_on_a_cpu_without_the_interpreter_says_so(monk
     )
 
 
-@pytest.mark.skipif(triton_step.triton is None, reason="needs Triton (its interpreter on a CPU)")
-def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
+@pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton (its interpreter on a CPU)")
+def test_the_triton_steps_equal_the_library_steps_in_the_script_in_the_interpreter():
     """Every output and saved intermediate of four steps, and every gradient their backward
     steps hand on, float64 and float32, with and without episode starts; and the timed loops
     run (once, untimed, on a CPU). Triton picks its interpreter at import: a process of its
@@ -203,3 +204,15 @@ def test_the_triton_step_prototype_equals_the_library_step_in_the_interpreter():
     assert len([line for line in lines if line.startswith("ok   backward step")]) == 16
     assert len([line for line in lines if line.endswith("nan ms")]) == 6  # 3 loops each way
     assert any("Self CPU time total" in line for line in lines)  # the profile's table
+
+
+@pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton")
+def test_the_triton_kernels_compile_for_a_gpu_without_one(monkeypatch, capsys):
+    """Triton's whole pipeline, to an sm_90 cubin through its bundled ptxas, for each kernel
+    and warp count: what its interpreter cannot say (it takes code the compiler rejects). At
+    the default 4 warps no kernel spills to local memory."""
+    monkeypatch.setattr(sys, "argv", ["triton_step.py", "--aot"])
+    assert triton_step.main() == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len([line for line in lines if line.startswith("ok   sm_90 ")]) == 6 * 4
+    assert all("local 0" in line for line in lines if " 4 warps:" in line)

@@ -139,7 +139,7 @@ def test_resume_may_change_what_does_not_change_learning_and_nothing_else(tmp_pa
     run = tmp_path / "run"
     assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
     bookkeeping = ["--checkpoint-every", "3", "--keep-checkpoints", "1", "--image-every", "0",
-                   "--env-timeout", "30", "--torch-threads", "1"]  # fmt: skip
+                   "--env-timeout", "30", "--torch-threads", "1", "--rims-triton"]  # fmt: skip
     assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "64",
                  *bookkeeping]) == 0  # fmt: skip
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 64
@@ -221,6 +221,11 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--core", "transformer"], "invalid choice"),
         (["--core", "lstm", "--rims-bf16"], "--rims-bf16 needs --core rims"),
         (["--core", "gru", "--rims-compile"], "--rims-compile needs --core rims"),
+        (["--core", "lstm", "--rims-triton"], "--rims-triton needs --core rims"),
+        (["--rims-triton", "--cell", "gru"], "--rims-triton: the kernels implement LSTM cells"),
+        (["--rims-triton", "--comm-key-size", "24"], "powers of 2, not [24]"),
+        (["--rims-triton", "--attention-dropout", "0.1"], "no attention dropout, not 0.1"),
+        (["--rims-triton", "--rims-spatial"], "read one input element, not a set"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),
         (["--resume"], "holds no config.json; nothing to resume"),
         (["--resume", "--overwrite"], "holds no config.json"),

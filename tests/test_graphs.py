@@ -255,6 +255,9 @@ def test_rims_graphs_is_on_by_default_for_rims_only():
         assert not hasattr(policy(core="lstm").core, "cuda_graphs")
         compiled = policy(rims_compile=True)
         assert compiled.core.cuda_graphs and compiled.compile_act
+        assert not policy().core.triton_steps
+        kernels = policy(rims_triton=True)  # graphs replay the kernels too
+        assert kernels.core.triton_steps and kernels.core.cuda_graphs
     finally:
         envs.close()
 
@@ -287,6 +290,7 @@ def test_rims_graphs_does_not_split_a_plot_group(tmp_path):
         ("on", {"rims_graphs": True}),
         ("off", {"rims_graphs": False}),
         ("compiled", {"rims_graphs": False, "rims_compile": True}),  # also speed only
+        ("kernels", {"rims_triton": True}),  # and so is this
     ):
         run = tmp_path / name
         run.mkdir()

@@ -1,0 +1,313 @@
+"""The Triton kernels of a RIMs step (``--rims-triton``): three forward, three backward.
+
+Each runs one program per batch row (a row's RIMs interact through the selection and the
+communication; rows never do), between the step's cuBLAS matmuls; ``policies.triton_steps``
+launches them. Forward:
+
+1. ``cell_kernel``: the episode-start reset, the state products' bias, the input attention's
+   score, the top-k selection by ranks, the LSTM cell and the kept state;
+2. ``attention_kernel``: the communication attention (scores, softmax over the RIMs, read);
+3. ``output_kernel``: the gated output and the residual for the active RIMs.
+
+Backward: ``out_grad_kernel`` (the gated output), ``attention_grad_kernel`` (the
+communication attention) and ``cell_grad_kernel`` (the cell, the selection's mask and the
+input attention), as ``policies.rims_grad.step_backward`` computes them.
+
+Blocks are powers of 2 (``UP``, ``HP``, ``DKP`` pad the RIMs, the hidden and the key size; the
+communication sizes must be powers of 2 themselves), masked to the real sizes. ``tanh`` is
+``2 sigmoid(2x) - 1`` (Triton's interpreter has no libdevice): exact to float rounding, with
+the absolute, not relative, error of that rounding near 0. Importing this module needs Triton.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _gate(products, state_bias, value_gates, row, bias, vg, hh, ok, kept_row, attended,
+          j: tl.constexpr, H: tl.constexpr, HAS_KEEP: tl.constexpr):  # fmt: skip
+    """Gate ``j``'s pre-activation ``(UP, HP)``: the state products (0 for a reset row)
+    plus their bias plus the attended input's value-gate product."""
+    p = tl.load(products + row + j * H + hh[None, :], mask=ok, other=0.0)
+    if HAS_KEEP:
+        p = tl.where(kept_row > 0, p, 0.0)
+    p += tl.load(state_bias + bias + j * H, mask=ok, other=0.0)
+    return attended * tl.load(value_gates + vg + j * H, mask=ok, other=0.0) + p
+
+
+@triton.jit
+def cell_kernel(
+    products, state_bias, keep, keys, value_gates, h, c,  # inputs
+    h_reset, c_reset, query, read, null, mask, acts, kept_h, kept_c,  # outputs
+    vg_stride_u, vg_stride_b, B, K: tl.constexpr, HAS_KEEP: tl.constexpr,
+    U: tl.constexpr, H: tl.constexpr, DK: tl.constexpr,
+    UP: tl.constexpr, HP: tl.constexpr, DKP: tl.constexpr,
+):  # fmt: skip
+    """One batch row ``b`` (the program id): all U RIMs. products ``(U, B, 4H+DK)`` = the
+    state before the reset @ the state weight; state_bias ``(U, 4H+DK)``; keep ``(B,)``;
+    keys ``(B, DK)``; value_gates ``(U, B, 4H)`` (strided); h, c ``(U, B, H)``."""
+    b = tl.program_id(0)
+    GQ: tl.constexpr = 4 * H + DK
+    u = tl.arange(0, UP)
+    u_ok = u < U
+    hh = tl.arange(0, HP)
+    d = tl.arange(0, DKP)
+    uh_ok = u_ok[:, None] & (hh < H)[None, :]
+    ud_ok = u_ok[:, None] & (d < DK)[None, :]
+    if HAS_KEEP:
+        kept_row = tl.load(keep + b)
+    else:
+        kept_row = 1.0
+    # the products of a reset row are 0 (its state is), whatever they were
+    row = u[:, None] * B * GQ + b * GQ
+    q = tl.load(products + row + 4 * H + d[None, :], mask=ud_ok, other=0.0)
+    if HAS_KEEP:
+        q = tl.where(kept_row > 0, q, 0.0)
+    q = q + tl.load(state_bias + u[:, None] * GQ + 4 * H + d[None, :], mask=ud_ok, other=0.0)
+    key = tl.load(keys + b * DK + d, mask=d < DK, other=0.0)
+    score = tl.sum(q * key[None, :], axis=1)  # (UP,): the null element's score is 0
+    attended = _sigmoid(score)
+    # Selection: rank by (is NaN, -score, index); the k first are active.
+    sel = -score
+    mine = sel[:, None]
+    other = sel[None, :]
+    mine_nan = mine != mine
+    other_nan = other != other
+    earlier = u[None, :] < u[:, None]
+    same = (other == mine) | (other_nan & mine_nan)
+    before = (other_nan == mine_nan) & ((other < mine) | (same & earlier))
+    before = (before | (~other_nan & mine_nan)) & u_ok[None, :]
+    active = (tl.sum(before.to(tl.int32), axis=1) < K) & u_ok
+    # the cell
+    state = u[:, None] * B * H + b * H + hh[None, :]
+    h0 = tl.load(h + state, mask=uh_ok, other=0.0) * kept_row
+    c0 = tl.load(c + state, mask=uh_ok, other=0.0) * kept_row
+    vg = u[:, None] * vg_stride_u + b * vg_stride_b + hh[None, :]
+    bias = u[:, None] * GQ + hh[None, :]
+    a = attended[:, None]
+    i = _sigmoid(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
+                       kept_row, a, 0, H, HAS_KEEP))  # fmt: skip
+    f = _sigmoid(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
+                       kept_row, a, 1, H, HAS_KEEP))  # fmt: skip
+    g = _tanh(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
+                    kept_row, a, 2, H, HAS_KEEP))  # fmt: skip
+    o = _sigmoid(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
+                       kept_row, a, 3, H, HAS_KEEP))  # fmt: skip
+    c1 = f * c0 + i * g
+    tanh_c = _tanh(c1)
+    h1 = o * tanh_c
+    on = active[:, None]
+    tl.store(h_reset + state, h0, mask=uh_ok)
+    tl.store(c_reset + state, c0, mask=uh_ok)
+    tl.store(kept_h + state, tl.where(on, h1, h0), mask=uh_ok)
+    tl.store(kept_c + state, tl.where(on, c1, c0), mask=uh_ok)
+    plane = U * B * H
+    tl.store(acts + state, i, mask=uh_ok)
+    tl.store(acts + plane + state, f, mask=uh_ok)
+    tl.store(acts + 2 * plane + state, g, mask=uh_ok)
+    tl.store(acts + 3 * plane + state, o, mask=uh_ok)
+    tl.store(acts + 4 * plane + state, tanh_c, mask=uh_ok)
+    tl.store(query + u[:, None] * B * DK + b * DK + d[None, :], q, mask=ud_ok)
+    tl.store(read + u * B + b, attended, mask=u_ok)
+    tl.store(null + u * B + b, _sigmoid(score * -1.0), mask=u_ok)
+    tl.store(mask + u * B + b, active.to(tl.int8), mask=u_ok)
+
+
+@triton.jit
+def _layout(b, h, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
+            CDV: tl.constexpr, UP: tl.constexpr):  # fmt: skip
+    """Batch row ``b``'s and head ``h``'s offsets in the communication's tensors: its
+    queries (the keys follow at ``+ CH*CDK``) and values in qkv ``(U, B, CH*(2CDK+CDV))``,
+    ``(UP, CDK)`` and ``(UP, CDV)``; its read ``(U, B, CH*CDV)``, ``(UP, CDV)``; its
+    attention ``(U, U, B, CH)``, ``(UP, UP)``; and the masks of the real RIMs in each."""
+    W: tl.constexpr = CH * (2 * CDK + CDV)
+    i = tl.arange(0, UP)
+    kd = tl.arange(0, CDK)
+    vd = tl.arange(0, CDV)
+    q_off = i[:, None] * B * W + b * W + h * CDK + kd[None, :]
+    v_off = i[:, None] * B * W + b * W + 2 * CH * CDK + h * CDV + vd[None, :]
+    r_off = i[:, None] * B * CH * CDV + b * CH * CDV + h * CDV + vd[None, :]
+    a_off = i[:, None] * U * B * CH + i[None, :] * B * CH + b * CH + h
+    ok_k = (i < U)[:, None] & (kd < CDK)[None, :]
+    ok_v = (i < U)[:, None] & (vd < CDV)[None, :]
+    a_ok = (i < U)[:, None] & (i < U)[None, :]
+    return q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok
+
+
+@triton.jit
+def attention_kernel(
+    qkv, attn, read, B, scale,
+    U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr, CDV: tl.constexpr,
+    UP: tl.constexpr,
+):  # fmt: skip
+    """One batch row: qkv ``(U, B, CH*(2CDK+CDV))`` -> attn ``(U, U, B, CH)`` (softmax over
+    the second U) and read ``(U, B, CH*CDV)``, one head at a time."""
+    b = tl.program_id(0)
+    j_ok = (tl.arange(0, UP) < U)[None, :]
+    for h in tl.static_range(CH):
+        q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, h, B, U, CH, CDK, CDV, UP)
+        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDK)
+        k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
+        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDV)
+        # scores[i, j] = q_i . k_j: (UP,1,CDK) * (1,UP,CDK) -> sum -> (UP, UP)
+        sc = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
+        sc = tl.where(j_ok, sc, float("-inf"))
+        sc = sc - tl.max(sc, axis=1)[:, None]
+        e = tl.where(j_ok, tl.exp(sc), 0.0)
+        p = e / tl.sum(e, axis=1)[:, None]
+        # read_i = sum_j p[i, j] v_j: (UP,UP,1) * (1,UP,CDV) -> sum over j -> (UP, CDV)
+        r = tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        tl.store(attn + a_off, p, mask=a_ok)
+        tl.store(read + r_off, r, mask=ok_v)
+
+
+@triton.jit
+def output_kernel(
+    out, bias, kept_h, mask, h_out, gate, tanh_out, B,
+    U: tl.constexpr, H: tl.constexpr, UP: tl.constexpr, HP: tl.constexpr,
+):  # fmt: skip
+    """One batch row: out ``(U, B, 2H)`` = read @ [output map | gate map] without the bias
+    ``(U, 2H)`` -> the gated output, added to the kept state of the active RIMs."""
+    b = tl.program_id(0)
+    u = tl.arange(0, UP)
+    hh = tl.arange(0, HP)
+    ok = (u < U)[:, None] & (hh < H)[None, :]
+    row = u[:, None] * B * 2 * H + b * 2 * H + hh[None, :]
+    brow = u[:, None] * 2 * H + hh[None, :]
+    t = _tanh(tl.load(out + row, mask=ok, other=0.0) + tl.load(bias + brow, mask=ok, other=0.0))
+    gt = _sigmoid(tl.load(out + row + H, mask=ok, other=0.0)
+                  + tl.load(bias + brow + H, mask=ok, other=0.0))  # fmt: skip
+    state = u[:, None] * B * H + b * H + hh[None, :]
+    k = tl.load(kept_h + state, mask=ok, other=0.0)
+    on = tl.load(mask + u * B + b, mask=u < U, other=0)[:, None] != 0
+    tl.store(h_out + state, tl.where(on, k + gt * t, k), mask=ok)
+    tl.store(gate + state, gt, mask=ok)
+    tl.store(tanh_out + state, t, mask=ok)
+
+
+@triton.jit
+def out_grad_kernel(
+    dh, dh_product, keep_next, d_out, mask, gate, tanh_out, dh_total, d_o, B,
+    HAS_KEEP: tl.constexpr, U: tl.constexpr, H: tl.constexpr, UP: tl.constexpr,
+    HP: tl.constexpr,
+):  # fmt: skip
+    """Backward, one batch row: the gradient reaching the state after the step, ``(dh +
+    dh_product) * keep_next + d_out``, and through the active RIMs' gated output, the
+    gradient of its pre-activations d_o ``(U, B, 2H)`` (tanh part | gate part)."""
+    b = tl.program_id(0)
+    u = tl.arange(0, UP)
+    hh = tl.arange(0, HP)
+    ok = (u < U)[:, None] & (hh < H)[None, :]
+    state = u[:, None] * B * H + b * H + hh[None, :]
+    g = tl.load(dh + state, mask=ok, other=0.0) + tl.load(dh_product + state, mask=ok,
+                                                           other=0.0)  # fmt: skip
+    if HAS_KEEP:
+        g = g * tl.load(keep_next + b)
+    g += tl.load(d_out + state, mask=ok, other=0.0)
+    on = tl.load(mask + u * B + b, mask=u < U, other=0)[:, None] != 0
+    d_comm = tl.where(on, g, 0.0)
+    gt = tl.load(gate + state, mask=ok, other=0.0)
+    t = tl.load(tanh_out + state, mask=ok, other=0.0)
+    row = u[:, None] * B * 2 * H + b * 2 * H + hh[None, :]
+    tl.store(dh_total + state, g, mask=ok)
+    tl.store(d_o + row, d_comm * gt * (1.0 - t * t), mask=ok)
+    tl.store(d_o + row + H, d_comm * t * gt * (1.0 - gt), mask=ok)
+
+
+@triton.jit
+def attention_grad_kernel(
+    qkv, attn, d_read, d_qkv, B,
+    U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr, CDV: tl.constexpr,
+    UP: tl.constexpr,
+):  # fmt: skip
+    """Backward, one batch row: from the gradient of the communication's read ``(U, B,
+    CH*CDV)``, those of its queries, keys and values, d_qkv ``(U, B, CH*(2CDK+CDV))``, one
+    head at a time."""
+    b = tl.program_id(0)
+    for h in tl.static_range(CH):
+        q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, h, B, U, CH, CDK, CDV, UP)
+        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDK)
+        k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
+        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDV)
+        dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)  # (UP, CDV)
+        p = tl.load(attn + a_off, mask=a_ok, other=0.0)  # (UP, UP)
+        # d_attn[i, j] = d_read_i . v_j; d_v_j = sum_i p[i, j] d_read_i
+        d_p = tl.sum(dr[:, None, :] * v[None, :, :], axis=2)
+        d_v = tl.sum(p[:, :, None] * dr[:, None, :], axis=0)
+        d_s = p * (d_p - tl.sum(d_p * p, axis=1)[:, None])  # through the softmax over j
+        d_q = tl.sum(d_s[:, :, None] * k[None, :, :], axis=1)
+        d_k = tl.sum(d_s[:, :, None] * q[:, None, :], axis=0)
+        tl.store(d_qkv + q_off, d_q, mask=ok_k)
+        tl.store(d_qkv + q_off + CH * CDK, d_k, mask=ok_k)
+        tl.store(d_qkv + v_off, d_v, mask=ok_v)
+
+
+@triton.jit
+def cell_grad_kernel(
+    dh_total, kept_product, mask, dc, acts, c_reset, value_gates, read, keys, keep,
+    dh_in, dc_in, d_hq, d_scores, vg_stride_u, vg_stride_b, B,
+    HAS_KEEP: tl.constexpr, U: tl.constexpr, H: tl.constexpr, DK: tl.constexpr,
+    UP: tl.constexpr, HP: tl.constexpr, DKP: tl.constexpr,
+):  # fmt: skip
+    """Backward, one batch row: from the gradient of the kept state (``dh_total`` plus the
+    communication keys' and values' ``kept_product``) and ``dc``, those of the states
+    before the step (``dh_in`` without the state matmul's product, which the caller's
+    next matmul gives; ``dc_in`` through the reset) and of the state products and the
+    query, d_hq ``(U, B, 4H+DK)``, and of the input attention's scores ``(U, B)``."""
+    b = tl.program_id(0)
+    GQ: tl.constexpr = 4 * H + DK
+    u = tl.arange(0, UP)
+    hh = tl.arange(0, HP)
+    d = tl.arange(0, DKP)
+    ok = (u < U)[:, None] & (hh < H)[None, :]
+    state = u[:, None] * B * H + b * H + hh[None, :]
+    d_kept = tl.load(dh_total + state, mask=ok, other=0.0) + tl.load(
+        kept_product + state, mask=ok, other=0.0)  # fmt: skip
+    on = tl.load(mask + u * B + b, mask=u < U, other=0)[:, None] != 0
+    d_new = tl.where(on, d_kept, 0.0)
+    g_c = tl.load(dc + state, mask=ok, other=0.0)
+    d_c_new = tl.where(on, g_c, 0.0)
+    plane = U * B * H
+    i = tl.load(acts + state, mask=ok, other=0.0)
+    f = tl.load(acts + plane + state, mask=ok, other=0.0)
+    g = tl.load(acts + 2 * plane + state, mask=ok, other=0.0)
+    o = tl.load(acts + 3 * plane + state, mask=ok, other=0.0)
+    tanh_c = tl.load(acts + 4 * plane + state, mask=ok, other=0.0)
+    c0 = tl.load(c_reset + state, mask=ok, other=0.0)
+    d_c_new += d_new * o * (1.0 - tanh_c * tanh_c)
+    c_in = g_c - tl.where(on, g_c, 0.0) + d_c_new * f
+    d_i = d_c_new * g * i * (1.0 - i)
+    d_f = d_c_new * c0 * f * (1.0 - f)
+    d_g = d_c_new * i * (1.0 - g * g)
+    d_o = d_new * tanh_c * o * (1.0 - o)
+    # the input side: gates_x = read * value_gates, read = sigmoid(score)
+    vg = u[:, None] * vg_stride_u + b * vg_stride_b + hh[None, :]
+    d_read = tl.sum(d_i * tl.load(value_gates + vg, mask=ok, other=0.0), axis=1)
+    d_read += tl.sum(d_f * tl.load(value_gates + vg + H, mask=ok, other=0.0), axis=1)
+    d_read += tl.sum(d_g * tl.load(value_gates + vg + 2 * H, mask=ok, other=0.0), axis=1)
+    d_read += tl.sum(d_o * tl.load(value_gates + vg + 3 * H, mask=ok, other=0.0), axis=1)
+    r = tl.load(read + u * B + b, mask=u < U, other=0.0)
+    d_score = d_read * r * (1.0 - r)  # (UP,)
+    key = tl.load(keys + b * DK + d, mask=d < DK, other=0.0)
+    row = u[:, None] * B * GQ + b * GQ
+    tl.store(d_hq + row + hh[None, :], d_i, mask=ok)
+    tl.store(d_hq + row + H + hh[None, :], d_f, mask=ok)
+    tl.store(d_hq + row + 2 * H + hh[None, :], d_g, mask=ok)
+    tl.store(d_hq + row + 3 * H + hh[None, :], d_o, mask=ok)
+    ud_ok = (u < U)[:, None] & (d < DK)[None, :]
+    tl.store(d_hq + row + 4 * H + d[None, :], d_score[:, None] * key[None, :], mask=ud_ok)
+    tl.store(d_scores + u * B + b, d_score, mask=u < U)
+    if HAS_KEEP:
+        c_in = c_in * tl.load(keep + b)
+    tl.store(dh_in + state, d_kept - d_new, mask=ok)
+    tl.store(dc_in + state, c_in, mask=ok)

@@ -1,0 +1,168 @@
+"""RIMs steps as hand-written Triton kernels (``RIMs.triton_steps``, ``--rims-triton``).
+
+On a GPU a compiled step (``--rims-compile``) launches 13 kernels forward (Inductor's fused
+elementwise kernels between three matmuls) and 12 backward; even replayed from a CUDA graph
+each small kernel costs a few microseconds, and a training sequence runs hundreds of steps.
+Here a step is the same three cuBLAS matmuls with one hand-written kernel after each
+(``policies.triton_kernels``): six launches forward, six backward. They compute what
+``RIMs._step_body`` and ``policies.rims_grad.step_backward`` compute, and save the same
+intermediates, so the rest of the hand-written backward (the weight gradients over the whole
+sequence) is shared.
+
+One configuration is covered (``unsupported`` says why another is not): LSTM cells, one input
+element and head (the fused input path), the gated communication output, no attention
+dropout, communication sizes that are powers of 2. Triton is not a dependency; where it is
+missing, or the tensors are not on a CUDA device (``unavailable``), ``RIMs`` runs its usual
+steps after one warning. On a CPU the kernels run in Triton's interpreter
+(``TRITON_INTERPRET=1``), which is how the tests check them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from policies.step_grads import StepGrads
+
+try:
+    from policies import triton_kernels as kernels
+except ImportError:  # no Triton: the library runs without these kernels
+    kernels = None
+
+INTERPRETER = "TRITON_INTERPRET"
+"""The environment variable that runs Triton kernels in its interpreter, on CPU tensors."""
+
+
+def unsupported(
+    cell: str, input_heads: int, comm_gate: bool, dropout: float, comm_sizes: tuple[int, ...]
+) -> str | None:
+    """Why the kernels cannot run a RIMs configuration (``comm_sizes``: the communication's
+    heads, key and value size), or None where they can."""
+    if cell != "lstm":
+        return f"the kernels implement LSTM cells, not {cell}"
+    if input_heads != 1:
+        return f"the kernels implement one input head, not {input_heads}"
+    if not comm_gate:
+        return "the kernels implement the gated communication output (not --no-comm-gate)"
+    if dropout > 0:
+        return f"the kernels implement no attention dropout, not {dropout}"
+    odd = [n for n in comm_sizes if n != _pow2(n)]
+    if odd:
+        return f"the kernels need communication heads and sizes that are powers of 2, not {odd}"
+    return None
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why the kernels cannot run on ``device`` in this process, or None where they can."""
+    if kernels is None:
+        return "Triton is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get(INTERPRETER) == "1":
+        return None
+    return f"the kernels run on CUDA devices, not {device.type} (a CPU needs {INTERPRETER}=1)"
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of 2 >= n: a block size."""
+    return 1 << (n - 1).bit_length()
+
+
+def step(
+    core: Any, hs: list[Tensor], keys: Tensor, value_gates: Tensor, values: None,
+    keep: Tensor | None, inp: Any, keep_intermediates: bool,
+) -> tuple[list[Tensor], Tensor, Tensor, None, dict | None]:  # fmt: skip
+    """``RIMs._step_body`` by the kernels, with the same arguments and results: states hs
+    ``(U, B, H)`` x2; this step's keys ``(B, 1, dk, 1)``, value_gates ``(U, B, 1, 4H)`` and
+    keep ``(B,)`` (or None); returns the new states, the mask and the null attention
+    ``(U, B)``, None (one element) and the intermediates the backward needs. ``values`` is
+    None on the fused input path, the only one covered."""
+    h, c = hs
+    U, B, H = h.shape
+    dk = core.input_key_size
+    ch, cdk, cdv = core.comm_heads, core.comm_key_size, core.comm_value_size
+    new = h.new_empty
+    up, hp = _pow2(U), _pow2(H)
+    products = torch.bmm(h, core.state_weight)  # (U,B,H) @ (U,H,4H+dk) -> (U,B,4H+dk)
+    keys = keys.reshape(B, dk)  # (B, 1, dk, 1) -> (B, dk)
+    value_gates = value_gates.view(U, B, 4 * H)  # (U,B,1,4H) -> (U,B,4H), strided
+    h_reset, c_reset, kept_h, kept_c = new(U, B, H), new(U, B, H), new(U, B, H), new(U, B, H)
+    query, read, null = new(U, B, dk), new(U, B), new(U, B)
+    mask = torch.empty(U, B, dtype=torch.int8, device=h.device)
+    acts = new(5, U, B, H)  # i, f, g, o, tanh(c)
+    # h stands in for an absent keep: with HAS_KEEP False the kernel never reads it
+    kernels.cell_kernel[(B,)](
+        products, inp.state_bias.reshape(U, -1), h if keep is None else keep, keys,
+        value_gates, h, c, h_reset, c_reset, query, read, null, mask, acts, kept_h, kept_c,
+        value_gates.stride(0), value_gates.stride(1), B, core.k, keep is not None,
+        U, H, dk, up, hp, _pow2(dk),
+    )  # fmt: skip
+    qkv = torch.bmm(kept_h, inp.comm_weight)  # (U,B,H) -> (U,B,ch*(2cdk+cdv))
+    attn, read_c = new(U, U, B, ch), new(U, B, ch * cdv)
+    scale = 1.0 if inp.comm_score_scale is None else inp.comm_score_scale
+    kernels.attention_kernel[(B,)](qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up)
+    out = torch.bmm(read_c, core.comm_out)  # (U,B,ch*cdv) -> (U,B,2H), without the bias
+    h_out, gate, tanh_out = new(U, B, H), new(U, B, H), new(U, B, H)
+    kernels.output_kernel[(B,)](out, core.comm_out_bias.reshape(U, -1), kept_h, mask, h_out,
+                                gate, tanh_out, B, U, H, up, hp)  # fmt: skip
+    mask_i8, mask = mask, mask.bool()
+    intermediates = None
+    if keep_intermediates:
+        q, k, v = qkv.split((ch * cdk, ch * cdk, ch * cdv), dim=-1)
+        intermediates = dict(
+            hs=[h_reset, c_reset],
+            query=query.view(U, B, 1, 1, dk),  # (U,B,dk) -> (U,B,heads,1,dk)
+            read=read.view(U, B, 1, 1),  # (U,B) -> (U,B,heads,N)
+            probs=None, acts=tuple(acts), mask=mask.unsqueeze(-1), kept=kept_h,
+            # (U,B,ch*d) -> (U,B,ch,d) each, as RIMs._communicate saves them
+            comm=(q.reshape(U, B, ch, cdk), k.reshape(U, B, ch, cdk), v.reshape(U, B, ch, cdv),
+                  attn, read_c, gate, tanh_out),
+            # for step_backward, as the kernels wrote them: no copies to join them again
+            triton=True, acts_all=acts, qkv=qkv, mask_i8=mask_i8,
+        )  # fmt: skip
+    return [h_out, kept_c], mask, null, None, intermediates
+
+
+def step_backward(
+    m_: Any, inp: Any, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
+    d_out: Tensor, dh: Tensor, dh_product: Tensor, dc: Tensor, mf: Tensor, read_slope: Tensor,
+    keys: Tensor, value_gates: Tensor, keep: Tensor | None, keep_next: Tensor | None,
+) -> StepGrads:  # fmt: skip
+    """``policies.rims_grad.step_backward`` by the kernels, with the same arguments, for a
+    step that ``step`` ran (``s``, its intermediates). Like a compiled step it takes and
+    returns ``dh`` without the state matmul's product ``dh_product`` ``(U, B, H)``; ``one``,
+    ``mf`` and ``read_slope`` come from ``s`` here and are not read."""
+    w_state_t, w_comm_t, w_out_t = weights_t
+    U, B, H = dh.shape
+    dk = m_.input_key_size
+    ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
+    new = dh.new_empty
+    up, hp = _pow2(U), _pow2(H)
+    read = s["read"].view(U, B)  # the step's input attention: (U,B,1,1) -> (U,B)
+    _, _, _, attn, _, gate, tanh_out = s["comm"]
+    dh_total, d_o = new(U, B, H), new(U, B, 2 * H)
+    # dh stands in for an absent keep_next, as for keep in ``step``
+    kernels.out_grad_kernel[(B,)](
+        dh, dh_product, dh if keep_next is None else keep_next, d_out, s["mask_i8"], gate,
+        tanh_out, dh_total, d_o, B, keep_next is not None, U, H, up, hp,
+    )  # fmt: skip
+    d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H) @ (U,2H,ch*cdv) -> (U,B,ch*cdv)
+    d_qkv = new(U, B, ch * (2 * cdk + cdv))
+    kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up)
+    kept_product = torch.bmm(d_qkv, w_comm_t)  # (U,B,3-part) @ (U,3-part,H) -> (U,B,H)
+    value_gates = value_gates.view(U, B, 4 * H)  # (U,B,1,4H) -> (U,B,4H), strided
+    dh_in, dc_in, d_hq, d_scores = new(U, B, H), new(U, B, H), new(U, B, 4 * H + dk), new(U, B)
+    # keys (B,1,dk,1) -> (B,dk); dh stands in for an absent keep, as in ``step``
+    kernels.cell_grad_kernel[(B,)](
+        dh_total, kept_product, s["mask_i8"], dc, s["acts_all"], s["hs"][1], value_gates,
+        read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_scores,
+        value_gates.stride(0), value_gates.stride(1), B, keep is not None,
+        U, H, dk, up, hp, _pow2(dk),
+    )  # fmt: skip
+    dh_product = torch.bmm(d_hq, w_state_t)  # (U,B,4H+dk) @ (U,4H+dk,H) -> (U,B,H)
+    # d_gx: the gates' part of d_hq, (U,B,4H); d_scores (U,B) -> (U,B,heads,N)
+    return StepGrads(dh_in, dh_product, dc_in, d_qkv, d_o, d_hq[..., : 4 * H],
+                     d_scores.view(U, B, 1, 1), d_hq)  # fmt: skip

@@ -1,0 +1,163 @@
+"""RIMs steps as Triton kernels (``RIMs.triton_steps``, ``--rims-triton``).
+
+Without a GPU the kernels run only in Triton's interpreter, where Triton is installed (it is
+not a dependency; the interpreter test skips without it). What runs everywhere: which
+configurations the kernels serve, and the fallback to the usual steps, with one warning and
+the same results, where they cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from policies import RIMs, triton_steps
+
+SMALL = dict(input_size=16, num_units=6, k=4, hidden_size=12, input_key_size=8, comm_heads=2,
+             comm_key_size=4, comm_value_size=8, dropout=0.0)  # fmt: skip
+
+
+def test_the_kernels_serve_one_configuration_and_say_why_not_another():
+    ok = dict(cell="lstm", input_heads=1, comm_gate=True, dropout=0.0, comm_sizes=(4, 32, 32))
+    assert triton_steps.unsupported(**ok) is None
+    cases = {
+        "cell": ("gru", "LSTM cells, not gru"),
+        "input_heads": (2, "one input head, not 2"),
+        "comm_gate": (False, "gated communication output"),
+        "dropout": (0.1, "no attention dropout, not 0.1"),
+        "comm_sizes": ((4, 24, 32), "powers of 2, not [24]"),
+    }
+    for name, (value, words) in cases.items():
+        assert words in triton_steps.unsupported(**{**ok, name: value}), name
+
+
+def test_a_core_that_the_kernels_cannot_run_is_refused_when_built():
+    with pytest.raises(ValueError, match="^triton_steps: the kernels implement LSTM cells"):
+        RIMs(**{**SMALL, "cell": "gru"}, triton_steps=True)
+    with pytest.raises(ValueError, match=r"powers of 2, not \[3\]"):
+        RIMs(**{**SMALL, "comm_heads": 3}, triton_steps=True)
+    # dropout is refused per call, in training only: evaluation runs without it
+    assert RIMs(**{**SMALL, "dropout": 0.1}, triton_steps=True).triton_steps
+
+
+def test_the_kernels_run_on_cuda_and_on_a_cpu_only_in_the_interpreter(monkeypatch):
+    monkeypatch.setattr(triton_steps, "kernels", object())  # as if Triton were installed
+    monkeypatch.delenv(triton_steps.INTERPRETER, raising=False)
+    assert triton_steps.unavailable(torch.device("cuda")) is None
+    assert "TRITON_INTERPRET=1" in triton_steps.unavailable(torch.device("cpu"))
+    monkeypatch.setenv(triton_steps.INTERPRETER, "1")
+    assert triton_steps.unavailable(torch.device("cpu")) is None
+    assert "not meta" in triton_steps.unavailable(torch.device("meta"))
+    monkeypatch.setattr(triton_steps, "kernels", None)
+    assert triton_steps.unavailable(torch.device("cuda")) == "Triton is not installed"
+
+
+def _train_step(core: RIMs, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """A forward and backward over a short sequence with episode starts: the output, the
+    final state, the mask, and every gradient (parameters, input, initial state)."""
+    gen = torch.Generator().manual_seed(seed)
+    T, B = 5, 3
+    x = torch.randn(T, B, core.input_size, generator=gen, dtype=torch.float64)
+    x.requires_grad_(True)
+    state = tuple((torch.randn(B, 6, 12, generator=gen, dtype=torch.float64) * 0.5)
+                  .requires_grad_(True) for _ in range(2))  # fmt: skip
+    starts = torch.rand(T, B, generator=gen) < 0.3
+    out, final, info = core(x, state, starts)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ((out * weights).sum() + (final[1] ** 2).sum()).backward()
+    grads = [p.grad for p in core.parameters()] + [x.grad, *(s.grad for s in state)]
+    return (out.detach(), *(s.detach() for s in final), info.mask, *grads)
+
+
+def test_where_the_kernels_cannot_run_the_usual_steps_do_after_one_warning(monkeypatch):
+    """Here (no GPU; Triton, if any, without its interpreter) --rims-triton falls back: the
+    same values bit for bit, one warning that says why and what runs instead."""
+    monkeypatch.delenv(triton_steps.INTERPRETER, raising=False)
+    torch.manual_seed(0)
+    core = RIMs(**SMALL).double()
+    expected = _train_step(core)
+    core.zero_grad()
+    core.triton_steps = True
+    with pytest.warns(RuntimeWarning, match="triton_steps: .*; running the eager steps instead"):
+        got = _train_step(core)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    core.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: not again
+        _train_step(core)
+
+
+def test_steps_the_kernels_do_not_cover_fall_back_even_where_they_could_run(monkeypatch):
+    """A set of input elements (--rims-spatial's input) and attention dropout in training
+    are per-call conditions: those calls take the usual steps and say why."""
+    monkeypatch.setattr(triton_steps, "unavailable", lambda device: None)
+    ran = []
+    monkeypatch.setattr(triton_steps, "step", lambda *args: ran.append(args))
+    core = RIMs(**SMALL, triton_steps=True).double()
+    x = torch.randn(2, 3, 5, 16, dtype=torch.float64)  # (T, B, N=5 elements, D)
+    with pytest.warns(RuntimeWarning, match="read one input element"):
+        core(x, core.initial_state(3))
+    dropping = RIMs(**{**SMALL, "dropout": 0.2}, triton_steps=True).double().train()
+    with pytest.warns(RuntimeWarning, match="no attention dropout, not 0.2"):
+        dropping(x[:, :, 0], dropping.initial_state(3))
+    core.manual_backward = False  # autograd would record the step: not the kernels' job
+    with pytest.warns(RuntimeWarning, match="autograd records this step"):
+        core(x[:, :, 0], core.initial_state(3))
+    assert not ran
+
+
+INTERPRETED = textwrap.dedent(
+    """
+    import torch
+    from policies import RIMs, triton_steps
+    from tests.test_triton_steps import SMALL, _train_step
+
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        fn = getattr(triton_steps, "step" if name == "forward" else "step_backward")
+        def counted(*args, _fn=fn, _name=name):
+            calls[_name] += 1
+            return _fn(*args)
+        setattr(triton_steps, "step" if name == "forward" else "step_backward", counted)
+    torch.manual_seed(0)
+    core = RIMs(**SMALL).double()
+    expected = _train_step(core)
+    core.zero_grad()
+    core.triton_steps = True
+    got = _train_step(core)
+    names = ["out", "h", "c", "mask"] + [n for n, _ in core.named_parameters()]
+    names += ["d_x", "d_h0", "d_c0"]
+    bad = [n for n, a, b in zip(names, got, expected)
+           if not torch.allclose(a, b, rtol=1e-9, atol=1e-12)]
+    with torch.no_grad():  # acting: one step, the null attention too
+        x, state = torch.randn(1, 3, 16, dtype=torch.float64), core.initial_state(3)
+        acted = core(x, state)
+        core.triton_steps = False
+        reference = core(x, state)
+    acting = torch.allclose(acted[0], reference[0]) and torch.allclose(
+        acted[2].null_attention, reference[2].null_attention)
+    print(f"bad={bad} acting={acting} calls={calls['forward']},{calls['backward']}")
+    """
+)
+
+
+@pytest.mark.skipif(triton_steps.kernels is None, reason="needs Triton (its interpreter on a CPU)")
+def test_rims_through_the_kernels_compute_the_same_function_in_the_interpreter():
+    """A training call (forward and hand-written backward) and an acting step through the
+    kernels equal the eager steps in float64: outputs, states, masks, every gradient. Triton
+    picks its interpreter at import: a process of its own."""
+    env = {**os.environ, triton_steps.INTERPRETER: "1"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    # 5 forward steps in training and 1 acting; 5 backward steps
+    assert done.stdout.strip().splitlines()[-1] == "bad=[] acting=True calls=6,5"
