@@ -3,7 +3,9 @@
 For both cells, in float64 on the device: the hand-written backward gives autograd's gradients;
 outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactive RIMs keep their
 state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
-bfloat16 precision; with ``compile_steps`` (Triton kernels) it agrees with the eager steps; with
+bfloat16 precision; with ``compile_steps`` (Inductor's Triton kernels) and with
+``triton_steps`` (the hand-written ones of ``policies.triton_kernels``, LSTM only) it agrees with
+the eager steps; with
 ``cuda_graphs`` (replayed CUDA graphs) training steps with optimizer updates between them, acting
 steps and out-of-order backwards agree with the eager core; tied RIMs are chosen by index.
 Prints one line per check and exits 1 on a failure.
@@ -11,6 +13,8 @@ Prints one line per check and exits 1 on a failure.
     python bench/cuda_check.py                  # needs CUDA; without it, says so and exits 0
     python bench/cuda_check.py --only graphs    # the CUDA-graph checks alone
     python bench/cuda_check.py --only compiled  # compiled steps against eager ones alone
+    python bench/cuda_check.py --only triton    # the hand-written Triton steps alone
+    TRITON_INTERPRET=1 python bench/cuda_check.py --device cpu --only triton  # (interpreter)
     python bench/cuda_check.py --device cpu     # the script itself, against the CPU (trivial)
 """
 
@@ -21,19 +25,23 @@ import sys
 
 import torch
 
+from policies import triton_steps
 from policies.rims import RIMs
 
 
 def run(
-    cell: str, device: str, manual: bool, bf16: bool = False, compiled: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, list]:
+    cell: str, device: str, manual: bool, bf16: bool = False, compiled: bool = False,
+    triton: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
     """float64, 4 of 6 active; or with ``bf16`` (bfloat16 products): float32, all 6 active, so
     rounding differences between devices cannot flip the selection. ``compiled``: each step
-    through torch.compile (Triton kernels on a GPU)."""
+    through torch.compile (Triton kernels on a GPU); ``triton``: through the hand-written
+    Triton kernels, which must run (a fallback to the usual steps raises)."""
     torch.manual_seed(0)
     dtype = torch.float32 if bf16 else torch.float64
     core = RIMs(10, num_units=6, k=6 if bf16 else 4, hidden_size=8, cell=cell, input_key_size=16,
-                dropout=0.0, bf16_matmuls=bf16, compile_steps=compiled)  # fmt: skip
+                dropout=0.0, bf16_matmuls=bf16, compile_steps=compiled,
+                triton_steps=triton)  # fmt: skip
     core = core.to(device=device, dtype=dtype).train()
     core.manual_backward = manual
     x = torch.randn(9, 5, 10, dtype=dtype).to(device).requires_grad_()
@@ -44,20 +52,22 @@ def run(
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=device).view_as(out)).sum(
     ).backward()  # fmt: skip
     grads = [x.grad, *(p.grad for p in core.parameters())]
+    if triton and core._triton_warned:
+        raise RuntimeError(f"the Triton steps did not run: {sorted(core._triton_warned)}")
     return out.detach().cpu(), info.mask.cpu(), [g.cpu() for g in grads]
 
 
-def graph_checks(cell: str, device: str, compiled: bool, check) -> None:
+def graph_checks(cell: str, device: str, compiled: bool, check, triton: bool = False) -> None:
     """A core with ``cuda_graphs`` against the same core run eagerly (float64): three training
     steps with an SGD update between them, two forwards whose backwards run in reverse order,
     and five acting steps that carry the state."""
     torch.manual_seed(2)
     options = dict(num_units=6, k=4, hidden_size=8, cell=cell, input_key_size=16, dropout=0.0,
-                   compile_steps=compiled)  # fmt: skip
+                   compile_steps=compiled, triton_steps=triton)  # fmt: skip
     eager = RIMs(10, **options).to(device=device, dtype=torch.float64)
     graphed = RIMs(10, **options, cuda_graphs=True).to(device=device, dtype=torch.float64)
     graphed.load_state_dict(eager.state_dict())
-    tag = f"{cell}{', compiled steps' if compiled else ''}"
+    tag = f"{cell}{', compiled steps' if compiled else ''}{', Triton steps' if triton else ''}"
 
     def batch(seed: int, T: int = 9):
         g = torch.Generator().manual_seed(seed)
@@ -122,10 +132,28 @@ def compiled_checks(cell: str, device: str, eager: tuple, check) -> None:
               for a, b in zip([compiled[0], *compiled[2]], [eager[0], *eager[2]])))  # fmt: skip
 
 
+def triton_checks(device: str, eager: tuple, check) -> bool:
+    """Hand-written Triton steps (``--rims-triton``, LSTM only) compute the same function as
+    the eager ``run`` ``eager``, and, on CUDA, as graphs. Where they cannot run (no Triton; a
+    CPU without its interpreter) says why and returns False."""
+    problem = triton_steps.unavailable(torch.device(device))
+    if problem is not None:
+        print(f"skip lstm: Triton steps ({problem})", flush=True)
+        return False
+    kernels = run("lstm", device, manual=True, triton=True)
+    check("lstm: Triton steps, device masks == eager", torch.equal(kernels[1], eager[1]))
+    check("lstm: Triton steps, outputs and gradients == eager (float64)",
+          all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+              for a, b in zip([kernels[0], *kernels[2]], [eager[0], *eager[2]])))  # fmt: skip
+    if device.startswith("cuda"):
+        graph_checks("lstm", device, False, check, triton=True)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU")
-    parser.add_argument("--only", choices=["graphs", "compiled"], default=None,
+    parser.add_argument("--only", choices=["graphs", "compiled", "triton"], default=None,
                         help="run only these checks")  # fmt: skip
     args = parser.parse_args()
     device = args.device
@@ -141,6 +169,11 @@ def main() -> int:
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
     print(f"device: {name}; torch {torch.__version__}")
+    if args.only == "triton":
+        if not triton_checks(device, run("lstm", device, manual=True), check):
+            return 2
+        print(f"{failures} failure(s)")
+        return 1 if failures else 0
     if device.startswith("cuda") and args.only != "compiled":
         for cell, compiled in (("lstm", False), ("gru", False), ("lstm", True)):
             graph_checks(cell, device, compiled, check)
@@ -166,6 +199,8 @@ def main() -> int:
         check(f"{cell}: device gradients == CPU gradients", close)
         check(f"{cell}: exactly k active", bool((dev_manual[1].sum(-1) == 4).all()))
         compiled_checks(cell, device, dev_manual, check)
+        if cell == "lstm":
+            triton_checks(device, dev_manual, check)
         # bfloat16 products: the device agrees with the CPU and with itself (autograd) to
         # bfloat16 precision.
         runs16 = (("cpu", True), (device, True), (device, False))  # (device, manual backward)

@@ -29,6 +29,28 @@ def test_cuda_check_only_compiled_runs_those_checks(monkeypatch, capsys):
     )
 
 
+def test_cuda_check_only_triton_where_the_kernels_cannot_run_says_why(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(sys, "argv", ["cuda_check.py", "--device", "cpu", "--only", "triton"])
+    assert cuda_check.main() == 2
+    assert capsys.readouterr().out.splitlines()[-1].startswith("skip lstm: Triton steps (")
+
+
+@pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton (its interpreter on a CPU)")
+def test_cuda_check_only_triton_passes_in_the_interpreter():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(cuda_check.__file__)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--only", "triton"],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line[:4] in ("ok  ", "FAIL")]
+    assert len(lines) == 2 and all(line.startswith("ok   lstm: Triton steps") for line in lines)
+
+
 def test_the_fp32_lstm_baseline_switches_off_cudnn_tf32_for_its_rows_only():
     rnn = torch.backends.cudnn.rnn
     before = rnn.fp32_precision
