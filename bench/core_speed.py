@@ -22,7 +22,8 @@ full float32 too, and the ratios to either row compare like with like.
 ``comp`` runs each step, forward and backward, through torch.compile (``--rims-compile``; the
 warm-up calls compile, so compiling is not in the figures). ``graphs`` rows (GPU only) replay
 each figure's forward (and backward) from CUDA graphs captured in the warm-up calls
-(``--rims-graphs``, ``policies/graphs.py``).
+(``--rims-graphs``, ``policies/graphs.py``); ``triton`` runs each step as the hand-written
+Triton kernels of ``policies/triton_kernels.py`` (``--rims-triton``; GPU rows only).
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -213,8 +214,9 @@ def main() -> None:
                     cuda_graphs=True,
                     bf16_matmuls="bf16" in extra,
                     compile_steps="comp" in extra,
+                    triton_steps="triton" in extra,
                 )
-                for extra in ("", " bf16", " comp", " bf16 comp")
+                for extra in ("", " bf16", " comp", " bf16 comp", " triton", " bf16 triton")
             }
             if gpu
             else {}

@@ -13,11 +13,10 @@
 #                                      # without Inductor's max-autotune (about 9 minutes)
 #     bash bench/gpu_check.sh tf32     # like for like with cuDNN (TF32 products), and two
 #                                      # Inductor fusion settings (about 6 minutes)
-#     bash bench/gpu_check.sh step     # the compiled step without baddbmm: correctness, speed
-#                                      # with TF32 and without, a TF32 profile, rims eval on
-#                                      # the GPU; the prototype Triton step kernels against the
-#                                      # library's steps (about 8 minutes; the timeouts
-#                                      # add up to 10, the most one device call may take)
+#     bash bench/gpu_check.sh step     # --rims-triton and the compiled step without baddbmm:
+#                                      # correctness, the kernels step by step, core speed with
+#                                      # TF32 and without, a DoorKey run and rims eval on the
+#                                      # GPU (about 7 minutes; the timeouts add up to 520 s)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -120,28 +119,27 @@ if [[ $part == tf32 ]]; then
 fi
 
 if [[ $part == step ]]; then
-    # 8. The compiled step without baddbmm (commit 20d39a7; baddbmm first copies its addend into
-    #    its output, 2.4 copy kernels per step in the H200 profile): still equal to eager steps
-    #    on the device; its speed with TF32 on both sides and in full float32; where a TF32
-    #    step's time goes; and rims eval of a short DoorKey run on the GPU against the CPU.
-    timeout -k 10 60 python bench/cuda_check.py --only compiled 2>&1 \
+    # 8. The hand-written Triton steps (--rims-triton, policies/triton_kernels.py) and the
+    #    compiled step without baddbmm (commit 20d39a7): each equal to eager steps on the
+    #    device, graphs included; the kernels step by step against the library's steps, timed
+    #    and profiled; the core at issue 8's shape with TF32 on both sides and in full float32;
+    #    a short DoorKey run through the kernels, and rims eval of it on the GPU and the CPU.
+    #    The timeouts add up to 520 s, under the 600 s one device call may take.
+    timeout -k 10 60 python bench/cuda_check.py --only triton 2>&1 \
+        | tee "$out/cuda_check_triton.txt"
+    timeout -k 10 45 python bench/cuda_check.py --only compiled 2>&1 \
         | tee "$out/cuda_check_compiled.txt"
-    # the prototype Triton step kernels: equal to the library's steps, forward and backward,
-    # then T=128 steps each way of each, from CUDA graphs
-    timeout -k 10 150 python bench/triton_step.py --device cuda --check --time --profile 2>&1 \
+    timeout -k 10 120 python bench/triton_step.py --device cuda --check --time --profile 2>&1 \
         | tee "$out/triton_step.txt"
+    rows=("rims-lstm d0 comp graphs" "rims-lstm d0 triton graphs" "rims-lstm d0 bf16 triton graphs")
     timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
-        --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
-        | tee "$out/core_speed_tf32.txt"
+        --cores "${rows[@]}" 2>&1 | tee "$out/core_speed_tf32.txt"
     timeout -k 10 80 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
-        --cores "rims-lstm d0 comp graphs" "rims-lstm d0 bf16 comp graphs" 2>&1 \
-        | tee "$out/core_speed_fp32.txt"
-    timeout -k 10 90 python bench/step_kernels.py --device cuda --cells lstm --names --profile \
-        --tf32 2>&1 | tee "$out/step_kernels_tf32.txt"
+        --cores "${rows[@]}" 2>&1 | tee "$out/core_speed_fp32.txt"
     timeout -k 10 45 "${rims[@]}" train --device cuda --total-steps 4096 --run-dir "$out/run" \
-        --overwrite --no-progress 2>&1 | tail -2 | tee "$out/eval_gpu.txt"
+        --overwrite --no-progress --rims-triton 2>&1 | tail -2 | tee "$out/eval_gpu.txt"
     for device in cuda cpu; do
-        timeout -k 10 40 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
+        timeout -k 10 35 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
             | tail -3 | tee -a "$out/eval_gpu.txt"
     done
     rm -rf "${out:?}/run"
