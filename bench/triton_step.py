@@ -354,7 +354,7 @@ def aot(arch: int, warps: tuple[int, ...] = (1, 2, 4, 8)) -> bool:
         fn = getattr(kernels, name)
         signature = {
             p.name: "constexpr" if p.is_constexpr
-            else scalars.get(p.name, "*i8" if p.name == "mask" else "*fp32")
+            else scalars.get(p.name, "*i1" if p.name == "mask" else "*fp32")
             for p in fn.params
         }  # fmt: skip
         values = {p.name: constexprs[p.name] for p in fn.params if p.is_constexpr}

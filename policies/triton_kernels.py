@@ -120,7 +120,7 @@ def cell_kernel(
     tl.store(query + u[:, None] * B * DK + b * DK + d[None, :], q, mask=ud_ok)
     tl.store(read + u * B + b, attended, mask=u_ok)
     tl.store(null + u * B + b, _sigmoid(score * -1.0), mask=u_ok)
-    tl.store(mask + u * B + b, active.to(tl.int8), mask=u_ok)
+    tl.store(mask + u * B + b, active, mask=u_ok)
 
 
 @triton.jit

@@ -91,7 +91,7 @@ def step(
     value_gates = value_gates.view(U, B, 4 * H)  # (U,B,1,4H) -> (U,B,4H), strided
     h_reset, c_reset, kept_h, kept_c = new(U, B, H), new(U, B, H), new(U, B, H), new(U, B, H)
     query, read, null = new(U, B, dk), new(U, B), new(U, B)
-    mask = torch.empty(U, B, dtype=torch.int8, device=h.device)
+    mask = torch.empty(U, B, dtype=torch.bool, device=h.device)
     acts = new(5, U, B, H)  # i, f, g, o, tanh(c)
     # h stands in for an absent keep: with HAS_KEEP False the kernel never reads it
     kernels.cell_kernel[(B,)](
@@ -108,7 +108,6 @@ def step(
     h_out, gate, tanh_out = new(U, B, H), new(U, B, H), new(U, B, H)
     kernels.output_kernel[(B,)](out, core.comm_out_bias.reshape(U, -1), kept_h, mask, h_out,
                                 gate, tanh_out, B, U, H, up, hp)  # fmt: skip
-    mask_i8, mask = mask, mask.bool()
     intermediates = None
     if keep_intermediates:
         q, k, v = qkv.split((ch * cdk, ch * cdk, ch * cdv), dim=-1)
@@ -121,7 +120,7 @@ def step(
             comm=(q.reshape(U, B, ch, cdk), k.reshape(U, B, ch, cdk), v.reshape(U, B, ch, cdv),
                   attn, read_c, gate, tanh_out),
             # for step_backward, as the kernels wrote them: no copies to join them again
-            triton=True, acts_all=acts, qkv=qkv, mask_i8=mask_i8,
+            triton=True, acts_all=acts, qkv=qkv,
         )  # fmt: skip
     return [h_out, kept_c], mask, null, None, intermediates
 
@@ -146,7 +145,7 @@ def step_backward(
     dh_total, d_o = new(U, B, H), new(U, B, 2 * H)
     # dh stands in for an absent keep_next, as for keep in ``step``
     kernels.out_grad_kernel[(B,)](
-        dh, dh_product, dh if keep_next is None else keep_next, d_out, s["mask_i8"], gate,
+        dh, dh_product, dh if keep_next is None else keep_next, d_out, s["mask"], gate,
         tanh_out, dh_total, d_o, B, keep_next is not None, U, H, up, hp,
     )  # fmt: skip
     d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H) @ (U,2H,ch*cdv) -> (U,B,ch*cdv)
@@ -157,7 +156,7 @@ def step_backward(
     dh_in, dc_in, d_hq, d_scores = new(U, B, H), new(U, B, H), new(U, B, 4 * H + dk), new(U, B)
     # keys (B,1,dk,1) -> (B,dk); dh stands in for an absent keep, as in ``step``
     kernels.cell_grad_kernel[(B,)](
-        dh_total, kept_product, s["mask_i8"], dc, s["acts_all"], s["hs"][1], value_gates,
+        dh_total, kept_product, s["mask"], dc, s["acts_all"], s["hs"][1], value_gates,
         read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_scores,
         value_gates.stride(0), value_gates.stride(1), B, keep is not None,
         U, H, dk, up, hp, _pow2(dk),
