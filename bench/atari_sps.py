@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument(
         "--cores", nargs="+", default=["rims", "rims-bf16", "lstm", "gru"],
-        help="cores to time; rims may carry -bf16, -compile and/or -graphs (--rims-bf16, "
-        "--rims-compile, --rims-graphs)",
+        help="cores to time; rims may carry -bf16, -compile, -triton and/or -graphs "
+        "(--rims-bf16, --rims-compile, --rims-triton, --rims-graphs)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=2)
@@ -55,8 +55,9 @@ def main() -> None:
     variants = []  # (name, core, options), all checked before any trains
     for core in args.cores:
         kind, *options = core.split("-")
-        if set(options) - {"bf16", "compile", "graphs"} or (options and kind != "rims"):
-            parser.error(f"unknown core {core!r} (rims[-bf16][-compile][-graphs], lstm, gru, ff)")
+        if set(options) - {"bf16", "compile", "triton", "graphs"} or (options and kind != "rims"):
+            parser.error(f"unknown core {core!r} "
+                         "(rims[-bf16][-compile][-triton][-graphs], lstm, gru, ff)")  # fmt: skip
         variants.append((core, kind, options))
     for i, (core, kind, options) in enumerate(variants):
         given = dict(
@@ -64,6 +65,7 @@ def main() -> None:
             core=kind,
             rims_bf16="bf16" in options,
             rims_compile="compile" in options,
+            rims_triton="triton" in options,
             rims_graphs="graphs" in options,
             device=args.device,
             num_envs=args.num_envs,
