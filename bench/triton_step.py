@@ -329,11 +329,16 @@ def profile(device: str, T: int, B: int) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=15)
 
 
-def aot(arch: int, warps: tuple[int, ...] = (1, 2, 4, 8)) -> bool:
+AOT_BUILDS = (("fp32", (1, 2, 4, 8)), ("fp64", (4,)))
+"""What ``--aot`` compiles: float32 (the timed dtype) at each warp count, float64 (the device
+checks' dtype) at Triton's default."""
+
+
+def aot(arch: int) -> bool:
     """Compile the six kernels, for the benchmark core (6 RIMs x 100, key 64, communication 4
     heads x 32), to cubins for NVIDIA compute capability ``arch`` (90: H100/H200), through
-    Triton's whole pipeline and ptxas, without a GPU; print each one's registers, stack,
-    shared and local memory (local: spilled registers) for each warp count. Returns whether all
+    Triton's whole pipeline and ptxas, without a GPU, as ``AOT_BUILDS`` says; print each one's
+    registers, stack, shared and local memory (local: spilled registers). Returns whether all
     compiled."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -350,32 +355,32 @@ def aot(arch: int, warps: tuple[int, ...] = (1, 2, 4, 8)) -> bool:
     backend = triton.compiler.make_backend(target)
     cuobjdump = triton.knobs.nvidia.cuobjdump.path
     ok = True
-    for name in KERNELS:
+    builds = [(name, dtype, w) for dtype, warps in AOT_BUILDS for name in KERNELS for w in warps]
+    for name, dtype, w in builds:
         fn = getattr(kernels, name)
         signature = {
             p.name: "constexpr" if p.is_constexpr
-            else scalars.get(p.name, "*i1" if p.name == "mask" else "*fp32")
+            else scalars.get(p.name, "*i1" if p.name == "mask" else f"*{dtype}")
             for p in fn.params
         }  # fmt: skip
         values = {p.name: constexprs[p.name] for p in fn.params if p.is_constexpr}
-        for w in warps:
-            src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values)
-            try:
-                options = backend.parse_options({"num_warps": w}).__dict__
-                cubin = triton.compile(src, target=target, options=options).asm["cubin"]
-            except Exception as err:  # noqa: BLE001 -- report which kernel, and go on
-                print(f"FAIL {name}, {w} warps: {type(err).__name__}: {err}", flush=True)
-                ok = False
-                continue
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(cubin)
-                f.flush()
-                usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True,
-                                       text=True, check=True).stdout  # fmt: skip
-            figures = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
-            reg, stack, shared, local = figures.groups() if figures else ("?",) * 4
-            print(f"ok   sm_{arch} {name:<22} {w} warps: {reg:>3} registers, stack {stack}, "
-                  f"shared {shared}, local {local}", flush=True)  # fmt: skip
+        src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values)
+        try:
+            options = backend.parse_options({"num_warps": w}).__dict__
+            cubin = triton.compile(src, target=target, options=options).asm["cubin"]
+        except Exception as err:  # noqa: BLE001 -- report which kernel, and go on
+            print(f"FAIL {name}, {dtype}, {w} warps: {type(err).__name__}: {err}", flush=True)
+            ok = False
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(cubin)
+            f.flush()
+            usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True,
+                                   text=True, check=True).stdout  # fmt: skip
+        figures = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+        reg, stack, shared, local = figures.groups() if figures else ("?",) * 4
+        print(f"ok   sm_{arch} {dtype} {name:<22} {w} warps: {reg:>3} registers, "
+              f"stack {stack}, shared {shared}, local {local}", flush=True)  # fmt: skip
     return ok
 
 

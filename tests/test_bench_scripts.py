@@ -231,10 +231,12 @@ def test_the_triton_steps_equal_the_library_steps_in_the_script_in_the_interpret
 @pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton")
 def test_the_triton_kernels_compile_for_a_gpu_without_one(monkeypatch, capsys):
     """Triton's whole pipeline, to an sm_90 cubin through its bundled ptxas, for each kernel
-    and warp count: what its interpreter cannot say (it takes code the compiler rejects). At
-    the default 4 warps no kernel spills to local memory."""
+    and warp count in float32 and at 4 warps in float64: what its interpreter cannot say (it
+    takes code the compiler rejects). At the default 4 warps no kernel spills to local
+    memory."""
     monkeypatch.setattr(sys, "argv", ["triton_step.py", "--aot"])
     assert triton_step.main() == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len([line for line in lines if line.startswith("ok   sm_90 ")]) == 6 * 4
+    assert len([line for line in lines if line.startswith("ok   sm_90 fp32 ")]) == 6 * 4
+    assert len([line for line in lines if line.startswith("ok   sm_90 fp64 ")]) == 6
     assert all("local 0" in line for line in lines if " 4 warps:" in line)
