@@ -161,3 +161,29 @@ def test_rims_through_the_kernels_compute_the_same_function_in_the_interpreter()
     assert done.returncode == 0, done.stdout + done.stderr
     # 5 forward steps in training and 1 acting; 5 backward steps
     assert done.stdout.strip().splitlines()[-1] == "bad=[] acting=True calls=6,5"
+
+
+@pytest.mark.skipif(triton_steps.kernels is None, reason="needs Triton (its interpreter on a CPU)")
+def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_path):
+    """``rims train --rims-triton`` end to end in the interpreter (acting on 2 envs, training
+    on 8-step chunks, episode starts, two updates), with a fallback made an error: every loss
+    it logs equals the eager run's to float32 rounding."""
+    from agents.curves import read_curve
+
+    tiny = ["--num-envs", "2", "--num-steps", "16", "--bptt", "8", "--num-minibatches", "2",
+            "--update-epochs", "1", "--total-steps", "64", "--no-progress"]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    for name, flags, extra in (("kernels", ["--rims-triton"], {triton_steps.INTERPRETER: "1"}),
+                               ("eager", [], {})):  # fmt: skip
+        env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning", **extra}
+        command = [sys.executable, str(root / "train.py"), "train", "--run-dir",
+                   str(tmp_path / name), *tiny, *flags]  # fmt: skip
+        done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    tags = ["losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm"]
+    for tag in tags:
+        _, got = read_curve(tmp_path / "kernels", tag)
+        _, expected = read_curve(tmp_path / "eager", tag)
+        assert len(got) == len(expected) == 2, tag
+        assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=1e-6), tag
