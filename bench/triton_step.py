@@ -46,10 +46,8 @@ KERNELS = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_kernel"
 
 def supported(core: RIMs) -> bool:
     """The configuration the kernels are written for, in train mode."""
-    sizes = (core.comm_heads, core.comm_key_size, core.comm_value_size)
     dropout = core.dropout if core._attention_dropout_on() else 0.0
-    return triton_steps.unsupported(core.cell, core.input_heads, core.comm_gate, dropout,
-                                    sizes) is None  # fmt: skip
+    return triton_steps.unsupported(core.cell, core.input_heads, core.comm_gate, dropout) is None
 
 
 def triton_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
@@ -348,7 +346,8 @@ def aot(arch: int) -> bool:
     constexprs = dict(
         U=U, H=H, K=core.k, DK=dk, CH=core.comm_heads, CDK=core.comm_key_size,
         CDV=core.comm_value_size, UP=triton_steps._pow2(U), HP=triton_steps._pow2(H),
-        DKP=triton_steps._pow2(dk), HAS_KEEP=True,
+        DKP=triton_steps._pow2(dk), CDKP=triton_steps._pow2(core.comm_key_size),
+        CDVP=triton_steps._pow2(core.comm_value_size), HAS_KEEP=True,
     )  # fmt: skip
     scalars = {"B": "i32", "vg_stride_u": "i32", "vg_stride_b": "i32", "scale": "fp32"}
     target = GPUTarget("cuda", arch, 32)

@@ -149,9 +149,9 @@ class RIMs(nn.Module):
         triton_steps: run each step, forward and backward, as hand-written Triton kernels
             (``policies.triton_steps``): fewer launches than compiled steps, the same function
             to float rounding. For LSTM cells, one input element and head, the gated
-            communication output, no dropout and power-of-2 communication sizes (a
-            ``ValueError`` otherwise); where Triton or a CUDA device is missing the usual
-            steps run, after one warning. Can be switched later by setting the attribute.
+            communication output and no dropout (a ``ValueError`` otherwise); where Triton or a
+            CUDA device is missing the usual steps run, after one warning. Can be switched
+            later by setting the attribute.
         cuda_graphs: on CUDA inputs, capture each input signature's forward (and backward) as
             CUDA graphs on its first call and replay them after (``policies.graphs``); the same
             function, without the thousands of kernel launches. Other inputs run eagerly. Can
@@ -202,9 +202,8 @@ class RIMs(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if fuse_input_gates_max < 0:
             raise ValueError(f"fuse_input_gates_max must be >= 0, got {fuse_input_gates_max!r}")
-        comm_sizes = (comm_heads, comm_key_size, comm_value_size)
         # (dropout matters in training only, where each call checks it)
-        problem = triton_steps and triton_unsupported(cell, input_heads, comm_gate, 0.0, comm_sizes)
+        problem = triton_steps and triton_unsupported(cell, input_heads, comm_gate, 0.0)
         if problem:
             raise ValueError(f"triton_steps: {problem}")
 
@@ -472,10 +471,8 @@ class RIMs(nn.Module):
 
     def _triton_problem(self, state: Tensor, inp: StepInputs, saving: bool) -> str | None:
         """Why the Triton kernels cannot run this step (see ``triton_steps``), or None."""
-        comm_sizes = (self.comm_heads, self.comm_key_size, self.comm_value_size)
         dropout = self.dropout if inp.dropout else 0.0
-        problem = triton_unsupported(self.cell, self.input_heads, self.comm_gate, dropout,
-                                     comm_sizes)  # fmt: skip
+        problem = triton_unsupported(self.cell, self.input_heads, self.comm_gate, dropout)
         if problem is None:
             problem = triton_steps.unavailable(state.device)
         if problem is None and state.dtype not in (torch.float32, torch.float64):

@@ -13,8 +13,8 @@ Backward: ``out_grad_kernel`` (the gated output), ``attention_grad_kernel`` (the
 communication attention) and ``cell_grad_kernel`` (the cell, the selection's mask and the
 input attention), as ``policies.rims_grad.step_backward`` computes them.
 
-Blocks are powers of 2 (``UP``, ``HP``, ``DKP`` pad the RIMs, the hidden and the key size; the
-communication sizes must be powers of 2 themselves), masked to the real sizes. ``tanh`` is
+Blocks are powers of 2 (``UP``, ``HP``, ``DKP``, ``CDKP``, ``CDVP`` pad the RIMs, the hidden,
+the input key and the communication key and value sizes), masked to the real sizes. ``tanh`` is
 ``2 sigmoid(2x) - 1`` (Triton's interpreter has no libdevice): exact to float rounding, with
 the absolute, not relative, error of that rounding near 0. Importing this module needs Triton.
 """
@@ -125,15 +125,16 @@ def cell_kernel(
 
 @triton.jit
 def _layout(b, h, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
-            CDV: tl.constexpr, UP: tl.constexpr):  # fmt: skip
+            CDV: tl.constexpr, UP: tl.constexpr, CDKP: tl.constexpr,
+            CDVP: tl.constexpr):  # fmt: skip
     """Batch row ``b``'s and head ``h``'s offsets in the communication's tensors: its
     queries (the keys follow at ``+ CH*CDK``) and values in qkv ``(U, B, CH*(2CDK+CDV))``,
-    ``(UP, CDK)`` and ``(UP, CDV)``; its read ``(U, B, CH*CDV)``, ``(UP, CDV)``; its
+    ``(UP, CDKP)`` and ``(UP, CDVP)``; its read ``(U, B, CH*CDV)``, ``(UP, CDVP)``; its
     attention ``(U, U, B, CH)``, ``(UP, UP)``; and the masks of the real RIMs in each."""
     W: tl.constexpr = CH * (2 * CDK + CDV)
     i = tl.arange(0, UP)
-    kd = tl.arange(0, CDK)
-    vd = tl.arange(0, CDV)
+    kd = tl.arange(0, CDKP)
+    vd = tl.arange(0, CDVP)
     q_off = i[:, None] * B * W + b * W + h * CDK + kd[None, :]
     v_off = i[:, None] * B * W + b * W + 2 * CH * CDK + h * CDV + vd[None, :]
     r_off = i[:, None] * B * CH * CDV + b * CH * CDV + h * CDV + vd[None, :]
@@ -148,24 +149,26 @@ def _layout(b, h, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
 def attention_kernel(
     qkv, attn, read, B, scale,
     U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr, CDV: tl.constexpr,
-    UP: tl.constexpr,
+    UP: tl.constexpr, CDKP: tl.constexpr, CDVP: tl.constexpr,
 ):  # fmt: skip
     """One batch row: qkv ``(U, B, CH*(2CDK+CDV))`` -> attn ``(U, U, B, CH)`` (softmax over
     the second U) and read ``(U, B, CH*CDV)``, one head at a time."""
     b = tl.program_id(0)
     j_ok = (tl.arange(0, UP) < U)[None, :]
     for h in tl.static_range(CH):
-        q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, h, B, U, CH, CDK, CDV, UP)
-        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDK)
+        q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(
+            b, h, B, U, CH, CDK, CDV, UP, CDKP, CDVP
+        )
+        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDKP)
         k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
-        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDV)
-        # scores[i, j] = q_i . k_j: (UP,1,CDK) * (1,UP,CDK) -> sum -> (UP, UP)
+        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDVP)
+        # scores[i, j] = q_i . k_j: (UP,1,CDKP) * (1,UP,CDKP) -> sum -> (UP, UP)
         sc = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
         sc = tl.where(j_ok, sc, float("-inf"))
         sc = sc - tl.max(sc, axis=1)[:, None]
         e = tl.where(j_ok, tl.exp(sc), 0.0)
         p = e / tl.sum(e, axis=1)[:, None]
-        # read_i = sum_j p[i, j] v_j: (UP,UP,1) * (1,UP,CDV) -> sum over j -> (UP, CDV)
+        # read_i = sum_j p[i, j] v_j: (UP,UP,1) * (1,UP,CDVP) -> sum over j -> (UP, CDVP)
         r = tl.sum(p[:, :, None] * v[None, :, :], axis=1)
         tl.store(attn + a_off, p, mask=a_ok)
         tl.store(read + r_off, r, mask=ok_v)
@@ -228,18 +231,20 @@ def out_grad_kernel(
 def attention_grad_kernel(
     qkv, attn, d_read, d_qkv, B,
     U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr, CDV: tl.constexpr,
-    UP: tl.constexpr,
+    UP: tl.constexpr, CDKP: tl.constexpr, CDVP: tl.constexpr,
 ):  # fmt: skip
     """Backward, one batch row: from the gradient of the communication's read ``(U, B,
     CH*CDV)``, those of its queries, keys and values, d_qkv ``(U, B, CH*(2CDK+CDV))``, one
     head at a time."""
     b = tl.program_id(0)
     for h in tl.static_range(CH):
-        q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(b, h, B, U, CH, CDK, CDV, UP)
-        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDK)
+        q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(
+            b, h, B, U, CH, CDK, CDV, UP, CDKP, CDVP
+        )
+        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDKP)
         k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
-        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDV)
-        dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)  # (UP, CDV)
+        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDVP)
+        dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)  # (UP, CDVP)
         p = tl.load(attn + a_off, mask=a_ok, other=0.0)  # (UP, UP)
         # d_attn[i, j] = d_read_i . v_j; d_v_j = sum_i p[i, j] d_read_i
         d_p = tl.sum(dr[:, None, :] * v[None, :, :], axis=2)

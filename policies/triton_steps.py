@@ -11,7 +11,7 @@ sequence) is shared.
 
 One configuration is covered (``unsupported`` says why another is not): LSTM cells, one input
 element and head (the fused input path), the gated communication output, no attention
-dropout, communication sizes that are powers of 2. Triton is not a dependency; where it is
+dropout; any sizes. Triton is not a dependency; where it is
 missing, or the tensors are not on a CUDA device (``unavailable``), ``RIMs`` runs its usual
 steps after one warning. On a CPU the kernels run in Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the tests check them.
@@ -36,11 +36,8 @@ INTERPRETER = "TRITON_INTERPRET"
 """The environment variable that runs Triton kernels in its interpreter, on CPU tensors."""
 
 
-def unsupported(
-    cell: str, input_heads: int, comm_gate: bool, dropout: float, comm_sizes: tuple[int, ...]
-) -> str | None:
-    """Why the kernels cannot run a RIMs configuration (``comm_sizes``: the communication's
-    heads, key and value size), or None where they can."""
+def unsupported(cell: str, input_heads: int, comm_gate: bool, dropout: float) -> str | None:
+    """Why the kernels cannot run a RIMs configuration, or None where they can."""
     if cell != "lstm":
         return f"the kernels implement LSTM cells, not {cell}"
     if input_heads != 1:
@@ -49,9 +46,6 @@ def unsupported(
         return "the kernels implement the gated communication output (not --no-comm-gate)"
     if dropout > 0:
         return f"the kernels implement no attention dropout, not {dropout}"
-    odd = [n for n in comm_sizes if n != _pow2(n)]
-    if odd:
-        return f"the kernels need communication heads and sizes that are powers of 2, not {odd}"
     return None
 
 
@@ -103,7 +97,8 @@ def step(
     qkv = torch.bmm(kept_h, inp.comm_weight)  # (U,B,H) -> (U,B,ch*(2cdk+cdv))
     attn, read_c = new(U, U, B, ch), new(U, B, ch * cdv)
     scale = 1.0 if inp.comm_score_scale is None else inp.comm_score_scale
-    kernels.attention_kernel[(B,)](qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up)
+    kernels.attention_kernel[(B,)](qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up,
+                                   _pow2(cdk), _pow2(cdv))  # fmt: skip
     out = torch.bmm(read_c, core.comm_out)  # (U,B,ch*cdv) -> (U,B,2H), without the bias
     h_out, gate, tanh_out = new(U, B, H), new(U, B, H), new(U, B, H)
     kernels.output_kernel[(B,)](out, core.comm_out_bias.reshape(U, -1), kept_h, mask, h_out,
@@ -150,7 +145,8 @@ def step_backward(
     )  # fmt: skip
     d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H) @ (U,2H,ch*cdv) -> (U,B,ch*cdv)
     d_qkv = new(U, B, ch * (2 * cdk + cdv))
-    kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up)
+    kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up,
+                                        _pow2(cdk), _pow2(cdv))  # fmt: skip
     kept_product = torch.bmm(d_qkv, w_comm_t)  # (U,B,3-part) @ (U,3-part,H) -> (U,B,H)
     value_gates = value_gates.view(U, B, 4 * H)  # (U,B,1,4H) -> (U,B,4H), strided
     dh_in, dc_in, d_hq, d_scores = new(U, B, H), new(U, B, H), new(U, B, 4 * H + dk), new(U, B)

@@ -182,7 +182,8 @@ def test_the_triton_step_script_serves_the_kernels_configuration_only():
     base = dict(input_size=8, num_units=6, k=4, hidden_size=4, dropout=0.0)
     assert triton_step.supported(RIMs(**base))
     assert not triton_step.supported(RIMs(**base, cell="gru"))
-    assert not triton_step.supported(RIMs(**base, comm_heads=3))  # blocks are powers of 2
+    assert not triton_step.supported(RIMs(**base, comm_gate=False))
+    assert triton_step.supported(RIMs(**base, comm_heads=3, comm_key_size=24))  # any sizes
     assert not triton_step.supported(RIMs(**{**base, "dropout": 0.1}).train())
     assert triton_step.supported(RIMs(**{**base, "dropout": 0.1}).eval())  # no dropout then
 
