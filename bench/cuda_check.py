@@ -4,8 +4,8 @@ For both cells, in float64 on the device: the hand-written backward gives autogr
 outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactive RIMs keep their
 state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
 bfloat16 precision; with ``compile_steps`` (Inductor's Triton kernels) and with
-``triton_steps`` (the hand-written ones of ``policies.triton_kernels``, LSTM only) it agrees with
-the eager steps; with
+``triton_steps`` (the hand-written ones of ``policies.triton_kernels``) it agrees with the
+eager steps; with
 ``cuda_graphs`` (replayed CUDA graphs) training steps with optimizer updates between them, acting
 steps and out-of-order backwards agree with the eager core; tied RIMs are chosen by index.
 Prints one line per check and exits 1 on a failure.
@@ -132,21 +132,21 @@ def compiled_checks(cell: str, device: str, eager: tuple, check) -> None:
               for a, b in zip([compiled[0], *compiled[2]], [eager[0], *eager[2]])))  # fmt: skip
 
 
-def triton_checks(device: str, eager: tuple, check) -> bool:
-    """Hand-written Triton steps (``--rims-triton``, LSTM only) compute the same function as
-    the eager ``run`` ``eager``, and, on CUDA, as graphs. Where they cannot run (no Triton; a
-    CPU without its interpreter) says why and returns False."""
+def triton_checks(cell: str, device: str, eager: tuple, check) -> bool:
+    """Hand-written Triton steps (``--rims-triton``) compute the same function as the eager
+    ``run`` ``eager``, and, on CUDA, as graphs. Where they cannot run (no Triton; a CPU
+    without its interpreter) says why and returns False."""
     problem = triton_steps.unavailable(torch.device(device))
     if problem is not None:
-        print(f"skip lstm: Triton steps ({problem})", flush=True)
+        print(f"skip {cell}: Triton steps ({problem})", flush=True)
         return False
-    kernels = run("lstm", device, manual=True, triton=True)
-    check("lstm: Triton steps, device masks == eager", torch.equal(kernels[1], eager[1]))
-    check("lstm: Triton steps, outputs and gradients == eager (float64)",
+    kernels = run(cell, device, manual=True, triton=True)
+    check(f"{cell}: Triton steps, device masks == eager", torch.equal(kernels[1], eager[1]))
+    check(f"{cell}: Triton steps, outputs and gradients == eager (float64)",
           all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
               for a, b in zip([kernels[0], *kernels[2]], [eager[0], *eager[2]])))  # fmt: skip
     if device.startswith("cuda"):
-        graph_checks("lstm", device, False, check, triton=True)
+        graph_checks(cell, device, False, check, triton=True)
     return True
 
 
@@ -170,8 +170,9 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
     print(f"device: {name}; torch {torch.__version__}")
     if args.only == "triton":
-        if not triton_checks(device, run("lstm", device, manual=True), check):
-            return 2
+        for cell in ("lstm", "gru"):
+            if not triton_checks(cell, device, run(cell, device, manual=True), check):
+                return 2
         print(f"{failures} failure(s)")
         return 1 if failures else 0
     if device.startswith("cuda") and args.only != "compiled":
@@ -199,8 +200,7 @@ def main() -> int:
         check(f"{cell}: device gradients == CPU gradients", close)
         check(f"{cell}: exactly k active", bool((dev_manual[1].sum(-1) == 4).all()))
         compiled_checks(cell, device, dev_manual, check)
-        if cell == "lstm":
-            triton_checks(device, dev_manual, check)
+        triton_checks(cell, device, dev_manual, check)
         # bfloat16 products: the device agrees with the CPU and with itself (autograd) to
         # bfloat16 precision.
         runs16 = (("cpu", True), (device, True), (device, False))  # (device, manual backward)

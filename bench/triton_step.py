@@ -47,7 +47,7 @@ KERNELS = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_kernel"
 def supported(core: RIMs) -> bool:
     """The configuration the kernels are written for, in train mode."""
     dropout = core.dropout if core._attention_dropout_on() else 0.0
-    return triton_steps.unsupported(core.cell, core.input_heads, core.comm_gate, dropout) is None
+    return triton_steps.unsupported(core.input_heads, core.comm_gate, dropout) is None
 
 
 def triton_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
@@ -327,17 +327,17 @@ def profile(device: str, T: int, B: int) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=15)
 
 
-AOT_BUILDS = (("fp32", (1, 2, 4, 8)), ("fp64", (4,)))
-"""What ``--aot`` compiles: float32 (the timed dtype) at each warp count, float64 (the device
-checks' dtype) at Triton's default."""
+AOT_BUILDS = (("lstm", "fp32", (1, 2, 4, 8)), ("gru", "fp32", (4,)), ("lstm", "fp64", (4,)))
+"""What ``--aot`` compiles: LSTM kernels in float32 (the timed dtype) at each warp count, GRU
+ones at Triton's default, and LSTM ones in float64 (the device checks' dtype)."""
 
 
 def aot(arch: int) -> bool:
-    """Compile the six kernels, for the benchmark core (6 RIMs x 100, key 64, communication 4
-    heads x 32), to cubins for NVIDIA compute capability ``arch`` (90: H100/H200), through
-    Triton's whole pipeline and ptxas, without a GPU, as ``AOT_BUILDS`` says; print each one's
-    registers, stack, shared and local memory (local: spilled registers). Returns whether all
-    compiled."""
+    """Compile the six kernels, for the benchmark core's sizes (6 RIMs x 100, key 64,
+    communication 4 heads x 32), to cubins for NVIDIA compute capability ``arch`` (90:
+    H100/H200), through Triton's whole pipeline and ptxas, without a GPU, as ``AOT_BUILDS``
+    says; print each one's registers, stack, shared and local memory (local: spilled
+    registers). Returns whether all compiled."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -349,26 +349,30 @@ def aot(arch: int) -> bool:
         DKP=triton_steps._pow2(dk), CDKP=triton_steps._pow2(core.comm_key_size),
         CDVP=triton_steps._pow2(core.comm_value_size), HAS_KEEP=True,
     )  # fmt: skip
+    cells = {"lstm": dict(LSTM=True, G=4 * H), "gru": dict(LSTM=False, G=3 * H)}
     scalars = {"B": "i32", "vg_stride_u": "i32", "vg_stride_b": "i32", "scale": "fp32"}
     target = GPUTarget("cuda", arch, 32)
     backend = triton.compiler.make_backend(target)
     cuobjdump = triton.knobs.nvidia.cuobjdump.path
     ok = True
-    builds = [(name, dtype, w) for dtype, warps in AOT_BUILDS for name in KERNELS for w in warps]
-    for name, dtype, w in builds:
+    builds = [(name, cell, dtype, w) for cell, dtype, warps in AOT_BUILDS for name in KERNELS
+              for w in warps]  # fmt: skip
+    for name, cell, dtype, w in builds:
         fn = getattr(kernels, name)
         signature = {
             p.name: "constexpr" if p.is_constexpr
             else scalars.get(p.name, "*i1" if p.name == "mask" else f"*{dtype}")
             for p in fn.params
         }  # fmt: skip
-        values = {p.name: constexprs[p.name] for p in fn.params if p.is_constexpr}
+        given = constexprs | cells[cell]
+        values = {p.name: given[p.name] for p in fn.params if p.is_constexpr}
         src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values)
         try:
             options = backend.parse_options({"num_warps": w}).__dict__
             cubin = triton.compile(src, target=target, options=options).asm["cubin"]
         except Exception as err:  # noqa: BLE001 -- report which kernel, and go on
-            print(f"FAIL {name}, {dtype}, {w} warps: {type(err).__name__}: {err}", flush=True)
+            print(f"FAIL {cell} {dtype} {name}, {w} warps: {type(err).__name__}: {err}",
+                  flush=True)  # fmt: skip
             ok = False
             continue
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -378,7 +382,7 @@ def aot(arch: int) -> bool:
                                    text=True, check=True).stdout  # fmt: skip
         figures = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
         reg, stack, shared, local = figures.groups() if figures else ("?",) * 4
-        print(f"ok   sm_{arch} {dtype} {name:<22} {w} warps: {reg:>3} registers, "
+        print(f"ok   sm_{arch} {cell} {dtype} {name:<22} {w} warps: {reg:>3} registers, "
               f"stack {stack}, shared {shared}, local {local}", flush=True)  # fmt: skip
     return ok
 

@@ -34,30 +34,43 @@ def _tanh(x):
 
 
 @triton.jit
-def _gate(products, state_bias, value_gates, row, bias, vg, hh, ok, kept_row, attended,
-          j: tl.constexpr, H: tl.constexpr, HAS_KEEP: tl.constexpr):  # fmt: skip
-    """Gate ``j``'s pre-activation ``(UP, HP)``: the state products (0 for a reset row)
-    plus their bias plus the attended input's value-gate product."""
+def _hidden(products, state_bias, row, bias, hh, ok, kept_row, j: tl.constexpr,
+            H: tl.constexpr, HAS_KEEP: tl.constexpr):  # fmt: skip
+    """Gate ``j``'s hidden part ``(UP, HP)``: the state products (0 for a reset row) plus
+    their bias."""
     p = tl.load(products + row + j * H + hh[None, :], mask=ok, other=0.0)
     if HAS_KEEP:
         p = tl.where(kept_row > 0, p, 0.0)
-    p += tl.load(state_bias + bias + j * H, mask=ok, other=0.0)
-    return attended * tl.load(value_gates + vg + j * H, mask=ok, other=0.0) + p
+    return p + tl.load(state_bias + bias + j * H, mask=ok, other=0.0)
+
+
+@triton.jit
+def _input(value_gates, input_bias, vg, ib, ok, attended, j: tl.constexpr, H: tl.constexpr,
+           LSTM: tl.constexpr):  # fmt: skip
+    """Gate ``j``'s input part ``(UP, HP)``: the attended input's value-gate product, plus the
+    input bias for a GRU (an LSTM's is folded into the state products' bias)."""
+    x = attended * tl.load(value_gates + vg + j * H, mask=ok, other=0.0)
+    if not LSTM:
+        x += tl.load(input_bias + ib + j * H, mask=ok, other=0.0)
+    return x
 
 
 @triton.jit
 def cell_kernel(
-    products, state_bias, keep, keys, value_gates, h, c,  # inputs
+    products, state_bias, keep, keys, value_gates, input_bias, h, c,  # inputs
     h_reset, c_reset, query, read, null, mask, acts, kept_h, kept_c,  # outputs
     vg_stride_u, vg_stride_b, B, K: tl.constexpr, HAS_KEEP: tl.constexpr,
-    U: tl.constexpr, H: tl.constexpr, DK: tl.constexpr,
+    LSTM: tl.constexpr, U: tl.constexpr, H: tl.constexpr, G: tl.constexpr, DK: tl.constexpr,
     UP: tl.constexpr, HP: tl.constexpr, DKP: tl.constexpr,
 ):  # fmt: skip
-    """One batch row ``b`` (the program id): all U RIMs. products ``(U, B, 4H+DK)`` = the
-    state before the reset @ the state weight; state_bias ``(U, 4H+DK)``; keep ``(B,)``;
-    keys ``(B, DK)``; value_gates ``(U, B, 4H)`` (strided); h, c ``(U, B, H)``."""
+    """One batch row ``b`` (the program id): all U RIMs. products ``(U, B, G+DK)`` = the
+    state before the reset @ the state weight (G = 4H for an LSTM, 3H for a GRU);
+    state_bias ``(U, G+DK)``; keep ``(B,)``; keys ``(B, DK)``; value_gates ``(U, B, G)``
+    (strided); input_bias ``(U, G)`` (GRU only); h, c ``(U, B, H)`` (c: LSTM only). acts:
+    i, f, g, o, tanh(c) for an LSTM, r, z, n and n's hidden part for a GRU, each ``(U, B, H)``.
+    Without LSTM the c pointers are not read or written."""
     b = tl.program_id(0)
-    GQ: tl.constexpr = 4 * H + DK
+    GQ: tl.constexpr = G + DK
     u = tl.arange(0, UP)
     u_ok = u < U
     hh = tl.arange(0, HP)
@@ -70,10 +83,10 @@ def cell_kernel(
         kept_row = 1.0
     # the products of a reset row are 0 (its state is), whatever they were
     row = u[:, None] * B * GQ + b * GQ
-    q = tl.load(products + row + 4 * H + d[None, :], mask=ud_ok, other=0.0)
+    q = tl.load(products + row + G + d[None, :], mask=ud_ok, other=0.0)
     if HAS_KEEP:
         q = tl.where(kept_row > 0, q, 0.0)
-    q = q + tl.load(state_bias + u[:, None] * GQ + 4 * H + d[None, :], mask=ud_ok, other=0.0)
+    q = q + tl.load(state_bias + u[:, None] * GQ + G + d[None, :], mask=ud_ok, other=0.0)
     key = tl.load(keys + b * DK + d, mask=d < DK, other=0.0)
     score = tl.sum(q * key[None, :], axis=1)  # (UP,): the null element's score is 0
     attended = _sigmoid(score)
@@ -91,32 +104,52 @@ def cell_kernel(
     # the cell
     state = u[:, None] * B * H + b * H + hh[None, :]
     h0 = tl.load(h + state, mask=uh_ok, other=0.0) * kept_row
-    c0 = tl.load(c + state, mask=uh_ok, other=0.0) * kept_row
     vg = u[:, None] * vg_stride_u + b * vg_stride_b + hh[None, :]
     bias = u[:, None] * GQ + hh[None, :]
+    ib = u[:, None] * G + hh[None, :]
     a = attended[:, None]
-    i = _sigmoid(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
-                       kept_row, a, 0, H, HAS_KEEP))  # fmt: skip
-    f = _sigmoid(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
-                       kept_row, a, 1, H, HAS_KEEP))  # fmt: skip
-    g = _tanh(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
-                    kept_row, a, 2, H, HAS_KEEP))  # fmt: skip
-    o = _sigmoid(_gate(products, state_bias, value_gates, row, bias, vg, hh, uh_ok,
-                       kept_row, a, 3, H, HAS_KEEP))  # fmt: skip
-    c1 = f * c0 + i * g
-    tanh_c = _tanh(c1)
-    h1 = o * tanh_c
     on = active[:, None]
-    tl.store(h_reset + state, h0, mask=uh_ok)
-    tl.store(c_reset + state, c0, mask=uh_ok)
-    tl.store(kept_h + state, tl.where(on, h1, h0), mask=uh_ok)
-    tl.store(kept_c + state, tl.where(on, c1, c0), mask=uh_ok)
     plane = U * B * H
-    tl.store(acts + state, i, mask=uh_ok)
-    tl.store(acts + plane + state, f, mask=uh_ok)
-    tl.store(acts + 2 * plane + state, g, mask=uh_ok)
-    tl.store(acts + 3 * plane + state, o, mask=uh_ok)
-    tl.store(acts + 4 * plane + state, tanh_c, mask=uh_ok)
+    if LSTM:
+        c0 = tl.load(c + state, mask=uh_ok, other=0.0) * kept_row
+        i = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 0, H, LSTM)
+                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 0, H,
+                               HAS_KEEP))  # fmt: skip
+        f = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 1, H, LSTM)
+                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 1, H,
+                               HAS_KEEP))  # fmt: skip
+        g = _tanh(_input(value_gates, input_bias, vg, ib, uh_ok, a, 2, H, LSTM)
+                  + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 2, H,
+                            HAS_KEEP))  # fmt: skip
+        o = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 3, H, LSTM)
+                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 3, H,
+                               HAS_KEEP))  # fmt: skip
+        c1 = f * c0 + i * g
+        tanh_c = _tanh(c1)
+        h1 = o * tanh_c
+        tl.store(c_reset + state, c0, mask=uh_ok)
+        tl.store(kept_c + state, tl.where(on, c1, c0), mask=uh_ok)
+        tl.store(acts + state, i, mask=uh_ok)
+        tl.store(acts + plane + state, f, mask=uh_ok)
+        tl.store(acts + 2 * plane + state, g, mask=uh_ok)
+        tl.store(acts + 3 * plane + state, o, mask=uh_ok)
+        tl.store(acts + 4 * plane + state, tanh_c, mask=uh_ok)
+    else:  # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only
+        r = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 0, H, LSTM)
+                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 0, H,
+                               HAS_KEEP))  # fmt: skip
+        z = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 1, H, LSTM)
+                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 1, H,
+                               HAS_KEEP))  # fmt: skip
+        h_n = _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 2, H, HAS_KEEP)
+        n = _tanh(_input(value_gates, input_bias, vg, ib, uh_ok, a, 2, H, LSTM) + r * h_n)
+        h1 = n + z * (h0 - n)
+        tl.store(acts + state, r, mask=uh_ok)
+        tl.store(acts + plane + state, z, mask=uh_ok)
+        tl.store(acts + 2 * plane + state, n, mask=uh_ok)
+        tl.store(acts + 3 * plane + state, h_n, mask=uh_ok)
+    tl.store(h_reset + state, h0, mask=uh_ok)
+    tl.store(kept_h + state, tl.where(on, h1, h0), mask=uh_ok)
     tl.store(query + u[:, None] * B * DK + b * DK + d[None, :], q, mask=ud_ok)
     tl.store(read + u * B + b, attended, mask=u_ok)
     tl.store(null + u * B + b, _sigmoid(score * -1.0), mask=u_ok)
@@ -259,18 +292,20 @@ def attention_grad_kernel(
 
 @triton.jit
 def cell_grad_kernel(
-    dh_total, kept_product, mask, dc, acts, c_reset, value_gates, read, keys, keep,
-    dh_in, dc_in, d_hq, d_scores, vg_stride_u, vg_stride_b, B,
-    HAS_KEEP: tl.constexpr, U: tl.constexpr, H: tl.constexpr, DK: tl.constexpr,
-    UP: tl.constexpr, HP: tl.constexpr, DKP: tl.constexpr,
+    dh_total, kept_product, mask, dc, acts, state_in, value_gates, read, keys, keep,
+    dh_in, dc_in, d_hq, d_gx, d_scores, vg_stride_u, vg_stride_b, B,
+    HAS_KEEP: tl.constexpr, LSTM: tl.constexpr, U: tl.constexpr, H: tl.constexpr,
+    G: tl.constexpr, DK: tl.constexpr, UP: tl.constexpr, HP: tl.constexpr, DKP: tl.constexpr,
 ):  # fmt: skip
     """Backward, one batch row: from the gradient of the kept state (``dh_total`` plus the
-    communication keys' and values' ``kept_product``) and ``dc``, those of the states
-    before the step (``dh_in`` without the state matmul's product, which the caller's
-    next matmul gives; ``dc_in`` through the reset) and of the state products and the
-    query, d_hq ``(U, B, 4H+DK)``, and of the input attention's scores ``(U, B)``."""
+    communication keys' and values' ``kept_product``) and ``dc`` (LSTM), those of the states
+    before the step (``dh_in`` without the state matmul's product, which the caller's next
+    matmul gives; ``dc_in`` through the reset), of the state products and the query, d_hq
+    ``(U, B, G+DK)``, of the input attention's scores ``(U, B)`` and, for a GRU, of the input
+    side's gates, d_gx ``(U, B, G)`` (an LSTM's are d_hq's first G columns). state_in: the
+    reset c (LSTM) or h (GRU) ``(U, B, H)``. Without LSTM the c pointers are not used."""
     b = tl.program_id(0)
-    GQ: tl.constexpr = 4 * H + DK
+    GQ: tl.constexpr = G + DK
     u = tl.arange(0, UP)
     hh = tl.arange(0, HP)
     d = tl.arange(0, DKP)
@@ -280,39 +315,55 @@ def cell_grad_kernel(
         kept_product + state, mask=ok, other=0.0)  # fmt: skip
     on = tl.load(mask + u * B + b, mask=u < U, other=0)[:, None] != 0
     d_new = tl.where(on, d_kept, 0.0)
-    g_c = tl.load(dc + state, mask=ok, other=0.0)
-    d_c_new = tl.where(on, g_c, 0.0)
     plane = U * B * H
-    i = tl.load(acts + state, mask=ok, other=0.0)
-    f = tl.load(acts + plane + state, mask=ok, other=0.0)
-    g = tl.load(acts + 2 * plane + state, mask=ok, other=0.0)
-    o = tl.load(acts + 3 * plane + state, mask=ok, other=0.0)
-    tanh_c = tl.load(acts + 4 * plane + state, mask=ok, other=0.0)
-    c0 = tl.load(c_reset + state, mask=ok, other=0.0)
-    d_c_new += d_new * o * (1.0 - tanh_c * tanh_c)
-    c_in = g_c - tl.where(on, g_c, 0.0) + d_c_new * f
-    d_i = d_c_new * g * i * (1.0 - i)
-    d_f = d_c_new * c0 * f * (1.0 - f)
-    d_g = d_c_new * i * (1.0 - g * g)
-    d_o = d_new * tanh_c * o * (1.0 - o)
-    # the input side: gates_x = read * value_gates, read = sigmoid(score)
     vg = u[:, None] * vg_stride_u + b * vg_stride_b + hh[None, :]
-    d_read = tl.sum(d_i * tl.load(value_gates + vg, mask=ok, other=0.0), axis=1)
-    d_read += tl.sum(d_f * tl.load(value_gates + vg + H, mask=ok, other=0.0), axis=1)
-    d_read += tl.sum(d_g * tl.load(value_gates + vg + 2 * H, mask=ok, other=0.0), axis=1)
-    d_read += tl.sum(d_o * tl.load(value_gates + vg + 3 * H, mask=ok, other=0.0), axis=1)
-    r = tl.load(read + u * B + b, mask=u < U, other=0.0)
-    d_score = d_read * r * (1.0 - r)  # (UP,)
-    key = tl.load(keys + b * DK + d, mask=d < DK, other=0.0)
     row = u[:, None] * B * GQ + b * GQ
-    tl.store(d_hq + row + hh[None, :], d_i, mask=ok)
-    tl.store(d_hq + row + H + hh[None, :], d_f, mask=ok)
-    tl.store(d_hq + row + 2 * H + hh[None, :], d_g, mask=ok)
-    tl.store(d_hq + row + 3 * H + hh[None, :], d_o, mask=ok)
+    s0 = tl.load(state_in + state, mask=ok, other=0.0)
+    if LSTM:
+        g_c = tl.load(dc + state, mask=ok, other=0.0)
+        d_c_new = tl.where(on, g_c, 0.0)
+        i = tl.load(acts + state, mask=ok, other=0.0)
+        f = tl.load(acts + plane + state, mask=ok, other=0.0)
+        g = tl.load(acts + 2 * plane + state, mask=ok, other=0.0)
+        o = tl.load(acts + 3 * plane + state, mask=ok, other=0.0)
+        tanh_c = tl.load(acts + 4 * plane + state, mask=ok, other=0.0)
+        d_c_new += d_new * o * (1.0 - tanh_c * tanh_c)
+        c_in = g_c - tl.where(on, g_c, 0.0) + d_c_new * f
+        d_0 = d_c_new * g * i * (1.0 - i)
+        d_1 = d_c_new * s0 * f * (1.0 - f)
+        d_2 = d_c_new * i * (1.0 - g * g)
+        d_3 = d_new * tanh_c * o * (1.0 - o)
+        # the input side: gates_x = read * value_gates, read = sigmoid(score)
+        d_read = tl.sum(d_3 * tl.load(value_gates + vg + 3 * H, mask=ok, other=0.0), axis=1)
+        tl.store(d_hq + row + 2 * H + hh[None, :], d_2, mask=ok)
+        tl.store(d_hq + row + 3 * H + hh[None, :], d_3, mask=ok)
+        if HAS_KEEP:
+            c_in = c_in * tl.load(keep + b)
+        tl.store(dc_in + state, c_in, mask=ok)
+        tl.store(dh_in + state, d_kept - d_new, mask=ok)
+    else:  # GRU: h1 = n + z (h0 - n), n = tanh(x_n + r h_n)
+        r = tl.load(acts + state, mask=ok, other=0.0)
+        z = tl.load(acts + plane + state, mask=ok, other=0.0)
+        n = tl.load(acts + 2 * plane + state, mask=ok, other=0.0)
+        h_n = tl.load(acts + 3 * plane + state, mask=ok, other=0.0)
+        d_2 = d_new * (1.0 - z) * (1.0 - n * n)  # n's pre-activation
+        d_0 = d_2 * h_n * r * (1.0 - r)
+        d_1 = d_new * (s0 - n) * z * (1.0 - z)
+        d_read = tl.zeros((UP,), dtype=d_new.dtype)
+        gx = u[:, None] * B * G + b * G + hh[None, :]
+        tl.store(d_gx + gx, d_0, mask=ok)
+        tl.store(d_gx + gx + H, d_1, mask=ok)
+        tl.store(d_gx + gx + 2 * H, d_2, mask=ok)
+        tl.store(d_hq + row + 2 * H + hh[None, :], d_2 * r, mask=ok)  # r gates h_n
+        tl.store(dh_in + state, d_kept - d_new + d_new * z, mask=ok)
+    d_read += tl.sum(d_0 * tl.load(value_gates + vg, mask=ok, other=0.0), axis=1)
+    d_read += tl.sum(d_1 * tl.load(value_gates + vg + H, mask=ok, other=0.0), axis=1)
+    d_read += tl.sum(d_2 * tl.load(value_gates + vg + 2 * H, mask=ok, other=0.0), axis=1)
+    tl.store(d_hq + row + hh[None, :], d_0, mask=ok)
+    tl.store(d_hq + row + H + hh[None, :], d_1, mask=ok)
+    rd = tl.load(read + u * B + b, mask=u < U, other=0.0)
+    d_score = d_read * rd * (1.0 - rd)  # (UP,)
+    key = tl.load(keys + b * DK + d, mask=d < DK, other=0.0)
     ud_ok = (u < U)[:, None] & (d < DK)[None, :]
-    tl.store(d_hq + row + 4 * H + d[None, :], d_score[:, None] * key[None, :], mask=ud_ok)
+    tl.store(d_hq + row + G + d[None, :], d_score[:, None] * key[None, :], mask=ud_ok)
     tl.store(d_scores + u * B + b, d_score, mask=u < U)
-    if HAS_KEEP:
-        c_in = c_in * tl.load(keep + b)
-    tl.store(dh_in + state, d_kept - d_new, mask=ok)
-    tl.store(dc_in + state, c_in, mask=ok)

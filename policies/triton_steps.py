@@ -9,9 +9,9 @@ Here a step is the same three cuBLAS matmuls with one hand-written kernel after 
 intermediates, so the rest of the hand-written backward (the weight gradients over the whole
 sequence) is shared.
 
-One configuration is covered (``unsupported`` says why another is not): LSTM cells, one input
-element and head (the fused input path), the gated communication output, no attention
-dropout; any sizes. Triton is not a dependency; where it is
+What is covered (``unsupported`` says why another configuration is not): LSTM and GRU cells,
+one input element and head (the fused input path), the gated communication output, no
+attention dropout; any sizes. Triton is not a dependency; where it is
 missing, or the tensors are not on a CUDA device (``unavailable``), ``RIMs`` runs its usual
 steps after one warning. On a CPU the kernels run in Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the tests check them.
@@ -36,10 +36,9 @@ INTERPRETER = "TRITON_INTERPRET"
 """The environment variable that runs Triton kernels in its interpreter, on CPU tensors."""
 
 
-def unsupported(cell: str, input_heads: int, comm_gate: bool, dropout: float) -> str | None:
-    """Why the kernels cannot run a RIMs configuration, or None where they can."""
-    if cell != "lstm":
-        return f"the kernels implement LSTM cells, not {cell}"
+def unsupported(input_heads: int, comm_gate: bool, dropout: float) -> str | None:
+    """Why the kernels cannot run a RIMs configuration (either cell, any sizes), or None where
+    they can."""
     if input_heads != 1:
         return f"the kernels implement one input head, not {input_heads}"
     if not comm_gate:
@@ -70,29 +69,35 @@ def step(
     keep: Tensor | None, inp: Any, keep_intermediates: bool,
 ) -> tuple[list[Tensor], Tensor, Tensor, None, dict | None]:  # fmt: skip
     """``RIMs._step_body`` by the kernels, with the same arguments and results: states hs
-    ``(U, B, H)`` x2; this step's keys ``(B, 1, dk, 1)``, value_gates ``(U, B, 1, 4H)`` and
-    keep ``(B,)`` (or None); returns the new states, the mask and the null attention
-    ``(U, B)``, None (one element) and the intermediates the backward needs. ``values`` is
-    None on the fused input path, the only one covered."""
-    h, c = hs
+    ``(U, B, H)`` (h and c for an LSTM, h for a GRU); this step's keys ``(B, 1, dk, 1)``,
+    value_gates ``(U, B, 1, G)`` (G = 4H or 3H) and keep ``(B,)`` (or None); returns the new
+    states, the mask and the null attention ``(U, B)``, None (one element) and the
+    intermediates the backward needs. ``values`` is None on the fused input path, the only
+    one covered."""
+    lstm = core.cell == "lstm"
+    h = hs[0]
     U, B, H = h.shape
+    G = (4 if lstm else 3) * H
     dk = core.input_key_size
     ch, cdk, cdv = core.comm_heads, core.comm_key_size, core.comm_value_size
     new = h.new_empty
     up, hp = _pow2(U), _pow2(H)
-    products = torch.bmm(h, core.state_weight)  # (U,B,H) @ (U,H,4H+dk) -> (U,B,4H+dk)
+    products = torch.bmm(h, core.state_weight)  # (U,B,H) @ (U,H,G+dk) -> (U,B,G+dk)
     keys = keys.reshape(B, dk)  # (B, 1, dk, 1) -> (B, dk)
-    value_gates = value_gates.view(U, B, 4 * H)  # (U,B,1,4H) -> (U,B,4H), strided
-    h_reset, c_reset, kept_h, kept_c = new(U, B, H), new(U, B, H), new(U, B, H), new(U, B, H)
+    value_gates = value_gates.view(U, B, G)  # (U,B,1,G) -> (U,B,G), strided
+    h_reset, kept_h = new(U, B, H), new(U, B, H)
+    # an LSTM's c; a GRU has none, and h's buffers stand in (the kernel never touches them)
+    c, c_reset, kept_c = (hs[1], new(U, B, H), new(U, B, H)) if lstm else (h, h_reset, kept_h)
+    input_bias = h if lstm else inp.input_bias.reshape(U, G)  # (U,1,G) -> (U,G); GRU only
     query, read, null = new(U, B, dk), new(U, B), new(U, B)
     mask = torch.empty(U, B, dtype=torch.bool, device=h.device)
-    acts = new(5, U, B, H)  # i, f, g, o, tanh(c)
+    acts = new(5 if lstm else 4, U, B, H)  # i, f, g, o, tanh(c); or r, z, n, n's hidden part
     # h stands in for an absent keep: with HAS_KEEP False the kernel never reads it
     kernels.cell_kernel[(B,)](
         products, inp.state_bias.reshape(U, -1), h if keep is None else keep, keys,
-        value_gates, h, c, h_reset, c_reset, query, read, null, mask, acts, kept_h, kept_c,
-        value_gates.stride(0), value_gates.stride(1), B, core.k, keep is not None,
-        U, H, dk, up, hp, _pow2(dk),
+        value_gates, input_bias, h, c, h_reset, c_reset, query, read, null, mask, acts, kept_h,
+        kept_c, value_gates.stride(0), value_gates.stride(1), B, core.k, keep is not None,
+        lstm, U, H, G, dk, up, hp, _pow2(dk),
     )  # fmt: skip
     qkv = torch.bmm(kept_h, inp.comm_weight)  # (U,B,H) -> (U,B,ch*(2cdk+cdv))
     attn, read_c = new(U, U, B, ch), new(U, B, ch * cdv)
@@ -107,7 +112,7 @@ def step(
     if keep_intermediates:
         q, k, v = qkv.split((ch * cdk, ch * cdk, ch * cdv), dim=-1)
         intermediates = dict(
-            hs=[h_reset, c_reset],
+            hs=[h_reset, c_reset] if lstm else [h_reset],
             query=query.view(U, B, 1, 1, dk),  # (U,B,dk) -> (U,B,heads,1,dk)
             read=read.view(U, B, 1, 1),  # (U,B) -> (U,B,heads,N)
             probs=None, acts=tuple(acts), mask=mask.unsqueeze(-1), kept=kept_h,
@@ -117,20 +122,24 @@ def step(
             # for step_backward, as the kernels wrote them: no copies to join them again
             triton=True, acts_all=acts, qkv=qkv,
         )  # fmt: skip
-    return [h_out, kept_c], mask, null, None, intermediates
+    return ([h_out, kept_c] if lstm else [h_out]), mask, null, None, intermediates
 
 
 def step_backward(
     m_: Any, inp: Any, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
-    d_out: Tensor, dh: Tensor, dh_product: Tensor, dc: Tensor, mf: Tensor, read_slope: Tensor,
-    keys: Tensor, value_gates: Tensor, keep: Tensor | None, keep_next: Tensor | None,
+    d_out: Tensor, dh: Tensor, dh_product: Tensor, dc: Tensor | None, mf: Tensor,
+    read_slope: Tensor, keys: Tensor, value_gates: Tensor, keep: Tensor | None,
+    keep_next: Tensor | None,
 ) -> StepGrads:  # fmt: skip
     """``policies.rims_grad.step_backward`` by the kernels, with the same arguments, for a
     step that ``step`` ran (``s``, its intermediates). Like a compiled step it takes and
     returns ``dh`` without the state matmul's product ``dh_product`` ``(U, B, H)``; ``one``,
-    ``mf`` and ``read_slope`` come from ``s`` here and are not read."""
+    ``mf`` and ``read_slope`` come from ``s`` here and are not read. ``dc`` is None for a
+    GRU."""
+    lstm = m_.cell == "lstm"
     w_state_t, w_comm_t, w_out_t = weights_t
     U, B, H = dh.shape
+    G = (4 if lstm else 3) * H
     dk = m_.input_key_size
     ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
     new = dh.new_empty
@@ -148,16 +157,21 @@ def step_backward(
     kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up,
                                         _pow2(cdk), _pow2(cdv))  # fmt: skip
     kept_product = torch.bmm(d_qkv, w_comm_t)  # (U,B,3-part) @ (U,3-part,H) -> (U,B,H)
-    value_gates = value_gates.view(U, B, 4 * H)  # (U,B,1,4H) -> (U,B,4H), strided
-    dh_in, dc_in, d_hq, d_scores = new(U, B, H), new(U, B, H), new(U, B, 4 * H + dk), new(U, B)
+    value_gates = value_gates.view(U, B, G)  # (U,B,1,G) -> (U,B,G), strided
+    dh_in, d_hq, d_scores = new(U, B, H), new(U, B, G + dk), new(U, B)
+    # an LSTM's c gradients, or a GRU's own input-gate gradients (dh's buffers stand in for
+    # what the kernel does not touch)
+    dc, dc_in, d_gx = (dc, new(U, B, H), dh) if lstm else (dh, dh, new(U, B, G))
     # keys (B,1,dk,1) -> (B,dk); dh stands in for an absent keep, as in ``step``
     kernels.cell_grad_kernel[(B,)](
-        dh_total, kept_product, s["mask"], dc, s["acts_all"], s["hs"][1], value_gates,
-        read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_scores,
-        value_gates.stride(0), value_gates.stride(1), B, keep is not None,
-        U, H, dk, up, hp, _pow2(dk),
+        dh_total, kept_product, s["mask"], dc, s["acts_all"], s["hs"][-1], value_gates,
+        read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_gx,
+        d_scores, value_gates.stride(0), value_gates.stride(1), B, keep is not None, lstm,
+        U, H, G, dk, up, hp, _pow2(dk),
     )  # fmt: skip
-    dh_product = torch.bmm(d_hq, w_state_t)  # (U,B,4H+dk) @ (U,4H+dk,H) -> (U,B,H)
-    # d_gx: the gates' part of d_hq, (U,B,4H); d_scores (U,B) -> (U,B,heads,N)
-    return StepGrads(dh_in, dh_product, dc_in, d_qkv, d_o, d_hq[..., : 4 * H],
-                     d_scores.view(U, B, 1, 1), d_hq)  # fmt: skip
+    dh_product = torch.bmm(d_hq, w_state_t)  # (U,B,G+dk) @ (U,G+dk,H) -> (U,B,H)
+    if lstm:  # the input gates' gradients are the hidden ones: d_hq's first G columns
+        return StepGrads(dh_in, dh_product, dc_in, d_qkv, d_o, d_hq[..., :G],
+                         d_scores.view(U, B, 1, 1), d_hq)  # fmt: skip
+    # d_scores (U,B) -> (U,B,heads,N)
+    return StepGrads(dh_in, dh_product, None, d_qkv, d_o, d_gx, d_scores.view(U, B, 1, 1), d_hq)

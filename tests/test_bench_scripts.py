@@ -48,7 +48,8 @@ def test_cuda_check_only_triton_passes_in_the_interpreter():
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line[:4] in ("ok  ", "FAIL")]
-    assert len(lines) == 2 and all(line.startswith("ok   lstm: Triton steps") for line in lines)
+    assert len(lines) == 4 and all("Triton steps" in line for line in lines)
+    assert all(line.startswith("ok   ") for line in lines)
 
 
 def test_the_fp32_lstm_baseline_switches_off_cudnn_tf32_for_its_rows_only():
@@ -181,7 +182,8 @@ def test_the_triton_step_script_serves_the_kernels_configuration_only():
 
     base = dict(input_size=8, num_units=6, k=4, hidden_size=4, dropout=0.0)
     assert triton_step.supported(RIMs(**base))
-    assert not triton_step.supported(RIMs(**base, cell="gru"))
+    assert triton_step.supported(RIMs(**base, cell="gru"))
+    assert not triton_step.supported(RIMs(**base, input_heads=2))
     assert not triton_step.supported(RIMs(**base, comm_gate=False))
     assert triton_step.supported(RIMs(**base, comm_heads=3, comm_key_size=24))  # any sizes
     assert not triton_step.supported(RIMs(**{**base, "dropout": 0.1}).train())
@@ -232,12 +234,13 @@ def test_the_triton_steps_equal_the_library_steps_in_the_script_in_the_interpret
 @pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton")
 def test_the_triton_kernels_compile_for_a_gpu_without_one(monkeypatch, capsys):
     """Triton's whole pipeline, to an sm_90 cubin through its bundled ptxas, for each kernel
-    and warp count in float32 and at 4 warps in float64: what its interpreter cannot say (it
+    and warp count in float32, and at 4 warps for a GRU and in float64: what its interpreter cannot say (it
     takes code the compiler rejects). At the default 4 warps no kernel spills to local
     memory."""
     monkeypatch.setattr(sys, "argv", ["triton_step.py", "--aot"])
     assert triton_step.main() == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len([line for line in lines if line.startswith("ok   sm_90 fp32 ")]) == 6 * 4
-    assert len([line for line in lines if line.startswith("ok   sm_90 fp64 ")]) == 6
+    assert len([line for line in lines if line.startswith("ok   sm_90 lstm fp32 ")]) == 6 * 4
+    assert len([line for line in lines if line.startswith("ok   sm_90 gru fp32 ")]) == 6
+    assert len([line for line in lines if line.startswith("ok   sm_90 lstm fp64 ")]) == 6
     assert all("local 0" in line for line in lines if " 4 warps:" in line)

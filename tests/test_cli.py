@@ -222,7 +222,7 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--core", "lstm", "--rims-bf16"], "--rims-bf16 needs --core rims"),
         (["--core", "gru", "--rims-compile"], "--rims-compile needs --core rims"),
         (["--core", "lstm", "--rims-triton"], "--rims-triton needs --core rims"),
-        (["--rims-triton", "--cell", "gru"], "--rims-triton: the kernels implement LSTM cells"),
+        (["--rims-triton", "--input-heads", "2"], "--rims-triton: the kernels implement one input"),
         (["--rims-triton", "--attention-dropout", "0.1"], "no attention dropout, not 0.1"),
         (["--rims-triton", "--rims-spatial"], "read one input element, not a set"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),

@@ -25,10 +25,9 @@ SMALL = dict(input_size=16, num_units=6, k=4, hidden_size=12, input_key_size=8, 
 
 
 def test_the_kernels_serve_one_configuration_and_say_why_not_another():
-    ok = dict(cell="lstm", input_heads=1, comm_gate=True, dropout=0.0)
+    ok = dict(input_heads=1, comm_gate=True, dropout=0.0)
     assert triton_steps.unsupported(**ok) is None
     cases = {
-        "cell": ("gru", "LSTM cells, not gru"),
         "input_heads": (2, "one input head, not 2"),
         "comm_gate": (False, "gated communication output"),
         "dropout": (0.1, "no attention dropout, not 0.1"),
@@ -38,8 +37,8 @@ def test_the_kernels_serve_one_configuration_and_say_why_not_another():
 
 
 def test_a_core_that_the_kernels_cannot_run_is_refused_when_built():
-    with pytest.raises(ValueError, match="^triton_steps: the kernels implement LSTM cells"):
-        RIMs(**{**SMALL, "cell": "gru"}, triton_steps=True)
+    with pytest.raises(ValueError, match="^triton_steps: the kernels implement one input head"):
+        RIMs(**{**SMALL, "input_heads": 2}, triton_steps=True)
     with pytest.raises(ValueError, match="gated communication output"):
         RIMs(**{**SMALL, "comm_gate": False}, triton_steps=True)
     # dropout is refused per call, in training only: evaluation runs without it
@@ -60,17 +59,18 @@ def test_the_kernels_run_on_cuda_and_on_a_cpu_only_in_the_interpreter(monkeypatc
 
 def _train_step(core: RIMs, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """A forward and backward over a short sequence with episode starts: the output, the
-    final state, the mask, and every gradient (parameters, input, initial state)."""
+    final state (h, and c for an LSTM), the mask, and every gradient (parameters, input,
+    initial state)."""
     gen = torch.Generator().manual_seed(seed)
     T, B = 5, 3
     x = torch.randn(T, B, core.input_size, generator=gen, dtype=torch.float64)
     x.requires_grad_(True)
     state = tuple((torch.randn(B, 6, 12, generator=gen, dtype=torch.float64) * 0.5)
-                  .requires_grad_(True) for _ in range(2))  # fmt: skip
+                  .requires_grad_(True) for _ in core.initial_state(B))  # fmt: skip
     starts = torch.rand(T, B, generator=gen) < 0.3
     out, final, info = core(x, state, starts)
     weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    ((out * weights).sum() + (final[1] ** 2).sum()).backward()
+    ((out * weights).sum() + (final[-1] ** 2).sum()).backward()
     grads = [p.grad for p in core.parameters()] + [x.grad, *(s.grad for s in state)]
     return (out.detach(), *(s.detach() for s in final), info.mask, *grads)
 
@@ -126,16 +126,18 @@ INTERPRETED = textwrap.dedent(
             calls[_name] += 1
             return _fn(*args)
         setattr(triton_steps, "step" if name == "forward" else "step_backward", counted)
-    # sizes that are powers of 2, and sizes that pad to them (3 heads of 6 keys, 5 values)
-    for options in (SMALL, {**SMALL, "comm_heads": 3, "comm_key_size": 6, "comm_value_size": 5}):
+    # sizes that are powers of 2, sizes that pad to them (3 heads of 6 keys, 5 values), a GRU
+    odd = {"comm_heads": 3, "comm_key_size": 6, "comm_value_size": 5}
+    for options in (SMALL, {**SMALL, **odd}, {**SMALL, "cell": "gru"}):
         torch.manual_seed(0)
         core = RIMs(**options).double()
         expected = _train_step(core)
         core.zero_grad()
         core.triton_steps = True
         got = _train_step(core)
-        names = ["out", "h", "c", "mask"] + [n for n, _ in core.named_parameters()]
-        names += ["d_x", "d_h0", "d_c0"]
+        states = ["h", "c"] if core.cell == "lstm" else ["h"]
+        names = ["out", *states, "mask"] + [n for n, _ in core.named_parameters()]
+        names += ["d_x"] + [f"d_{n}0" for n in states]
         bad = [n for n, a, b in zip(names, got, expected)
                if not torch.allclose(a, b, rtol=1e-9, atol=1e-12)]
         with torch.no_grad():  # acting: one step, the null attention too
@@ -155,26 +157,27 @@ INTERPRETED = textwrap.dedent(
 def test_rims_through_the_kernels_compute_the_same_function_in_the_interpreter():
     """A training call (forward and hand-written backward) and an acting step through the
     kernels equal the eager steps in float64: outputs, states, masks, every gradient; with
-    communication sizes that are powers of 2 and with sizes the kernels pad. Triton picks its
-    interpreter at import: a process of its own."""
+    communication sizes that are powers of 2 and with sizes the kernels pad; LSTM and GRU
+    cells. Triton picks its interpreter at import: a process of its own."""
     env = {**os.environ, triton_steps.INTERPRETER: "1"}
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     # each: 5 forward steps in training and 1 acting; 5 backward steps
-    assert done.stdout.strip().splitlines()[-2:] == ["bad=[] acting=True calls=6,5"] * 2
+    assert done.stdout.strip().splitlines()[-3:] == ["bad=[] acting=True calls=6,5"] * 3
 
 
 @pytest.mark.skipif(triton_steps.kernels is None, reason="needs Triton (its interpreter on a CPU)")
-def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_path):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_path, cell):
     """``rims train --rims-triton`` end to end in the interpreter (acting on 2 envs, training
     on 8-step chunks, episode starts, two updates), with a fallback made an error: every loss
     it logs equals the eager run's to float32 rounding."""
     from agents.curves import read_curve
 
     tiny = ["--num-envs", "2", "--num-steps", "16", "--bptt", "8", "--num-minibatches", "2",
-            "--update-epochs", "1", "--total-steps", "64", "--no-progress"]  # fmt: skip
+            "--update-epochs", "1", "--total-steps", "64", "--no-progress", "--cell", cell]  # fmt: skip
     root = Path(__file__).resolve().parents[1]
     for name, flags, extra in (("kernels", ["--rims-triton"], {triton_steps.INTERPRETER: "1"}),
                                ("eager", [], {})):  # fmt: skip
