@@ -133,8 +133,7 @@ class TrainConfig:
     rims_triton: bool = option(
         False,
         "on CUDA, run each RIMs step, forward and backward, as hand-written Triton kernels (needs "
-        "Triton, one input head, the gated communication, no dropout); elsewhere the usual "
-        "steps run, after a warning",
+        "Triton, one input head and no dropout); elsewhere the usual steps run, after a warning",
     )
     rims_graphs: bool = option(
         True,
@@ -339,7 +338,7 @@ def validate(c: TrainConfig) -> None:
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
     _check(not c.rims_triton or c.core == "rims", "--rims-triton needs --core rims")
     if c.rims_triton and c.core == "rims":
-        problem = triton_unsupported(c.input_heads, c.comm_gate, c.attention_dropout)
+        problem = triton_unsupported(c.input_heads, c.attention_dropout)
         _check(problem is None, f"--rims-triton: {problem}")
         _check(not c.rims_spatial, "--rims-triton: the kernels read one input element, not a set")
     _check(

@@ -47,7 +47,7 @@ KERNELS = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_kernel"
 def supported(core: RIMs) -> bool:
     """The configuration the kernels are written for, in train mode."""
     dropout = core.dropout if core._attention_dropout_on() else 0.0
-    return triton_steps.unsupported(core.input_heads, core.comm_gate, dropout) is None
+    return triton_steps.unsupported(core.input_heads, dropout) is None
 
 
 def triton_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
@@ -327,9 +327,11 @@ def profile(device: str, T: int, B: int) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=15)
 
 
-AOT_BUILDS = (("lstm", "fp32", (1, 2, 4, 8)), ("gru", "fp32", (4,)), ("lstm", "fp64", (4,)))
+AOT_BUILDS = (("lstm", "fp32", (1, 2, 4, 8)), ("gru", "fp32", (4,)), ("linear", "fp32", (4,)),
+              ("lstm", "fp64", (4,)))  # fmt: skip
 """What ``--aot`` compiles: LSTM kernels in float32 (the timed dtype) at each warp count, GRU
-ones at Triton's default, and LSTM ones in float64 (the device checks' dtype)."""
+ones and LSTM ones with the linear communication output at Triton's default, and LSTM ones in
+float64 (the device checks' dtype)."""
 
 
 def aot(arch: int) -> bool:
@@ -349,7 +351,9 @@ def aot(arch: int) -> bool:
         DKP=triton_steps._pow2(dk), CDKP=triton_steps._pow2(core.comm_key_size),
         CDVP=triton_steps._pow2(core.comm_value_size), HAS_KEEP=True,
     )  # fmt: skip
-    cells = {"lstm": dict(LSTM=True, G=4 * H), "gru": dict(LSTM=False, G=3 * H)}
+    cells = {"lstm": dict(LSTM=True, G=4 * H, GATE=True),
+             "gru": dict(LSTM=False, G=3 * H, GATE=True),
+             "linear": dict(LSTM=True, G=4 * H, GATE=False)}  # fmt: skip
     scalars = {"B": "i32", "vg_stride_u": "i32", "vg_stride_b": "i32", "scale": "fp32"}
     target = GPUTarget("cuda", arch, 32)
     backend = triton.compiler.make_backend(target)

@@ -148,8 +148,8 @@ class RIMs(nn.Module):
             runs where it fails. Can be switched later by setting the attribute.
         triton_steps: run each step, forward and backward, as hand-written Triton kernels
             (``policies.triton_steps``): fewer launches than compiled steps, the same function
-            to float rounding. For one input element and head, the gated communication
-            output and no dropout (a ``ValueError`` otherwise); where Triton or a
+            to float rounding. For one input element and head and no dropout (a
+            ``ValueError`` otherwise); where Triton or a
             CUDA device is missing the usual steps run, after one warning. Can be switched
             later by setting the attribute.
         cuda_graphs: on CUDA inputs, capture each input signature's forward (and backward) as
@@ -203,7 +203,7 @@ class RIMs(nn.Module):
         if fuse_input_gates_max < 0:
             raise ValueError(f"fuse_input_gates_max must be >= 0, got {fuse_input_gates_max!r}")
         # (dropout matters in training only, where each call checks it)
-        problem = triton_steps and triton_unsupported(input_heads, comm_gate, 0.0)
+        problem = triton_steps and triton_unsupported(input_heads, 0.0)
         if problem:
             raise ValueError(f"triton_steps: {problem}")
 
@@ -472,7 +472,7 @@ class RIMs(nn.Module):
     def _triton_problem(self, state: Tensor, inp: StepInputs, saving: bool) -> str | None:
         """Why the Triton kernels cannot run this step (see ``triton_steps``), or None."""
         dropout = self.dropout if inp.dropout else 0.0
-        problem = triton_unsupported(self.input_heads, self.comm_gate, dropout)
+        problem = triton_unsupported(self.input_heads, dropout)
         if problem is None:
             problem = triton_steps.unavailable(state.device)
         if problem is None and state.dtype not in (torch.float32, torch.float64):

@@ -5,11 +5,11 @@ communication; rows never do), between the step's cuBLAS matmuls; ``policies.tri
 launches them. Forward:
 
 1. ``cell_kernel``: the episode-start reset, the state products' bias, the input attention's
-   score, the top-k selection by ranks, the LSTM cell and the kept state;
+   score, the top-k selection by ranks, the LSTM or GRU cell and the kept state;
 2. ``attention_kernel``: the communication attention (scores, softmax over the RIMs, read);
-3. ``output_kernel``: the gated output and the residual for the active RIMs.
+3. ``output_kernel``: the (gated) output and the residual for the active RIMs.
 
-Backward: ``out_grad_kernel`` (the gated output), ``attention_grad_kernel`` (the
+Backward: ``out_grad_kernel`` (the output), ``attention_grad_kernel`` (the
 communication attention) and ``cell_grad_kernel`` (the cell, the selection's mask and the
 input attention), as ``policies.rims_grad.step_backward`` computes them.
 
@@ -209,37 +209,45 @@ def attention_kernel(
 
 @triton.jit
 def output_kernel(
-    out, bias, kept_h, mask, h_out, gate, tanh_out, B,
+    out, bias, kept_h, mask, h_out, gate, tanh_out, B, GATE: tl.constexpr,
     U: tl.constexpr, H: tl.constexpr, UP: tl.constexpr, HP: tl.constexpr,
 ):  # fmt: skip
     """One batch row: out ``(U, B, 2H)`` = read @ [output map | gate map] without the bias
-    ``(U, 2H)`` -> the gated output, added to the kept state of the active RIMs."""
+    ``(U, 2H)`` -> the gated output (GATE; else out ``(U, B, H)`` and bias ``(U, H)``, the
+    linear output), added to the kept state of the active RIMs. Without GATE the gate and
+    tanh_out pointers are not written."""
+    W: tl.constexpr = 2 * H if GATE else H
     b = tl.program_id(0)
     u = tl.arange(0, UP)
     hh = tl.arange(0, HP)
     ok = (u < U)[:, None] & (hh < H)[None, :]
-    row = u[:, None] * B * 2 * H + b * 2 * H + hh[None, :]
-    brow = u[:, None] * 2 * H + hh[None, :]
-    t = _tanh(tl.load(out + row, mask=ok, other=0.0) + tl.load(bias + brow, mask=ok, other=0.0))
-    gt = _sigmoid(tl.load(out + row + H, mask=ok, other=0.0)
-                  + tl.load(bias + brow + H, mask=ok, other=0.0))  # fmt: skip
+    row = u[:, None] * B * W + b * W + hh[None, :]
+    brow = u[:, None] * W + hh[None, :]
     state = u[:, None] * B * H + b * H + hh[None, :]
     k = tl.load(kept_h + state, mask=ok, other=0.0)
     on = tl.load(mask + u * B + b, mask=u < U, other=0)[:, None] != 0
-    tl.store(h_out + state, tl.where(on, k + gt * t, k), mask=ok)
-    tl.store(gate + state, gt, mask=ok)
-    tl.store(tanh_out + state, t, mask=ok)
+    linear = tl.load(out + row, mask=ok, other=0.0) + tl.load(bias + brow, mask=ok, other=0.0)
+    if GATE:
+        t = _tanh(linear)
+        gt = _sigmoid(tl.load(out + row + H, mask=ok, other=0.0)
+                      + tl.load(bias + brow + H, mask=ok, other=0.0))  # fmt: skip
+        tl.store(h_out + state, tl.where(on, k + gt * t, k), mask=ok)
+        tl.store(gate + state, gt, mask=ok)
+        tl.store(tanh_out + state, t, mask=ok)
+    else:
+        tl.store(h_out + state, tl.where(on, k + linear, k), mask=ok)
 
 
 @triton.jit
 def out_grad_kernel(
     dh, dh_product, keep_next, d_out, mask, gate, tanh_out, dh_total, d_o, B,
-    HAS_KEEP: tl.constexpr, U: tl.constexpr, H: tl.constexpr, UP: tl.constexpr,
-    HP: tl.constexpr,
+    HAS_KEEP: tl.constexpr, GATE: tl.constexpr, U: tl.constexpr, H: tl.constexpr,
+    UP: tl.constexpr, HP: tl.constexpr,
 ):  # fmt: skip
     """Backward, one batch row: the gradient reaching the state after the step, ``(dh +
     dh_product) * keep_next + d_out``, and through the active RIMs' gated output, the
-    gradient of its pre-activations d_o ``(U, B, 2H)`` (tanh part | gate part)."""
+    gradient of its pre-activations d_o ``(U, B, 2H)`` (tanh part | gate part); without GATE,
+    of the linear output, d_o ``(U, B, H)`` (gate and tanh_out are not read)."""
     b = tl.program_id(0)
     u = tl.arange(0, UP)
     hh = tl.arange(0, HP)
@@ -252,12 +260,15 @@ def out_grad_kernel(
     g += tl.load(d_out + state, mask=ok, other=0.0)
     on = tl.load(mask + u * B + b, mask=u < U, other=0)[:, None] != 0
     d_comm = tl.where(on, g, 0.0)
-    gt = tl.load(gate + state, mask=ok, other=0.0)
-    t = tl.load(tanh_out + state, mask=ok, other=0.0)
-    row = u[:, None] * B * 2 * H + b * 2 * H + hh[None, :]
     tl.store(dh_total + state, g, mask=ok)
-    tl.store(d_o + row, d_comm * gt * (1.0 - t * t), mask=ok)
-    tl.store(d_o + row + H, d_comm * t * gt * (1.0 - gt), mask=ok)
+    if GATE:
+        gt = tl.load(gate + state, mask=ok, other=0.0)
+        t = tl.load(tanh_out + state, mask=ok, other=0.0)
+        row = u[:, None] * B * 2 * H + b * 2 * H + hh[None, :]
+        tl.store(d_o + row, d_comm * gt * (1.0 - t * t), mask=ok)
+        tl.store(d_o + row + H, d_comm * t * gt * (1.0 - gt), mask=ok)
+    else:
+        tl.store(d_o + state, d_comm, mask=ok)
 
 
 @triton.jit

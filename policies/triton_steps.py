@@ -10,8 +10,8 @@ intermediates, so the rest of the hand-written backward (the weight gradients ov
 sequence) is shared.
 
 What is covered (``unsupported`` says why another configuration is not): LSTM and GRU cells,
-one input element and head (the fused input path), the gated communication output, no
-attention dropout; any sizes. Triton is not a dependency; where it is
+one input element and head (the fused input path), the gated or the linear communication
+output, no attention dropout; any sizes. Triton is not a dependency; where it is
 missing, or the tensors are not on a CUDA device (``unavailable``), ``RIMs`` runs its usual
 steps after one warning. On a CPU the kernels run in Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the tests check them.
@@ -36,13 +36,11 @@ INTERPRETER = "TRITON_INTERPRET"
 """The environment variable that runs Triton kernels in its interpreter, on CPU tensors."""
 
 
-def unsupported(input_heads: int, comm_gate: bool, dropout: float) -> str | None:
-    """Why the kernels cannot run a RIMs configuration (either cell, any sizes), or None where
-    they can."""
+def unsupported(input_heads: int, dropout: float) -> str | None:
+    """Why the kernels cannot run a RIMs configuration (either cell, either communication
+    output, any sizes), or None where they can."""
     if input_heads != 1:
         return f"the kernels implement one input head, not {input_heads}"
-    if not comm_gate:
-        return "the kernels implement the gated communication output (not --no-comm-gate)"
     if dropout > 0:
         return f"the kernels implement no attention dropout, not {dropout}"
     return None
@@ -104,10 +102,15 @@ def step(
     scale = 1.0 if inp.comm_score_scale is None else inp.comm_score_scale
     kernels.attention_kernel[(B,)](qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up,
                                    _pow2(cdk), _pow2(cdv))  # fmt: skip
-    out = torch.bmm(read_c, core.comm_out)  # (U,B,ch*cdv) -> (U,B,2H), without the bias
-    h_out, gate, tanh_out = new(U, B, H), new(U, B, H), new(U, B, H)
-    kernels.output_kernel[(B,)](out, core.comm_out_bias.reshape(U, -1), kept_h, mask, h_out,
-                                gate, tanh_out, B, U, H, up, hp)  # fmt: skip
+    out = torch.bmm(read_c, core.comm_out)  # (U,B,ch*cdv) -> (U,B,2H or H), without the bias
+    h_out = new(U, B, H)
+    # the gate's and tanh's values; without the gate none (h_out stands in, never written)
+    gate, tanh_out = (new(U, B, H), new(U, B, H)) if core.comm_gate else (None, None)
+    kernels.output_kernel[(B,)](
+        out, core.comm_out_bias.reshape(U, -1), kept_h, mask, h_out,
+        h_out if gate is None else gate, h_out if tanh_out is None else tanh_out, B,
+        core.comm_gate, U, H, up, hp,
+    )  # fmt: skip
     intermediates = None
     if keep_intermediates:
         q, k, v = qkv.split((ch * cdk, ch * cdk, ch * cdv), dim=-1)
@@ -145,14 +148,15 @@ def step_backward(
     new = dh.new_empty
     up, hp = _pow2(U), _pow2(H)
     read = s["read"].view(U, B)  # the step's input attention: (U,B,1,1) -> (U,B)
-    _, _, _, attn, _, gate, tanh_out = s["comm"]
-    dh_total, d_o = new(U, B, H), new(U, B, 2 * H)
-    # dh stands in for an absent keep_next, as for keep in ``step``
+    _, _, _, attn, _, gate, tanh_out = s["comm"]  # gate and tanh_out None without the gate
+    dh_total, d_o = new(U, B, H), new(U, B, 2 * H if m_.comm_gate else H)
+    # dh stands in for an absent keep_next (as for keep in ``step``) and for the gate's values
     kernels.out_grad_kernel[(B,)](
-        dh, dh_product, dh if keep_next is None else keep_next, d_out, s["mask"], gate,
-        tanh_out, dh_total, d_o, B, keep_next is not None, U, H, up, hp,
+        dh, dh_product, dh if keep_next is None else keep_next, d_out, s["mask"],
+        dh if gate is None else gate, dh if tanh_out is None else tanh_out, dh_total, d_o, B,
+        keep_next is not None, m_.comm_gate, U, H, up, hp,
     )  # fmt: skip
-    d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H) @ (U,2H,ch*cdv) -> (U,B,ch*cdv)
+    d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H or H) @ (U,2H or H,ch*cdv) -> (U,B,ch*cdv)
     d_qkv = new(U, B, ch * (2 * cdk + cdv))
     kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up,
                                         _pow2(cdk), _pow2(cdv))  # fmt: skip

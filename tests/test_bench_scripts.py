@@ -184,7 +184,7 @@ def test_the_triton_step_script_serves_the_kernels_configuration_only():
     assert triton_step.supported(RIMs(**base))
     assert triton_step.supported(RIMs(**base, cell="gru"))
     assert not triton_step.supported(RIMs(**base, input_heads=2))
-    assert not triton_step.supported(RIMs(**base, comm_gate=False))
+    assert triton_step.supported(RIMs(**base, comm_gate=False))
     assert triton_step.supported(RIMs(**base, comm_heads=3, comm_key_size=24))  # any sizes
     assert not triton_step.supported(RIMs(**{**base, "dropout": 0.1}).train())
     assert triton_step.supported(RIMs(**{**base, "dropout": 0.1}).eval())  # no dropout then
@@ -234,7 +234,8 @@ def test_the_triton_steps_equal_the_library_steps_in_the_script_in_the_interpret
 @pytest.mark.skipif(triton_step.kernels is None, reason="needs Triton")
 def test_the_triton_kernels_compile_for_a_gpu_without_one(monkeypatch, capsys):
     """Triton's whole pipeline, to an sm_90 cubin through its bundled ptxas, for each kernel
-    and warp count in float32, and at 4 warps for a GRU and in float64: what its interpreter cannot say (it
+    and warp count in float32, and at 4 warps for a GRU, for the linear communication output and
+    in float64: what its interpreter cannot say (it
     takes code the compiler rejects). At the default 4 warps no kernel spills to local
     memory."""
     monkeypatch.setattr(sys, "argv", ["triton_step.py", "--aot"])
@@ -242,5 +243,6 @@ def test_the_triton_kernels_compile_for_a_gpu_without_one(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len([line for line in lines if line.startswith("ok   sm_90 lstm fp32 ")]) == 6 * 4
     assert len([line for line in lines if line.startswith("ok   sm_90 gru fp32 ")]) == 6
+    assert len([line for line in lines if line.startswith("ok   sm_90 linear fp32 ")]) == 6
     assert len([line for line in lines if line.startswith("ok   sm_90 lstm fp64 ")]) == 6
     assert all("local 0" in line for line in lines if " 4 warps:" in line)
