@@ -57,7 +57,7 @@ def unavailable(device: torch.device) -> str | None:
     return f"the kernels run on CUDA devices, not {device.type} (a CPU needs {INTERPRETER}=1)"
 
 
-def _pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
     """The smallest power of 2 >= n: a block size."""
     return 1 << (n - 1).bit_length()
 
@@ -79,7 +79,7 @@ def step(
     dk = core.input_key_size
     ch, cdk, cdv = core.comm_heads, core.comm_key_size, core.comm_value_size
     new = h.new_empty
-    up, hp = _pow2(U), _pow2(H)
+    up, hp = next_pow2(U), next_pow2(H)
     products = torch.bmm(h, core.state_weight)  # (U,B,H) @ (U,H,G+dk) -> (U,B,G+dk)
     keys = keys.reshape(B, dk)  # (B, 1, dk, 1) -> (B, dk)
     value_gates = value_gates.view(U, B, G)  # (U,B,1,G) -> (U,B,G), strided
@@ -95,13 +95,13 @@ def step(
         products, inp.state_bias.reshape(U, -1), h if keep is None else keep, keys,
         value_gates, input_bias, h, c, h_reset, c_reset, query, read, null, mask, acts, kept_h,
         kept_c, value_gates.stride(0), value_gates.stride(1), B, core.k, keep is not None,
-        lstm, U, H, G, dk, up, hp, _pow2(dk),
+        lstm, U, H, G, dk, up, hp, next_pow2(dk),
     )  # fmt: skip
     qkv = torch.bmm(kept_h, inp.comm_weight)  # (U,B,H) -> (U,B,ch*(2cdk+cdv))
     attn, read_c = new(U, U, B, ch), new(U, B, ch * cdv)
     scale = 1.0 if inp.comm_score_scale is None else inp.comm_score_scale
     kernels.attention_kernel[(B,)](qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up,
-                                   _pow2(cdk), _pow2(cdv))  # fmt: skip
+                                   next_pow2(cdk), next_pow2(cdv))  # fmt: skip
     out = torch.bmm(read_c, core.comm_out)  # (U,B,ch*cdv) -> (U,B,2H or H), without the bias
     h_out = new(U, B, H)
     # the gate's and tanh's values; without the gate none (h_out stands in, never written)
@@ -146,7 +146,7 @@ def step_backward(
     dk = m_.input_key_size
     ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
     new = dh.new_empty
-    up, hp = _pow2(U), _pow2(H)
+    up, hp = next_pow2(U), next_pow2(H)
     read = s["read"].view(U, B)  # the step's input attention: (U,B,1,1) -> (U,B)
     _, _, _, attn, _, gate, tanh_out = s["comm"]  # gate and tanh_out None without the gate
     dh_total, d_o = new(U, B, H), new(U, B, 2 * H if m_.comm_gate else H)
@@ -159,7 +159,7 @@ def step_backward(
     d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H or H) @ (U,2H or H,ch*cdv) -> (U,B,ch*cdv)
     d_qkv = new(U, B, ch * (2 * cdk + cdv))
     kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up,
-                                        _pow2(cdk), _pow2(cdv))  # fmt: skip
+                                        next_pow2(cdk), next_pow2(cdv))  # fmt: skip
     kept_product = torch.bmm(d_qkv, w_comm_t)  # (U,B,3-part) @ (U,3-part,H) -> (U,B,H)
     value_gates = value_gates.view(U, B, G)  # (U,B,1,G) -> (U,B,G), strided
     dh_in, d_hq, d_scores = new(U, B, H), new(U, B, G + dk), new(U, B)
@@ -171,7 +171,7 @@ def step_backward(
         dh_total, kept_product, s["mask"], dc, s["acts_all"], s["hs"][-1], value_gates,
         read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_gx,
         d_scores, value_gates.stride(0), value_gates.stride(1), B, keep is not None, lstm,
-        U, H, G, dk, up, hp, _pow2(dk),
+        U, H, G, dk, up, hp, next_pow2(dk),
     )  # fmt: skip
     dh_product = torch.bmm(d_hq, w_state_t)  # (U,B,G+dk) @ (U,G+dk,H) -> (U,B,H)
     if lstm:  # the input gates' gradients are the hidden ones: d_hq's first G columns
