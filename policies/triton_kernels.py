@@ -56,6 +56,15 @@ def _input(value_gates, input_bias, vg, ib, ok, attended, j: tl.constexpr, H: tl
 
 
 @triton.jit
+def _gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh, ok, kept_row,
+          attended, j: tl.constexpr, H: tl.constexpr, HAS_KEEP: tl.constexpr,
+          LSTM: tl.constexpr):  # fmt: skip
+    """Gate ``j``'s pre-activation ``(UP, HP)``: its input part plus its hidden part."""
+    x = _input(value_gates, input_bias, vg, ib, ok, attended, j, H, LSTM)
+    return x + _hidden(products, state_bias, row, bias, hh, ok, kept_row, j, H, HAS_KEEP)
+
+
+@triton.jit
 def cell_kernel(
     products, state_bias, keep, keys, value_gates, input_bias, h, c,  # inputs
     h_reset, c_reset, query, read, null, mask, acts, kept_h, kept_c,  # outputs
@@ -112,18 +121,14 @@ def cell_kernel(
     plane = U * B * H
     if LSTM:
         c0 = tl.load(c + state, mask=uh_ok, other=0.0) * kept_row
-        i = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 0, H, LSTM)
-                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 0, H,
-                               HAS_KEEP))  # fmt: skip
-        f = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 1, H, LSTM)
-                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 1, H,
-                               HAS_KEEP))  # fmt: skip
-        g = _tanh(_input(value_gates, input_bias, vg, ib, uh_ok, a, 2, H, LSTM)
-                  + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 2, H,
-                            HAS_KEEP))  # fmt: skip
-        o = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 3, H, LSTM)
-                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 3, H,
-                               HAS_KEEP))  # fmt: skip
+        i = _sigmoid(_gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh,
+                           uh_ok, kept_row, a, 0, H, HAS_KEEP, LSTM))  # fmt: skip
+        f = _sigmoid(_gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh,
+                           uh_ok, kept_row, a, 1, H, HAS_KEEP, LSTM))  # fmt: skip
+        g = _tanh(_gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh,
+                        uh_ok, kept_row, a, 2, H, HAS_KEEP, LSTM))  # fmt: skip
+        o = _sigmoid(_gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh,
+                           uh_ok, kept_row, a, 3, H, HAS_KEEP, LSTM))  # fmt: skip
         c1 = f * c0 + i * g
         tanh_c = _tanh(c1)
         h1 = o * tanh_c
@@ -135,12 +140,10 @@ def cell_kernel(
         tl.store(acts + 3 * plane + state, o, mask=uh_ok)
         tl.store(acts + 4 * plane + state, tanh_c, mask=uh_ok)
     else:  # GRU, PyTorch's gate order (r, z, n); r gates the hidden part of n only
-        r = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 0, H, LSTM)
-                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 0, H,
-                               HAS_KEEP))  # fmt: skip
-        z = _sigmoid(_input(value_gates, input_bias, vg, ib, uh_ok, a, 1, H, LSTM)
-                     + _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 1, H,
-                               HAS_KEEP))  # fmt: skip
+        r = _sigmoid(_gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh,
+                           uh_ok, kept_row, a, 0, H, HAS_KEEP, LSTM))  # fmt: skip
+        z = _sigmoid(_gate(products, state_bias, value_gates, input_bias, row, bias, vg, ib, hh,
+                           uh_ok, kept_row, a, 1, H, HAS_KEEP, LSTM))  # fmt: skip
         h_n = _hidden(products, state_bias, row, bias, hh, uh_ok, kept_row, 2, H, HAS_KEEP)
         n = _tanh(_input(value_gates, input_bias, vg, ib, uh_ok, a, 2, H, LSTM) + r * h_n)
         h1 = n + z * (h0 - n)
@@ -179,6 +182,16 @@ def _layout(b, h, B, U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr,
 
 
 @triton.jit
+def _head(qkv, q_off, v_off, ok_k, ok_v, K_AT: tl.constexpr):
+    """One head's queries, keys (``K_AT`` after the queries) and values, from ``_layout``'s
+    offsets and masks."""
+    q = tl.load(qkv + q_off, mask=ok_k, other=0.0)
+    k = tl.load(qkv + q_off + K_AT, mask=ok_k, other=0.0)
+    v = tl.load(qkv + v_off, mask=ok_v, other=0.0)
+    return q, k, v
+
+
+@triton.jit
 def attention_kernel(
     qkv, attn, read, B, scale,
     U: tl.constexpr, CH: tl.constexpr, CDK: tl.constexpr, CDV: tl.constexpr,
@@ -192,9 +205,7 @@ def attention_kernel(
         q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(
             b, h, B, U, CH, CDK, CDV, UP, CDKP, CDVP
         )
-        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDKP)
-        k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
-        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDVP)
+        q, k, v = _head(qkv, q_off, v_off, ok_k, ok_v, CH * CDK)  # (UP, CDKP) x2, (UP, CDVP)
         # scores[i, j] = q_i . k_j: (UP,1,CDKP) * (1,UP,CDKP) -> sum -> (UP, UP)
         sc = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
         sc = tl.where(j_ok, sc, float("-inf"))
@@ -285,9 +296,7 @@ def attention_grad_kernel(
         q_off, v_off, r_off, a_off, ok_k, ok_v, a_ok = _layout(
             b, h, B, U, CH, CDK, CDV, UP, CDKP, CDVP
         )
-        q = tl.load(qkv + q_off, mask=ok_k, other=0.0)  # (UP, CDKP)
-        k = tl.load(qkv + q_off + CH * CDK, mask=ok_k, other=0.0)
-        v = tl.load(qkv + v_off, mask=ok_v, other=0.0)  # (UP, CDVP)
+        q, k, v = _head(qkv, q_off, v_off, ok_k, ok_v, CH * CDK)  # (UP, CDKP) x2, (UP, CDVP)
         dr = tl.load(d_read + r_off, mask=ok_v, other=0.0)  # (UP, CDVP)
         p = tl.load(attn + a_off, mask=a_ok, other=0.0)  # (UP, UP)
         # d_attn[i, j] = d_read_i . v_j; d_v_j = sum_i p[i, j] d_read_i
