@@ -20,7 +20,7 @@ steps after one warning. On a CPU the kernels run in Triton's interpreter
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -62,6 +62,29 @@ def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+class Sizes(NamedTuple):
+    """A step's cell and sizes: LSTM (else GRU); RIMs, batch, hidden and gate width (4H or 3H);
+    input key size; communication heads, key and value size."""
+
+    lstm: bool
+    U: int
+    B: int
+    H: int
+    G: int
+    dk: int
+    ch: int
+    cdk: int
+    cdv: int
+
+
+def _sizes(core: Any, state: Tensor) -> Sizes:
+    """``core``'s sizes for a state ``(U, B, H)``."""
+    lstm = core.cell == "lstm"
+    U, B, H = state.shape
+    return Sizes(lstm, U, B, H, (4 if lstm else 3) * H, core.input_key_size, core.comm_heads,
+                 core.comm_key_size, core.comm_value_size)  # fmt: skip
+
+
 def step(
     core: Any, hs: list[Tensor], keys: Tensor, value_gates: Tensor, values: None,
     keep: Tensor | None, inp: Any, keep_intermediates: bool,
@@ -72,12 +95,8 @@ def step(
     states, the mask and the null attention ``(U, B)``, None (one element) and the
     intermediates the backward needs. ``values`` is None on the fused input path, the only
     one covered."""
-    lstm = core.cell == "lstm"
     h = hs[0]
-    U, B, H = h.shape
-    G = (4 if lstm else 3) * H
-    dk = core.input_key_size
-    ch, cdk, cdv = core.comm_heads, core.comm_key_size, core.comm_value_size
+    lstm, U, B, H, G, dk, ch, cdk, cdv = _sizes(core, h)
     new = h.new_empty
     up, hp = next_pow2(U), next_pow2(H)
     products = torch.bmm(h, core.state_weight)  # (U,B,H) @ (U,H,G+dk) -> (U,B,G+dk)
@@ -139,12 +158,8 @@ def step_backward(
     returns ``dh`` without the state matmul's product ``dh_product`` ``(U, B, H)``; ``one``,
     ``mf`` and ``read_slope`` come from ``s`` here and are not read. ``dc`` is None for a
     GRU."""
-    lstm = m_.cell == "lstm"
     w_state_t, w_comm_t, w_out_t = weights_t
-    U, B, H = dh.shape
-    G = (4 if lstm else 3) * H
-    dk = m_.input_key_size
-    ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
+    lstm, U, B, H, G, dk, ch, cdk, cdv = _sizes(m_, dh)
     new = dh.new_empty
     up, hp = next_pow2(U), next_pow2(H)
     read = s["read"].view(U, B)  # the step's input attention: (U,B,1,1) -> (U,B)
