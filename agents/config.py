@@ -132,8 +132,9 @@ class TrainConfig:
     )
     rims_triton: bool = option(
         False,
-        "on CUDA, run each RIMs step, forward and backward, as hand-written Triton kernels (needs "
-        "Triton, one input head and no dropout); elsewhere the usual steps run, after a warning",
+        "experimental: on CUDA, run each RIMs step, forward and backward, as hand-written Triton "
+        "kernels (needs Triton, one input head, no dropout, no --rims-spatial); elsewhere the "
+        "usual steps run, after a warning",
     )
     rims_graphs: bool = option(
         True,
