@@ -16,7 +16,7 @@
 #     bash bench/gpu_check.sh step     # --rims-triton and the compiled step without baddbmm:
 #                                      # correctness, the kernels step by step, core speed with
 #                                      # TF32 and without, a DoorKey run and rims eval on the
-#                                      # GPU (about 7 minutes; the timeouts add up to 550 s)
+#                                      # GPU (about 7 minutes; the timeouts add up to 560 s)
 #     bash bench/gpu_check.sh          # core and atari
 #
 # Without the `rims` console script (the package not installed there), `python train.py` runs.
@@ -124,22 +124,23 @@ if [[ $part == step ]]; then
     #    device, graphs included; the kernels step by step against the library's steps, timed
     #    and profiled; the core at issue 8's shape with TF32 on both sides and in full float32;
     #    a short DoorKey run through the kernels, and rims eval of it on the GPU and the CPU.
-    #    The timeouts add up to 550 s, under the 600 s one device call may take.
+    #    The kernels are timed at 2, 4 and 8 warps (triton_steps.NUM_WARPS is 4 until then).
+    #    The timeouts add up to 560 s, under the 600 s one device call may take.
     timeout -k 10 90 python bench/cuda_check.py --only triton 2>&1 \
         | tee "$out/cuda_check_triton.txt"
     timeout -k 10 45 python bench/cuda_check.py --only compiled 2>&1 \
         | tee "$out/cuda_check_compiled.txt"
-    timeout -k 10 120 python bench/triton_step.py --device cuda --check --time --profile 2>&1 \
-        | tee "$out/triton_step.txt"
+    timeout -k 10 150 python bench/triton_step.py --device cuda --check --time --warps 2 4 8 \
+        --profile 2>&1 | tee "$out/triton_step.txt"
     rows=("rims-lstm d0 comp graphs" "rims-lstm d0 triton graphs" "rims-lstm d0 bf16 triton graphs")
     timeout -k 10 100 python bench/core_speed.py --device cuda --batch 64 --repeats 10 --tf32 \
         --cores "${rows[@]}" 2>&1 | tee "$out/core_speed_tf32.txt"
-    timeout -k 10 80 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
+    timeout -k 10 70 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
         --cores "${rows[@]}" 2>&1 | tee "$out/core_speed_fp32.txt"
     timeout -k 10 45 "${rims[@]}" train --device cuda --total-steps 4096 --run-dir "$out/run" \
         --overwrite --no-progress --rims-triton 2>&1 | tail -2 | tee "$out/eval_gpu.txt"
     for device in cuda cpu; do
-        timeout -k 10 35 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
+        timeout -k 10 30 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
             | tail -3 | tee -a "$out/eval_gpu.txt"
     done
     rm -rf "${out:?}/run"

@@ -8,7 +8,8 @@ launches on a GPU. This script:
   every output and saved intermediate; then each backward step by the kernels and by
   ``policies.rims_grad.step_backward``. Float64 and float32, with and without episode starts.
 - ``--time``: T steps forward and T backward of each (kernels, eager, compiled), each
-  captured as one CUDA graph and replayed.
+  captured as one CUDA graph and replayed; ``--warps 2 4 8`` times the kernels at each of
+  those warp counts (``triton_steps.NUM_WARPS``).
 - ``--profile``: each kernel's share of T steps each way.
 - ``--aot``: compiles the six kernels for a GPU target (sm_90 by default) through Triton's
   whole pipeline to a cubin, without a GPU, and prints each one's registers, spills and shared
@@ -24,12 +25,14 @@ launches on a GPU. This script:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -39,9 +42,7 @@ from policies.rims_grad import _COMPILED_STEP_BACKWARD, step_backward
 from policies.step_grads import StepGrads
 from policies.triton_steps import kernels
 
-KERNELS = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_kernel",
-           "attention_grad_kernel", "cell_grad_kernel")  # fmt: skip
-"""The six kernels of ``policies.triton_kernels``, in the order a step runs them."""
+KERNELS = triton_steps.KERNEL_NAMES
 
 
 def supported(core: RIMs) -> bool:
@@ -186,10 +187,27 @@ def check_backward(device: str, dtype: torch.dtype, starts: bool, T: int = 4, B:
     return ok
 
 
-def time_forward(device: str, T: int, B: int, repeats: int) -> None:
+@contextlib.contextmanager
+def all_warps(warps: int | None) -> Iterator[None]:
+    """Every kernel launched with ``warps`` warps per program (None: as the library says)."""
+    saved = dict(triton_steps.NUM_WARPS)
+    if warps is not None:
+        triton_steps.NUM_WARPS.update(dict.fromkeys(saved, warps))
+    try:
+        yield
+    finally:
+        triton_steps.NUM_WARPS.update(saved)
+
+
+def _kernel_rows(warps: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    """The Triton rows to time: one per warp count, or the library's setting."""
+    return [(f"triton, {w} warps", w) for w in warps] or [("triton kernels", None)]
+
+
+def time_forward(device: str, T: int, B: int, repeats: int, warps: tuple[int, ...] = ()) -> None:
     """A T-step forward (float32, no grad, the intermediates kept as for training) by the
-    Triton kernels and by the library's eager and compiled steps, each captured as one CUDA
-    graph and replayed; the median of ``repeats`` replays."""
+    Triton kernels (once per warp count in ``warps``) and by the library's eager and compiled
+    steps, each captured as one CUDA graph and replayed; the median of ``repeats`` replays."""
     core, inp, hs = setup(device, torch.float32, T, B)
 
     def library(compiled: bool):
@@ -199,25 +217,27 @@ def time_forward(device: str, T: int, B: int, repeats: int) -> None:
 
         return step
 
-    variants = {
-        "triton kernels": lambda states, t: triton_step(core, states, t, inp)[0],
-        "eager step": library(False),
-        "compiled step": library(True),
-    }
-    for name, step in variants.items():
+    def kernels_step(states: list[Tensor], t: int) -> list[Tensor]:
+        return triton_step(core, states, t, inp)[0]
+
+    variants = [(name, kernels_step, w) for name, w in _kernel_rows(warps)]
+    variants += [("eager step", library(False), None), ("compiled step", library(True), None)]
+    for name, step, w in variants:
 
         def run(step=step) -> None:
             states = hs
             for t in range(T):
                 states = step(states, t)
 
-        ms = replay_ms(run, repeats, device)
+        with all_warps(w):
+            ms = replay_ms(run, repeats, device)
         print(f"{name:<16} forward, T={T}, B={B}: {ms:.2f} ms", flush=True)
 
 
-def time_backward(device: str, T: int, B: int, repeats: int) -> None:
+def time_backward(device: str, T: int, B: int, repeats: int, warps: tuple[int, ...] = ()) -> None:
     """The T backward steps of a training call (float32), by the Triton kernels (after the
-    Triton forward) and by the library's eager and compiled steps (after its forward), each
+    Triton forward; once per warp count in ``warps``) and by the library's eager and compiled
+    steps (after its forward), each
     captured as one CUDA graph and replayed; the median of ``repeats`` replays. What runs once
     per call around the loop (the weights' gradients) is the same both ways and left out."""
     core, inp, hs = setup(device, torch.float32, T, B, training=True)
@@ -253,10 +273,14 @@ def time_backward(device: str, T: int, B: int, repeats: int) -> None:
 
         return loop
 
-    loops = {"triton kernels": triton_loop, "eager step": library_loop(False),
-             "compiled step": library_loop(True)}  # fmt: skip
-    for name, loop in loops.items():
-        ms = replay_ms(loop, repeats, device)
+    loops = [(name, triton_loop, w) for name, w in _kernel_rows(warps)]
+    loops += [
+        ("eager step", library_loop(False), None),
+        ("compiled step", library_loop(True), None),
+    ]
+    for name, loop, w in loops:
+        with all_warps(w):
+            ms = replay_ms(loop, repeats, device)
         print(f"{name:<16} backward, T={T}, B={B}: {ms:.2f} ms", flush=True)
 
 
@@ -403,6 +427,8 @@ def main() -> int:
                         help="compile the kernels for a GPU target, without a GPU")  # fmt: skip
     parser.add_argument("--arch", type=int, default=90,
                         help="--aot's compute capability (90: H100/H200, 80: A100)")  # fmt: skip
+    parser.add_argument("--warps", type=int, nargs="+", default=[],
+                        help="--time the kernels at each of these warp counts")  # fmt: skip
     parser.add_argument("--T", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
@@ -424,8 +450,9 @@ def main() -> int:
                 ok &= check(args.device, dtype, starts)
                 ok &= check_backward(args.device, dtype, starts)
     if args.time:
-        time_forward(args.device, args.T, args.batch, repeats=20)
-        time_backward(args.device, args.T, args.batch, repeats=20)
+        warps = tuple(args.warps)
+        time_forward(args.device, args.T, args.batch, repeats=20, warps=warps)
+        time_backward(args.device, args.T, args.batch, repeats=20, warps=warps)
     if args.profile:
         print(profile(args.device, args.T, args.batch))
     return 0 if ok else 1

@@ -35,6 +35,14 @@ except ImportError:  # no Triton: the library runs without these kernels
 INTERPRETER = "TRITON_INTERPRET"
 """The environment variable that runs Triton kernels in its interpreter, on CPU tensors."""
 
+KERNEL_NAMES = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_kernel",
+                "attention_grad_kernel", "cell_grad_kernel")  # fmt: skip
+"""The six kernels of ``policies.triton_kernels``, in the order a step runs them."""
+
+NUM_WARPS: dict[str, int] = dict.fromkeys(KERNEL_NAMES, 4)
+"""Warps per program of each kernel: Triton's default until a GPU measures better ones
+(``bench/triton_step.py --time --warps``, which sets them)."""
+
 
 def unsupported(input_heads: int, dropout: float) -> str | None:
     """Why the kernels cannot run a RIMs configuration (either cell, either communication
@@ -115,12 +123,15 @@ def step(
         value_gates, input_bias, h, c, h_reset, c_reset, query, read, null, mask, acts, kept_h,
         kept_c, value_gates.stride(0), value_gates.stride(1), B, core.k, keep is not None,
         lstm, U, H, G, dk, up, hp, next_pow2(dk),
+        num_warps=NUM_WARPS["cell_kernel"],
     )  # fmt: skip
     qkv = torch.bmm(kept_h, inp.comm_weight)  # (U,B,H) -> (U,B,ch*(2cdk+cdv))
     attn, read_c = new(U, U, B, ch), new(U, B, ch * cdv)
     scale = 1.0 if inp.comm_score_scale is None else inp.comm_score_scale
-    kernels.attention_kernel[(B,)](qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up,
-                                   next_pow2(cdk), next_pow2(cdv))  # fmt: skip
+    kernels.attention_kernel[(B,)](
+        qkv, attn, read_c, B, scale, U, ch, cdk, cdv, up, next_pow2(cdk), next_pow2(cdv),
+        num_warps=NUM_WARPS["attention_kernel"],
+    )  # fmt: skip
     out = torch.bmm(read_c, core.comm_out)  # (U,B,ch*cdv) -> (U,B,2H or H), without the bias
     h_out = new(U, B, H)
     # the gate's and tanh's values; without the gate none (h_out stands in, never written)
@@ -129,6 +140,7 @@ def step(
         out, core.comm_out_bias.reshape(U, -1), kept_h, mask, h_out,
         h_out if gate is None else gate, h_out if tanh_out is None else tanh_out, B,
         core.comm_gate, U, H, up, hp,
+        num_warps=NUM_WARPS["output_kernel"],
     )  # fmt: skip
     intermediates = None
     if keep_intermediates:
@@ -170,11 +182,14 @@ def step_backward(
         dh, dh_product, dh if keep_next is None else keep_next, d_out, s["mask"],
         dh if gate is None else gate, dh if tanh_out is None else tanh_out, dh_total, d_o, B,
         keep_next is not None, m_.comm_gate, U, H, up, hp,
+        num_warps=NUM_WARPS["out_grad_kernel"],
     )  # fmt: skip
     d_read = torch.bmm(d_o, w_out_t)  # (U,B,2H or H) @ (U,2H or H,ch*cdv) -> (U,B,ch*cdv)
     d_qkv = new(U, B, ch * (2 * cdk + cdv))
-    kernels.attention_grad_kernel[(B,)](s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up,
-                                        next_pow2(cdk), next_pow2(cdv))  # fmt: skip
+    kernels.attention_grad_kernel[(B,)](
+        s["qkv"], attn, d_read, d_qkv, B, U, ch, cdk, cdv, up, next_pow2(cdk), next_pow2(cdv),
+        num_warps=NUM_WARPS["attention_grad_kernel"],
+    )  # fmt: skip
     kept_product = torch.bmm(d_qkv, w_comm_t)  # (U,B,3-part) @ (U,3-part,H) -> (U,B,H)
     value_gates = value_gates.view(U, B, G)  # (U,B,1,G) -> (U,B,G), strided
     dh_in, d_hq, d_scores = new(U, B, H), new(U, B, G + dk), new(U, B)
@@ -187,6 +202,7 @@ def step_backward(
         read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_gx,
         d_scores, value_gates.stride(0), value_gates.stride(1), B, keep is not None, lstm,
         U, H, G, dk, up, hp, next_pow2(dk),
+        num_warps=NUM_WARPS["cell_grad_kernel"],
     )  # fmt: skip
     dh_product = torch.bmm(d_hq, w_state_t)  # (U,B,G+dk) @ (U,G+dk,H) -> (U,B,H)
     if lstm:  # the input gates' gradients are the hidden ones: d_hq's first G columns

@@ -246,3 +246,16 @@ def test_the_triton_kernels_compile_for_a_gpu_without_one(monkeypatch, capsys):
     assert len([line for line in lines if line.startswith("ok   sm_90 linear fp32 ")]) == 6
     assert len([line for line in lines if line.startswith("ok   sm_90 lstm fp64 ")]) == 6
     assert all("local 0" in line for line in lines if " 4 warps:" in line)
+
+
+def test_the_triton_step_script_times_each_warp_count_and_restores_the_library_setting():
+    from policies import triton_steps
+
+    before = dict(triton_steps.NUM_WARPS)
+    with triton_step.all_warps(2):
+        assert set(triton_steps.NUM_WARPS.values()) == {2}
+    assert triton_steps.NUM_WARPS == before
+    with triton_step.all_warps(None):  # the library's own setting
+        assert triton_steps.NUM_WARPS == before
+    assert triton_step._kernel_rows((2, 8)) == [("triton, 2 warps", 2), ("triton, 8 warps", 8)]
+    assert triton_step._kernel_rows(()) == [("triton kernels", None)]

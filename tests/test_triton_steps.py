@@ -188,3 +188,85 @@ def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_pa
         _, expected = read_curve(tmp_path / "eager", tag)
         assert len(got) == len(expected) == 2, tag
         assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=1e-6), tag
+
+
+def _kernel_parameters() -> dict[str, list[str]]:
+    """Each kernel's parameter names, read from ``policies/triton_kernels.py``'s source (the
+    module itself needs Triton to import)."""
+    import ast
+
+    source = Path(triton_steps.__file__).with_name("triton_kernels.py").read_text()
+    functions = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+    return {f.name: [a.arg for a in f.args.args] for f in functions
+            if f.name in triton_steps.KERNEL_NAMES}  # fmt: skip
+
+
+class _RecordedKernels:
+    """Stands in for ``policies.triton_kernels``: each launch ``kernel[grid](*args, **kw)`` is
+    recorded with its arguments by parameter name, and runs nothing."""
+
+    def __init__(self, parameters: dict[str, list[str]]) -> None:
+        self.parameters, self.launches = parameters, []
+
+    def __getattr__(self, name: str):
+        recorder = self
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **options):
+                    assert len(args) == len(recorder.parameters[name]), name
+                    given = dict(zip(recorder.parameters[name], args))
+                    recorder.launches.append((name, grid, given, options))
+
+                return launch
+
+        return Launcher()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_each_launch_gives_its_kernel_every_parameter_in_order(monkeypatch, cell):
+    """Without Triton (as in CI) the launchers still run against the kernels' signatures: the
+    argument count of every launch, the sizes and switches given, the mask's dtype and the
+    warps of ``NUM_WARPS``."""
+    parameters = _kernel_parameters()
+    assert sorted(parameters) == sorted(triton_steps.KERNEL_NAMES)
+    recorded = _RecordedKernels(parameters)
+    monkeypatch.setattr(triton_steps, "kernels", recorded)
+    monkeypatch.setitem(triton_steps.NUM_WARPS, "attention_kernel", 8)
+    torch.manual_seed(0)
+    core = RIMs(**{**SMALL, "cell": cell}).train()
+    B = 3
+    x = torch.randn(2, B, 1, SMALL["input_size"])
+    with torch.no_grad():
+        inp = core._prepare(x, torch.tensor([[True, False, True], [False, True, False]]), True)
+        hs = [s.transpose(0, 1).contiguous() for s in core.initial_state(B)]
+        keep = inp.keep[1]
+        _, mask, _, _, saved = triton_steps.step(
+            core, hs, inp.keys[1], inp.value_gates[:, 1], None, keep, inp, True
+        )
+        weights = (core.state_weight.transpose(1, 2), inp.comm_weight.transpose(1, 2),
+                   core.comm_out.transpose(1, 2))  # fmt: skip
+        dh = torch.zeros(6, B, 12)
+        dc = dh.clone() if cell == "lstm" else None
+        grads = triton_steps.step_backward(core, inp, saved, weights, None, dh, dh, dh, dc, None,
+                                           None, inp.keys[1], inp.value_gates[:, 1], keep,
+                                           torch.ones(B))  # fmt: skip
+    names = [name for name, *_ in recorded.launches]
+    assert names == list(triton_steps.KERNEL_NAMES)
+    launches = {name: (grid, given, options) for name, grid, given, options in recorded.launches}
+    for name, (grid, _, options) in launches.items():
+        assert grid == (B,), name
+        assert options == {"num_warps": triton_steps.NUM_WARPS[name]}, name
+    assert launches["attention_kernel"][2] == {"num_warps": 8}
+    G = (4 if cell == "lstm" else 3) * 12
+    cell_args = launches["cell_kernel"][1]
+    assert (cell_args["U"], cell_args["H"], cell_args["G"], cell_args["K"]) == (6, 12, G, 4)
+    assert cell_args["LSTM"] == (cell == "lstm") and cell_args["HAS_KEEP"] is True
+    assert (cell_args["UP"], cell_args["HP"], cell_args["DK"], cell_args["DKP"]) == (8, 16, 8, 8)
+    assert cell_args["mask"].dtype == torch.bool and cell_args["mask"] is mask
+    attention = launches["attention_kernel"][1]
+    assert (attention["CH"], attention["CDK"], attention["CDV"]) == (2, 4, 8)
+    assert launches["output_kernel"][1]["GATE"] is True
+    assert launches["cell_grad_kernel"][1]["LSTM"] == (cell == "lstm")
+    assert grads.d_hq.shape == (6, B, G + 8) and grads.d_gx.shape == (6, B, G)
+    assert (grads.dc is None) == (cell == "gru")
