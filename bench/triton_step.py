@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -441,7 +440,7 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: run on a GPU, or --device cpu with TRITON_INTERPRET=1")
         return 2
-    if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+    if not args.device.startswith("cuda") and not kernels.INTERPRETED:
         print(f"--device {args.device} needs Triton's interpreter: set TRITON_INTERPRET=1")
         return 2
     if args.check:

@@ -387,3 +387,15 @@ def cell_grad_kernel(
     ud_ok = (u < U)[:, None] & (d < DK)[None, :]
     tl.store(d_hq + row + G + d[None, :], d_score[:, None] * key[None, :], mask=ud_ok)
     tl.store(d_scores + u * B + b, d_score, mask=u < U)
+
+
+def _built_for_the_interpreter() -> bool:
+    """Whether Triton built these kernels for its interpreter (``TRITON_INTERPRET=1`` when this
+    module was imported), which runs them on CPU tensors and no GPU."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(cell_kernel, InterpretedFunction)
+
+
+INTERPRETED = _built_for_the_interpreter()
+"""The kernels run in Triton's interpreter, on CPU tensors (else they compile for a GPU)."""

@@ -19,7 +19,6 @@ steps after one warning. On a CPU the kernels run in Triton's interpreter
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import torch
@@ -33,7 +32,8 @@ except ImportError:  # no Triton: the library runs without these kernels
     kernels = None
 
 INTERPRETER = "TRITON_INTERPRET"
-"""The environment variable that runs Triton kernels in its interpreter, on CPU tensors."""
+"""The environment variable that has Triton build kernels for its interpreter, on CPU tensors
+(read when a kernel is defined: ``triton_kernels.INTERPRETED`` says how they were built)."""
 
 KERNEL_NAMES = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_kernel",
                 "attention_grad_kernel", "cell_grad_kernel")  # fmt: skip
@@ -60,9 +60,10 @@ def unavailable(device: torch.device) -> str | None:
         return "Triton is not installed"
     if device.type == "cuda":
         return None
-    if device.type == "cpu" and os.environ.get(INTERPRETER) == "1":
+    if device.type == "cpu" and kernels.INTERPRETED:
         return None
-    return f"the kernels run on CUDA devices, not {device.type} (a CPU needs {INTERPRETER}=1)"
+    return (f"the kernels run on CUDA devices, not {device.type} (a CPU needs {INTERPRETER}=1 "
+            "before Triton is imported)")  # fmt: skip
 
 
 def next_pow2(n: int) -> int:

@@ -38,11 +38,13 @@ def test_a_core_that_the_kernels_cannot_run_is_refused_when_built():
 
 
 def test_the_kernels_run_on_cuda_and_on_a_cpu_only_in_the_interpreter(monkeypatch):
-    monkeypatch.setattr(triton_steps, "kernels", object())  # as if Triton were installed
-    monkeypatch.delenv(triton_steps.INTERPRETER, raising=False)
+    class Built:  # as if Triton were installed, the kernels built for a GPU or the interpreter
+        INTERPRETED = False
+
+    monkeypatch.setattr(triton_steps, "kernels", Built())
     assert triton_steps.unavailable(torch.device("cuda")) is None
     assert "TRITON_INTERPRET=1" in triton_steps.unavailable(torch.device("cpu"))
-    monkeypatch.setenv(triton_steps.INTERPRETER, "1")
+    monkeypatch.setattr(Built, "INTERPRETED", True)
     assert triton_steps.unavailable(torch.device("cpu")) is None
     assert "not meta" in triton_steps.unavailable(torch.device("meta"))
     monkeypatch.setattr(triton_steps, "kernels", None)
@@ -68,9 +70,9 @@ def _train_step(core: RIMs, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def test_where_the_kernels_cannot_run_the_usual_steps_do_after_one_warning(monkeypatch):
-    """Here (no GPU; Triton, if any, without its interpreter) --rims-triton falls back: the
+    """Where the kernels cannot run (here: as if without Triton) --rims-triton falls back: the
     same values bit for bit, one warning that says why and what runs instead."""
-    monkeypatch.delenv(triton_steps.INTERPRETER, raising=False)
+    monkeypatch.setattr(triton_steps, "kernels", None)
     torch.manual_seed(0)
     core = RIMs(**SMALL).double()
     expected = _train_step(core)
