@@ -37,6 +37,7 @@ from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from envs.factory import make_env, make_vector_env
+from policies import triton_steps
 from policies.actor_critic import ActorCritic
 from policies.compiled import error_summary
 
@@ -106,6 +107,16 @@ def build_policy(config: TrainConfig, observation_space, action_space) -> ActorC
     if config.rims_graphs and config.core == "rims":  # the others run as they are
         policy.core.cuda_graphs = True
     return policy
+
+
+def kernels_off(core: Any, device: torch.device, compiled: bool) -> None:
+    """Where ``--rims-triton``'s kernels cannot run on ``device`` (no Triton, a CPU), say so in
+    one line and switch them off, so that the core does not warn at its first step."""
+    problem = triton_steps.unavailable(device)
+    if problem is not None:
+        core.triton_steps = False
+        print(f"rims: --rims-triton: {problem}; running the {'compiled' if compiled else 'eager'} "
+              "steps instead", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def check_policy_fits(config: TrainConfig) -> None:
@@ -318,6 +329,8 @@ class Trainer:
         self.steps_per_update = config.batch_size * world.world_size
         self.policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
         self.policy.to(device)
+        if config.rims_triton:
+            kernels_off(self.policy.core, device, config.rims_compile)
         broadcast_parameters(self.policy, world)  # every rank starts from rank 0's weights
         self.optimizer = torch.optim.Adam(
             self.policy.parameters(), lr=config.learning_rate, eps=1e-5

@@ -121,6 +121,26 @@ def test_runs_saved_before_the_communication_gate_load_and_resume_as_linear(tmp_
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["policy_spec"]["comm_gate"] is False
 
 
+def test_rims_triton_where_its_kernels_cannot_run_says_so_in_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """Where the kernels cannot run (as on this CPU) --rims-triton trains with the usual steps
+    and says why once, as a line of its own rather than a Python warning from the core."""
+    import warnings
+
+    from policies import triton_steps
+
+    reason = "the kernels run on CUDA devices, not cpu"
+    monkeypatch.setattr(triton_steps, "unavailable", lambda device: reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the core's own warning would raise
+        code = main(["train", "--total-steps", "32", "--run-dir", str(tmp_path / "run"),
+                     *TINY, "--rims-triton"])  # fmt: skip
+    assert code == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "--rims-triton" in line]
+    assert lines == [f"rims: --rims-triton: {reason}; running the eager steps instead"]
+
+
 def test_resume_may_switch_on_compiled_steps(tmp_path, monkeypatch):
     """--rims-compile is a speed setting, not part of the run's fixed config."""
     wrappers = (actor_critic._COMPILED_ACT, rims._COMPILED_STEP, rims_grad._COMPILED_STEP_BACKWARD)
