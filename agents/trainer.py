@@ -115,8 +115,8 @@ def kernels_off(core: Any, device: torch.device, compiled: bool) -> None:
     problem = triton_steps.unavailable(device)
     if problem is not None:
         core.triton_steps = False
-        print(f"rims: --rims-triton: {problem}; running the {'compiled' if compiled else 'eager'} "
-              "steps instead", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"rims: --rims-triton: {triton_steps.fallback_message(problem, compiled)}",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def check_policy_fits(config: TrainConfig) -> None:

@@ -122,14 +122,20 @@ def graph_checks(cell: str, device: str, compiled: bool, check, triton: bool = F
     check(f"{tag}: graphs captured, one per signature (training, acting)", captured == 2)
 
 
+def agrees_with_eager(what: str, got: tuple, eager: tuple, check) -> None:
+    """The ``run`` ``got`` has the eager ``run``'s masks exactly, and its outputs and gradients
+    to float64 rounding."""
+    check(f"{what}, device masks == eager", torch.equal(got[1], eager[1]))
+    check(f"{what}, outputs and gradients == eager (float64)",
+          all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+              for a, b in zip([got[0], *got[2]], [eager[0], *eager[2]])))  # fmt: skip
+
+
 def compiled_checks(cell: str, device: str, eager: tuple, check) -> None:
     """Compiled steps (``--rims-compile``) compute the same function as the eager ``run``
     ``eager``."""
     compiled = run(cell, device, manual=True, compiled=True)
-    check(f"{cell}: compiled steps, device masks == eager", torch.equal(compiled[1], eager[1]))
-    check(f"{cell}: compiled steps, outputs and gradients == eager (float64)",
-          all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
-              for a, b in zip([compiled[0], *compiled[2]], [eager[0], *eager[2]])))  # fmt: skip
+    agrees_with_eager(f"{cell}: compiled steps", compiled, eager, check)
 
 
 def triton_checks(cell: str, device: str, eager: tuple, check) -> bool:
@@ -141,10 +147,7 @@ def triton_checks(cell: str, device: str, eager: tuple, check) -> bool:
         print(f"skip {cell}: Triton steps ({problem})", flush=True)
         return False
     kernels = run(cell, device, manual=True, triton=True)
-    check(f"{cell}: Triton steps, device masks == eager", torch.equal(kernels[1], eager[1]))
-    check(f"{cell}: Triton steps, outputs and gradients == eager (float64)",
-          all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
-              for a, b in zip([kernels[0], *kernels[2]], [eager[0], *eager[2]])))  # fmt: skip
+    agrees_with_eager(f"{cell}: Triton steps", kernels, eager, check)
     if device.startswith("cuda"):
         graph_checks(cell, device, False, check, triton=True)
     return True

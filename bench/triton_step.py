@@ -50,23 +50,34 @@ def supported(core: RIMs) -> bool:
     return triton_steps.unsupported(core.input_heads, dropout) is None
 
 
-def triton_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
-    """Step ``t`` of ``core`` by ``triton_steps.step`` from the states ``hs`` ``(U, B, H)`` and
-    the sequence's ``StepInputs``: the new states, the mask ``(U, B)`` and the intermediates."""
+def _run_step(body, core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
+    """Step ``t`` of ``core`` by ``body`` (``RIMs._step_body``'s signature) from the states
+    ``hs`` ``(U, B, H)`` and the sequence's ``StepInputs``: the new states, the mask ``(U, B)``
+    and the intermediates."""
     keep = None if inp.keep is None else inp.keep[t]
-    out, mask, _, _, intermediates = triton_steps.step(
+    out, mask, _, _, intermediates = body(
         core, hs, inp.keys[t], inp.value_gates[:, t], None, keep, inp, True
     )
     return out, mask, intermediates
 
 
+def triton_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
+    """Step ``t`` by ``triton_steps.step``."""
+    return _run_step(triton_steps.step, core, hs, t, inp)
+
+
 def reference_step(core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:
     """The same step through ``RIMs._step_body``."""
-    out, mask, _, _, intermediates = core._step_body(
-        hs, inp.keys[t], inp.value_gates[:, t], None,
-        None if inp.keep is None else inp.keep[t], inp, True,
-    )  # fmt: skip
-    return out, mask, intermediates
+    return _run_step(RIMs._step_body, core, hs, t, inp)
+
+
+def _resets(inp, t: int) -> tuple[Tensor | None, Tensor | None]:
+    """Step ``t``'s episode-start factor ``(B,)`` and the next step's (ones after the last), as
+    a backward step takes them; None without episode starts."""
+    if inp.keep is None:
+        return None, None
+    keep = inp.keep[t]
+    return keep, inp.keep[t + 1] if t + 1 < len(inp.keep) else torch.ones_like(keep)
 
 
 def triton_step_backward(
@@ -76,10 +87,7 @@ def triton_step_backward(
     """``triton_steps.step_backward`` of step ``t``: ``dh`` comes without ``dh_product`` (the
     state matmul's product of the step after) and before the next step's reset, and goes
     back the same way, with its product beside it."""
-    keep = keep_next = None
-    if inp.keep is not None:
-        keep = inp.keep[t]
-        keep_next = inp.keep[t + 1] if t + 1 < len(inp.keep) else torch.ones_like(keep)
+    keep, keep_next = _resets(inp, t)
     one = d_out.new_ones(())  # not read by the kernels, nor are the mask and read_slope
     return triton_steps.step_backward(core, inp, s, weights_t, one, d_out, dh, dh_product, dc,
                                       None, None, inp.keys[t], inp.value_gates[:, t], keep,
@@ -163,10 +171,7 @@ def check_backward(device: str, dtype: torch.dtype, starts: bool, T: int = 4, B:
         for t in reversed(range(T)):
             s = steps[t]
             read = s["read"].view(dh.shape[:2])  # (U,B,1,1) -> (U,B)
-            keep, keep_next = None, None
-            if starts:
-                keep = inp.keep[t]
-                keep_next = inp.keep[t + 1] if t + 1 < T else torch.ones_like(keep)
+            keep, keep_next = _resets(inp, t)
             ref = step_backward(
                 core, inp, s, weights, d_out.new_ones(()), d_out[t], dh, None, dc,
                 s["mask"].to(dtype), (read * (1 - read)).view(*read.shape, 1, 1),

@@ -149,9 +149,8 @@ class RIMs(nn.Module):
         triton_steps: run each step, forward and backward, as hand-written Triton kernels
             (``policies.triton_steps``): fewer launches than compiled steps, the same function
             to float rounding. For one input element and head and no dropout (a
-            ``ValueError`` otherwise); where Triton or a
-            CUDA device is missing the usual steps run, after one warning. Can be switched
-            later by setting the attribute.
+            ``ValueError`` otherwise); where Triton or a CUDA device is missing the usual steps
+            run, after one warning. Can be switched later by setting the attribute.
         cuda_graphs: on CUDA inputs, capture each input signature's forward (and backward) as
             CUDA graphs on its first call and replay them after (``policies.graphs``); the same
             function, without the thousands of kernel launches. Other inputs run eagerly. Can
@@ -464,9 +463,8 @@ class RIMs(nn.Module):
                 return triton_steps.step
             if problem not in self._triton_warned:
                 self._triton_warned.add(problem)
-                warnings.warn(f"RIMs triton_steps: {problem}; running the "
-                              f"{'compiled' if self.compile_steps else 'eager'} steps instead",
-                              RuntimeWarning, stacklevel=4)  # fmt: skip
+                message = triton_steps.fallback_message(problem, self.compile_steps)
+                warnings.warn(f"RIMs triton_steps: {message}", RuntimeWarning, stacklevel=4)
         return _COMPILED_STEP if self.compile_steps and not compiling else RIMs._step_body
 
     def _triton_problem(self, state: Tensor, inp: StepInputs, saving: bool) -> str | None:

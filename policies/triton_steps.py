@@ -54,6 +54,11 @@ def unsupported(input_heads: int, dropout: float) -> str | None:
     return None
 
 
+def fallback_message(problem: str, compiled: bool) -> str:
+    """Why the kernels do not run (``problem``) and what runs instead: one line."""
+    return f"{problem}; running the {'compiled' if compiled else 'eager'} steps instead"
+
+
 def unavailable(device: torch.device) -> str | None:
     """Why the kernels cannot run on ``device`` in this process, or None where they can."""
     if kernels is None:
