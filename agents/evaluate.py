@@ -38,10 +38,11 @@ class EvalResult:
         return float(np.mean(self.returns))
 
     @property
-    def ci95(self) -> float:
-        """Half-width of a 95% confidence interval of the mean (normal approximation)."""
+    def ci95(self) -> float | None:
+        """Half-width of a 95% confidence interval of the mean (normal approximation); None
+        for a single episode, whose spread is unknown (not zero)."""
         n = len(self.returns)
-        return 0.0 if n < 2 else float(1.96 * np.std(self.returns, ddof=1) / math.sqrt(n))
+        return None if n < 2 else float(1.96 * np.std(self.returns, ddof=1) / math.sqrt(n))
 
     @property
     def success_rate(self) -> float | None:

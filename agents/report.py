@@ -30,7 +30,7 @@ class EvalRow:
     shift: str
     episodes: int
     mean_return: float
-    ci95: float
+    ci95: float | None  # None for one episode
     success_rate: float | None
     mean_length: float
 
@@ -119,7 +119,8 @@ def format_table(results: Sequence[EvalRow]) -> str:
 
     def text(r: EvalRow) -> str:
         success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
-        return f"{r.mean_return:.3f} ± {r.ci95:.3f}{success}"
+        ci = "n/a" if r.ci95 is None else f"{r.ci95:.3f}"  # n/a: one episode
+        return f"{r.mean_return:.3f} ± {ci}{success}"
 
     env_w = max(len("env"), *(len(e) for e, _ in keys))
     shift_w = max(len("shift"), *(len(s or "-") for _, s in keys))
@@ -174,7 +175,7 @@ def plot(results: Sequence[EvalRow], path: Path, title: str = "") -> None:
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(keys))]
         present = [(x, cell[(run, *k)]) for x, k in zip(xs, keys) if (run, *k) in cell]
         ax.bar([x for x, _ in present], [r.mean_return for _, r in present], width,
-               yerr=[r.ci95 for _, r in present], capsize=3, label=run)  # fmt: skip
+               yerr=[r.ci95 or 0.0 for _, r in present], capsize=3, label=run)  # fmt: skip
     labels = [f"{env.replace('MiniGrid-', '')}\n{shift or 'no shift'}" for env, shift in keys]
     ax.set_xticks(range(len(keys)), labels, fontsize=8)
     ax.set_ylabel("mean return (95% CI)")

@@ -85,6 +85,21 @@ def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys)
     assert json.loads((out / "again.json").read_text()) == rows
 
 
+def test_one_episode_has_no_confidence_interval(two_runs, tmp_path, capsys):
+    # One episode says nothing about the spread: "n/a" and null, never a confident ± 0.000.
+    files = ["--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"), "--plot",
+             str(tmp_path / "r.png")]  # fmt: skip
+    assert main(["eval", str(two_runs[0]), "--episodes", "1", *files]) == 0
+    row = capsys.readouterr().out.splitlines()[-2]  # the table's one row, above its legend
+    assert "± n/a" in row and "± 0.000" not in row
+    assert [r["ci95"] for r in json.loads((tmp_path / "r.json").read_text())] == [None]
+    with (tmp_path / "r.csv").open() as f:
+        assert [r["ci95"] for r in csv.DictReader(f)] == [""]
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["eval", str(two_runs[0]), "--episodes", "2"]) == 0
+    assert "n/a" not in capsys.readouterr().out
+
+
 def test_eval_with_shift_on_the_training_env(two_runs, capsys):
     assert main(["eval", str(two_runs[1]), "--shift", "size=6", "--shift", "noise=0.1",
                  "--episodes", "2"]) == 0  # fmt: skip
