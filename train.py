@@ -62,6 +62,13 @@ def add_record_parser(commands) -> None:
     rec.add_argument("--out", required=True, metavar="FILE", help="output .mp4 or .gif")
     add_playing_flags(rec, episodes=1)
     rec.add_argument("--fps", type=positive_int, default=8, help="frames per second")
+    rec.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="cut each episode after N actions; none: play each to its end",
+    )
 
 
 def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
@@ -95,8 +102,10 @@ def add_plot_parser(commands) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
+    from contextlib import closing
+
     from agents.checkpoint import load_policy
-    from agents.record import SUFFIXES, record_episodes, write_video
+    from agents.record import SUFFIXES, play_episodes, write_video
     from agents.report import check_compatible
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
@@ -108,10 +117,21 @@ def run_record(args: argparse.Namespace) -> int:
     env_id = args.env or loaded.config.env
     check_env_id(env_id)
     check_compatible(loaded, SuiteRow(env_id, shifts))
-    rec = record_episodes(loaded, env_id, shifts, args.episodes, args.seed, args.greedy)
-    write_video(rec.frames, out, args.fps)
-    returns = ", ".join(f"{r:.3f}" for r in rec.returns)
-    print(f"wrote {out}: {len(rec.frames)} frames, {args.episodes} episode(s), returns {returns}")
+    ends = []  # each episode's last view: its return, and whether --max-steps cut it
+
+    def frames():  # streamed into the writer: a long episode is never held whole
+        played = play_episodes(loaded, env_id, shifts, args.episodes, args.seed, args.greedy,
+                               args.max_steps)  # fmt: skip
+        with closing(played):  # the env closes even if writing fails
+            for frame, view in played:
+                if view.final:
+                    ends.append(view)
+                yield frame
+
+    count = write_video(frames(), out, args.fps)
+    returns = ", ".join(f"{v.episode_return:.3f}{' (cut)' if v.cut else ''}" for v in ends)
+    cut = f"; (cut): stopped at --max-steps {args.max_steps}" if any(v.cut for v in ends) else ""
+    print(f"wrote {out}: {count} frames, {args.episodes} episode(s), returns {returns}{cut}")
     return 0
 
 

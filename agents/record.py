@@ -8,7 +8,8 @@ attention on the null) and a mechanisms x time history of the last steps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class StepView:
     mask: np.ndarray | None = None  # (U,) bool
     input_attention: np.ndarray | None = None  # (U,) float, 1 - null attention
     position_attention: np.ndarray | None = None  # (U, N) over a set of N = side^2 positions
+    final: bool = False  # the episode's last frame: no action is taken from it
+    cut: bool = False  # ... because the episode reached the step limit, not its end
 
 
 @dataclass
@@ -142,23 +145,25 @@ def action_name(env, action: int) -> str:
         return str(action)
 
 
-@torch.no_grad()
-def record_episodes(
+def play_episodes(
     loaded: LoadedPolicy,
     env_id: str,
     shifts: Sequence[tuple[str, str]],
     episodes: int,
     seed: int,
     deterministic: bool = False,
-) -> Recording:
-    """Play ``episodes`` episodes (one env) and render every step with its panel."""
+    max_steps: int | None = None,
+) -> Iterator[tuple[np.ndarray, StepView]]:
+    """Play ``episodes`` episodes (one env) and yield every frame ``(H, W, 3)`` with its view,
+    one at a time, so that a long episode is written as it plays rather than held in memory.
+    An episode ends with a frame from which no action is taken (``view.final``); ``max_steps``
+    cuts each episode after that many actions (``view.cut``)."""
     policy = loaded.policy
     device = next(policy.parameters()).device
     env = make_env(env_id, render_mode="rgb_array", shifts=shifts,
                    **env_kwargs_for(loaded, env_id))  # fmt: skip
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
-    rec = Recording()
     history: list[np.ndarray] = []
     try:
         for episode in range(episodes):
@@ -169,45 +174,72 @@ def record_episodes(
             mask = attention = positions = None
             while True:
                 frame = upscale(env.render())
-                if done:  # the last frame: no action is taken from it
-                    view = StepView(step, episode + 1, "-", total, mask, attention, positions)
-                    rec.frames.append(compose(frame, draw_panel(frame.shape[0], view, history)))
-                    rec.views.append(view)
+                cut = not done and max_steps is not None and step >= max_steps
+                if done or cut:  # the last frame: no action is taken from it
+                    view = StepView(step, episode + 1, "- (step limit)" if cut else "-", total,
+                                    mask, attention, positions, final=True, cut=cut)  # fmt: skip
+                    yield compose(frame, draw_panel(frame.shape[0], view, history)), view
                     break
-                batch = {k: v[None] for k, v in obs_to_tensors(obs, device).items()}  # (1, ...)
-                act = policy.act(batch, state, start, deterministic=deterministic)
+                with torch.no_grad():
+                    batch = {k: v[None] for k, v in obs_to_tensors(obs, device).items()}  # (1,...)
+                    act = policy.act(batch, state, start, deterministic=deterministic)
                 state, start = act.state, torch.zeros_like(start)
                 action = int(act.actions[0])
                 if act.info.mask is not None:
                     mask = act.info.mask[0, 0].cpu().numpy()  # (1, 1, U) -> (U,)
                     attention = 1.0 - act.info.null_attention[0, 0].cpu().numpy()
                     history.append(mask)
+                    del history[:-HISTORY]  # the panel shows the last HISTORY steps only
                 if act.info.input_attention is not None:
                     positions = act.info.input_attention[0, 0].cpu().numpy()  # (1,1,U,N) -> (U,N)
                 view = StepView(step, episode + 1, action_name(env, action), total, mask,
                                 attention, positions)  # fmt: skip
-                rec.frames.append(compose(frame, draw_panel(frame.shape[0], view, history)))
-                rec.views.append(view)
+                yield compose(frame, draw_panel(frame.shape[0], view, history)), view
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 step += 1
                 done = terminated or truncated
-            rec.returns.append(total)
     finally:
         env.close()
         torch.set_rng_state(rng_state)
+
+
+def record_episodes(
+    loaded: LoadedPolicy,
+    env_id: str,
+    shifts: Sequence[tuple[str, str]],
+    episodes: int,
+    seed: int,
+    deterministic: bool = False,
+    max_steps: int | None = None,
+) -> Recording:
+    """``play_episodes`` held in memory: every frame, its view and each episode's return."""
+    rec = Recording()
+    with closing(play_episodes(loaded, env_id, shifts, episodes, seed, deterministic,
+                               max_steps)) as frames:  # fmt: skip
+        for frame, view in frames:
+            rec.frames.append(frame)
+            rec.views.append(view)
+            if view.final:
+                rec.returns.append(view.episode_return)
     return rec
 
 
-def write_video(frames: Sequence[np.ndarray], path: Path, fps: int) -> None:
-    """Write ``.gif`` or ``.mp4`` atomically: no partial file is ever left at ``path``."""
+def write_video(frames: Iterable[np.ndarray], path: Path, fps: int) -> int:
+    """Write ``.gif`` or ``.mp4`` atomically (no partial file is ever left at ``path``) and
+    return the number of frames. An ``.mp4`` is encoded as the frames come, in constant
+    memory; a ``.gif`` is assembled from all of them at the end (Pillow's GIF writer holds
+    them: about 0.7 MB an Atari frame)."""
     import imageio.v2 as imageio
 
+    count = 0
     with atomic_output(path) as tmp:
         if path.suffix.lower() == ".gif":
-            imageio.mimsave(tmp, list(frames), duration=1000.0 / fps, loop=0)
+            options = dict(mode="I", duration=1000.0 / fps, loop=0)
         else:
-            with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8,
-                                    macro_block_size=16) as writer:  # fmt: skip
-                for frame in frames:
-                    writer.append_data(frame)
+            options = dict(fps=fps, codec="libx264", quality=8, macro_block_size=16)
+        with imageio.get_writer(tmp, **options) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+                count += 1
+    return count

@@ -46,6 +46,23 @@ def test_mp4_decodes_to_the_expected_frames(runs, tmp_path):
         assert reader.count_frames() == 7
 
 
+def test_max_steps_cuts_each_episode_and_says_so(runs, tmp_path, capsys):
+    out = tmp_path / "short.gif"
+    argv = ["record", str(runs["rims1"]), "--out", str(out), "--episodes", "2"]
+    assert main([*argv, "--max-steps", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "8 frames" in text and text.count("(cut)") == 3 and "--max-steps 3" in text
+    assert iio.imread(out, index=None).shape[0] == 8  # 3 actions and the last frame, twice
+    rec = record_episodes(load_policy(runs["rims1"]), ENV_ID, (), episodes=2, seed=0,
+                          max_steps=3)  # fmt: skip
+    assert [v.step for v in rec.views if v.final] == [3, 3] and all(v.cut for v in rec.views
+                                                                    if v.final)  # fmt: skip
+    # A limit the episodes never reach (6 steps) cuts nothing.
+    assert main([*argv, "--max-steps", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "14 frames" in text and "(cut)" not in text
+
+
 def test_rims_panel_matches_the_mask_and_recording_is_deterministic(runs):
     loaded = load_policy(runs["rims1"])
     rec = record_episodes(loaded, ENV_ID, (), episodes=2, seed=4)
