@@ -79,7 +79,7 @@ def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
     parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes")
     parser.add_argument(
         "--seed",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="seed of the episodes and actions (disjoint from training)",
     )
@@ -161,6 +161,16 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 

@@ -314,6 +314,7 @@ def validate(c: TrainConfig) -> None:
     for name in positive:  # integers already (the type check above)
         value = getattr(c, name)
         _check(value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    _check(c.seed >= 0, f"--seed must be an integer >= 0, got {c.seed}")
     _check(c.core in CORES, f"--core must be one of {', '.join(CORES)}, got {c.core!r}")
     _check(c.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {c.cell!r}")
     _check(

@@ -14,9 +14,10 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (CUDA's too, when present)."""
+    """Seed Python's, NumPy's and torch's global generators (CUDA's too, when present).
+    ``seed`` >= 0; NumPy's legacy generator takes it modulo 2**32 (it refuses larger ones)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 

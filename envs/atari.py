@@ -171,9 +171,21 @@ class DictImage(gym.ObservationWrapper):
         return {"image": np.asarray(observation)}
 
 
+C_INT_SEEDS = 2**31
+"""ale-py's vector env takes each env's seed as a C int: env i's seed s + i must be below this."""
+
+
+def fold_seed(seed: int, num_envs: int) -> int:
+    """``seed`` >= 0 folded so that the seeds of all ``num_envs`` envs (env i gets seed + i) fit a
+    C int; seeds that already do are unchanged. (A resumed run reseeds its envs with
+    ``seed + 1_000_003 * update``, past 2**31 after 2,147 updates.)"""
+    return seed % (C_INT_SEEDS - num_envs)
+
+
 class VectorDictImage(VectorWrapper):
     """Batched ``obs`` -> ``{"image": obs}``, the final observations of ``SAME_STEP`` included
-    (Gymnasium's observation wrappers refuse that autoreset mode)."""
+    (Gymnasium's observation wrappers refuse that autoreset mode). It folds reset seeds into
+    what ``AtariVectorEnv`` accepts (``fold_seed``)."""
 
     def __init__(self, env: VectorEnv) -> None:
         super().__init__(env)
@@ -181,6 +193,8 @@ class VectorDictImage(VectorWrapper):
         self.observation_space = spaces.Dict({"image": env.observation_space})
 
     def reset(self, *, seed=None, options=None):
+        if isinstance(seed, int):
+            seed = fold_seed(seed, self.num_envs)
         obs, info = self.env.reset(seed=seed, options=options)
         return {"image": obs}, info
 

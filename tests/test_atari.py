@@ -9,7 +9,7 @@ import torch
 from agents.config import resolve_config
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
-from envs.atari import AtariSettings, make_atari_vector_env
+from envs.atari import AtariSettings, fold_seed, make_atari_vector_env
 from envs.factory import make_env, make_vector_env
 from envs.shifts import ShiftError
 from policies.actor_critic import ActorCritic, PolicySpec
@@ -115,6 +115,35 @@ def test_cpu_smoke_training_and_evaluation(tmp_path, extra, capsys):
     assert "trained to step 64" in capsys.readouterr().out
     assert main(["eval", str(run), "--episodes", "1", "--shift", "sticky=0"]) == 0
     assert "sticky=0" in capsys.readouterr().out
+
+
+def test_seeds_past_a_c_int_are_folded_for_the_fast_path():
+    # AtariVectorEnv takes C int seeds; a resumed run reseeds with seed + 1_000_003 * update.
+    assert fold_seed(5, 8) == 5 and fold_seed(2**31 - 8 + 5, 8) == 5
+    assert all(fold_seed(s, 8) + 7 < 2**31 for s in (2**31 - 8, 2**31, 3 * 10**9, 10**15))
+    envs = make_vector_env(BREAKOUT, 2)
+    try:
+        small, _ = envs.reset(seed=5)
+        big, _ = envs.reset(seed=2**31 - 2 + 5)  # folds to 5
+        assert np.array_equal(small["image"], big["image"])
+        envs.reset(seed=3_000_000_000)
+    finally:
+        envs.close()
+
+
+def test_atari_run_resumes_past_two_thousand_updates(tmp_path, capsys):
+    # A checkpoint of update 3,000 (the preset's 1,024 steps an update: 3M steps), made cheaply:
+    # one update trained, its counters moved on. Resuming reseeds the envs past 2**31.
+    run = tmp_path / "run"
+    tiny = [*ATARI_TINY, "--run-dir", str(run), "--num-steps", "8"]
+    tiny[tiny.index("--total-steps") + 1] = "16"
+    assert main(["train", *tiny]) == 0
+    path = run / "checkpoints" / "latest.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["update"], checkpoint["global_step"] = 3_000, 48_000
+    torch.save(checkpoint, path)
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "48016"]) == 0
+    assert "trained to step 48,016" in capsys.readouterr().out
 
 
 def test_flicker_and_noise_change_only_the_pixels():
