@@ -296,6 +296,11 @@ def resolve_config(given: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{**PRESETS[env_family(env)], **given})
 
 
+ATARI_ONLY = ("frame_stack", "sticky_actions", "full_action_space", "max_episode_frames",
+              "episodic_life")  # fmt: skip
+"""The settings only an Atari env reads (``TrainConfig.env_kwargs`` and its lives)."""
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -378,3 +383,10 @@ def validate(c: TrainConfig) -> None:
     )
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
+    if c.family != "atari":  # an Atari flag given for another env would be silently ignored
+        fields = TrainConfig.__dataclass_fields__
+        for name in ATARI_ONLY:
+            _check(
+                getattr(c, name) == fields[name].default,
+                f"--{name.replace('_', '-')} applies to Atari envs only, not {c.env}",
+            )
