@@ -57,6 +57,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_latest(checkpoints: Path) -> dict[str, Any]:
+    """``checkpoints/latest.pt`` for a resume. Where it is missing or unreadable the one-line
+    ``CheckpointError`` names the newest readable numbered checkpoint, which a user may copy
+    over it (resuming from an older one silently would repeat steps)."""
+    try:
+        return load_checkpoint(checkpoints / "latest.pt")
+    except CheckpointError as err:
+        for candidate in sorted(checkpoints.glob("step_*.pt"), reverse=True):  # newest first
+            try:
+                step = load_checkpoint(candidate)["global_step"]
+            except (CheckpointError, KeyError):
+                continue
+            raise CheckpointError(
+                f"{err}; the newest readable checkpoint is {candidate} (step {step:,}): copy it "
+                "over latest.pt to resume from it"
+            ) from None
+        raise
+
+
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """A checkpoint file, or a run directory's ``checkpoints/<which>.pt``."""
     path = Path(path)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.checkpoint import CheckpointError, load_latest, save_checkpoint
 from agents.config import ConfigError, TrainConfig
 from agents.distributed import (
     Distributed,
@@ -247,7 +247,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     run_dir = Path(config.run_dir or config.default_run_dir())
     resumed = None
     if config.resume:
-        resumed = load_checkpoint(run_dir / CHECKPOINT_DIR / "latest.pt")
+        resumed = load_latest(run_dir / CHECKPOINT_DIR)
         if resumed["update"] >= num_updates(config, world):
             if world.is_main:
                 print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing "

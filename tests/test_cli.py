@@ -101,6 +101,32 @@ def test_resume_continues_the_step_counter_and_curves(tmp_path):
     assert main(["train", "--resume", "--run-dir", str(run), "--core", "lstm"]) == 2
 
 
+def test_resume_from_a_corrupt_latest_checkpoint_names_the_newest_readable_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--total-steps", "96", "--run-dir", str(run), *TINY]) == 0
+    checkpoints = run / "checkpoints"
+    latest = checkpoints / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:500])  # a disk fault: latest.pt cut short
+    (checkpoints / "step_000000000096.pt").write_bytes(b"junk")  # and the newest numbered one
+    resume = ["train", "--resume", "--run-dir", str(run), "--total-steps", "128"]
+    capsys.readouterr()
+    assert exit_code(resume) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "latest.pt is not a readable rims-rl checkpoint" in err
+    assert "newest readable checkpoint is" in err and "step_000000000064.pt (step 64)" in err
+    # Following the hint resumes from step 64.
+    latest.write_bytes((checkpoints / "step_000000000064.pt").read_bytes())
+    assert main(resume) == 0
+    assert load_checkpoint(latest)["global_step"] == 128
+    # With no readable numbered checkpoint the error is the plain one.
+    latest.write_bytes(b"junk")
+    for step in checkpoints.glob("step_*.pt"):
+        step.unlink()
+    assert exit_code(resume) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a readable rims-rl checkpoint" in err and "newest readable" not in err
+
+
 def test_runs_saved_before_the_communication_gate_load_and_resume_as_linear(tmp_path):
     """Checkpoints and configs written before ``comm_gate`` existed had the linear
     communication output: they rebuild with it, evaluate and resume."""
