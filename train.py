@@ -130,7 +130,7 @@ def run_record(args: argparse.Namespace) -> int:
 
     count = write_video(frames(), out, args.fps)
     returns = ", ".join(f"{v.episode_return:.3f}{' (cut)' if v.cut else ''}" for v in ends)
-    cut = f"; (cut): stopped at --max-steps {args.max_steps}" if any(v.cut for v in ends) else ""
+    cut = f"; (cut) = stopped by --max-steps {args.max_steps}" if any(v.cut for v in ends) else ""
     print(f"wrote {out}: {count} frames, {args.episodes} episode(s), returns {returns}{cut}")
     return 0
 
