@@ -17,6 +17,7 @@ from typing import Any
 
 from agents.flags import option, type_mismatch
 from envs.factory import check_env_id, env_family
+from envs.mission import missions_vary
 from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
 from policies.encoders import ENCODERS
 from policies.rims import CELLS
@@ -120,6 +121,12 @@ class TrainConfig:
         "RIMs read a set of positions, the CNN feature map or Minigrid's view cells "
         "(input attention picks where)",
     )
+    mission: bool | None = option(
+        None,
+        "Minigrid: the policy reads the mission text (embedded words, a convolution over each "
+        "three-word window); none: where the env's missions vary (Fetch, GoTo*, PutNear, "
+        "BabyAI; not DoorKey)",
+    )
     rims_bf16: bool = option(
         False,
         "RIMs compute their large state-independent matmuls (input projections, value-gate "
@@ -207,8 +214,19 @@ class TrainConfig:
             bf16_matmuls=self.rims_bf16,
         )
 
+    @property
+    def reads_mission(self) -> bool:
+        """Whether the policy reads Minigrid's mission (``mission``, or where it is None, whether
+        the env's missions vary)."""
+        if self.mission is not None:
+            return self.mission
+        return self.family == "minigrid" and missions_vary(self.env)
+
     def env_kwargs(self) -> dict[str, Any]:
-        """What the env factory needs beyond the id (Atari settings; nothing for others)."""
+        """What the env factory needs beyond the id (Atari settings; Minigrid's mission where
+        the policy reads it; nothing for others)."""
+        if self.family == "minigrid" and self.reads_mission:
+            return {"mission": True}
         if self.family != "atari":
             return {}
         return {
@@ -291,9 +309,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def resolve_config(given: dict[str, Any]) -> TrainConfig:
-    """Field defaults, then the env family's preset, then what the user gave."""
+    """Field defaults, then the env family's preset, then what the user gave; ``mission``
+    resolved, so that the saved config says whether the policy reads it."""
     env = given.get("env", TrainConfig.__dataclass_fields__["env"].default)
-    return TrainConfig(**{**PRESETS[env_family(env)], **given})
+    config = TrainConfig(**{**PRESETS[env_family(env)], **given})
+    return dataclasses.replace(config, mission=config.reads_mission)
 
 
 ATARI_ONLY = ("frame_stack", "sticky_actions", "full_action_space", "max_episode_frames",
@@ -383,6 +403,10 @@ def validate(c: TrainConfig) -> None:
     )
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
+    _check(
+        not c.mission or c.family == "minigrid",
+        f"--mission reads Minigrid's mission text; {c.env} has none",
+    )
     if c.family != "atari":  # an Atari flag given for another env would be silently ignored
         fields = TrainConfig.__dataclass_fields__
         for name in ATARI_ONLY:

@@ -119,11 +119,11 @@ def train_and_evaluate(
     else:
         final, sps = (curve[-1][1] if curve else 0.0), float("nan")
     saved = (run_dir / "checkpoints" / "latest.pt").exists()  # none if the first update failed
-    evaluated = (
-        evaluate(load_policy(run_dir).policy, env, episodes, seed=seed).mean_return
-        if saved
-        else float("nan")
-    )
+    evaluated = float("nan")
+    if saved:  # the run's env settings too (the mission's words, where the policy reads them)
+        loaded = load_policy(run_dir)
+        evaluated = evaluate(loaded.policy, env, episodes, seed=seed,
+                             env_kwargs=loaded.config.env_kwargs()).mean_return  # fmt: skip
     run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped)
     print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}"
           + (f"; stopped early: {stopped}" if stopped else ""), flush=True)  # fmt: skip

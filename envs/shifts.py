@@ -9,7 +9,8 @@ Minigrid
                        PutNear: ``numObjs``; Dynamic-Obstacles: ``n_obstacles``).
     ``colors=permute`` the agent sees every object colour consistently renamed by a fixed
                        derangement of Minigrid's six colours (red->green->blue->purple->yellow->
-                       grey->red); objects, states and rendering are unchanged.
+                       grey->red), in the view and in the mission's words where the policy reads
+                       them (``--mission``); objects, states and rendering are unchanged.
     ``noise=P``        each cell of the symbolic view is replaced, with probability P, by a random
                        valid (object, colour, state) triple; P=0 is the identity.
     ``view=N``         the agent's view is N x N (odd, >= 3); only a policy whose encoder accepts
@@ -38,6 +39,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+from envs.mission import COLOR_WORD_PERMUTATION
 
 
 class ShiftError(ValueError):
@@ -108,12 +111,16 @@ COLOR_PERMUTATION = np.roll(np.arange(len(COLOR_TO_IDX)), -1)  # colour c is see
 
 
 class PermuteColors(gym.ObservationWrapper):
-    """Rename every colour index in the symbolic view by ``COLOR_PERMUTATION``."""
+    """Rename every colour index in the symbolic view by ``COLOR_PERMUTATION``, and the colour
+    words of the mission (where the policy reads it) the same way."""
 
     def observation(self, observation: dict) -> dict:
         image = observation["image"].copy()
         image[..., 1] = COLOR_PERMUTATION[image[..., 1]]
-        return {**observation, "image": image}
+        renamed = {**observation, "image": image}
+        if "mission" in observation:
+            renamed["mission"] = COLOR_WORD_PERMUTATION[observation["mission"]]
+        return renamed
 
 
 class CellNoise(gym.ObservationWrapper):

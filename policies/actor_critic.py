@@ -25,8 +25,9 @@ CORES = ("rims", "lstm", "gru", "ff")
 
 
 # Fields that runs saved before the field existed lack, with the value those runs had (read by
-# PolicySpec.from_dict and TrainConfig.from_dict): the communication output was linear.
-SAVED_BEFORE_FIELD: dict[str, object] = {"comm_gate": False}
+# PolicySpec.from_dict and TrainConfig.from_dict): the communication output was linear, and
+# the policy did not read the mission.
+SAVED_BEFORE_FIELD: dict[str, object] = {"comm_gate": False, "mission": False}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class PolicySpec:
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
         names = {f.name for f in fields(cls)}
-        return cls(**{**SAVED_BEFORE_FIELD, **{k: v for k, v in data.items() if k in names}})
+        saved = {**SAVED_BEFORE_FIELD, **data}
+        return cls(**{k: v for k, v in saved.items() if k in names})
 
     def to_dict(self) -> dict:
         return asdict(self)

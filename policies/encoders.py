@@ -35,6 +35,10 @@ class MinigridEncoder(nn.Module):
     ``spatial``: those cell vectors as a set instead (RIMs' input attention picks which cells to
     read), each plus a learned embedding of its position and one of the agent's direction
     -> ``(T, B, H*W, feature_size)``.
+
+    ``mission`` (the number of word indices): the observation's ``mission`` words are read too
+    (``MissionEncoder``): its features join the linear layer's input, or, for a set, are
+    projected and added to every cell like the direction.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class MinigridEncoder(nn.Module):
         feature_size: int = 64,
         spatial: bool = False,
         cells: bool = False,
+        mission: int | None = None,
     ) -> None:
         super().__init__()
         height, width, channels = image_shape
@@ -71,14 +76,18 @@ class MinigridEncoder(nn.Module):
                 nn.Conv2d(32, 64, 2),
                 nn.ReLU(),
             )
+        self.mission = None if mission is None else MissionEncoder(mission)
         if spatial:
             self.num_elements = height * width
             self.position = nn.Parameter(torch.randn(height * width, feature_size) * 0.02)
             self.direction = nn.Parameter(torch.randn(4, feature_size) * 0.02)
+            if self.mission is not None:
+                self.mission_to_cells = nn.Linear(MissionEncoder.size, feature_size)
             return
         with torch.no_grad():
             flat = self.cnn(torch.zeros(1, self.num_codes, height, width)).flatten(1).shape[1]
-        self.linear = nn.Linear(flat + 4, feature_size)
+        mission_size = 0 if self.mission is None else MissionEncoder.size
+        self.linear = nn.Linear(flat + 4 + mission_size, feature_size)
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
         """image ``(T, B, H, W, 3)`` uint8, direction ``(T, B)`` -> ``(T, B, feature_size)``,
@@ -90,16 +99,57 @@ class MinigridEncoder(nn.Module):
         hot = image.new_zeros(*image.shape[:-1], self.num_codes, dtype=torch.float32)
         hot.scatter_(-1, image, 1.0)  # (T,B,H,W,3) codes -> (T,B,H,W,20)
         image = hot.flatten(0, 1).permute(0, 3, 1, 2)  # (T,B,H,W,20) -> (T*B, 20, H, W)
+        # (T,B,L) word indices -> (T*B, MissionEncoder.size)
+        mission = None if self.mission is None else self.mission(obs["mission"].flatten(0, 1))
         if self.spatial:
             maps = self.cnn(image)  # (T*B, F, H, W)
             elements = maps.flatten(2).transpose(1, 2)  # (T*B, F, H, W) -> (T*B, H*W, F)
             facing = self.direction[obs["direction"].long().flatten()]  # (T,B) -> (T*B, F)
             elements = elements + self.position + facing.unsqueeze(1)
+            if mission is not None:  # (T*B, F) -> (T*B, 1, F), added to every cell
+                elements = elements + self.mission_to_cells(mission).unsqueeze(1)
             return elements.view(T, B, self.num_elements, -1)  # -> (T, B, H*W, F)
         direction = F.one_hot(obs["direction"].long().flatten(), 4).float()  # (T,B) -> (T*B, 4)
         maps = self.cnn(image).flatten(1)  # (T*B, c, h, w) -> (T*B, flat)
-        features = torch.cat((maps, direction), dim=-1)  # (T*B, flat + 4)
+        parts = (maps, direction) if mission is None else (maps, direction, mission)
+        features = torch.cat(parts, dim=-1)  # (T*B, flat + 4 [+ MissionEncoder.size])
         return torch.relu(self.linear(features)).view(T, B, -1)  # (T*B, F) -> (T, B, F)
+
+
+class MissionEncoder(nn.Module):
+    """Mission word indices ``(N, max_words)`` in ``0..num_tokens-1`` (0 pads) -> features
+    ``(N, size)`` (``envs.mission``).
+
+    Each word is embedded; a convolution reads every window of three words, and each feature
+    is its maximum over the mission's windows (a text CNN, as Kim 2014). Where a phrase stands
+    does not matter ("get a blue key" and "you must fetch a blue key" share "a blue key"), the
+    order within it does ("the red ball next to the blue key" is not its converse), and it is
+    one convolution, not a GRU's step per word, so reading the mission at every step is cheap.
+    """
+
+    embedding_size = 32
+    size = 64
+    distinct_above = 64  # batches of more rows encode each distinct mission once
+
+    def __init__(self, num_tokens: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_tokens, self.embedding_size, padding_idx=0)
+        self.conv = nn.Conv1d(self.embedding_size, self.size, kernel_size=3, padding=1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        tokens = tokens.long()
+        if tokens.shape[0] <= self.distinct_above:
+            return self._encode(tokens)
+        # A training batch repeats a few missions (one per episode) hundreds of times: encode
+        # each distinct one once. (D distinct rows; acting batches are small and skip this.)
+        distinct, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # (D, L), (N,)
+        return self._encode(distinct)[inverse]  # (D, size) -> (N, size)
+
+    def _encode(self, tokens: Tensor) -> Tensor:
+        words = self.embedding(tokens).transpose(1, 2)  # (N, L) -> (N, L, E) -> (N, E, L)
+        windows = torch.relu(self.conv(words))  # (N, E, L) -> (N, size, L), one per word
+        present = (tokens != 0).unsqueeze(1)  # (N, L) -> (N, 1, L): padding reads as 0
+        return (windows * present).amax(dim=-1)  # (N, size, L) -> (N, size)
 
 
 class MLPEncoder(nn.Module):
@@ -227,7 +277,7 @@ def make_encoder(
     if kind not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
     keys = set(observation_space.spaces)
-    if keys == {"image", "direction"}:
+    if keys in ({"image", "direction"}, {"image", "direction", "mission"}):
         found = "minigrid"
     elif keys == {"obs"} and isinstance(observation_space["obs"], spaces.Box):
         found = "mlp"
@@ -244,8 +294,12 @@ def make_encoder(
             "a spatial (set) input needs an image observation (CNN encoder) or Minigrid's view"
         )
     if kind in ("minigrid", "minigrid-cells"):
-        cells = kind == "minigrid-cells"
-        return MinigridEncoder(observation_space["image"].shape, feature_size, spatial, cells)
+        cells, mission = kind == "minigrid-cells", None
+        if "mission" in keys:  # (max_words,) word indices in 0..num_tokens-1
+            mission = int(observation_space["mission"].high.max()) + 1
+        return MinigridEncoder(
+            observation_space["image"].shape, feature_size, spatial, cells, mission
+        )
     if kind == "mlp":
         return MLPEncoder(observation_space["obs"].shape, feature_size)
     cnn = NatureCNN if kind == "nature" else ImpalaCNN

@@ -27,7 +27,7 @@ def collect(
         hidden_size=8, num_units=4, k=2, feature_size=16, input_key_size=8, **overrides,
     )  # fmt: skip
     torch.manual_seed(0)
-    envs = make_vector_env(env, config.num_envs)
+    envs = make_vector_env(env, config.num_envs, env_kwargs=config.env_kwargs())
     policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
     device = torch.device("cpu")
     storage = RolloutStorage(
