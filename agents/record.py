@@ -8,6 +8,7 @@ attention on the null) and a mechanisms x time history of the last steps.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from envs.factory import make_env
 PANEL_WIDTH = 240
 MIN_HEIGHT = 320
 HISTORY = 48  # steps shown in the activation history
+MISSION_CHARS, MISSION_LINES = 36, 3  # how the mission is wrapped at the panel's bottom
 ACTIVE = (255, 170, 40)
 INACTIVE = (60, 60, 70)
 BACKGROUND = (20, 20, 28)
@@ -45,6 +47,7 @@ class StepView:
     mask: np.ndarray | None = None  # (U,) bool
     input_attention: np.ndarray | None = None  # (U,) float, 1 - null attention
     position_attention: np.ndarray | None = None  # (U, N) over a set of N = side^2 positions
+    mission: str | None = None  # Minigrid's mission text
     final: bool = False  # the episode's last frame: no action is taken from it
     cut: bool = False  # ... because the episode reached the step limit, not its end
 
@@ -70,13 +73,18 @@ def strip_geometry(height: int, units: int) -> tuple[int, int]:
 
 
 def draw_panel(height: int, view: StepView, history: Sequence[np.ndarray]) -> np.ndarray:
-    """A ``(height, PANEL_WIDTH, 3)`` panel for one step; ``history``: recent ``(U,)`` masks."""
+    """A ``(height, PANEL_WIDTH, 3)`` panel for one step; ``history``: recent ``(U,)`` masks.
+    A mission is written at the bottom, wrapped to at most ``MISSION_LINES`` lines."""
     panel = Image.new("RGB", (PANEL_WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(panel)
     font = ImageFont.load_default()
     draw.text((8, 6), f"episode {view.episode}  step {view.step}", fill=TEXT, font=font)
     draw.text((8, 20), f"action {view.action}", fill=TEXT, font=font)
     draw.text((8, 34), f"return {view.episode_return:.3f}", fill=TEXT, font=font)
+    lines = textwrap.wrap(view.mission or "", MISSION_CHARS)[:MISSION_LINES]
+    for i, line in enumerate(lines):
+        draw.text((8, height - 14 * (len(lines) - i) - 2), line, fill=TEXT, font=font)
+    height -= 14 * len(lines) + 4 if lines else 0  # the strips and history stay above it
     if view.mask is not None:
         units = len(view.mask)
         top, row = strip_geometry(height, units)
@@ -172,12 +180,14 @@ def play_episodes(
             start = torch.ones(1, dtype=torch.bool, device=device)
             total, step, done = 0.0, 0, False
             mask = attention = positions = None
+            mission = getattr(env.unwrapped, "mission", None)  # Minigrid's; fixed per episode
             while True:
                 frame = upscale(env.render())
                 cut = not done and max_steps is not None and step >= max_steps
                 if done or cut:  # the last frame: no action is taken from it
                     view = StepView(step, episode + 1, "- (step limit)" if cut else "-", total,
-                                    mask, attention, positions, final=True, cut=cut)  # fmt: skip
+                                    mask, attention, positions, mission, final=True,
+                                    cut=cut)  # fmt: skip
                     yield compose(frame, draw_panel(frame.shape[0], view, history)), view
                     break
                 with torch.no_grad():
@@ -193,7 +203,7 @@ def play_episodes(
                 if act.info.input_attention is not None:
                     positions = act.info.input_attention[0, 0].cpu().numpy()  # (1,1,U,N) -> (U,N)
                 view = StepView(step, episode + 1, action_name(env, action), total, mask,
-                                attention, positions)  # fmt: skip
+                                attention, positions, mission)  # fmt: skip
                 yield compose(frame, draw_panel(frame.shape[0], view, history)), view
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)

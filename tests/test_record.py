@@ -9,7 +9,15 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.checkpoint import load_policy
-from agents.record import ACTIVE, INACTIVE, PANEL_WIDTH, record_episodes, strip_geometry
+from agents.record import (
+    ACTIVE,
+    INACTIVE,
+    PANEL_WIDTH,
+    StepView,
+    draw_panel,
+    record_episodes,
+    strip_geometry,
+)
 from envs.memory import ENV_ID
 from tests.test_cli import TINY, exit_code
 from train import main
@@ -61,6 +69,15 @@ def test_max_steps_cuts_each_episode_and_says_so(runs, tmp_path, capsys):
     assert main([*argv, "--max-steps", "6"]) == 0
     text = capsys.readouterr().out
     assert "14 frames" in text and "(cut)" not in text
+
+
+def test_the_panel_writes_the_mission_at_its_bottom():
+    view = StepView(0, 1, "forward", 0.0, mission="put the red ball next to the blue key")
+    plain = draw_panel(320, StepView(0, 1, "forward", 0.0), [])
+    written = draw_panel(320, view, [])
+    # Text is light grey on the dark panel (anti-aliased: no pixel need be exactly TEXT).
+    assert (written[-40:] > 150).all(-1).any() and not (plain[-40:] > 150).all(-1).any()
+    assert np.array_equal(written[:50], plain[:50])  # the header is where it was
 
 
 def test_rims_panel_matches_the_mask_and_recording_is_deterministic(runs):
