@@ -105,7 +105,7 @@ def run_record(args: argparse.Namespace) -> int:
     from contextlib import closing
 
     from agents.checkpoint import load_policy
-    from agents.record import SUFFIXES, play_episodes, write_video
+    from agents.record import SUFFIXES, Playback, play_episodes, write_video
     from agents.report import check_compatible
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
@@ -120,8 +120,8 @@ def run_record(args: argparse.Namespace) -> int:
     ends = []  # each episode's last view: its return, and whether --max-steps cut it
 
     def frames():  # streamed into the writer: a long episode is never held whole
-        played = play_episodes(loaded, env_id, shifts, args.episodes, args.seed, args.greedy,
-                               args.max_steps)  # fmt: skip
+        playback = Playback(env_id, shifts, args.episodes, args.seed, args.greedy, args.max_steps)
+        played = play_episodes(loaded, playback)
         with closing(played):  # the env closes even if writing fails
             for frame, view in played:
                 if view.final:

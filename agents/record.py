@@ -153,19 +153,30 @@ def action_name(env, action: int) -> str:
         return str(action)
 
 
+@dataclass(frozen=True)
+class Playback:
+    """What to play: the env and its shifts, how many episodes from which seed (episode i
+    resets with seed + i; actions are sampled from it too), greedy actions or sampled, and a
+    limit of actions per episode (None: play each to its end)."""
+
+    env_id: str
+    shifts: Sequence[tuple[str, str]] = ()
+    episodes: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    max_steps: int | None = None
+
+
 def play_episodes(
-    loaded: LoadedPolicy,
-    env_id: str,
-    shifts: Sequence[tuple[str, str]],
-    episodes: int,
-    seed: int,
-    deterministic: bool = False,
-    max_steps: int | None = None,
+    loaded: LoadedPolicy, playback: Playback
 ) -> Iterator[tuple[np.ndarray, StepView]]:
-    """Play ``episodes`` episodes (one env) and yield every frame ``(H, W, 3)`` with its view,
-    one at a time, so that a long episode is written as it plays rather than held in memory.
-    An episode ends with a frame from which no action is taken (``view.final``); ``max_steps``
+    """Play ``playback`` (one env) and yield every frame ``(H, W, 3)`` with its view, one at a
+    time, so that a long episode is written as it plays rather than held in memory. An episode
+    ends with a frame from which no action is taken (``view.final``); ``playback.max_steps``
     cuts each episode after that many actions (``view.cut``)."""
+    env_id, shifts, seed, max_steps = (
+        playback.env_id, playback.shifts, playback.seed, playback.max_steps
+    )  # fmt: skip
     policy = loaded.policy
     device = next(policy.parameters()).device
     env = make_env(env_id, render_mode="rgb_array", shifts=shifts,
@@ -174,7 +185,7 @@ def play_episodes(
     torch.manual_seed(seed)
     history: list[np.ndarray] = []
     try:
-        for episode in range(episodes):
+        for episode in range(playback.episodes):
             obs, _ = env.reset(seed=seed + episode)
             state = policy.initial_state(1, device)
             start = torch.ones(1, dtype=torch.bool, device=device)
@@ -192,7 +203,7 @@ def play_episodes(
                     break
                 with torch.no_grad():
                     batch = {k: v[None] for k, v in obs_to_tensors(obs, device).items()}  # (1,...)
-                    act = policy.act(batch, state, start, deterministic=deterministic)
+                    act = policy.act(batch, state, start, deterministic=playback.deterministic)
                 state, start = act.state, torch.zeros_like(start)
                 action = int(act.actions[0])
                 if act.info.mask is not None:
@@ -214,19 +225,10 @@ def play_episodes(
         torch.set_rng_state(rng_state)
 
 
-def record_episodes(
-    loaded: LoadedPolicy,
-    env_id: str,
-    shifts: Sequence[tuple[str, str]],
-    episodes: int,
-    seed: int,
-    deterministic: bool = False,
-    max_steps: int | None = None,
-) -> Recording:
+def record_episodes(loaded: LoadedPolicy, playback: Playback) -> Recording:
     """``play_episodes`` held in memory: every frame, its view and each episode's return."""
     rec = Recording()
-    with closing(play_episodes(loaded, env_id, shifts, episodes, seed, deterministic,
-                               max_steps)) as frames:  # fmt: skip
+    with closing(play_episodes(loaded, playback)) as frames:
         for frame, view in frames:
             rec.frames.append(frame)
             rec.views.append(view)

@@ -13,6 +13,7 @@ from agents.record import (
     ACTIVE,
     INACTIVE,
     PANEL_WIDTH,
+    Playback,
     StepView,
     draw_panel,
     record_episodes,
@@ -61,10 +62,9 @@ def test_max_steps_cuts_each_episode_and_says_so(runs, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "8 frames" in text and text.count("(cut)") == 3 and "--max-steps 3" in text
     assert iio.imread(out, index=None).shape[0] == 8  # 3 actions and the last frame, twice
-    rec = record_episodes(load_policy(runs["rims1"]), ENV_ID, (), episodes=2, seed=0,
-                          max_steps=3)  # fmt: skip
-    assert [v.step for v in rec.views if v.final] == [3, 3] and all(v.cut for v in rec.views
-                                                                    if v.final)  # fmt: skip
+    playback = Playback(ENV_ID, episodes=2, max_steps=3)
+    ends = [v for v in record_episodes(load_policy(runs["rims1"]), playback).views if v.final]
+    assert [v.step for v in ends] == [3, 3] and all(v.cut for v in ends)
     # A limit the episodes never reach (6 steps) cuts nothing.
     assert main([*argv, "--max-steps", "6"]) == 0
     text = capsys.readouterr().out
@@ -82,8 +82,8 @@ def test_the_panel_writes_the_mission_at_its_bottom():
 
 def test_rims_panel_matches_the_mask_and_recording_is_deterministic(runs):
     loaded = load_policy(runs["rims1"])
-    rec = record_episodes(loaded, ENV_ID, (), episodes=2, seed=4)
-    again = record_episodes(loaded, ENV_ID, (), episodes=2, seed=4)
+    rec = record_episodes(loaded, Playback(ENV_ID, episodes=2, seed=4))
+    again = record_episodes(loaded, Playback(ENV_ID, episodes=2, seed=4))
     assert all(np.array_equal(a, b) for a, b in zip(rec.frames, again.frames))
     assert rec.returns == again.returns
     k, units = loaded.policy.core.k, loaded.policy.core.num_units
@@ -94,7 +94,7 @@ def test_rims_panel_matches_the_mask_and_recording_is_deterministic(runs):
         for u in range(units):
             pixel = tuple(frame[top + u * row + 1, panel_x])
             assert pixel == (ACTIVE if view.mask[u] else INACTIVE), (u, pixel)
-    other = record_episodes(loaded, ENV_ID, (), episodes=2, seed=5)
+    other = record_episodes(loaded, Playback(ENV_ID, episodes=2, seed=5))
     assert not all(np.array_equal(a, b) for a, b in zip(rec.frames, other.frames))
 
 
@@ -170,7 +170,7 @@ def assert_attention_maps_shown(run, env_id: str, units: int = 3, side: int = 7)
     acc.Reload()
     image = acc.Images("rims/input_attention")[0]  # the RIMs' maps side by side, x8
     assert (image.height, image.width) == (side * 8, units * (side + 1) * 8)
-    rec = record_episodes(load_policy(run), env_id, (), episodes=1, seed=0)
+    rec = record_episodes(load_policy(run), Playback(env_id))
     view = rec.views[0]
     assert view.position_attention.shape == (units, side * side)
     np.testing.assert_allclose(
