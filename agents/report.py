@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +84,33 @@ def compatible_rows(runs: Sequence[LoadedPolicy], rows: Sequence[SuiteRow]) -> l
     return kept
 
 
+def distinct_labels(runs: Sequence[LoadedPolicy]) -> list[str]:
+    """Each run's label (its run directory's name), lengthened by parent folders where runs
+    share one (``a/rims_s1`` and ``b/rims_s1``), so that each gets its own column; a run given
+    twice is numbered."""
+
+    def label_at(run: LoadedPolicy, depth: int) -> str:  # the label with ``depth`` parents
+        base = run.path.parent.parent if run.path.parent.name == "checkpoints" else run.path
+        return "/".join((*base.parent.parts[len(base.parent.parts) - depth :], run.label))
+
+    distinct = list({run.path.resolve(): run for run in runs}.values())  # each file once
+    labels = [run.label for run in distinct]
+    for depth in range(1, 1 + max(len(run.path.parts) for run in distinct)):
+        counts = Counter(labels)
+        if len(counts) == len(labels):
+            break
+        labels = [label_at(r, depth) if counts[lab] > 1 else lab
+                  for r, lab in zip(distinct, labels)]  # fmt: skip
+    by_path = {run.path.resolve(): label for run, label in zip(distinct, labels)}
+    seen: Counter[str] = Counter()
+    numbered = []
+    for run in runs:
+        label = by_path[run.path.resolve()]
+        seen[label] += 1
+        numbered.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return numbered
+
+
 def evaluate_runs(
     runs: Sequence[LoadedPolicy],
     rows: Sequence[SuiteRow],
@@ -97,17 +125,18 @@ def evaluate_runs(
         for row in rows:
             check_compatible(run, row)
     results = []
+    labels = distinct_labels(runs)
     for row in rows:
-        for run in runs:
+        for run, label in zip(runs, labels):
             r = evaluate(run.policy, row.env, episodes, seed=seed, num_envs=num_envs,
                          deterministic=deterministic, shifts=row.shifts,
                          env_kwargs=env_kwargs_for(run, row.env))  # fmt: skip
             results.append(
-                EvalRow(run.label, str(run.path), run.config.core, row.env, row.label,
+                EvalRow(label, str(run.path), run.config.core, row.env, row.label,
                         r.episodes, r.mean_return, r.ci95, r.success_rate, r.mean_length)
             )  # fmt: skip
             if progress:
-                print(f"  {run.label} | {row.env} {row.label}: {r.mean_return:.3f}", flush=True)
+                print(f"  {label} | {row.env} {row.label}: {r.mean_return:.3f}", flush=True)
     return results
 
 

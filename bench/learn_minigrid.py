@@ -13,6 +13,8 @@ thread (results are the same learning process, rounded differently).
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --total-steps 300000
     python bench/learn_minigrid.py --cores rims lstm --seeds $(seq 13 28) --jobs 2
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --set k=5 --set ent_coef=0.01
+    python bench/learn_minigrid.py --env MiniGrid-Fetch-5x5-N2-v0 --cores rims --seeds 1 2 \
+        --total-steps 800000 --jobs 2 --set mission=false    # the mission unread
 """
 
 from __future__ import annotations

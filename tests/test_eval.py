@@ -85,6 +85,24 @@ def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys)
     assert json.loads((out / "again.json").read_text()) == rows
 
 
+def test_runs_with_the_same_folder_name_get_columns_of_their_own(tmp_path, capsys):
+    # Two seeds' sweeps both hold "rims_s1": each must keep its own column (they used to merge).
+    for sweep, core in (("a", "rims"), ("b", "lstm")):
+        run = tmp_path / sweep / "rims_s1"
+        assert main(["train", "--core", core, "--total-steps", "32", "--run-dir", str(run),
+                     *TINY]) == 0  # fmt: skip
+    a, b = tmp_path / "a" / "rims_s1", tmp_path / "b" / "rims_s1"
+    out = tmp_path / "r.json"
+    assert main(["eval", str(a), str(b), str(a), "--episodes", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["run"], r["core"]) for r in rows] == [
+        ("a/rims_s1", "rims"),
+        ("b/rims_s1", "lstm"),
+        ("a/rims_s1 (2)", "rims"),
+    ]
+    assert "a/rims_s1" in capsys.readouterr().out
+
+
 def test_one_episode_has_no_confidence_interval(two_runs, tmp_path, capsys):
     # One episode says nothing about the spread: "n/a" and null, never a confident ± 0.000.
     files = ["--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"), "--plot",
