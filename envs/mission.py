@@ -6,7 +6,8 @@ cannot read it can only guess the goal. The vocabulary is fixed here, so a check
 vocabulary of its own and an index never changes meaning. It holds every word of the missions of
 all Minigrid and BabyAI ids registered by minigrid 3.0 (53 words, sampled over their resets;
 the longest mission had 37 words). Index 0 pads, 1 is a word outside the vocabulary; words are
-appended, never reordered.
+appended, never reordered, and the index space (``NUM_TOKENS``) is larger than needed, so that
+appending one keeps the shape of a saved policy's embedding.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ VOCABULARY = (
 )  # fmt: skip
 """The known words; word ``VOCABULARY[i]`` has index ``i + 2``."""
 INDEX = {word: i + 2 for i, word in enumerate(VOCABULARY)}
-NUM_TOKENS = len(VOCABULARY) + 2
+NUM_TOKENS = 128
+"""Word indices a policy embeds: the padding, the unknown word, the vocabulary and room for 73
+more words (a new word must not change the embedding's shape, or old checkpoints would not
+load)."""
 MAX_WORDS = 40
 """Words kept of a mission (the rest are cut): above the longest sampled, 37."""
 

@@ -45,6 +45,7 @@ def test_tokenize_pads_marks_unknown_words_and_cuts_long_missions():
     long = tokenize(" ".join(["red"] * (MAX_WORDS + 5)))
     assert (long == INDEX["red"]).all()
     assert len(set(VOCABULARY)) == len(VOCABULARY)  # one index per word
+    assert max(INDEX.values()) < NUM_TOKENS  # every index fits the policy's embedding
 
 
 def test_the_vocabulary_covers_every_registered_minigrid_mission():
