@@ -62,17 +62,15 @@ def tokenize(text: str) -> np.ndarray:
     return np.array(_indices(text), dtype=np.int64)
 
 
-def _color_word_permutation() -> np.ndarray:
-    """``(NUM_TOKENS,)``: each index mapped to itself, except a colour word, which becomes the
-    word of the colour ``envs.shifts.COLOR_PERMUTATION`` shows it as (c -> c + 1 mod 6)."""
+def color_word_permutation(color_permutation: np.ndarray) -> np.ndarray:
+    """``(NUM_TOKENS,)``: each word index mapped to itself, except a colour word, which becomes
+    the word of the colour that ``color_permutation`` (colour index c -> shown colour index)
+    shows it as."""
     names = sorted(COLOR_TO_IDX, key=COLOR_TO_IDX.get)  # in index order: red, green, ...
     table = np.arange(NUM_TOKENS)
     for c, name in enumerate(names):
-        table[INDEX[name]] = INDEX[names[(c + 1) % len(names)]]
+        table[INDEX[name]] = INDEX[names[color_permutation[c]]]
     return table
-
-
-COLOR_WORD_PERMUTATION = _color_word_permutation()
 
 
 @functools.cache

@@ -40,7 +40,7 @@ import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
-from envs.mission import COLOR_WORD_PERMUTATION
+from envs.mission import color_word_permutation
 
 
 class ShiftError(ValueError):
@@ -108,6 +108,7 @@ def _constructor_args(env_id: str) -> set[str]:
 
 
 COLOR_PERMUTATION = np.roll(np.arange(len(COLOR_TO_IDX)), -1)  # colour c is seen as c + 1 mod 6
+COLOR_WORD_PERMUTATION = color_word_permutation(COLOR_PERMUTATION)  # the mission's words alike
 
 
 class PermuteColors(gym.ObservationWrapper):

@@ -15,7 +15,6 @@ from agents.config import resolve_config
 from agents.sampler import sequence_minibatches
 from envs.factory import make_env
 from envs.mission import (
-    COLOR_WORD_PERMUTATION,
     INDEX,
     MAX_WORDS,
     NUM_TOKENS,
@@ -26,7 +25,7 @@ from envs.mission import (
     tokenize,
     words,
 )
-from envs.shifts import COLOR_PERMUTATION
+from envs.shifts import COLOR_PERMUTATION, COLOR_WORD_PERMUTATION
 from policies.actor_critic import ActorCritic, PolicySpec
 from policies.encoders import MissionEncoder
 from tests.test_agent import collect
