@@ -9,10 +9,11 @@ attention on the null) and a mechanisms x time history of the last steps.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from agents.atomic import atomic_output
 from agents.checkpoint import LoadedPolicy
 from agents.report import env_kwargs_for
 from agents.storage import obs_to_tensors
-from envs.factory import make_env
+from envs.factory import env_failure, make_env, probe_resets
 
 PANEL_WIDTH = 240
 MIN_HEIGHT = 320
@@ -179,14 +180,15 @@ def play_episodes(
     )  # fmt: skip
     policy = loaded.policy
     device = next(policy.parameters()).device
-    env = make_env(env_id, render_mode="rgb_array", shifts=shifts,
-                   **env_kwargs_for(loaded, env_id))  # fmt: skip
+    env_kwargs = env_kwargs_for(loaded, env_id)
+    probe_resets(env_id, shifts, env_kwargs)  # one line, not a traceback, if it cannot reset
+    env = make_env(env_id, render_mode="rgb_array", shifts=shifts, **env_kwargs)
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
     history: list[np.ndarray] = []
     try:
         for episode in range(playback.episodes):
-            obs, _ = env.reset(seed=seed + episode)
+            obs, _ = _env_call(env.reset, env, playback, seed=seed + episode)
             state = policy.initial_state(1, device)
             start = torch.ones(1, dtype=torch.bool, device=device)
             total, step, done = 0.0, 0, False
@@ -216,13 +218,24 @@ def play_episodes(
                 view = StepView(step, episode + 1, action_name(env, action), total, mask,
                                 attention, positions, mission)  # fmt: skip
                 yield compose(frame, draw_panel(frame.shape[0], view, history)), view
-                obs, reward, terminated, truncated, _ = env.step(action)
+                obs, reward, terminated, truncated, _ = _env_call(env.step, env, playback, action)
                 total += float(reward)
                 step += 1
                 done = terminated or truncated
     finally:
         env.close()
         torch.set_rng_state(rng_state)
+
+
+def _env_call(
+    call: Callable[..., Any], env: Any, playback: Playback, *args: Any, **kwargs: Any
+) -> Any:
+    """``call(*args, **kwargs)``, a reset or step of the recorded env, with an exception raised
+    inside the env's code turned into one ``EnvError`` line."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as err:
+        raise env_failure(playback.env_id, playback.shifts, "during recording", err, env) from err
 
 
 def record_episodes(loaded: LoadedPolicy, playback: Playback) -> Recording:

@@ -36,7 +36,7 @@ from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
-from envs.factory import make_env, make_vector_env
+from envs.factory import make_env, make_vector_env, probe_resets
 from policies import triton_steps
 from policies.actor_critic import ActorCritic
 from policies.compiled import error_summary
@@ -123,6 +123,7 @@ def check_policy_fits(config: TrainConfig) -> None:
     """Raise ``ConfigError`` if the policy the config asks for cannot read the env's
     observations (e.g. ``--encoder nature`` on Minigrid's symbolic view, ``--rims-spatial`` on
     a flat vector). Builds one env and one policy on the CPU, so it draws from the global RNGs."""
+    probe_resets(config.env, env_kwargs=config.env_kwargs())  # EnvError if it cannot reset
     env = make_env(config.env, **config.env_kwargs())
     try:
         build_policy(config, env.observation_space, env.action_space)

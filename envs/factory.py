@@ -23,7 +23,8 @@ from gymnasium.wrappers.vector import RecordEpisodeStatistics
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
 from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
-from envs.shifts import ShiftError, shift_effect
+from envs.probe import TimeLimitReached, failure_summary, time_limit
+from envs.shifts import ShiftError, shift_effect, shift_label
 from envs.watched import vector_env
 
 
@@ -31,7 +32,11 @@ class EnvError(ValueError):
     """An env that cannot be built as asked (unknown id, unsupported spaces); one-line message."""
 
 
-__all__ = ["EnvError", "ShiftError", "make_env", "make_vector_env"]
+__all__ = ["EnvError", "ShiftError", "make_env", "make_vector_env", "probe_resets"]
+
+PROBE_SEEDS = (0, 1, 2, 3)  # the seeds ``probe_resets`` resets with unless told others
+PROBE_SECONDS = 10.0  # how long one probing reset may take
+_PROBED: set[tuple] = set()  # the probes passed in this process
 
 
 def env_family(env_id: str) -> str:
@@ -112,7 +117,7 @@ def make_vector_env(
     ``timeout``: async only, seconds a worker may take per step or reset (None: no limit)."""
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
-    make_env(env_id, shifts=shifts, **kwargs).close()  # fail here, not inside a worker
+    probe_resets(env_id, shifts, kwargs)  # fail here in one line, not inside a worker
     if env_family(env_id) == "atari":
         effect = shift_effect(env_id, "atari", shifts)
         settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
@@ -129,6 +134,71 @@ def make_vector_env(
 
     fns: list[Callable[[], gym.Env]] = [make_in_worker if asynchronous else make_one] * num_envs
     return RecordEpisodeStatistics(vector_env(fns, asynchronous, timeout))
+
+
+def env_label(env_id: str, shifts: Shifts = ()) -> str:
+    """``"MiniGrid-DoorKey-5x5-v0 with size=8"`` (the id alone without shifts)."""
+    return f"{env_id} with {shift_label(shifts)}" if shifts else env_id
+
+
+def probe_resets(
+    env_id: str,
+    shifts: Shifts = (),
+    env_kwargs: dict[str, Any] | None = None,
+    seeds: Sequence[int] = PROBE_SEEDS,
+    seconds: float = PROBE_SECONDS,
+) -> None:
+    """``EnvError`` in one line unless a fresh ``env_id`` (with ``shifts`` and ``env_kwargs``)
+    builds and resets with each of ``seeds``, each reset within ``seconds``: Minigrid makes its
+    levels at reset, where a setting its generator cannot honour fails or loops forever
+    (``envs.probe``). Atari envs are only built (their settings fail there). A probe that
+    passed is not repeated in the same process."""
+    kwargs = dict(env_kwargs or {})
+    key = (env_id, tuple(shifts), repr(sorted(kwargs.items())), tuple(seeds))
+    if key in _PROBED:
+        return
+    env = make_env(env_id, shifts=shifts, **kwargs)
+    try:
+        if env_family(env_id) != "atari":
+            for seed in seeds:
+                try:
+                    with time_limit(seconds):
+                        env.reset(seed=seed)
+                except TimeLimitReached:
+                    raise EnvError(
+                        f"{env_label(env_id, shifts)} did not finish a reset within {seconds:g} s "
+                        f"(seed {seed}); its level generator may be looking for room or objects "
+                        "that these settings do not allow"
+                    ) from None
+                except Exception as err:
+                    raise env_failure(
+                        env_id, shifts, f"at a reset with seed {seed}", err, env
+                    ) from None
+    finally:
+        env.close()
+    _PROBED.add(key)
+
+
+def env_failure(
+    env_id: str, shifts: Shifts, what: str, err: BaseException, env: Any = None
+) -> EnvError:
+    """The one-line ``EnvError`` for an exception ``err`` that the env (or vector env) ``env``
+    raised ``what`` (e.g. ``"during evaluation"``); the place named is in the env's own module
+    where the traceback passes through it."""
+    summary = failure_summary(err, None if env is None else _env_module(env))
+    return EnvError(f"{env_label(env_id, shifts)} failed {what}: {summary}")
+
+
+def _env_module(env: Any) -> str | None:
+    """The module of the env class under ``env``'s wrappers (of a ``SyncVectorEnv``'s first
+    env; None for envs in other processes)."""
+    base = getattr(env, "unwrapped", env)
+    if isinstance(base, VectorEnv):
+        inner = getattr(base, "envs", None)
+        if not inner:
+            return None
+        base = inner[0].unwrapped
+    return type(base).__module__
 
 
 def atari_settings(env_id: str, kwargs: dict[str, Any]) -> AtariSettings:

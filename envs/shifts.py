@@ -5,8 +5,10 @@ Each shift is an env constructor argument or a Gymnasium wrapper, and changes on
 Minigrid
     ``size=N``         the same task family on an N x N grid (``max_steps`` follows the env's own
                        rule, e.g. 10 x N^2 for DoorKey); the observation is still the agent's view.
-    ``distractors=N``  N distractor objects, for the families that have them (Fetch, GoToObject,
-                       PutNear: ``numObjs``; Dynamic-Obstacles: ``n_obstacles``).
+    ``distractors=N``  N objects, the goal's among them (Fetch, GoToObject, PutNear:
+                       ``numObjs``), or N obstacles (Dynamic-Obstacles: ``n_obstacles``). A count
+                       the level generator cannot place fails at reset, where
+                       ``envs.factory.probe_resets`` reports it (as an even size for Memory).
     ``colors=permute`` the agent sees every object colour consistently renamed by a fixed
                        derangement of Minigrid's six colours (red->green->blue->purple->yellow->
                        grey->red), in the view and in the mission's words where the policy reads
@@ -236,7 +238,9 @@ SHIFTS: dict[str, ShiftKind] = {
     kind.key: kind
     for kind in (
         ShiftKind("size", ("minigrid",), "grid size N x N", _apply_size),
-        ShiftKind("distractors", ("minigrid",), "number of distractors", _apply_distractors),
+        ShiftKind(
+            "distractors", ("minigrid",), "number of objects or obstacles", _apply_distractors
+        ),
         ShiftKind("colors", ("minigrid",), "'permute': rename object colours", _apply_colors),
         ShiftKind(
             "noise",

@@ -27,8 +27,8 @@ class NaNRewardEnv(CueMemoryEnv):
 class CrashEnv(CueMemoryEnv):
     """The cue task, whose ``step`` raises after ``after`` steps."""
 
-    def __init__(self, after: int = 40) -> None:
-        super().__init__(delay=2)
+    def __init__(self, after: int = 40, render_mode: str | None = None) -> None:
+        super().__init__(delay=2, render_mode=render_mode)
         self.after, self.steps = after, 0
 
     def step(self, action):
@@ -58,7 +58,40 @@ class HangEnv(CrashEnv):
         return CueMemoryEnv.step(self, action)
 
 
+class NoLevelEnv(CueMemoryEnv):
+    """The cue task, whose level generator fails at every reset (a layout it cannot make)."""
+
+    def reset(self, *, seed=None, options=None):
+        assert self.delay < 0  # a bare assert, as Minigrid's generators have
+        return super().reset(seed=seed, options=options)
+
+
+class EndlessResetEnv(CueMemoryEnv):
+    """The cue task, whose reset searches forever (rejection sampling with no room left)."""
+
+    def reset(self, *, seed=None, options=None):
+        while self.delay >= 0:
+            pass
+        return super().reset(seed=seed, options=options)
+
+
+class LateNoLevelEnv(CueMemoryEnv):
+    """The cue task, whose level generator fails on every reset without a seed: the first
+    episode of each env runs, the next (an autoreset) cannot be made."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=2)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None:
+            raise ValueError("low >= high")
+        return super().reset(seed=seed, options=options)
+
+
 for name, cls in (
+    ("NoLevel", NoLevelEnv),
+    ("EndlessReset", EndlessResetEnv),
+    ("LateNoLevel", LateNoLevelEnv),
     ("NaNReward", NaNRewardEnv),
     ("Crash", CrashEnv),
     ("Die", DieEnv),
