@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agents.checkpoint import LoadedPolicy
 from agents.evaluate import evaluate
-from envs.factory import EnvError, env_family, make_env
+from envs.factory import EnvError, env_family, make_env, probe_resets
 from envs.suites import SuiteRow
 
 FIELDS = (
@@ -42,7 +42,9 @@ def env_kwargs_for(loaded: LoadedPolicy, env_id: str) -> dict:
 
 
 def check_compatible(loaded: LoadedPolicy, row: SuiteRow) -> None:
-    """``EnvError`` unless ``row``'s env gives the observations and actions the policy takes."""
+    """``EnvError`` unless ``row``'s env makes its levels (``probe_resets``) and gives the
+    observations and actions the policy takes."""
+    probe_resets(row.env, row.shifts, env_kwargs_for(loaded, row.env))
     env = make_env(row.env, shifts=row.shifts, **env_kwargs_for(loaded, row.env))
     try:
         want, got = loaded.observation_space, env.observation_space

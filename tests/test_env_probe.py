@@ -6,6 +6,7 @@ the Memory envs, no objects for Fetch, one object for PutNear) fails or loops on
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -49,6 +50,16 @@ def test_a_size_the_memory_generator_refuses_is_one_line(runs, capsys):
     assert f"{MEMORY} with size=8 failed at a reset" in line
     assert "minigrid/envs/memory.py" in line and "assert height % 2 == 1" in line
     assert exit_code([*argv, "--shift", "size=9"]) == 0
+
+
+def test_a_suite_row_that_cannot_reset_stops_eval_before_any_row_runs(runs, tmp_path, capsys):
+    rows = [{"env": "MiniGrid-DoorKey-5x5-v0"}, {"env": MEMORY, "shifts": ["size=12"]}]
+    (tmp_path / "suite.json").write_text(json.dumps({"mixed": {"rows": rows}}))
+    argv = ["eval", str(runs["minigrid"]), "--suite", str(tmp_path / "suite.json")]
+    assert exit_code([*argv, "--episodes", "2"]) == 2
+    out = capsys.readouterr()
+    assert "size=12 failed at a reset" in out.err
+    assert "minigrid | MiniGrid-DoorKey-5x5-v0" not in out.out  # nor was the first row
 
 
 def test_fetch_without_objects_names_the_line_in_its_generator(runs, capsys):
