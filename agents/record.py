@@ -8,6 +8,7 @@ attention on the null) and a mechanisms x time history of the last steps.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
@@ -180,6 +181,9 @@ def play_episodes(
     )  # fmt: skip
     policy = loaded.policy
     device = next(policy.parameters()).device
+    # Classic-control envs draw with pygame. Frames need no display, and SDL's real video
+    # drivers print "error: XDG_RUNTIME_DIR is invalid ..." on a headless machine.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env_kwargs = env_kwargs_for(loaded, env_id)
     probe_resets(env_id, shifts, env_kwargs)  # one line, not a traceback, if it cannot reset
     env = make_env(env_id, render_mode="rgb_array", shifts=shifts, **env_kwargs)

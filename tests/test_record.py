@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
@@ -24,6 +29,7 @@ from tests.test_cli import TINY, exit_code
 from train import main
 
 CUE = ["--env", ENV_ID, "--total-steps", "32"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +122,20 @@ def test_record_bad_input(runs, tmp_path, monkeypatch, extra, message, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_recording_a_pygame_env_prints_no_display_error(tmp_path):
+    # CartPole draws with pygame; without a display SDL's video drivers print an "error:" line.
+    run = tmp_path / "cartpole"
+    assert main(["train", "--env", "CartPole-v1", "--total-steps", "32", "--run-dir", str(run),
+                 *TINY]) == 0  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "SDL_VIDEODRIVER")}
+    argv = [sys.executable, str(ROOT / "train.py"), "record", str(run), "--max-steps", "3"]
+    done = subprocess.run([*argv, "--out", str(tmp_path / "c.gif")], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr.lower(), done.stderr
+    assert (tmp_path / "c.gif").exists()
 
 
 def test_record_missing_checkpoint(tmp_path, capsys):
