@@ -22,8 +22,11 @@ def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
         raise CheckpointError(f"{run_dir} holds no TensorBoard events")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    if tag not in acc.Tags()["scalars"]:
-        raise CheckpointError(f"{run_dir} has no scalar {tag!r}")
+    tags = acc.Tags()["scalars"]
+    if tag not in tags:
+        raise CheckpointError(
+            f"{run_dir} has no scalar {tag!r} (it has: {', '.join(sorted(tags)) or 'none'})"
+        )
     events = acc.Scalars(tag)
     return np.array([e.step for e in events]), np.array([e.value for e in events])
 
@@ -39,15 +42,28 @@ def group_label(run_dir: Path) -> str:
 
 
 def plot_curves(runs: Sequence[Path], out: Path, tag: str = "charts/episodic_return") -> dict:
-    """Mean curve per config with the min-max band over its seeds. Returns ``{label: seeds}``."""
+    """Mean curve per config with the min-max band over its seeds. Returns ``{label: seeds}``.
+    A run with no point of ``tag`` yet (no episode has ended) is left out with a line saying
+    so; ``CheckpointError`` if no run has one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    problems = []
     for run in runs:
-        groups.setdefault(group_label(run), []).append(read_curve(run, tag))
+        try:
+            curve = read_curve(run, tag)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        groups.setdefault(group_label(run), []).append(curve)
+    if not groups:
+        more = f" (and {len(problems) - 1} more run(s) like it)" if len(problems) > 1 else ""
+        raise CheckpointError(problems[0] + more)
+    for problem in problems:
+        print(f"  left out: {problem}")
     names = {label: label.split("#")[0] for label in groups}
     if len(set(names.values())) < len(names):  # same core and env, other settings differ
         names = {label: f"{name} ({i})" for i, (label, name) in enumerate(names.items())}

@@ -154,6 +154,22 @@ def test_plot_pools_seeds_of_one_config(runs, tmp_path, capsys):
     assert exit_code(["plot", str(runs["rims1"]), "--tag", "no/such", "--out", str(out)]) == 2
 
 
+def test_plot_leaves_out_a_run_with_no_episode_yet(runs, tmp_path, capsys):
+    # 32 steps of DoorKey end no episode: the run has no charts/episodic_return point.
+    young = tmp_path / "young"
+    assert main(["train", "--total-steps", "32", "--run-dir", str(young), *TINY]) == 0
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(runs["rims1"]), str(young), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"left out: {young} has no scalar 'charts/episodic_return'" in text
+    assert f"rims on {ENV_ID}: 1 run(s)" in text and out.exists()
+    assert exit_code(["plot", str(young), "--out", str(out)]) == 2
+    assert "(it has: charts/SPS" in capsys.readouterr().err
+    both = ["plot", str(runs["rims1"]), str(young), "--tag", "no/such", "--out", str(out)]
+    assert exit_code(both) == 2
+    assert "(and 1 more run(s) like it)" in capsys.readouterr().err
+
+
 def test_tensorboard_gets_the_activation_image(runs):
     acc = EventAccumulator(str(runs["rims1"]))
     acc.Reload()
