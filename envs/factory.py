@@ -157,7 +157,12 @@ def probe_resets(
     key = (env_id, tuple(shifts), repr(sorted(kwargs.items())), tuple(seeds))
     if key in _PROBED:
         return
-    env = make_env(env_id, shifts=shifts, **kwargs)
+    try:
+        env = make_env(env_id, shifts=shifts, **kwargs)
+    except (EnvError, ShiftError):
+        raise
+    except Exception as err:  # the env's constructor refused its settings
+        raise env_failure(env_id, shifts, "when built", err) from None
     try:
         if env_family(env_id) != "atari":
             for seed in seeds:

@@ -145,3 +145,8 @@ def test_failure_summary_prefers_the_env_module_and_shows_a_bare_assert():
     except ValueError as err:
         text = failure_summary(err, module=__name__)
     assert text.startswith("ValueError: invalid literal") and "test_env_probe.py:" in text
+
+
+def test_a_constructor_that_refuses_its_settings_is_one_error():
+    with pytest.raises(EnvError, match=r"failed when built: ValueError: delay must be >= 0"):
+        probe_resets(ENV_ID, env_kwargs={"delay": -1})
