@@ -2,13 +2,15 @@
 
 Writes ``bench/results/ood_doorkey.md`` (a markdown table: mean over seeds of each run's mean
 return, ± the standard deviation across seeds) and ``bench/results/ood_doorkey.png`` (grouped
-bars, 95% CI across seeds). Runs go one after another (default config, only --core, --seed and
---total-steps set).
+bars, 95% CI across seeds). Runs go one after another (default config, only --env, --core,
+--seed and --total-steps set). ``--env`` and ``--suite`` train and evaluate another family.
 
     python bench/ood_minigrid.py                        # 3 seeds x {rims, lstm}, 300k steps
     python bench/ood_minigrid.py --runs-dir DIR --reuse   # evaluate DIR/<core>_s<seed> if done
     python bench/ood_minigrid.py --seeds 1 --episodes 20 --total-steps 50000   # a quick look
     python bench/ood_minigrid.py --cores rims rims-spatial lstm --name ood_doorkey_spatial
+    python bench/ood_minigrid.py --env MiniGrid-MemoryS7-v0 --suite memory --cores rims lstm ff \
+        --total-steps 1000000 --runs-dir DIR --reuse --name ood_memory   # runs of learn_minigrid
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "rims": {"core": "rims"},
     "lstm": {"core": "lstm"},
     "gru": {"core": "gru"},
+    "ff": {"core": "ff"},  # memoryless
     "rims-spatial": {"core": "rims", "rims_spatial": True},  # attention over the view's cells
     # Controls for rims-spatial: the same full-size cell encoder, flattened into one vector.
     "rims-cells": {"core": "rims", "encoder": "minigrid-cells"},
@@ -46,8 +49,8 @@ VARIANTS: dict[str, dict] = {
 
 
 def finished(run_dir: Path, fields: dict, seed: int, total_steps: int) -> bool:
-    """Whether ``run_dir`` holds a run with these config fields and seed that reached
-    ``total_steps``."""
+    """Whether ``run_dir`` holds a run with these config fields (env included) and seed that
+    reached ``total_steps``."""
     path = run_dir / "checkpoints" / "latest.pt"
     if not path.exists():
         return False
@@ -59,6 +62,8 @@ def finished(run_dir: Path, fields: dict, seed: int, total_steps: int) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="MiniGrid-DoorKey-5x5-v0", help="the env trained on")
+    parser.add_argument("--suite", default="doorkey", help="the suite evaluated (name or file)")
     parser.add_argument("--cores", nargs="+", default=["rims", "lstm"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--total-steps", type=int, default=300_000)
@@ -73,12 +78,12 @@ def main() -> None:
     parser.add_argument("--name", default="ood_doorkey", help="file name of the table and plot")
     args = parser.parse_args()
     root = Path(args.runs_dir or tempfile.mkdtemp(prefix="ood_minigrid_"))
-    suite = load_suite("doorkey")
+    suite = load_suite(args.suite)
     per_core: dict[str, list[list[EvalRow]]] = {}
     for core in args.cores:
         for seed in args.seeds:
             run_dir = root / f"{core}_s{seed}"
-            fields = VARIANTS[core]
+            fields = {"env": args.env, **VARIANTS[core]}
             if not (args.reuse and finished(run_dir, fields, seed, args.total_steps)):
                 train(
                     resolve_config(
@@ -95,11 +100,12 @@ def main() -> None:
             rows = evaluate_runs([load_policy(run_dir)], suite.rows, args.episodes, seed=0)
             per_core.setdefault(core, []).append(rows)
 
-    labels = [row.label or "5x5 (train)" for row in suite.rows]
+    labels = [row.label or "(train)" for row in suite.rows]
     aggregate = []
     lines = [
-        f"DoorKey-5x5 -> doorkey suite; {len(args.seeds)} seed(s) x {args.total_steps:,} steps, "
-        f"{args.episodes} episodes per cell; mean return, mean ± std over seeds",
+        f"{args.env} -> {suite.name} suite; {len(args.seeds)} seed(s) x "
+        f"{args.total_steps:,} steps, {args.episodes} episodes per cell; mean return, "
+        "mean ± std over seeds",
         "",
         "| core | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
@@ -113,13 +119,13 @@ def main() -> None:
             ci = 1.96 * means[:, j].std(ddof=1) / math.sqrt(len(runs)) if len(runs) > 1 else 0.0
             aggregate.append(EvalRow(core, "", core, row.env, row.label, args.episodes,
                                      float(mu[j]), float(ci), None, 0.0))  # fmt: skip
-    for core, ref in REFERENCE.items():
+    for core, ref in REFERENCE.items() if suite.name == "doorkey" else ():
         lines.append(f"| {core} (public reimpl.) | " + " | ".join(f"{v:.2f}" for v in ref) + " |")
     table = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.md").write_text(table)
-    plot(aggregate, out / f"{args.name}.png", "trained on DoorKey-5x5, evaluated on larger grids")
+    plot(aggregate, out / f"{args.name}.png", f"trained on {args.env}, evaluated on {suite.name}")
     print(table)
     print(f"wrote {out / args.name}.md and .png; runs in {root}")
 
