@@ -36,7 +36,8 @@ from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
-from envs.factory import make_env, make_vector_env, probe_resets
+from envs.factory import env_module, make_env, make_vector_env, probe_resets
+from envs.probe import failure_summary
 from policies import triton_steps
 from policies.actor_critic import ActorCritic
 from policies.compiled import error_summary
@@ -417,8 +418,9 @@ class Trainer:
             if isinstance(err, (EOFError, BrokenPipeError, ConnectionResetError)):
                 what = "an env worker process died without a word: a segfault, the OOM killer "
                 what += f"or a kill; {type(err).__name__}"
-            else:
-                what = error_summary(err)
+            else:  # in-process envs: the place in the env's own code (a bare assert's line)
+                module = env_module(self.collector.envs)
+                what = failure_summary(err, module) if module else error_summary(err)
             raise TrainingStopped(
                 f"an environment failed during update {update} ({what}); checkpoint {path}", 1
             ) from err

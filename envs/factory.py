@@ -190,11 +190,11 @@ def env_failure(
     """The one-line ``EnvError`` for an exception ``err`` that the env (or vector env) ``env``
     raised ``what`` (e.g. ``"during evaluation"``); the place named is in the env's own module
     where the traceback passes through it."""
-    summary = failure_summary(err, None if env is None else _env_module(env))
+    summary = failure_summary(err, None if env is None else env_module(env))
     return EnvError(f"{env_label(env_id, shifts)} failed {what}: {summary}")
 
 
-def _env_module(env: Any) -> str | None:
+def env_module(env: Any) -> str | None:
     """The module of the env class under ``env``'s wrappers (of a ``SyncVectorEnv``'s first
     env; None for envs in other processes)."""
     base = getattr(env, "unwrapped", env)

@@ -13,10 +13,12 @@ import time
 import pytest
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
+from agents.trainer import TrainingStopped, train
 from envs.factory import EnvError, probe_resets
 from envs.memory import ENV_ID
 from envs.probe import TimeLimitReached, failure_summary, time_limit
 from tests.test_cli import TINY, exit_code
+from tests.test_robustness import small_config
 
 MEMORY = "MiniGrid-MemoryS7-v0"
 
@@ -150,3 +152,12 @@ def test_failure_summary_prefers_the_env_module_and_shows_a_bare_assert():
 def test_a_constructor_that_refuses_its_settings_is_one_error():
     with pytest.raises(EnvError, match=r"failed when built: ValueError: delay must be >= 0"):
         probe_resets(ENV_ID, env_kwargs={"delay": -1})
+
+
+def test_an_in_process_env_that_raises_in_training_names_its_line(tmp_path):
+    # Two envs of CrashEnv, inline: the 41st step of each raises, in update 3 of 16-step rollouts.
+    with pytest.raises(TrainingStopped) as stop:
+        train(small_config(tmp_path / "run", env="rims-test/Crash-v0"))
+    text = str(stop.value)
+    assert "an environment failed during update 3" in text
+    assert "RuntimeError: boom: the simulator crashed (faulty_envs.py:" in text
