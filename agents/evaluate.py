@@ -8,16 +8,14 @@ episodes are not over-represented the way "the first N episodes to finish" would
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from gymnasium.vector import VectorEnv
 
 from agents.storage import obs_to_tensors
-from envs.factory import EnvError, env_failure, env_family, make_vector_env
+from envs.factory import env_errors, env_family, make_vector_env
 from policies.actor_critic import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluation starts far off
@@ -85,15 +83,15 @@ def evaluate(
     returns: list[float] = []
     lengths: list[int] = []
     try:
-        obs, _ = _env_call(envs.reset, envs, env_id, shifts, seed=seed + EVAL_SEED_OFFSET)
+        with env_errors(env_id, shifts, "during evaluation", envs):
+            obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
         obs_t = obs_to_tensors(obs, device)
         state = policy.initial_state(num_envs, device)
         starts = torch.ones(num_envs, dtype=torch.bool, device=device)
         while (done_count < quota).any():
             act = policy.act(obs_t, state, starts, deterministic=deterministic)
-            obs, _, terminated, truncated, info = _env_call(
-                envs.step, envs, env_id, shifts, act.actions.cpu().numpy()
-            )
+            with env_errors(env_id, shifts, "during evaluation", envs):
+                obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     if done_count[i] < quota[i]:
@@ -108,15 +106,3 @@ def evaluate(
         torch.set_rng_state(rng_state)
     success = [success_of(env_id, r) for r in returns]
     return EvalResult(returns, lengths, None if None in success else [bool(s) for s in success])
-
-
-def _env_call(call: Callable[..., Any], envs: VectorEnv, env_id: str,
-              shifts: Sequence[tuple[str, str]], *args: Any, **kwargs: Any) -> Any:  # fmt: skip
-    """``call(*args, **kwargs)``, a reset or step of the evaluation envs, with an exception
-    raised inside an env's code (a level it cannot make) turned into one ``EnvError`` line."""
-    try:
-        return call(*args, **kwargs)
-    except EnvError:
-        raise
-    except Exception as err:
-        raise env_failure(env_id, shifts, "during evaluation", err, envs) from err

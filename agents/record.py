@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from agents.atomic import atomic_output
 from agents.checkpoint import LoadedPolicy
 from agents.report import env_kwargs_for
 from agents.storage import obs_to_tensors
-from envs.factory import env_failure, make_env, probe_resets
+from envs.factory import env_errors, make_env, probe_resets
 
 PANEL_WIDTH = 240
 MIN_HEIGHT = 320
@@ -192,7 +191,8 @@ def play_episodes(
     history: list[np.ndarray] = []
     try:
         for episode in range(playback.episodes):
-            obs, _ = _env_call(env.reset, env, playback, seed=seed + episode)
+            with env_errors(env_id, shifts, "during recording", env):
+                obs, _ = env.reset(seed=seed + episode)
             state = policy.initial_state(1, device)
             start = torch.ones(1, dtype=torch.bool, device=device)
             total, step, done = 0.0, 0, False
@@ -222,24 +222,14 @@ def play_episodes(
                 view = StepView(step, episode + 1, action_name(env, action), total, mask,
                                 attention, positions, mission)  # fmt: skip
                 yield compose(frame, draw_panel(frame.shape[0], view, history)), view
-                obs, reward, terminated, truncated, _ = _env_call(env.step, env, playback, action)
+                with env_errors(env_id, shifts, "during recording", env):
+                    obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 step += 1
                 done = terminated or truncated
     finally:
         env.close()
         torch.set_rng_state(rng_state)
-
-
-def _env_call(
-    call: Callable[..., Any], env: Any, playback: Playback, *args: Any, **kwargs: Any
-) -> Any:
-    """``call(*args, **kwargs)``, a reset or step of the recorded env, with an exception raised
-    inside the env's code turned into one ``EnvError`` line."""
-    try:
-        return call(*args, **kwargs)
-    except Exception as err:
-        raise env_failure(playback.env_id, playback.shifts, "during recording", err, env) from err
 
 
 def record_episodes(loaded: LoadedPolicy, playback: Playback) -> Recording:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -192,6 +193,18 @@ def env_failure(
     where the traceback passes through it."""
     summary = failure_summary(err, None if env is None else env_module(env))
     return EnvError(f"{env_label(env_id, shifts)} failed {what}: {summary}")
+
+
+@contextmanager
+def env_errors(env_id: str, shifts: Shifts, what: str, env: Any = None) -> Iterator[None]:
+    """Turn an exception that the block's env calls raise (a level the env cannot make, a
+    crashed simulator) into ``env_failure``'s one-line ``EnvError``."""
+    try:
+        yield
+    except EnvError:
+        raise
+    except Exception as err:
+        raise env_failure(env_id, shifts, what, err, env) from err
 
 
 def env_module(env: Any) -> str | None:
