@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agents.storage import obs_to_tensors
-from envs.factory import env_errors, env_family, make_vector_env
+from envs.factory import CALL_SECONDS, env_errors, env_family, make_vector_env
 from policies.actor_critic import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluation starts far off
@@ -83,14 +83,14 @@ def evaluate(
     returns: list[float] = []
     lengths: list[int] = []
     try:
-        with env_errors(env_id, shifts, "during evaluation", envs):
+        with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
             obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
         obs_t = obs_to_tensors(obs, device)
         state = policy.initial_state(num_envs, device)
         starts = torch.ones(num_envs, dtype=torch.bool, device=device)
         while (done_count < quota).any():
             act = policy.act(obs_t, state, starts, deterministic=deterministic)
-            with env_errors(env_id, shifts, "during evaluation", envs):
+            with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
                 obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):

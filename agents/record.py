@@ -23,7 +23,7 @@ from agents.atomic import atomic_output
 from agents.checkpoint import LoadedPolicy
 from agents.report import env_kwargs_for
 from agents.storage import obs_to_tensors
-from envs.factory import env_errors, make_env, probe_resets
+from envs.factory import CALL_SECONDS, env_errors, make_env, probe_resets
 
 PANEL_WIDTH = 240
 MIN_HEIGHT = 320
@@ -191,7 +191,7 @@ def play_episodes(
     history: list[np.ndarray] = []
     try:
         for episode in range(playback.episodes):
-            with env_errors(env_id, shifts, "during recording", env):
+            with env_errors(env_id, shifts, "during recording", env, CALL_SECONDS):
                 obs, _ = env.reset(seed=seed + episode)
             state = policy.initial_state(1, device)
             start = torch.ones(1, dtype=torch.bool, device=device)
@@ -222,7 +222,7 @@ def play_episodes(
                 view = StepView(step, episode + 1, action_name(env, action), total, mask,
                                 attention, positions, mission)  # fmt: skip
                 yield compose(frame, draw_panel(frame.shape[0], view, history)), view
-                with env_errors(env_id, shifts, "during recording", env):
+                with env_errors(env_id, shifts, "during recording", env, CALL_SECONDS):
                     obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 step += 1

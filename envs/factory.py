@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import gymnasium as gym
@@ -37,6 +37,7 @@ __all__ = ["EnvError", "ShiftError", "make_env", "make_vector_env", "probe_reset
 
 PROBE_SEEDS = (0, 1, 2, 3)  # the seeds ``probe_resets`` resets with unless told others
 PROBE_SECONDS = 10.0  # how long one probing reset may take
+CALL_SECONDS = 60.0  # how long one step or reset of in-process envs may take in eval and record
 _PROBED: set[tuple] = set()  # the probes passed in this process
 
 
@@ -196,11 +197,23 @@ def env_failure(
 
 
 @contextmanager
-def env_errors(env_id: str, shifts: Shifts, what: str, env: Any = None) -> Iterator[None]:
+def env_errors(
+    env_id: str, shifts: Shifts, what: str, env: Any = None, seconds: float | None = None
+) -> Iterator[None]:
     """Turn an exception that the block's env calls raise (a level the env cannot make, a
-    crashed simulator) into ``env_failure``'s one-line ``EnvError``."""
+    crashed simulator) into ``env_failure``'s one-line ``EnvError``. With ``seconds``, a block
+    that runs longer (a level generator that never finds room) is stopped and reported the same
+    way, where ``env`` runs in this process (``env_module``) and the call is on the main
+    thread (``envs.probe.time_limit``); elsewhere it runs without a limit."""
+    limited = seconds is not None and env is not None and env_module(env) is not None
     try:
-        yield
+        with time_limit(seconds) if limited else nullcontext():  # type: ignore[arg-type]
+            yield
+    except TimeLimitReached:
+        raise EnvError(
+            f"{env_label(env_id, shifts)} did not answer within {seconds:g} s {what} (a "
+            "level generator looking for room that these settings do not leave?)"
+        ) from None
     except EnvError:
         raise
     except Exception as err:

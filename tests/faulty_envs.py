@@ -88,7 +88,17 @@ class LateNoLevelEnv(CueMemoryEnv):
         return super().reset(seed=seed, options=options)
 
 
+class LateEndlessResetEnv(LateNoLevelEnv):
+    """The cue task, whose every reset without a seed (an autoreset) searches forever."""
+
+    def reset(self, *, seed=None, options=None):
+        while seed is None:
+            pass
+        return super().reset(seed=seed, options=options)
+
+
 for name, cls in (
+    ("LateEndlessReset", LateEndlessResetEnv),
     ("NoLevel", NoLevelEnv),
     ("EndlessReset", EndlessResetEnv),
     ("LateNoLevel", LateNoLevelEnv),

@@ -122,6 +122,17 @@ def test_a_level_that_fails_mid_evaluation_is_one_line(runs, capsys):
     assert "faulty_envs.py:" in line
 
 
+def test_a_level_that_never_comes_mid_evaluation_is_stopped(runs, capsys, monkeypatch):
+    # Each env's first level is made; the next one (an autoreset) is searched for forever.
+    monkeypatch.setattr("agents.evaluate.CALL_SECONDS", 0.5)
+    started = time.monotonic()
+    argv = ["eval", str(runs["cue"]), "--env", "rims-test/LateEndlessReset-v0", "--episodes", "4"]
+    assert exit_code(argv) == 2
+    assert time.monotonic() - started < 30
+    line = one_error_line(capsys)
+    assert "rims-test/LateEndlessReset-v0 did not answer within 0.5 s during evaluation" in line
+
+
 def test_a_step_that_raises_while_recording_is_one_line(runs, tmp_path, capsys):
     # CrashEnv raises from its 41st step, in the 11th episode of the cue task (4 steps each).
     out = tmp_path / "x.gif"
