@@ -51,11 +51,19 @@ class RolloutCollector:
         (terminated for GAE) while the episode, and the core's memory, go on."""
         self.envs, self.policy, self.storage, self.device = envs, policy, storage, device
         self.clip_rewards, self.episodic_life = clip_rewards, episodic_life
-        obs, info = envs.reset(seed=seed)
-        self.lives = info.get("lives")
-        self.obs = obs_to_tensors(obs, device)
+        self.seed = seed
+        # The envs are reset by the first collect, where an env that fails is reported as one
+        # failing later would be (the trainer stops with a checkpoint and one line).
+        self.obs: dict[str, Tensor] | None = None
+        self.lives = None
         self.state = policy.initial_state(envs.num_envs, device)
         self.episode_starts = torch.ones(envs.num_envs, dtype=torch.bool, device=device)
+
+    def _reset(self) -> None:
+        """Reset the envs with the seed (env i gets seed + i) and keep their observations."""
+        obs, info = self.envs.reset(seed=self.seed)
+        self.lives = info.get("lives")
+        self.obs = obs_to_tensors(obs, self.device)
 
     def collect(
         self, should_stop: Callable[[], bool] = lambda: False
@@ -66,6 +74,8 @@ class RolloutCollector:
         self.policy.eval()
         stats = RolloutStats()
         storage, B = self.storage, self.envs.num_envs
+        if self.obs is None:
+            self._reset()
         masks = []
         for t in range(storage.num_steps):
             if should_stop():

@@ -97,7 +97,18 @@ class LateEndlessResetEnv(LateNoLevelEnv):
         return super().reset(seed=seed, options=options)
 
 
+class HighSeedNoLevelEnv(LateNoLevelEnv):
+    """The cue task, which cannot make a level for a seed of 100 or more (the probe's seeds, 0-3,
+    pass)."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None and seed >= 100:
+            raise ValueError("no room for the goal")
+        return CueMemoryEnv.reset(self, seed=seed, options=options)
+
+
 for name, cls in (
+    ("HighSeedNoLevel", HighSeedNoLevelEnv),
     ("LateEndlessReset", LateEndlessResetEnv),
     ("NoLevel", NoLevelEnv),
     ("EndlessReset", EndlessResetEnv),

@@ -172,3 +172,14 @@ def test_an_in_process_env_that_raises_in_training_names_its_line(tmp_path):
     text = str(stop.value)
     assert "an environment failed during update 3" in text
     assert "RuntimeError: boom: the simulator crashed (faulty_envs.py:" in text
+
+
+def test_an_env_that_fails_only_for_the_runs_own_seeds_stops_training_in_one_line(tmp_path):
+    # Seeds 0-3 make levels (the probe passes); the run's seeds, 100 and 101, do not.
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped) as stop:
+        train(small_config(run, env="rims-test/HighSeedNoLevel-v0", seed=100))
+    text = str(stop.value)
+    assert "an environment failed during update 1" in text
+    assert "ValueError: no room for the goal (faulty_envs.py:" in text
+    assert (run / "checkpoints" / "latest.pt").exists()  # the untrained policy, and the config
