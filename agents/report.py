@@ -44,8 +44,9 @@ def env_kwargs_for(loaded: LoadedPolicy, env_id: str) -> dict:
 def check_compatible(loaded: LoadedPolicy, row: SuiteRow) -> None:
     """``EnvError`` unless ``row``'s env makes its levels (``probe_resets``) and gives the
     observations and actions the policy takes."""
-    probe_resets(row.env, row.shifts, env_kwargs_for(loaded, row.env))
-    env = make_env(row.env, shifts=row.shifts, **env_kwargs_for(loaded, row.env))
+    env_kwargs = env_kwargs_for(loaded, row.env)
+    probe_resets(row.env, row.shifts, env_kwargs)
+    env = make_env(row.env, shifts=row.shifts, **env_kwargs)
     try:
         want, got = loaded.observation_space, env.observation_space
         where = f"{row.env}{' with ' + row.label if row.shifts else ''}"
