@@ -213,7 +213,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from agents.trainer import resolve_device
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
-    from envs.suites import GENERATED, SuiteRow, atari_modes_suite, load_suite, resolve_rows
+    from envs.suites import GENERATED, SuiteRow, suite_rows
 
     if args.suite and (args.env or args.shift):
         raise ConfigError("--suite takes its envs and shifts from the suite; drop --env/--shift")
@@ -228,14 +228,8 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     runs = [load_policy(path, args.checkpoint, device) for path in args.runs]
     if args.suite:
-        training = [r.config.env for r in runs]
-        if args.suite in GENERATED:
-            if len(set(training)) != 1:
-                raise ConfigError(f"--suite {args.suite} needs runs trained on one env")
-            suite = atari_modes_suite(training[0])
-        else:
-            suite = load_suite(args.suite)
-        rows, title = resolve_rows(suite, training), f"suite {suite.name}"
+        suite, rows = suite_rows(args.suite, [r.config.env for r in runs])
+        title = f"suite {suite.name}"
         if args.suite in GENERATED:
             rows = report.compatible_rows(runs, rows)
     else:

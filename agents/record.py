@@ -183,7 +183,7 @@ def play_episodes(
     # Classic-control envs draw with pygame. Frames need no display, and SDL's real video
     # drivers print "error: XDG_RUNTIME_DIR is invalid ..." on a headless machine.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env_kwargs = env_kwargs_for(loaded, env_id)
+    env_kwargs = env_kwargs_for(loaded.config, env_id)
     probe_resets(env_id, shifts, env_kwargs)  # one line, not a traceback, if it cannot reset
     env = make_env(env_id, render_mode="rgb_array", shifts=shifts, **env_kwargs)
     rng_state = torch.get_rng_state()

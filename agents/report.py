@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gymnasium.spaces import Dict
+
 from agents.checkpoint import LoadedPolicy
+from agents.config import TrainConfig
 from agents.evaluate import evaluate
 from envs.factory import EnvError, env_family, make_env, probe_resets
 from envs.suites import SuiteRow
@@ -36,36 +39,44 @@ class EvalRow:
     mean_length: float
 
 
-def env_kwargs_for(loaded: LoadedPolicy, env_id: str) -> dict:
-    """The run's env settings (e.g. Atari frame stack) when ``env_id`` is of its env's family."""
-    return loaded.config.env_kwargs() if env_family(env_id) == loaded.config.family else {}
+def env_kwargs_for(config: TrainConfig, env_id: str) -> dict:
+    """A run's env settings (e.g. Atari frame stack) when ``env_id`` is of its env's family."""
+    return config.env_kwargs() if env_family(env_id) == config.family else {}
 
 
 def check_compatible(loaded: LoadedPolicy, row: SuiteRow) -> None:
     """``EnvError`` unless ``row``'s env makes its levels (``probe_resets``) and gives the
     observations and actions the policy takes."""
-    env_kwargs = env_kwargs_for(loaded, row.env)
+    check_row_fits(
+        row, env_kwargs_for(loaded.config, row.env), loaded.observation_space,
+        loaded.policy.num_actions, loaded.label,
+    )  # fmt: skip
+
+
+def check_row_fits(
+    row: SuiteRow, env_kwargs: dict, observation_space: Dict, num_actions: int, label: str
+) -> None:
+    """``EnvError`` unless ``row``'s env (built with ``env_kwargs``) makes its levels
+    (``probe_resets``) and gives observations of ``observation_space`` and ``num_actions``
+    actions; ``label`` names the policy in the message."""
     probe_resets(row.env, row.shifts, env_kwargs)
     env = make_env(row.env, shifts=row.shifts, **env_kwargs)
     try:
-        want, got = loaded.observation_space, env.observation_space
+        want, got = observation_space, env.observation_space
         where = f"{row.env}{' with ' + row.label if row.shifts else ''}"
         if set(want.spaces) != set(got.spaces):
             raise EnvError(
-                f"{loaded.label} takes observations {sorted(want.spaces)}, "
+                f"{label} takes observations {sorted(want.spaces)}, "
                 f"{where} gives {sorted(got.spaces)}"
             )
         for key in want.spaces:
             if want[key].shape != got[key].shape:
                 raise EnvError(
-                    f"{loaded.label} takes {key} of shape {want[key].shape}, "
+                    f"{label} takes {key} of shape {want[key].shape}, "
                     f"{where} gives {got[key].shape}"
                 )
-        if env.action_space.n != loaded.policy.num_actions:
-            raise EnvError(
-                f"{loaded.label} has {loaded.policy.num_actions} actions, "
-                f"{where} has {env.action_space.n}"
-            )
+        if env.action_space.n != num_actions:
+            raise EnvError(f"{label} has {num_actions} actions, {where} has {env.action_space.n}")
     finally:
         env.close()
 
@@ -133,7 +144,7 @@ def evaluate_runs(
         for run, label in zip(runs, labels):
             r = evaluate(run.policy, row.env, episodes, seed=seed, num_envs=num_envs,
                          deterministic=deterministic, shifts=row.shifts,
-                         env_kwargs=env_kwargs_for(run, row.env))  # fmt: skip
+                         env_kwargs=env_kwargs_for(run.config, row.env))  # fmt: skip
             results.append(
                 EvalRow(label, str(run.path), run.config.core, row.env, row.label,
                         r.episodes, r.mean_return, r.ci95, r.success_rate, r.mean_length)

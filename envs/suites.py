@@ -86,6 +86,19 @@ def atari_modes_suite(env_id: str) -> Suite:
     return Suite("atari-modes", f"every mode and difficulty of {env_id}", rows)
 
 
+def suite_rows(spec: str, training_envs: list[str]) -> tuple[Suite, list[SuiteRow]]:
+    """Suite ``spec`` (a built-in name, ``atari-modes``, a file or ``FILE:NAME``) and its rows
+    for runs trained on ``training_envs`` (``$RUN`` and ``atari-modes`` need them to agree);
+    ``ShiftError`` if there is no such suite or the runs' envs do not fit it."""
+    if spec in GENERATED:
+        if len(set(training_envs)) != 1:
+            raise ShiftError(f"suite {spec} needs runs trained on one env")
+        suite = atari_modes_suite(training_envs[0])
+    else:
+        suite = load_suite(spec)
+    return suite, resolve_rows(suite, training_envs)
+
+
 def builtin_suites() -> dict[str, Suite]:
     return _parse_suites(json.loads(BUILTIN.read_text()), BUILTIN.name)
 
