@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,39 +71,42 @@ def evaluate(
     env_kwargs: dict | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``env_id`` (with ``shifts``) with ``policy``, sampling its
-    actions unless ``deterministic``. The torch RNG is seeded from ``seed`` and restored after."""
+    actions unless ``deterministic``. The torch RNGs (the CPU's and the policy's device's) are
+    seeded from ``seed`` and restored after, as is the policy's train/eval mode, so that an
+    evaluation during training leaves the training as it was."""
     device = next(policy.parameters()).device
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
     done_count = np.zeros(num_envs, dtype=int)
     envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs, shifts=shifts)
+    was_training = policy.training
     policy.eval()
-    rng_state = torch.get_rng_state()
-    torch.manual_seed(seed)
     returns: list[float] = []
     lengths: list[int] = []
     try:
-        with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
-            obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
-        obs_t = obs_to_tensors(obs, device)
-        state = policy.initial_state(num_envs, device)
-        starts = torch.ones(num_envs, dtype=torch.bool, device=device)
-        while (done_count < quota).any():
-            act = policy.act(obs_t, state, starts, deterministic=deterministic)
+        cuda_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices), closing(envs):
+            torch.manual_seed(seed)
             with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
-                obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
-            if "episode" in info:
-                for i in np.flatnonzero(info["_episode"]):
-                    if done_count[i] < quota[i]:
-                        returns.append(float(info["episode"]["r"][i]))
-                        lengths.append(int(info["episode"]["l"][i]))
-                    done_count[i] += 1
+                obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
             obs_t = obs_to_tensors(obs, device)
-            state = act.state
-            starts = torch.as_tensor(terminated | truncated, device=device)
+            state = policy.initial_state(num_envs, device)
+            starts = torch.ones(num_envs, dtype=torch.bool, device=device)
+            while (done_count < quota).any():
+                act = policy.act(obs_t, state, starts, deterministic=deterministic)
+                with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
+                    obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
+                if "episode" in info:
+                    for i in np.flatnonzero(info["_episode"]):
+                        if done_count[i] < quota[i]:
+                            returns.append(float(info["episode"]["r"][i]))
+                            lengths.append(int(info["episode"]["l"][i]))
+                        done_count[i] += 1
+                obs_t = obs_to_tensors(obs, device)
+                state = act.state
+                starts = torch.as_tensor(terminated | truncated, device=device)
     finally:
-        envs.close()
-        torch.set_rng_state(rng_state)
+        policy.train(was_training)
     success = [success_of(env_id, r) for r in returns]
     return EvalResult(returns, lengths, None if None in success else [bool(s) for s in success])
