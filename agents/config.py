@@ -166,6 +166,17 @@ class TrainConfig:
     image_every: int = option(
         10, "write the RIMs activation image (mechanisms x time) every this many updates (0: off)"
     )
+    eval_every: int = option(
+        0,
+        "evaluate the policy every this many updates (and after the last) on the training env "
+        "and --eval-suite's rows, logged as eval/... (0: never)",
+    )
+    eval_episodes: int = option(32, "episodes per env and shift in each --eval-every evaluation")
+    eval_suite: str | None = option(
+        None,
+        "a suite whose rows --eval-every evaluates too, as rims eval --suite takes it (a "
+        "built-in name, atari-modes or a JSON file; $RUN is the training env)",
+    )
     torch_threads: int = option(0, "torch CPU threads (0: torch's default)")
     detect_anomaly: bool = option(False, "torch autograd anomaly detection (slow; for NaN hunts)")
 
@@ -256,7 +267,7 @@ class TrainConfig:
 NOT_LEARNED = frozenset({
     "run_dir", "resume", "overwrite", "device", "progress", "torch_threads", "detect_anomaly",
     "env_timeout", "checkpoint_every", "keep_checkpoints", "image_every", "rims_compile",
-    "rims_triton", "rims_graphs", "total_steps",
+    "rims_triton", "rims_graphs", "total_steps", "eval_every", "eval_episodes", "eval_suite",
 })  # fmt: skip
 """Settings that change how a run is carried out, kept or shown, not what it learns (the speed
 flags change float rounding at most): a resumed run may change them, and ``rims plot`` pools
@@ -395,6 +406,12 @@ def validate(c: TrainConfig) -> None:
     _check(c.target_kl is None or c.target_kl > 0, "--target-kl must be > 0 or none")
     _check(c.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0")
     _check(c.image_every >= 0, "--image-every must be >= 0")
+    _check(c.eval_every >= 0, f"--eval-every must be >= 0, got {c.eval_every}")
+    _check(c.eval_episodes >= 1, f"--eval-episodes must be >= 1, got {c.eval_episodes}")
+    _check(
+        c.eval_suite is None or c.eval_every > 0,
+        "--eval-suite needs --eval-every N (how often to evaluate)",
+    )
     _check(c.torch_threads >= 0, "--torch-threads must be >= 0")
     _check(c.env_timeout >= 0, f"--env-timeout must be >= 0, got {c.env_timeout}")
     _check(

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from agents.ppo import UpdateStats
 from agents.rollout import RolloutStats
+from agents.training_eval import RowResult, mean_shifted_return, summary_line
 
 
 def activation_image(masks: Tensor, env: int = 0, row_height: int = 8) -> np.ndarray:
@@ -137,6 +138,24 @@ class RunLogger:
             f"SPS {sps:,.0f} | return {'-' if recent is None else f'{recent:.3f}'}", refresh=False
         )
         self.bar.update(steps_this_update)
+
+    def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
+        """Each row's ``eval/.../return``, ``success_rate`` (where defined) and ``length``, the
+        mean over the shifted rows as ``eval/shifted_return``, the time it took as
+        ``perf/eval_seconds``, and one line on the terminal."""
+        if self.writer is None or not results:
+            return
+        self.writer.add_scalar("perf/eval_seconds", seconds, global_step)
+        for r in results:
+            self.writer.add_scalar(r.target.tag("return"), r.result.mean_return, global_step)
+            self.writer.add_scalar(r.target.tag("length"), r.result.mean_length, global_step)
+            if r.result.success_rate is not None:
+                rate = r.result.success_rate
+                self.writer.add_scalar(r.target.tag("success_rate"), rate, global_step)
+        shifted = mean_shifted_return(results)
+        if shifted is not None:
+            self.writer.add_scalar("eval/shifted_return", shifted, global_step)
+        self.bar.write(summary_line(global_step, results, seconds))  # above the bar, if any
 
     def close(self) -> None:
         if self.bar is not None:

@@ -36,6 +36,7 @@ from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
+from agents.training_eval import EvalTarget, TrainingEvaluator, eval_targets
 from envs.factory import env_module, make_env, make_vector_env, probe_resets
 from envs.probe import failure_summary
 from policies import triton_steps
@@ -120,18 +121,21 @@ def kernels_off(core: Any, device: torch.device, compiled: bool) -> None:
               file=sys.stderr, flush=True)  # fmt: skip
 
 
-def check_policy_fits(config: TrainConfig) -> None:
+def check_policy_fits(config: TrainConfig) -> list[EvalTarget]:
     """Raise ``ConfigError`` if the policy the config asks for cannot read the env's
     observations (e.g. ``--encoder nature`` on Minigrid's symbolic view, ``--rims-spatial`` on
-    a flat vector). Builds one env and one policy on the CPU, so it draws from the global RNGs."""
+    a flat vector), ``EnvError`` if the env or a row of ``--eval-suite`` cannot make its levels
+    or does not fit the policy. Returns what ``--eval-every`` evaluates. Builds one env and one
+    policy on the CPU, so it draws from the global RNGs."""
     probe_resets(config.env, env_kwargs=config.env_kwargs())  # EnvError if it cannot reset
     env = make_env(config.env, **config.env_kwargs())
     try:
-        build_policy(config, env.observation_space, env.action_space)
+        policy = build_policy(config, env.observation_space, env.action_space)
     except ValueError as err:
         raise ConfigError(f"the policy does not fit {config.env}: {err}") from None
     finally:
         env.close()
+    return eval_targets(config, env.observation_space, policy.num_actions)
 
 
 def checkpoint_payload(
@@ -263,7 +267,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             f"{run_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to start afresh"
         )
-    check_policy_fits(config)  # before anything is written or cleared (and before seeding)
+    targets = check_policy_fits(config)  # before anything is written or cleared, and seeding
     if replaces:
         clear_run(run_dir)
     if world.is_main:
@@ -285,7 +289,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             torch.autograd.set_detect_anomaly(config.detect_anomaly),
             tf32_matmuls(config.tf32),
         ):
-            trainer = Trainer(config, envs, device, run_dir, resumed, signals, world)
+            trainer = Trainer(config, envs, device, run_dir, resumed, signals, world, targets)
             return trainer.run()
     finally:
         close_envs(envs)
@@ -325,7 +329,9 @@ class Trainer:
         resumed: dict[str, Any] | None,
         signals: StopSignals,
         world: Distributed,
+        eval_targets: list[EvalTarget] | None = None,
     ) -> None:
+        """``eval_targets``: what ``--eval-every`` evaluates (``check_policy_fits``' answer)."""
         self.config, self.run_dir, self.signals, self.world = config, run_dir, signals, world
         self.num_updates = num_updates(config, world)
         self.steps_per_update = config.batch_size * world.world_size
@@ -365,6 +371,8 @@ class Trainer:
         )  # fmt: skip
         self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
         self.generator = torch.Generator()
+        # Rank 0 alone evaluates (the others wait for it at the next gradient average).
+        self.evaluator = TrainingEvaluator(config, eval_targets if world.is_main else [])
 
     def save(self, best: bool = False) -> Path:
         if not self.world.is_main:
@@ -450,6 +458,10 @@ class Trainer:
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)
         self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
+        if self.evaluator.due(update, self.num_updates):
+            tick = time.perf_counter()
+            results = self.evaluator.evaluate(self.policy)
+            self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
         if update % config.checkpoint_every == 0 or update == self.num_updates:
             mean = self.logger.mean_recent_return
             improved = mean is not None and (self.best_return is None or mean > self.best_return)

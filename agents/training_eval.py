@@ -1,0 +1,126 @@
+"""Evaluation during training (``--eval-every``): the training env and the rows of
+``--eval-suite``, every N updates and after the last, so that out-of-distribution returns can be
+followed over a run (``rims plot RUN --tag eval/size=8/return``).
+
+Each evaluation plays the same episodes (one seed for all of them, disjoint from training's), so
+that a curve moves with the policy, not with the levels drawn; it leaves the training RNGs and
+the policy's mode as they were, so a run learns the same with or without it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from statistics import fmean
+
+from gymnasium.spaces import Dict
+
+from agents.config import TrainConfig
+from agents.evaluate import EvalResult, evaluate
+from agents.report import check_row_fits, env_kwargs_for
+from envs.factory import EnvError
+from envs.suites import GENERATED, SuiteRow, suite_rows
+from policies.actor_critic import ActorCritic
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """One env x shift row and the name its scalars are logged under: ``eval/<name>/return``,
+    or ``eval/return`` where the name is empty (the training env itself)."""
+
+    row: SuiteRow
+    name: str
+
+    def tag(self, metric: str) -> str:
+        return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    target: EvalTarget
+    result: EvalResult
+
+
+def tag_name(row: SuiteRow, training_env: str) -> str:
+    """The row's shifts (``size=8``, several joined by ``,``), prefixed by its env where that is
+    not the training env; characters a TensorBoard tag should not hold become ``_``."""
+    shifts = ",".join(f"{k}={v}" for k, v in row.shifts)
+    name = shifts if row.env == training_env else f"{row.env}:{shifts}" if shifts else row.env
+    return re.sub(r"[^A-Za-z0-9_.,:=+-]+", "_", name)
+
+
+def eval_targets(
+    config: TrainConfig, observation_space: Dict, num_actions: int
+) -> list[EvalTarget]:
+    """What ``config``'s ``--eval-every`` evaluates: the training env, then each row of
+    ``--eval-suite`` (``$RUN`` is the training env; a row given twice counts once). Every row is
+    checked as ``rims eval`` checks it (its levels can be made, its observations and actions fit
+    the policy): ``EnvError`` names the first that does not, except that rows of the generated
+    ``atari-modes`` suite that do not fit are left out with a line, as ``rims eval`` does."""
+    if not config.eval_every:
+        return []
+    rows = [SuiteRow(config.env)]
+    if config.eval_suite is not None:
+        rows += suite_rows(config.eval_suite, [config.env])[1]
+    targets = []
+    for row in dict.fromkeys(rows):
+        try:
+            check_row_fits(row, env_kwargs_for(config, row.env), observation_space, num_actions,
+                           "the policy")  # fmt: skip
+        except EnvError as err:
+            if config.eval_suite not in GENERATED or not row.shifts:
+                raise EnvError(f"--eval-suite: {err}") from None
+            print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
+            continue
+        targets.append(EvalTarget(row, tag_name(row, config.env)))
+    return targets
+
+
+class TrainingEvaluator:
+    """Evaluates a training policy on its targets when ``due``; a row whose env fails is
+    reported in one line and left out of later evaluations (training goes on)."""
+
+    def __init__(self, config: TrainConfig, targets: list[EvalTarget]) -> None:
+        self.config = config
+        self.targets = list(targets)
+
+    def due(self, update: int, last_update: int) -> bool:
+        every = self.config.eval_every
+        return bool(self.targets) and every > 0 and (update % every == 0 or update == last_update)
+
+    def evaluate(self, policy: ActorCritic) -> list[RowResult]:
+        results = []
+        for target in list(self.targets):
+            row = target.row
+            try:
+                result = evaluate(
+                    policy, row.env, self.config.eval_episodes, seed=self.config.seed,
+                    num_envs=self.config.num_envs, shifts=row.shifts,
+                    env_kwargs=env_kwargs_for(self.config, row.env),
+                )  # fmt: skip
+            except EnvError as err:
+                self.targets.remove(target)
+                print(f"rims: --eval-every: {err}; left out of later evaluations",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                continue
+            results.append(RowResult(target, result))
+        return results
+
+
+def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
+    """``eval at step 40,960 (3.1 s): return 0.912 (100%) | size=8 0.551 (58%) | ...`` (success
+    rates where the env defines them)."""
+
+    def text(r: RowResult) -> str:
+        rate = r.result.success_rate
+        success = "" if rate is None else f" ({100 * rate:.0f}%)"
+        return f"{r.target.name or 'return'} {r.result.mean_return:.3f}{success}"
+
+    return f"eval at step {step:,} ({seconds:.1f} s): " + " | ".join(text(r) for r in results)
+
+
+def mean_shifted_return(results: list[RowResult]) -> float | None:
+    """Mean return over the rows other than the training env itself (None if there are none)."""
+    shifted = [r.result.mean_return for r in results if r.target.name]
+    return fmean(shifted) if shifted else None
