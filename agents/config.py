@@ -57,8 +57,8 @@ class TrainConfig:
     async_envs: bool = option(False, "step envs in subprocesses (AsyncVectorEnv) instead of inline")
     env_timeout: float = option(
         600.0,
-        "async envs: seconds a worker may take per step or reset before the run stops "
-        "with a checkpoint (0: wait forever)",
+        "seconds an env may take per step or reset before the run stops with a checkpoint "
+        "(async workers; inline envs where the main thread runs them) (0: wait forever)",
     )
     num_steps: int = option(128, "steps per env per rollout (the rollout is num_steps x num_envs)")
     num_minibatches: int = option(4, "minibatches per epoch")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,8 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor
 
 from agents.storage import RolloutStorage, obs_to_tensors
-from envs.factory import final_observations
+from envs.factory import env_module, final_observations
+from envs.probe import time_limit
 from policies.actor_critic import ActorCritic
 
 
@@ -45,12 +47,17 @@ class RolloutCollector:
         seed: int,
         clip_rewards: bool = False,
         episodic_life: bool = False,
+        env_seconds: float | None = None,
     ) -> None:
         """clip_rewards: store sign(reward) for learning (episode returns stay unclipped).
         episodic_life: where the env reports ``lives``, a lost life ends the value target
-        (terminated for GAE) while the episode, and the core's memory, go on."""
+        (terminated for GAE) while the episode, and the core's memory, go on.
+        env_seconds: where the envs run in this process, a step or reset that takes longer
+        raises ``TimeLimitReached`` (on the main thread; an async env times its workers)."""
         self.envs, self.policy, self.storage, self.device = envs, policy, storage, device
         self.clip_rewards, self.episodic_life = clip_rewards, episodic_life
+        in_process = env_module(envs) is not None
+        self.env_seconds = env_seconds if in_process else None
         self.seed = seed
         # The envs are reset by the first collect, where an env that fails is reported as one
         # failing later would be (the trainer stops with a checkpoint and one line).
@@ -61,9 +68,13 @@ class RolloutCollector:
 
     def _reset(self) -> None:
         """Reset the envs with the seed (env i gets seed + i) and keep their observations."""
-        obs, info = self.envs.reset(seed=self.seed)
+        with self._limited():
+            obs, info = self.envs.reset(seed=self.seed)
         self.lives = info.get("lives")
         self.obs = obs_to_tensors(obs, self.device)
+
+    def _limited(self) -> AbstractContextManager[None]:
+        return nullcontext() if self.env_seconds is None else time_limit(self.env_seconds)
 
     def collect(
         self, should_stop: Callable[[], bool] = lambda: False
@@ -84,7 +95,9 @@ class RolloutCollector:
             storage.record_action(
                 t, self.obs, self.episode_starts, self.state, act.actions, act.logprobs, act.values
             )
-            obs, rewards, terminated, truncated, info = self.envs.step(act.actions.cpu().numpy())
+            actions = act.actions.cpu().numpy()
+            with self._limited():
+                obs, rewards, terminated, truncated, info = self.envs.step(actions)
             ended = terminated | truncated
             bootstrap = torch.zeros(B, device=self.device)
             cut = truncated & ~terminated

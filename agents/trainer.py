@@ -38,7 +38,7 @@ from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from agents.training_eval import EvalTarget, TrainingEvaluator, eval_targets
 from envs.factory import env_module, make_env, make_vector_env, probe_resets
-from envs.probe import failure_summary
+from envs.probe import TimeLimitReached, failure_summary
 from policies import triton_steps
 from policies.actor_critic import ActorCritic
 from policies.compiled import error_summary
@@ -363,6 +363,7 @@ class Trainer:
         self.collector = RolloutCollector(
             envs, self.policy, self.storage, device, env_seed,
             clip_rewards=config.clip_rewards, episodic_life=config.episodic_life,
+            env_seconds=config.env_timeout or None,
         )  # fmt: skip
         # Only rank 0 logs and writes checkpoints.
         self.logger = RunLogger(
@@ -429,6 +430,8 @@ class Trainer:
             else:  # in-process envs: the place in the env's own code (a bare assert's line)
                 module = env_module(self.collector.envs)
                 what = failure_summary(err, module) if module else error_summary(err)
+                if isinstance(err, TimeLimitReached):
+                    what += "; --env-timeout sets the limit"
             raise TrainingStopped(
                 f"an environment failed during update {update} ({what}); checkpoint {path}", 1
             ) from err

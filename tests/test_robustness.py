@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -169,6 +170,20 @@ def test_crashed_env_worker_is_reported_and_checkpointed(tmp_path, env, message)
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["update"] == 2
     # The hung worker was terminated, not waited for (it sleeps for an hour).
     assert time.monotonic() - started < 120
+
+
+def test_an_inline_env_that_never_returns_stops_training_with_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    started = time.monotonic()
+    # Its first episodes run; the first autoreset (no seed) loops forever in the env's code.
+    with pytest.raises(TrainingStopped, match="TimeLimitReached: still running after 1 s") as stop:
+        train(small_config(run, env="rims-test/LateEndlessReset-v0", env_timeout=1.0))
+    message = str(stop.value)
+    assert "an environment failed during update 1" in message and stop.value.exit_code == 1
+    assert re.search(r"\(faulty_envs.py:9[56]\)", message)  # the env's own loop (either line)
+    assert "--env-timeout sets the limit" in message
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["update"] == 0
+    assert time.monotonic() - started < 60
 
 
 @pytest.mark.parametrize("compiled", [False, True])  # --rims-compile: compiled kernels too
