@@ -98,7 +98,13 @@ def add_plot_parser(commands) -> None:
     )
     plot.add_argument("runs", nargs="+", metavar="RUN")
     plot.add_argument("--out", default="curves.png", metavar="FILE.png", help="output image")
-    plot.add_argument("--tag", default="charts/episodic_return", help="scalar to plot")
+    plot.add_argument(
+        "--tag",
+        action="append",
+        default=None,
+        help="scalar to plot, one panel each (repeatable); a pattern such as 'eval/*return' "
+        "takes every tag it matches (default: charts/episodic_return)",
+    )
 
 
 def run_record(args: argparse.Namespace) -> int:
@@ -143,7 +149,7 @@ def run_plot(args: argparse.Namespace) -> int:
     for run in runs:
         if not run.is_dir():
             raise ConfigError(f"{run} is not a run directory")
-    groups = plot_curves(runs, out, args.tag)
+    groups = plot_curves(runs, out, args.tag or ["charts/episodic_return"])
     print(f"wrote {out}: " + "; ".join(f"{name}: {n} run(s)" for name, n in groups.items()))
     return 0
 

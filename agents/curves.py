@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,12 +17,23 @@ IGNORED = NOT_LEARNED | {"seed"}
 """Settings that do not tell configs apart: runs that differ only in these are its seeds."""
 
 
-def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and values of one scalar tag; ``CheckpointError`` if the run has none."""
+def scalar_tags(run_dir: Path) -> list[str]:
+    """The scalar tags of a run's events, in the order they were first written;
+    ``CheckpointError`` if it has no events."""
+    return list(_events(run_dir).Tags()["scalars"])
+
+
+def _events(run_dir: Path) -> EventAccumulator:
     if not any(run_dir.glob("events.out.tfevents.*")):
         raise CheckpointError(f"{run_dir} holds no TensorBoard events")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
+    return acc
+
+
+def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of one scalar tag; ``CheckpointError`` if the run has none."""
+    acc = _events(run_dir)
     tags = acc.Tags()["scalars"]
     if tag not in tags:
         raise CheckpointError(
@@ -29,6 +41,31 @@ def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
         )
     events = acc.Scalars(tag)
     return np.array([e.step for e in events]), np.array([e.value for e in events])
+
+
+def expand_tags(runs: Sequence[Path], patterns: Sequence[str]) -> list[str]:
+    """Each pattern as it is, or, where it holds ``*``, ``?`` or ``[``, the runs' tags it
+    matches (``eval/*return``: ``eval/return``, ``eval/size=8/return``, ...), in the order the
+    runs wrote them; each tag once. ``CheckpointError`` for a pattern that matches nothing."""
+    found: list[str] = []
+    for run in runs:
+        try:
+            found += [t for t in scalar_tags(run) if t not in found]
+        except CheckpointError:
+            continue  # read_curve names it
+    tags: list[str] = []
+    for pattern in patterns:
+        if not any(c in pattern for c in "*?["):
+            matched = [pattern]
+        else:
+            matched = [t for t in found if fnmatch.fnmatchcase(t, pattern)]
+            if not matched:
+                raise CheckpointError(
+                    f"no scalar of the runs matches {pattern!r} (they have: "
+                    f"{', '.join(sorted(found)) or 'none'})"
+                )
+        tags += [t for t in matched if t not in tags]
+    return tags
 
 
 def group_label(run_dir: Path) -> str:
@@ -41,15 +78,66 @@ def group_label(run_dir: Path) -> str:
     return f"{config.get('core')} on {config.get('env')}#{json.dumps(key, sort_keys=True)}"
 
 
-def plot_curves(runs: Sequence[Path], out: Path, tag: str = "charts/episodic_return") -> dict:
-    """Mean curve per config with the min-max band over its seeds. Returns ``{label: seeds}``.
-    A run with no point of ``tag`` yet (no episode has ended) is left out with a line saying
-    so; ``CheckpointError`` if no run has one."""
+def plot_curves(
+    runs: Sequence[Path], out: Path, tags: Sequence[str] = ("charts/episodic_return",)
+) -> dict:
+    """One panel per tag (patterns expanded by ``expand_tags``), each with a mean curve per
+    config and the min-max band over its seeds. Returns ``{label: seeds}`` (the most seeds a
+    config has in any panel). A run with no point of a tag yet (no episode has ended) is left out
+    of that panel with a line saying so; ``CheckpointError`` if a panel would be empty."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tags = expand_tags(runs, tags)
+    panels = [(tag, _grouped_curves(runs, tag)) for tag in tags]
+    labels = list(dict.fromkeys(label for _, groups in panels for label in groups))
+    names = {label: label.split("#")[0] for label in labels}
+    if len(set(names.values())) < len(names):  # same core and env, other settings differ
+        names = {label: f"{name} ({i})" for i, (label, name) in enumerate(names.items())}
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7 if columns == 1 else 4.6 * columns,
+                             4 if rows == 1 else 3.4 * rows), squeeze=False)  # fmt: skip
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}
+    seeds: dict[str, int] = {}
+    for ax, (tag, groups) in zip(axes.flat, panels):
+        for label, curves in groups.items():
+            seeds[names[label]] = max(seeds.get(names[label], 0), len(curves))
+            legend = f"{names[label]} ({len(curves)} seed(s))"
+            if len(curves) == 1:  # its own points (marked where few, e.g. evaluations)
+                steps, vals = curves[0]
+                ax.plot(steps, vals, color=colours[label], label=legend,
+                        marker="o" if len(steps) <= 40 else None, markersize=3)  # fmt: skip
+                continue
+            # Where every seed has points: from the latest first point to the earliest last.
+            start, end = max(st[0] for st, _ in curves), min(st[-1] for st, _ in curves)
+            grid = np.linspace(start, end, 200)
+            # seeds x (steps) -> (seeds, 200), each run's curve on a shared step grid
+            values = np.stack([np.interp(grid, steps, vals) for steps, vals in curves])
+            ax.plot(grid, values.mean(0), color=colours[label], label=legend)
+            ax.fill_between(grid, values.min(0), values.max(0), alpha=0.2, color=colours[label])
+        ax.set_xlabel("agent steps")
+        if len(panels) == 1:
+            ax.set_ylabel(tag)
+        else:
+            ax.set_title(tag, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return seeds
+
+
+def _grouped_curves(
+    runs: Sequence[Path], tag: str
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """``tag``'s curve of each run that has it, grouped by config; prints a line for each run
+    left out; ``CheckpointError`` if no run has it."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     problems = []
     for run in runs:
@@ -64,23 +152,4 @@ def plot_curves(runs: Sequence[Path], out: Path, tag: str = "charts/episodic_ret
         raise CheckpointError(problems[0] + more)
     for problem in problems:
         print(f"  left out: {problem}")
-    names = {label: label.split("#")[0] for label in groups}
-    if len(set(names.values())) < len(names):  # same core and env, other settings differ
-        names = {label: f"{name} ({i})" for i, (label, name) in enumerate(names.items())}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, curves in groups.items():
-        end = min(steps[-1] for steps, _ in curves)
-        grid = np.linspace(0, end, 200)
-        values = np.stack([np.interp(grid, steps, vals) for steps, vals in curves])  # (seeds, 200)
-        line = ax.plot(grid, values.mean(0), label=f"{names[label]} ({len(curves)} seed(s))")
-        if len(curves) > 1:
-            ax.fill_between(grid, values.min(0), values.max(0), alpha=0.2,
-                            color=line[0].get_color())  # fmt: skip
-    ax.set_xlabel("agent steps")
-    ax.set_ylabel(tag)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return {names[label]: len(curves) for label, curves in groups.items()}
+    return groups

@@ -14,6 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.checkpoint import load_policy
+from agents.curves import expand_tags, scalar_tags
 from agents.record import (
     ACTIVE,
     INACTIVE,
@@ -168,6 +169,30 @@ def test_plot_leaves_out_a_run_with_no_episode_yet(runs, tmp_path, capsys):
     both = ["plot", str(runs["rims1"]), str(young), "--tag", "no/such", "--out", str(out)]
     assert exit_code(both) == 2
     assert "(and 1 more run(s) like it)" in capsys.readouterr().err
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()  # the IHDR chunk: width and height, big-endian, after the header
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_takes_several_tags_and_patterns(runs, tmp_path, capsys):
+    run = runs["rims1"]
+    charts = [t for t in scalar_tags(run) if t.startswith("charts/")]
+    assert len(charts) == 4 and "charts/episodic_return" in charts
+    tags = expand_tags([run], ["charts/episodic_return", "charts/*", "losses/entropy"])
+    assert tags[0] == "charts/episodic_return" and tags.count("charts/episodic_return") == 1
+    assert sorted(tags[:-1]) == sorted(charts) and tags[-1] == "losses/entropy"
+    one, five = tmp_path / "one.png", tmp_path / "five.png"
+    assert main(["plot", str(run), "--out", str(one)]) == 0
+    assert main(["plot", str(run), "--tag", "charts/*", "--tag", "losses/entropy",
+                 "--out", str(five)]) == 0  # fmt: skip
+    # One panel at 7 x 4 inches; five in rows of three at 4.6 x 3.4 each; 120 dpi.
+    assert png_size(one) == (840, 480) and png_size(five) == (1656, 816)
+    capsys.readouterr()
+    assert exit_code(["plot", str(run), "--tag", "nope/*", "--out", str(one)]) == 2
+    err = capsys.readouterr().err
+    assert "no scalar of the runs matches 'nope/*' (they have: charts/SPS" in err
 
 
 def test_tensorboard_gets_the_activation_image(runs):
