@@ -372,8 +372,7 @@ class Trainer:
         )  # fmt: skip
         self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
         self.generator = torch.Generator()
-        # Rank 0 alone evaluates (the others wait for it at the next gradient average).
-        self.evaluator = TrainingEvaluator(config, eval_targets if world.is_main else [])
+        self.evaluator = TrainingEvaluator(config, eval_targets or [], world)
 
     def save(self, best: bool = False) -> Path:
         if not self.world.is_main:

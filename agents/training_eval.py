@@ -17,7 +17,8 @@ from statistics import fmean
 from gymnasium.spaces import Dict
 
 from agents.config import TrainConfig
-from agents.evaluate import EvalResult, evaluate
+from agents.distributed import Distributed, any_rank, gather_lists
+from agents.evaluate import EvalResult, evaluate, success_of
 from agents.report import check_row_fits, env_kwargs_for
 from envs.factory import EnvError
 from envs.suites import GENERATED, SuiteRow, suite_rows
@@ -78,11 +79,15 @@ def eval_targets(
 
 
 class TrainingEvaluator:
-    """Evaluates a training policy on its targets when ``due``; a row whose env fails is
-    reported in one line and left out of later evaluations (training goes on)."""
+    """Evaluates a training policy on its targets when ``due``. Under ``torchrun`` every rank
+    plays its share of each row's episodes (with seeds of its own) and the returns are gathered,
+    so that no rank waits on another past the collectives' timeout. A row whose env fails (on
+    any rank) is reported in one line and left out of later evaluations; training goes on."""
 
-    def __init__(self, config: TrainConfig, targets: list[EvalTarget]) -> None:
-        self.config = config
+    def __init__(
+        self, config: TrainConfig, targets: list[EvalTarget], world: Distributed | None = None
+    ) -> None:
+        self.config, self.world = config, world or Distributed()
         self.targets = list(targets)
 
     def due(self, update: int, last_update: int) -> bool:
@@ -90,34 +95,48 @@ class TrainingEvaluator:
         return bool(self.targets) and every > 0 and (update % every == 0 or update == last_update)
 
     def evaluate(self, policy: ActorCritic) -> list[RowResult]:
+        """Every rank must call it (it gathers)."""
+        config, world = self.config, self.world
+        share = config.eval_episodes // world.world_size
+        share += int(world.rank < config.eval_episodes % world.world_size)
         results = []
         for target in list(self.targets):
-            row = target.row
-            try:
-                result = evaluate(
-                    policy, row.env, self.config.eval_episodes, seed=self.config.seed,
-                    num_envs=self.config.num_envs, shifts=row.shifts,
-                    env_kwargs=env_kwargs_for(self.config, row.env),
-                )  # fmt: skip
-            except EnvError as err:
+            row, played, failure = target.row, EvalResult([], []), None
+            if share:
+                try:
+                    played = evaluate(
+                        policy, row.env, share, seed=config.seed + world.rank * config.num_envs,
+                        num_envs=config.num_envs, shifts=row.shifts,
+                        env_kwargs=env_kwargs_for(config, row.env),
+                    )  # fmt: skip
+                except EnvError as err:
+                    failure = err
+            if any_rank(failure is not None, world):
                 self.targets.remove(target)
-                print(f"rims: --eval-every: {err}; left out of later evaluations",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                if failure is not None:
+                    print(f"rims: --eval-every: {failure}; left out of later evaluations",
+                          file=sys.stderr, flush=True)  # fmt: skip
                 continue
-            results.append(RowResult(target, result))
+            returns = gather_lists(played.returns, world)
+            lengths = gather_lists(played.lengths, world)
+            successes = [success_of(row.env, r) for r in returns]
+            flags = None if None in successes else [bool(s) for s in successes]
+            results.append(RowResult(target, EvalResult(returns, lengths, flags)))
         return results
 
 
 def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
-    """``eval at step 40,960 (3.1 s): return 0.912 (100%) | size=8 0.551 (58%) | ...`` (success
-    rates where the env defines them)."""
+    """``eval at step 40,960 (32 episodes a row, 3.1 s): return 0.912 (100%) | size=8 0.551
+    (58%) | ...`` (success rates where the env defines them)."""
 
     def text(r: RowResult) -> str:
         rate = r.result.success_rate
         success = "" if rate is None else f" ({100 * rate:.0f}%)"
         return f"{r.target.name or 'return'} {r.result.mean_return:.3f}{success}"
 
-    return f"eval at step {step:,} ({seconds:.1f} s): " + " | ".join(text(r) for r in results)
+    episodes = min(r.result.episodes for r in results)
+    head = f"eval at step {step:,} ({episodes} episodes a row, {seconds:.1f} s): "
+    return head + " | ".join(text(r) for r in results)
 
 
 def mean_shifted_return(results: list[RowResult]) -> float | None:

@@ -46,6 +46,25 @@ def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
     assert [e.step for e in scalars(run)["charts/SPS"]] == [64, 128]
 
 
+@requires_torchrun
+def test_two_processes_share_each_evaluation_during_training(tmp_path):
+    run = tmp_path / "run"
+    result = torchrun_two_processes(
+        ROOT / "train.py", tmp_path / "tmp", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
+        "--total-steps", "128", *TINY, "--torch-threads", "1", "--eval-every", "1",
+        "--eval-episodes", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parameters identical on all: yes" in result.stdout
+    # Rank 0 reports each evaluation once, with the episodes of both ranks (3 + 2).
+    lines = [line for line in result.stdout.splitlines() if line.startswith("eval at step")]
+    assert [line.split(",")[0] for line in lines] == [
+        "eval at step 64 (5 episodes a row",
+        "eval at step 128 (5 episodes a row",
+    ]
+    assert [e.step for e in scalars(run)["eval/return"]] == [64, 128]
+
+
 PROBE = """
 import os, sys
 import torch

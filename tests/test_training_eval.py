@@ -44,7 +44,10 @@ def test_evaluating_during_training_changes_nothing_the_run_learns(tmp_path, cap
         assert [s.step for s in logged[tag]] == [64, 96], tag
     assert not any(tag.startswith("eval") for tag in scalars(tmp_path / "plain"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval at")]
-    assert [line.split(" (")[0] for line in lines] == ["eval at step 64", "eval at step 96"]
+    assert [line.split(",")[0] for line in lines] == [
+        "eval at step 64 (3 episodes a row",
+        "eval at step 96 (3 episodes a row",
+    ]
     assert "| size=6 " in lines[0]
     # The last evaluation is the final policy's: rims eval with the run's seed and envs agrees.
     out = tmp_path / "eval.json"
