@@ -57,8 +57,8 @@ def wait_for_newer_event_file(run_dir: Path) -> None:
 
 
 class RunLogger:
-    """Writes ``charts/*``, ``losses/*``, ``perf/*`` (where an update's time went) and ``rims/*``
-    scalars; shows steps/s and recent return."""
+    """Writes ``charts/*``, ``losses/*``, ``perf/*`` (where an update's time went), ``rims/*``
+    and, with ``--eval-every``, ``eval/*`` scalars; shows steps/s and recent return."""
 
     def __init__(
         self,
