@@ -135,7 +135,8 @@ def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
         return f"{r.target.name or 'return'} {r.result.mean_return:.3f}{success}"
 
     episodes = min(r.result.episodes for r in results)
-    head = f"eval at step {step:,} ({episodes} episodes a row, {seconds:.1f} s): "
+    count = f"{episodes} episode{'s' if episodes != 1 else ''} a row"
+    head = f"eval at step {step:,} ({count}, {seconds:.1f} s): "
     return head + " | ".join(text(r) for r in results)
 
 

@@ -101,12 +101,13 @@ def test_eval_flags_and_suites_that_do_not_fit_are_one_line(tmp_path, capsys, fl
     assert not run.exists()  # nothing written
 
 
-def test_eval_can_be_added_when_resuming(tmp_path):
+def test_eval_can_be_added_when_resuming(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 0
     assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "64",
                  "--eval-every", "1", "--eval-episodes", "1"]) == 0  # fmt: skip
     assert [s.step for s in scalars(run)["eval/return"]] == [64]
+    assert "eval at step 64 (1 episode a row, " in capsys.readouterr().out
 
 
 def test_tag_names():
