@@ -146,6 +146,7 @@ def checkpoint_payload(
     update: int,
     mean_return: float | None,
     best_return: float | None,
+    best_eval_return: float | None = None,
 ) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
@@ -157,6 +158,7 @@ def checkpoint_payload(
         "update": update,
         "mean_recent_return": mean_return,
         "best_return": best_return,
+        "best_eval_return": best_eval_return,
         **capture_rng_states(),
     }
 
@@ -168,6 +170,9 @@ class CheckpointWriter:
         self.dir = run_dir / CHECKPOINT_DIR
         self.keep = keep
 
+    def write_best(self, payload: dict[str, Any]) -> None:
+        save_checkpoint(self.dir / "best.pt", payload)
+
     def write(self, payload: dict[str, Any], best: bool) -> Path:
         step_path = self.dir / f"step_{payload['global_step']:012d}.pt"
         save_checkpoint(self.dir / "latest.pt", payload)
@@ -176,7 +181,7 @@ class CheckpointWriter:
             for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
                 old.unlink()
         if best:
-            save_checkpoint(self.dir / "best.pt", payload)
+            self.write_best(payload)
         return self.dir / "latest.pt"
 
 
@@ -344,6 +349,7 @@ class Trainer:
             self.policy.parameters(), lr=config.learning_rate, eps=1e-5
         )
         self.global_step, self.update, self.best_return = 0, 0, None
+        self.best_eval_return: float | None = None
         if resumed is not None:
             self.policy.load_state_dict(resumed["model"])
             self.optimizer.load_state_dict(resumed["optimizer"])
@@ -353,6 +359,7 @@ class Trainer:
                 seed_everything(config.seed + 1_009 * world.rank + 7_919 * resumed["update"])
             self.global_step, self.update = resumed["global_step"], resumed["update"]
             self.best_return = resumed["best_return"]
+            self.best_eval_return = resumed.get("best_eval_return")  # absent before --eval-every
         self.storage = RolloutStorage(
             config.num_steps, config.num_envs, envs.single_observation_space,
             self.policy.initial_state(config.num_envs, device), config.sequence_length, device,
@@ -374,13 +381,18 @@ class Trainer:
         self.generator = torch.Generator()
         self.evaluator = TrainingEvaluator(config, eval_targets or [], world)
 
-    def save(self, best: bool = False) -> Path:
+    def save(self, best: bool = False, only_best: bool = False) -> Path:
+        """Write ``latest.pt`` and a numbered checkpoint, and ``best.pt`` too if ``best``; with
+        ``only_best``, ``best.pt`` alone."""
         if not self.world.is_main:
             return self.checkpoints.dir / "latest.pt"
         payload = checkpoint_payload(
             self.config, self.policy, self.optimizer, self.global_step, self.update,
-            self.logger.mean_recent_return, self.best_return,
+            self.logger.mean_recent_return, self.best_return, self.best_eval_return,
         )  # fmt: skip
+        if only_best:
+            self.checkpoints.write_best(payload)
+            return self.checkpoints.dir / "best.pt"
         return self.checkpoints.write(payload, best=best)
 
     def stop_requested(self) -> bool:
@@ -464,9 +476,14 @@ class Trainer:
             tick = time.perf_counter()
             results = self.evaluator.evaluate(self.policy)
             self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
+            own = [r.result.mean_return for r in results if not r.target.name]  # training env
+            if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
+                self.best_eval_return = own[0]
+                self.save(only_best=True)
         if update % config.checkpoint_every == 0 or update == self.num_updates:
             mean = self.logger.mean_recent_return
             improved = mean is not None and (self.best_return is None or mean > self.best_return)
             self.best_return = mean if improved else self.best_return
-            self.save(best=improved)
+            # With evaluations of the training env, they choose best.pt (above) instead.
+            self.save(best=improved and not self.evaluator.evaluates_training_env)
         return True

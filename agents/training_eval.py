@@ -90,6 +90,11 @@ class TrainingEvaluator:
         self.config, self.world = config, world or Distributed()
         self.targets = list(targets)
 
+    @property
+    def evaluates_training_env(self) -> bool:
+        """Whether the training env itself is still evaluated (it chooses ``best.pt`` then)."""
+        return any(not target.name for target in self.targets)
+
     def due(self, update: int, last_update: int) -> bool:
         every = self.config.eval_every
         return bool(self.targets) and every > 0 and (update % every == 0 or update == last_update)

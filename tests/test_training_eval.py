@@ -49,6 +49,14 @@ def test_evaluating_during_training_changes_nothing_the_run_learns(tmp_path, cap
         "eval at step 96 (3 episodes a row",
     ]
     assert "| size=6 " in lines[0]
+    # best.pt is the evaluation with the highest eval/return (the first of equals), not the
+    # best training return.
+    own = logged["eval/return"]
+    chosen = max(own, key=lambda e: e.value)  # max keeps the first of equal values
+    best = load_checkpoint(watched / "checkpoints" / "best.pt")
+    assert best["global_step"] == chosen.step
+    assert best["best_eval_return"] == pytest.approx(chosen.value, abs=1e-6)
+    assert plain.get("best_eval_return") is None
     # The last evaluation is the final policy's: rims eval with the run's seed and envs agrees.
     out = tmp_path / "eval.json"
     assert main(["eval", str(watched), "--shift", "size=6", "--episodes", "3", "--seed", "1",
