@@ -395,6 +395,19 @@ class Trainer:
             return self.checkpoints.dir / "best.pt"
         return self.checkpoints.write(payload, best=best)
 
+    def evaluate_if_due(self, update: int) -> None:
+        """Evaluate after ``update`` where ``--eval-every`` says so; an evaluation of the
+        training env that beats the best so far is written as ``best.pt``."""
+        if not self.evaluator.due(update, self.num_updates):
+            return
+        tick = time.perf_counter()
+        results = self.evaluator.evaluate(self.policy)
+        self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
+        own = [r.result.mean_return for r in results if not r.target.name]  # the training env
+        if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
+            self.best_eval_return = own[0]
+            self.save(only_best=True)
+
     def stop_requested(self) -> bool:
         return self.signals.received is not None
 
@@ -472,14 +485,7 @@ class Trainer:
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)
         self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
-        if self.evaluator.due(update, self.num_updates):
-            tick = time.perf_counter()
-            results = self.evaluator.evaluate(self.policy)
-            self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
-            own = [r.result.mean_return for r in results if not r.target.name]  # training env
-            if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
-                self.best_eval_return = own[0]
-                self.save(only_best=True)
+        self.evaluate_if_due(update)
         if update % config.checkpoint_every == 0 or update == self.num_updates:
             mean = self.logger.mean_recent_return
             improved = mean is not None and (self.best_return is None or mean > self.best_return)
