@@ -401,7 +401,7 @@ class Trainer:
         if not self.evaluator.due(update, self.num_updates):
             return
         tick = time.perf_counter()
-        results = self.evaluator.evaluate(self.policy)
+        results = self.evaluator.evaluate(self.policy, should_stop=self.stop_requested)
         self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
         own = [r.result.mean_return for r in results if not r.target.name]  # the training env
         if own and (self.best_eval_return is None or own[0] > self.best_eval_return):

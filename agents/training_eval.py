@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import fmean
 
@@ -99,13 +100,19 @@ class TrainingEvaluator:
         every = self.config.eval_every
         return bool(self.targets) and every > 0 and (update % every == 0 or update == last_update)
 
-    def evaluate(self, policy: ActorCritic) -> list[RowResult]:
-        """Every rank must call it (it gathers)."""
+    def evaluate(
+        self, policy: ActorCritic, should_stop: Callable[[], bool] = lambda: False
+    ) -> list[RowResult]:
+        """Every rank must call it (it gathers). Where ``should_stop()`` turns true (a stop
+        signal) before a row, the evaluation is given up and nothing is returned, so that the
+        run stops without waiting for the remaining rows."""
         config, world = self.config, self.world
         share = config.eval_episodes // world.world_size
         share += int(world.rank < config.eval_episodes % world.world_size)
         results = []
         for target in list(self.targets):
+            if any_rank(should_stop(), world):
+                return []
             row, played, failure = target.row, EvalResult([], []), None
             if share:
                 try:

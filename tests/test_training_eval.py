@@ -10,8 +10,9 @@ import torch
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from agents.checkpoint import load_checkpoint
+from agents.config import resolve_config
 from agents.evaluate import evaluate
-from agents.training_eval import tag_name
+from agents.training_eval import TrainingEvaluator, eval_targets, tag_name
 from envs.factory import make_env
 from envs.suites import SuiteRow
 from policies.actor_critic import ActorCritic, PolicySpec
@@ -116,6 +117,27 @@ def test_eval_can_be_added_when_resuming(tmp_path, capsys):
                  "--eval-every", "1", "--eval-episodes", "1"]) == 0  # fmt: skip
     assert [s.step for s in scalars(run)["eval/return"]] == [64]
     assert "eval at step 64 (1 episode a row, " in capsys.readouterr().out
+
+
+def test_a_stop_signal_gives_up_the_evaluation_between_rows():
+    suite = SuiteRow("rims/CueMemory-v0")
+    config = resolve_config(dict(env="rims/CueMemory-v0", hidden_size=4, num_units=3, k=2,
+                                 feature_size=8, eval_every=1, eval_episodes=2))  # fmt: skip
+    env = make_env(config.env)
+    policy = ActorCritic(env.observation_space, int(env.action_space.n), config.policy_spec())
+    targets = eval_targets(config, env.observation_space, policy.num_actions)
+    env.close()
+    assert [t.row for t in targets] == [suite]
+    evaluator = TrainingEvaluator(config, targets * 3)  # three rows
+    asked = []
+
+    def stop_after_one_row() -> bool:
+        asked.append(True)
+        return len(asked) > 1
+
+    assert evaluator.evaluate(policy, should_stop=stop_after_one_row) == []
+    assert len(asked) == 2  # asked before each row; the second answer gave up the rest
+    assert len(evaluator.evaluate(policy)) == 3  # the rows are kept for the next evaluation
 
 
 def test_tag_names():
