@@ -17,42 +17,70 @@ IGNORED = NOT_LEARNED | {"seed"}
 """Settings that do not tell configs apart: runs that differ only in these are its seeds."""
 
 
+class RunScalars:
+    """One run's scalar events, read from disk once; ``CheckpointError`` if it has none."""
+
+    def __init__(self, run_dir: Path) -> None:
+        if not any(run_dir.glob("events.out.tfevents.*")):
+            raise CheckpointError(f"{run_dir} holds no TensorBoard events")
+        self.run_dir = run_dir
+        self._events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        self._events.Reload()
+
+    @property
+    def tags(self) -> list[str]:
+        """The scalar tags, in the order they were first written."""
+        return list(self._events.Tags()["scalars"])
+
+    def curve(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of one scalar tag; ``CheckpointError`` if the run has none."""
+        tags = self.tags
+        if tag not in tags:
+            raise CheckpointError(
+                f"{self.run_dir} has no scalar {tag!r} "
+                f"(it has: {', '.join(sorted(tags)) or 'none'})"
+            )
+        events = self._events.Scalars(tag)
+        return np.array([e.step for e in events]), np.array([e.value for e in events])
+
+
 def scalar_tags(run_dir: Path) -> list[str]:
     """The scalar tags of a run's events, in the order they were first written;
     ``CheckpointError`` if it has no events."""
-    return list(_events(run_dir).Tags()["scalars"])
-
-
-def _events(run_dir: Path) -> EventAccumulator:
-    if not any(run_dir.glob("events.out.tfevents.*")):
-        raise CheckpointError(f"{run_dir} holds no TensorBoard events")
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return acc
+    return RunScalars(run_dir).tags
 
 
 def read_curve(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps and values of one scalar tag; ``CheckpointError`` if the run has none."""
-    acc = _events(run_dir)
-    tags = acc.Tags()["scalars"]
-    if tag not in tags:
-        raise CheckpointError(
-            f"{run_dir} has no scalar {tag!r} (it has: {', '.join(sorted(tags)) or 'none'})"
-        )
-    events = acc.Scalars(tag)
-    return np.array([e.step for e in events]), np.array([e.value for e in events])
+    return RunScalars(run_dir).curve(tag)
+
+
+Loaded = list[tuple[Path, "RunScalars | CheckpointError"]]
+"""Each run with its scalars, or why it has none (read once for every tag of a plot)."""
+
+
+def _load(runs: Sequence[Path]) -> Loaded:
+    loaded: Loaded = []
+    for run in runs:
+        try:
+            loaded.append((run, RunScalars(run)))
+        except CheckpointError as err:
+            loaded.append((run, err))
+    return loaded
 
 
 def expand_tags(runs: Sequence[Path], patterns: Sequence[str]) -> list[str]:
     """Each pattern as it is, or, where it holds ``*``, ``?`` or ``[``, the runs' tags it
     matches (``eval/*return``: ``eval/return``, ``eval/size=8/return``, ...), in the order the
     runs wrote them; each tag once. ``CheckpointError`` for a pattern that matches nothing."""
+    return _expand_tags(_load(runs), patterns)
+
+
+def _expand_tags(loaded: Loaded, patterns: Sequence[str]) -> list[str]:
     found: list[str] = []
-    for run in runs:
-        try:
-            found += [t for t in scalar_tags(run) if t not in found]
-        except CheckpointError:
-            continue  # read_curve names it
+    for _, scalars in loaded:
+        if isinstance(scalars, RunScalars):  # a run without events is named by its panel
+            found += [t for t in scalars.tags if t not in found]
     tags: list[str] = []
     for pattern in patterns:
         if not any(c in pattern for c in "*?["):
@@ -90,8 +118,9 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tags = expand_tags(runs, tags)
-    panels = [(tag, _grouped_curves(runs, tag)) for tag in tags]
+    loaded = _load(runs)
+    tags = _expand_tags(loaded, tags)
+    panels = [(tag, _grouped_curves(loaded, tag)) for tag in tags]
     labels = list(dict.fromkeys(label for _, groups in panels for label in groups))
     names = {label: label.split("#")[0] for label in labels}
     if len(set(names.values())) < len(names):  # same core and env, other settings differ
@@ -133,17 +162,18 @@ def plot_curves(
     return seeds
 
 
-def _grouped_curves(
-    runs: Sequence[Path], tag: str
-) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+def _grouped_curves(loaded: Loaded, tag: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """``tag``'s curve of each run that has it, grouped by config; prints a line for each run
     left out; ``CheckpointError`` if no run has it."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     problems = []
-    for run in runs:
+    for run, scalars in loaded:
+        if isinstance(scalars, CheckpointError):  # no events at all
+            problems.append(str(scalars))
+            continue
         try:
-            curve = read_curve(run, tag)
-        except CheckpointError as err:
+            curve = scalars.curve(tag)
+        except CheckpointError as err:  # no point of this tag yet
             problems.append(str(err))
             continue
         groups.setdefault(group_label(run), []).append(curve)
