@@ -381,19 +381,22 @@ class Trainer:
         self.generator = torch.Generator()
         self.evaluator = TrainingEvaluator(config, eval_targets or [], world)
 
-    def save(self, best: bool = False, only_best: bool = False) -> Path:
-        """Write ``latest.pt`` and a numbered checkpoint, and ``best.pt`` too if ``best``; with
-        ``only_best``, ``best.pt`` alone."""
-        if not self.world.is_main:
-            return self.checkpoints.dir / "latest.pt"
-        payload = checkpoint_payload(
+    def _payload(self) -> dict[str, Any]:
+        return checkpoint_payload(
             self.config, self.policy, self.optimizer, self.global_step, self.update,
             self.logger.mean_recent_return, self.best_return, self.best_eval_return,
         )  # fmt: skip
-        if only_best:
-            self.checkpoints.write_best(payload)
-            return self.checkpoints.dir / "best.pt"
-        return self.checkpoints.write(payload, best=best)
+
+    def save(self, best: bool = False) -> Path:
+        """Write ``latest.pt`` and a numbered checkpoint, and ``best.pt`` too if ``best``."""
+        if not self.world.is_main:
+            return self.checkpoints.dir / "latest.pt"
+        return self.checkpoints.write(self._payload(), best=best)
+
+    def save_best(self) -> None:
+        """Write ``best.pt`` alone."""
+        if self.world.is_main:
+            self.checkpoints.write_best(self._payload())
 
     def evaluate_if_due(self, update: int) -> None:
         """Evaluate after ``update`` where ``--eval-every`` says so; an evaluation of the
@@ -406,7 +409,7 @@ class Trainer:
         own = [r.result.mean_return for r in results if not r.target.name]  # the training env
         if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
             self.best_eval_return = own[0]
-            self.save(only_best=True)
+            self.save_best()
 
     def stop_requested(self) -> bool:
         return self.signals.received is not None
