@@ -30,6 +30,12 @@ class EvalResult:
     lengths: list[int]
     successes: list[bool] | None = None
 
+    @classmethod
+    def of(cls, env_id: str, returns: list[float], lengths: list[int]) -> EvalResult:
+        """The episodes' returns and lengths, with successes where ``env_id`` defines them."""
+        success = [success_of(env_id, r) for r in returns]
+        return cls(returns, lengths, None if None in success else [bool(s) for s in success])
+
     @property
     def episodes(self) -> int:
         return len(self.returns)
@@ -108,5 +114,4 @@ def evaluate(
                 starts = torch.as_tensor(terminated | truncated, device=device)
     finally:
         policy.train(was_training)
-    success = [success_of(env_id, r) for r in returns]
-    return EvalResult(returns, lengths, None if None in success else [bool(s) for s in success])
+    return EvalResult.of(env_id, returns, lengths)

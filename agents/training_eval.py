@@ -19,7 +19,7 @@ from gymnasium.spaces import Dict
 
 from agents.config import TrainConfig
 from agents.distributed import Distributed, any_rank, gather_lists
-from agents.evaluate import EvalResult, evaluate, success_of
+from agents.evaluate import EvalResult, evaluate
 from agents.report import check_row_fits, env_kwargs_for
 from envs.factory import EnvError
 from envs.suites import GENERATED, SuiteRow, suite_rows
@@ -56,25 +56,29 @@ def eval_targets(
     config: TrainConfig, observation_space: Dict, num_actions: int
 ) -> list[EvalTarget]:
     """What ``config``'s ``--eval-every`` evaluates: the training env, then each row of
-    ``--eval-suite`` (``$RUN`` is the training env; a row given twice counts once). Every row is
-    checked as ``rims eval`` checks it (its levels can be made, its observations and actions fit
-    the policy): ``EnvError`` names the first that does not, except that rows of the generated
-    ``atari-modes`` suite that do not fit are left out with a line, as ``rims eval`` does."""
+    ``--eval-suite`` (``$RUN`` is the training env; a row given twice counts once).
+    ``observation_space`` and ``num_actions`` are the policy's, built for the training env. Every
+    other row is checked as ``rims eval`` checks it (its levels can be made, its observations and
+    actions fit the policy): ``EnvError`` names the first that does not, except that rows of the
+    generated ``atari-modes`` suite that do not fit are left out with a line, as ``rims eval``
+    does."""
     if not config.eval_every:
         return []
-    rows = [SuiteRow(config.env)]
+    own = SuiteRow(config.env)
+    rows = [own]
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]
     targets = []
     for row in dict.fromkeys(rows):
-        try:
-            check_row_fits(row, env_kwargs_for(config, row.env), observation_space, num_actions,
-                           "the policy")  # fmt: skip
-        except EnvError as err:
-            if config.eval_suite not in GENERATED or not row.shifts:
-                raise EnvError(f"--eval-suite: {err}") from None
-            print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
-            continue
+        if row != own:  # the training env itself was checked when the policy was built for it
+            try:
+                check_row_fits(row, env_kwargs_for(config, row.env), observation_space,
+                               num_actions, "the policy")  # fmt: skip
+            except EnvError as err:
+                if config.eval_suite not in GENERATED or not row.shifts:
+                    raise EnvError(f"--eval-suite: {err}") from None
+                print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
+                continue
         targets.append(EvalTarget(row, tag_name(row, config.env)))
     return targets
 
@@ -131,9 +135,7 @@ class TrainingEvaluator:
                 continue
             returns = gather_lists(played.returns, world)
             lengths = gather_lists(played.lengths, world)
-            successes = [success_of(row.env, r) for r in returns]
-            flags = None if None in successes else [bool(s) for s in successes]
-            results.append(RowResult(target, EvalResult(returns, lengths, flags)))
+            results.append(RowResult(target, EvalResult.of(row.env, returns, lengths)))
         return results
 
 
