@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +17,7 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor
 
 from agents.storage import RolloutStorage, obs_to_tensors
-from envs.factory import env_module, final_observations
-from envs.probe import time_limit
+from envs.factory import final_observations, in_process_limit
 from policies.actor_critic import ActorCritic
 
 
@@ -56,8 +54,7 @@ class RolloutCollector:
         raises ``TimeLimitReached`` (on the main thread; an async env times its workers)."""
         self.envs, self.policy, self.storage, self.device = envs, policy, storage, device
         self.clip_rewards, self.episodic_life = clip_rewards, episodic_life
-        in_process = env_module(envs) is not None
-        self.env_seconds = env_seconds if in_process else None
+        self.env_seconds = env_seconds
         self.seed = seed
         # The envs are reset by the first collect, where an env that fails is reported as one
         # failing later would be (the trainer stops with a checkpoint and one line).
@@ -68,13 +65,10 @@ class RolloutCollector:
 
     def _reset(self) -> None:
         """Reset the envs with the seed (env i gets seed + i) and keep their observations."""
-        with self._limited():
+        with in_process_limit(self.envs, self.env_seconds):
             obs, info = self.envs.reset(seed=self.seed)
         self.lives = info.get("lives")
         self.obs = obs_to_tensors(obs, self.device)
-
-    def _limited(self) -> AbstractContextManager[None]:
-        return nullcontext() if self.env_seconds is None else time_limit(self.env_seconds)
 
     def collect(
         self, should_stop: Callable[[], bool] = lambda: False
@@ -96,7 +90,7 @@ class RolloutCollector:
                 t, self.obs, self.episode_starts, self.state, act.actions, act.logprobs, act.values
             )
             actions = act.actions.cpu().numpy()
-            with self._limited():
+            with in_process_limit(self.envs, self.env_seconds):
                 obs, rewards, terminated, truncated, info = self.envs.step(actions)
             ended = terminated | truncated
             bootstrap = torch.zeros(B, device=self.device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import gymnasium as gym
@@ -205,9 +205,8 @@ def env_errors(
     that runs longer (a level generator that never finds room) is stopped and reported the same
     way, where ``env`` runs in this process (``env_module``) and the call is on the main
     thread (``envs.probe.time_limit``); elsewhere it runs without a limit."""
-    limited = seconds is not None and env is not None and env_module(env) is not None
     try:
-        with time_limit(seconds) if limited else nullcontext():  # type: ignore[arg-type]
+        with in_process_limit(env, seconds):
             yield
     except TimeLimitReached:
         raise EnvError(
@@ -218,6 +217,14 @@ def env_errors(
         raise
     except Exception as err:
         raise env_failure(env_id, shifts, what, err, env) from err
+
+
+def in_process_limit(env: Any, seconds: float | None) -> AbstractContextManager[None]:
+    """``envs.probe.time_limit(seconds)`` where ``env`` runs in this process (``env_module``);
+    no limit for envs in other processes (they time their workers), or without ``seconds``."""
+    if seconds is None or env is None or env_module(env) is None:
+        return nullcontext()
+    return time_limit(seconds)
 
 
 def env_module(env: Any) -> str | None:
