@@ -406,7 +406,7 @@ class Trainer:
         tick = time.perf_counter()
         results = self.evaluator.evaluate(self.policy, should_stop=self.stop_requested)
         self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
-        own = [r.result.mean_return for r in results if not r.target.name]  # the training env
+        own = [r.result.mean_return for r in results if r.target.is_training_env]
         if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
             self.best_eval_return = own[0]
             self.save_best()

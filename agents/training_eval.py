@@ -34,8 +34,13 @@ class EvalTarget:
     row: SuiteRow
     name: str
 
+    @property
+    def is_training_env(self) -> bool:
+        """The training env itself, unshifted (its scores choose ``best.pt``)."""
+        return not self.name
+
     def tag(self, metric: str) -> str:
-        return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
+        return f"eval/{metric}" if self.is_training_env else f"eval/{self.name}/{metric}"
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ class TrainingEvaluator:
     @property
     def evaluates_training_env(self) -> bool:
         """Whether the training env itself is still evaluated (it chooses ``best.pt`` then)."""
-        return any(not target.name for target in self.targets)
+        return any(target.is_training_env for target in self.targets)
 
     def due(self, update: int, last_update: int) -> bool:
         every = self.config.eval_every
@@ -156,5 +161,5 @@ def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
 
 def mean_shifted_return(results: list[RowResult]) -> float | None:
     """Mean return over the rows other than the training env itself (None if there are none)."""
-    shifted = [r.result.mean_return for r in results if r.target.name]
+    shifted = [r.result.mean_return for r in results if not r.target.is_training_env]
     return fmean(shifted) if shifted else None
