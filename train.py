@@ -199,6 +199,11 @@ def add_eval_parser(commands) -> None:
     ev.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON")
     ev.add_argument("--csv", default=None, metavar="FILE", help="write the rows as CSV")
     ev.add_argument("--plot", default=None, metavar="FILE.png", help="grouped bar chart")
+    ev.add_argument(
+        "--pool-seeds", action="store_true",
+        help="one column per config, not per run: runs that differ only in seed are pooled into "
+        "the mean over seeds with a 95%% bootstrap interval over seeds (JSON, CSV, plot too)",
+    )  # fmt: skip
 
 
 def check_output(path: str | None, suffixes: tuple[str, ...]) -> Path | None:
@@ -214,7 +219,7 @@ def check_output(path: str | None, suffixes: tuple[str, ...]) -> Path | None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from agents import report
+    from agents import pooled, report
     from agents.checkpoint import load_policy
     from agents.trainer import resolve_device
     from envs.factory import check_env_id
@@ -233,6 +238,8 @@ def run_eval(args: argparse.Namespace) -> int:
         check_env_id(args.env)
     device = resolve_device(args.device)
     runs = [load_policy(path, args.checkpoint, device) for path in args.runs]
+    if args.pool_seeds:
+        pooled.check_one_run_a_seed(runs)
     if args.suite:
         suite, rows = suite_rows(args.suite, [r.config.env for r in runs])
         title = f"suite {suite.name}"
@@ -246,13 +253,17 @@ def run_eval(args: argparse.Namespace) -> int:
     results = report.evaluate_runs(
         runs, rows, args.episodes, args.seed, deterministic=args.greedy, num_envs=args.num_envs
     )
-    print(report.format_table(results))
+    if args.pool_seeds:
+        rows, writer = pooled.pool(runs, results), pooled  # one column per config
+    else:
+        rows, writer = results, report  # one column per run
+    print(writer.format_table(rows))
     if outputs["json"]:
-        report.write_json(results, outputs["json"])
+        writer.write_json(rows, outputs["json"])
     if outputs["csv"]:
-        report.write_csv(results, outputs["csv"])
+        writer.write_csv(rows, outputs["csv"])
     if outputs["plot"]:
-        report.plot(results, outputs["plot"], title)
+        writer.plot(rows, outputs["plot"], title)
     return 0
 
 

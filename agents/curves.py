@@ -11,10 +11,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.checkpoint import CheckpointError
-from agents.config import NOT_LEARNED
-
-IGNORED = NOT_LEARNED | {"seed"}
-"""Settings that do not tell configs apart: runs that differ only in these are its seeds."""
+from agents.groups import config_key, config_names
 
 
 class RunScalars:
@@ -96,14 +93,29 @@ def _expand_tags(loaded: Loaded, patterns: Sequence[str]) -> list[str]:
     return tags
 
 
-def group_label(run_dir: Path) -> str:
-    """Runs with the same config but for the seed (and run bookkeeping) share a label."""
+def run_config(run_dir: Path) -> dict | None:
+    """The run's ``config.json``, or None where it has none (or an unreadable one)."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        return json.loads((run_dir / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return run_dir.name
-    key = {k: v for k, v in config.items() if k not in IGNORED}
-    return f"{config.get('core')} on {config.get('env')}#{json.dumps(key, sort_keys=True)}"
+        return None
+
+
+def group_label(run_dir: Path) -> str:
+    """Runs with the same config but for the seed (and run bookkeeping) share a label; a run
+    without a readable config is a group of its own, labelled by its folder's name."""
+    return run_groups([run_dir])[0][run_dir]
+
+
+def run_groups(runs: Sequence[Path]) -> tuple[dict[Path, str], dict[str, str]]:
+    """Each run's ``group_label`` and each label's name: ``rims on ENV``, with the settings that
+    tell it from another config of that core and env (``rims on ENV k=3``). Reads each run's
+    config once."""
+    configs = {run: run_config(run) for run in runs}
+    labels = {run: run.name if c is None else config_key(c) for run, c in configs.items()}
+    names = config_names([c for c in configs.values() if c is not None], with_env=True)
+    names.update({run.name: run.name for run, c in configs.items() if c is None})
+    return labels, names
 
 
 def plot_curves(
@@ -120,11 +132,9 @@ def plot_curves(
 
     loaded = _load(runs)
     tags = _expand_tags(loaded, tags)
-    panels = [(tag, _grouped_curves(loaded, tag)) for tag in tags]
+    label_of, names = run_groups(runs)
+    panels = [(tag, _grouped_curves(loaded, tag, label_of)) for tag in tags]
     labels = list(dict.fromkeys(label for _, groups in panels for label in groups))
-    names = {label: label.split("#")[0] for label in labels}
-    if len(set(names.values())) < len(names):  # same core and env, other settings differ
-        names = {label: f"{name} ({i})" for i, (label, name) in enumerate(names.items())}
     columns = min(len(panels), 3)
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(7 if columns == 1 else 4.6 * columns,
@@ -162,9 +172,11 @@ def plot_curves(
     return seeds
 
 
-def _grouped_curves(loaded: Loaded, tag: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """``tag``'s curve of each run that has it, grouped by config; prints a line for each run
-    left out; ``CheckpointError`` if no run has it."""
+def _grouped_curves(
+    loaded: Loaded, tag: str, label_of: dict[Path, str]
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """``tag``'s curve of each run that has it, grouped by ``label_of``; prints a line for each
+    run left out; ``CheckpointError`` if no run has it."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     problems = []
     for run, scalars in loaded:
@@ -176,7 +188,7 @@ def _grouped_curves(loaded: Loaded, tag: str) -> dict[str, list[tuple[np.ndarray
         except CheckpointError as err:  # no point of this tag yet
             problems.append(str(err))
             continue
-        groups.setdefault(group_label(run), []).append(curve)
+        groups.setdefault(label_of[run], []).append(curve)
     if not groups:
         more = f" (and {len(problems) - 1} more run(s) like it)" if len(problems) > 1 else ""
         raise CheckpointError(problems[0] + more)

@@ -156,8 +156,6 @@ def evaluate_runs(
 
 def format_table(results: Sequence[EvalRow]) -> str:
     """Rows env x shift, one column per run: ``mean ± ci95`` and the success rate."""
-    runs = list(dict.fromkeys(r.run for r in results))
-    keys = list(dict.fromkeys((r.env, r.shift) for r in results))
     cell = {(r.run, r.env, r.shift): r for r in results}
 
     def text(r: EvalRow) -> str:
@@ -165,29 +163,35 @@ def format_table(results: Sequence[EvalRow]) -> str:
         ci = "n/a" if r.ci95 is None else f"{r.ci95:.3f}"  # n/a: one episode
         return f"{r.mean_return:.3f} ± {ci}{success}"
 
-    env_w = max(len("env"), *(len(e) for e, _ in keys))
-    shift_w = max(len("shift"), *(len(s or "-") for _, s in keys))
-    col_w = [max(len(run), *(len(text(cell[(run, *k)])) for k in keys if (run, *k) in cell))
-             for run in runs]  # fmt: skip
-    lines = [
-        f"{'env':<{env_w}}  {'shift':<{shift_w}}  "
-        + "  ".join(f"{run:<{w}}" for run, w in zip(runs, col_w)),
-    ]
-    lines.append("-" * len(lines[0]))
-    for env, shift in keys:
-        cells = [
-            text(cell[(run, env, shift)]) if (run, env, shift) in cell else "-" for run in runs
-        ]
-        lines.append(
-            f"{env:<{env_w}}  {shift or '-':<{shift_w}}  "
-            + "  ".join(f"{c:<{w}}" for c, w in zip(cells, col_w))
-        )
+    runs = list(dict.fromkeys(r.run for r in results))
+    keys = list(dict.fromkeys((r.env, r.shift) for r in results))
+    texts = {k: {run: text(cell[(run, *k)]) for run in runs if (run, *k) in cell} for k in keys}
     episodes = sorted({r.episodes for r in results})
-    lines.append(
+    footer = (
         f"mean return ± 95% CI over {'/'.join(map(str, episodes))} episodes; "
         "% = success rate where the env defines one"
     )
-    return "\n".join(lines)
+    return "\n".join([*aligned_table(runs, texts), footer])
+
+
+def aligned_table(
+    columns: Sequence[str], texts: dict[tuple[str, str], dict[str, str]]
+) -> list[str]:
+    """Lines of a table whose rows are env x shift (the keys of ``texts``, in order) and whose
+    columns are ``columns``; ``texts[(env, shift)][column]`` is a cell, ``-`` where missing."""
+    keys = list(texts)
+    env_w = max(len("env"), *(len(e) for e, _ in keys))
+    shift_w = max(len("shift"), *(len(s or "-") for _, s in keys))
+    col_w = [max(len(c), *(len(texts[k].get(c, "-")) for k in keys)) for c in columns]
+    head = f"{'env':<{env_w}}  {'shift':<{shift_w}}  " + "  ".join(
+        f"{c:<{w}}" for c, w in zip(columns, col_w)
+    )
+    head = head.rstrip()
+    lines = [head, "-" * len(head)]
+    for env, shift in keys:
+        cells = "  ".join(f"{texts[(env, shift)].get(c, '-'):<{w}}" for c, w in zip(columns, col_w))
+        lines.append(f"{env:<{env_w}}  {shift or '-':<{shift_w}}  {cells}".rstrip())
+    return lines
 
 
 def write_json(results: Sequence[EvalRow], path: Path) -> None:
@@ -204,24 +208,43 @@ def write_csv(results: Sequence[EvalRow], path: Path) -> None:
 
 def plot(results: Sequence[EvalRow], path: Path, title: str = "") -> None:
     """Grouped bars: one group per env x shift, one colour per run, 95% CI error bars."""
+    bars = {
+        (r.run, (r.env, r.shift)): (r.mean_return, r.ci95 or 0.0, r.ci95 or 0.0, ())
+        for r in results
+    }
+    bar_chart(bars, path, title, "mean return (95% CI)")
+
+
+Bar = tuple[float, float, float, Sequence[float]]
+"""A bar's height, its error below and above, and points to mark on it (none: ``()``)."""
+
+
+def bar_chart(
+    bars: dict[tuple[str, tuple[str, str]], Bar], path: Path, title: str, ylabel: str
+) -> None:
+    """Grouped bars keyed by (column, (env, shift)): one group per env x shift, one colour per
+    column, in the order they come."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = list(dict.fromkeys(r.run for r in results))
-    keys = list(dict.fromkeys((r.env, r.shift) for r in results))
-    cell = {(r.run, r.env, r.shift): r for r in results}
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(keys) * max(1, len(runs) / 2)), 4.0))
-    for i, run in enumerate(runs):
-        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(keys))]
-        present = [(x, cell[(run, *k)]) for x, k in zip(xs, keys) if (run, *k) in cell]
-        ax.bar([x for x, _ in present], [r.mean_return for _, r in present], width,
-               yerr=[r.ci95 or 0.0 for _, r in present], capsize=3, label=run)  # fmt: skip
+    columns = list(dict.fromkeys(column for column, _ in bars))
+    keys = list(dict.fromkeys(key for _, key in bars))
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(keys) * max(1, len(columns) / 2)), 4.0))
+    for i, column in enumerate(columns):
+        xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(keys))]
+        present = [(x, bars[(column, k)]) for x, k in zip(xs, keys) if (column, k) in bars]
+        ax.bar([x for x, _ in present], [b[0] for _, b in present], width, capsize=3,
+               yerr=[[b[1] for _, b in present], [b[2] for _, b in present]],
+               label=column, color=f"C{i}")  # fmt: skip
+        dots = [(x, p) for x, b in present for p in b[3]]
+        if dots:
+            ax.scatter([x for x, _ in dots], [p for _, p in dots], s=9, color="black", zorder=3)
     labels = [f"{env.replace('MiniGrid-', '')}\n{shift or 'no shift'}" for env, shift in keys]
     ax.set_xticks(range(len(keys)), labels, fontsize=8)
-    ax.set_ylabel("mean return (95% CI)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "evaluation")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -194,7 +194,7 @@ def test_resume_may_change_what_does_not_change_learning_and_nothing_else(tmp_pa
 
 def test_settings_that_do_not_change_learning_are_config_fields():
     from agents.config import NOT_LEARNED, TrainConfig
-    from agents.curves import IGNORED
+    from agents.groups import IGNORED
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert NOT_LEARNED < fields and IGNORED == NOT_LEARNED | {"seed"}

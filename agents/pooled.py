@@ -1,0 +1,152 @@
+"""``rims eval --pool-seeds``: the runs of one config (runs that differ only in seed and in
+settings that do not change what is learned) pooled into one column. Each run's mean return over
+its episodes is one sample; a cell is their mean over seeds with a 95% percentile-bootstrap
+interval over seeds (the interval rliable recommends for few runs; with few seeds it tends to be
+too narrow, so the number of seeds is shown beside it)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agents.checkpoint import LoadedPolicy
+from agents.config import ConfigError
+from agents.groups import config_key, config_names
+from agents.report import EvalRow, aligned_table, bar_chart
+
+FIELDS = (
+    "config", "core", "env", "shift", "seeds", "episodes", "mean_return", "ci_low", "ci_high",
+    "min_return", "max_return", "success_rate",
+)  # fmt: skip
+"""The CSV's columns; JSON adds ``runs`` and ``run_returns`` (one per seed, in the same order)."""
+
+BOOTSTRAP_SAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class PooledRow:
+    """One config on one env x shift, over its seeds. Field names are stable (JSON, CSV)."""
+
+    config: str  # the config's name: its core and what tells it from the others
+    core: str
+    env: str
+    shift: str
+    seeds: int
+    episodes: int  # a run's episodes
+    mean_return: float  # mean over seeds of each run's mean return
+    ci_low: float | None  # 95% bootstrap interval of that mean over seeds; None for one seed
+    ci_high: float | None
+    min_return: float  # the lowest run's mean return
+    max_return: float
+    success_rate: float | None  # mean over seeds, where the env defines success
+    runs: tuple[str, ...]
+    run_returns: tuple[float, ...]
+
+
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the mean of ``values`` (resampled with replacement,
+    ``samples`` times, from a fixed ``seed``: the same values give the same interval); None for
+    fewer than two values, whose spread is unknown."""
+    if len(values) < 2:
+        return None
+    x = np.asarray(values, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))
+    means = x[draws].mean(axis=1)  # (samples, n) resampled values -> (samples,) means
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def check_one_run_a_seed(runs: Sequence[LoadedPolicy]) -> None:
+    """``ConfigError`` if two runs are one config with one seed (the same run twice, or a run
+    repeated): pooled, they would count as two independent seeds."""
+    seen: dict[tuple[str, int], LoadedPolicy] = {}
+    for run in runs:
+        config = run.config.to_dict()
+        first = seen.setdefault((config_key(config), run.config.seed), run)
+        if first is not run:
+            raise ConfigError(
+                f"--pool-seeds: {first.path} and {run.path} are one config with seed "
+                f"{run.config.seed}; give each seed once"
+            )
+
+
+def pool(runs: Sequence[LoadedPolicy], results: Sequence[EvalRow]) -> list[PooledRow]:
+    """``results`` (``evaluate_runs`` of ``runs``) pooled by config: one row per config and
+    env x shift, configs in the order their first run was given."""
+    configs = {str(run.path): run.config.to_dict() for run in runs}
+    names = config_names(list(configs.values()))
+    groups: dict[tuple[str, str, str], list[EvalRow]] = {}
+    for r in results:
+        groups.setdefault((config_key(configs[r.checkpoint]), r.env, r.shift), []).append(r)
+    pooled = []
+    for (key, env, shift), rows in groups.items():
+        returns = [r.mean_return for r in rows]
+        ci = bootstrap_ci(returns)
+        rates = [r.success_rate for r in rows]
+        pooled.append(PooledRow(
+            names[key], rows[0].core, env, shift, len(rows), rows[0].episodes,
+            float(np.mean(returns)), None if ci is None else ci[0], None if ci is None else ci[1],
+            min(returns), max(returns), None if None in rates else float(np.mean(rates)),
+            tuple(r.run for r in rows), tuple(returns),
+        ))  # fmt: skip
+    return pooled
+
+
+def column(row: PooledRow) -> str:
+    return f"{row.config} ({row.seeds} seed{'s' if row.seeds != 1 else ''})"
+
+
+def format_table(rows: Sequence[PooledRow]) -> str:
+    """Rows env x shift, one column per config: the mean over seeds, its interval and the mean
+    success rate."""
+
+    def text(r: PooledRow) -> str:
+        ci = "[n/a]" if r.ci_low is None else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
+        return f"{r.mean_return:.3f} {ci}{success}"
+
+    columns = list(dict.fromkeys(column(r) for r in rows))
+    texts: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        texts.setdefault((r.env, r.shift), {})[column(r)] = text(r)
+    episodes = sorted({r.episodes for r in rows})
+    footer = (
+        f"mean over seeds of each run's mean return ({'/'.join(map(str, episodes))} episodes a "
+        "run) [95% bootstrap interval over seeds; n/a: one seed]; % = mean success rate"
+    )
+    return "\n".join([*aligned_table(columns, texts), footer])
+
+
+def write_json(rows: Sequence[PooledRow], path: Path) -> None:
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+
+
+def write_csv(rows: Sequence[PooledRow], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(asdict(r))
+
+
+def plot(rows: Sequence[PooledRow], path: Path, title: str = "") -> None:
+    """Grouped bars: one group per env x shift, one colour per config, the bootstrap interval
+    as error bars and each seed's mean return as a dot."""
+    bars = {
+        (column(r), (r.env, r.shift)): (
+            r.mean_return,
+            0.0 if r.ci_low is None else r.mean_return - r.ci_low,
+            0.0 if r.ci_high is None else r.ci_high - r.mean_return,
+            r.run_returns,
+        )
+        for r in rows
+    }
+    bar_chart(bars, path, title, "mean return over seeds (95% bootstrap interval; dots: seeds)")

@@ -1,0 +1,101 @@
+"""``rims eval --pool-seeds``: configs named and told apart, seeds pooled, the bootstrap maths."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from agents.groups import config_key, config_names
+from agents.pooled import FIELDS, bootstrap_ci
+from envs.memory import ENV_ID
+from tests.test_cli import TINY, exit_code
+from train import main
+
+
+def test_bootstrap_interval_of_two_values_spans_them():
+    # Resampled means of [0, 1] are 0, 0.5 or 1 with chances 1/4, 1/2, 1/4: the 2.5th
+    # percentile is 0 and the 97.5th is 1.
+    assert bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
+    assert bootstrap_ci([0.7]) is None  # one seed: no spread to resample
+
+
+def test_bootstrap_interval_matches_the_normal_one_for_many_values():
+    # For many values the bootstrap distribution of the mean is close to normal with standard
+    # error s / sqrt(n), so the interval is close to mean -+ 1.96 s / sqrt(n).
+    values = np.random.default_rng(3).normal(0.4, 0.2, size=400)
+    low, high = bootstrap_ci(values)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - half, abs=0.15 * half)
+    assert high == pytest.approx(values.mean() + half, abs=0.15 * half)
+    assert bootstrap_ci(values) == (low, high)  # a fixed resampling seed: reproducible
+
+
+def test_configs_are_named_by_what_tells_them_apart():
+    rims4 = {"core": "rims", "env": "E", "k": 4, "lr": 1.0, "seed": 1, "device": "cpu"}
+    rims4_seed2 = {**rims4, "seed": 2, "device": "cuda"}  # a seed of the same config
+    rims3 = {**rims4, "k": 3}
+    lstm = {**rims4, "core": "lstm"}
+    assert config_key(rims4) == config_key(rims4_seed2) != config_key(rims3)
+    names = config_names([rims4, rims4_seed2, rims3, lstm])
+    assert names == {
+        config_key(rims4): "rims k=4",
+        config_key(rims3): "rims k=3",
+        config_key(lstm): "lstm",  # the only LSTM: its k tells it from nothing
+    }
+    other_env = {**lstm, "env": "F"}
+    assert config_names([rims4, other_env]) == {
+        config_key(rims4): "rims on E",
+        config_key(other_env): "lstm on F",
+    }
+
+
+@pytest.fixture(scope="module")
+def cue_runs(tmp_path_factory):
+    """Three tiny runs on the cue task, trained for 20 updates at a large learning rate so that
+    the seeds' policies (and returns) differ: RIMs seeds 1 and 2, LSTM seed 1."""
+    root = tmp_path_factory.mktemp("cue")
+    runs = []
+    for core, seed in (("rims", 1), ("rims", 2), ("lstm", 1)):
+        run = root / f"{core}_s{seed}"
+        argv = ["train", "--env", ENV_ID, "--core", core, "--seed", str(seed),
+                "--total-steps", "320", "--learning-rate", "0.05", "--run-dir", str(run), *TINY]  # fmt: skip
+        assert main(argv) == 0
+        runs.append(str(run))
+    return runs
+
+
+def test_pooled_eval_is_the_mean_over_seeds_of_each_runs_eval(cue_runs, tmp_path, capsys):
+    common = ["eval", *cue_runs, "--episodes", "20", "--seed", "3"]
+    assert main([*common, "--json", str(tmp_path / "runs.json")]) == 0
+    per_run = {r["run"]: r["mean_return"] for r in json.loads((tmp_path / "runs.json").read_text())}
+    capsys.readouterr()
+    files = ["--json", str(tmp_path / "p.json"), "--csv", str(tmp_path / "p.csv"),
+             "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    assert main([*common, "--pool-seeds", *files]) == 0
+    table = capsys.readouterr().out
+    assert "rims (2 seeds)" in table and "lstm (1 seed)" in table and "bootstrap" in table
+    rows = {r["config"]: r for r in json.loads((tmp_path / "p.json").read_text())}
+    assert set(rows) == {"rims", "lstm"}
+    rims, lstm = rows["rims"], rows["lstm"]
+    assert rims["runs"] == ["rims_s1", "rims_s2"] and rims["seeds"] == 2
+    assert rims["run_returns"] == [per_run["rims_s1"], per_run["rims_s2"]]
+    assert rims["mean_return"] == pytest.approx(np.mean(rims["run_returns"]))
+    assert rims["min_return"] == min(rims["run_returns"])
+    assert (rims["ci_low"], rims["ci_high"]) == pytest.approx(bootstrap_ci(rims["run_returns"]))
+    assert rims["ci_low"] < rims["mean_return"] < rims["ci_high"]  # the seeds differ
+    assert lstm["run_returns"] == [per_run["lstm_s1"]] and lstm["ci_low"] is None
+    assert "[n/a]" in table  # the LSTM's single seed
+    assert rims["episodes"] == 20 and rims["success_rate"] is None  # the cue task has none
+    with (tmp_path / "p.csv").open() as f:
+        assert tuple(csv.DictReader(f).fieldnames) == FIELDS
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_seed_given_twice_is_refused(cue_runs, capsys):
+    assert exit_code(["eval", cue_runs[0], cue_runs[1], cue_runs[0], "--pool-seeds"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "one config with seed 1; give each seed once" in err and len(err.splitlines()) == 1
