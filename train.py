@@ -16,6 +16,7 @@ from agents.config import NOT_LEARNED, PRESETS, ConfigError, TrainConfig, resolv
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
+from envs.suites import SuiteRow
 
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
 
@@ -107,6 +108,18 @@ def add_plot_parser(commands) -> None:
     )
 
 
+def played_row(
+    config: TrainConfig, env: str | None, shifts: tuple[tuple[str, str], ...]
+) -> SuiteRow:
+    """What ``eval`` and ``record`` play for a run without ``--suite``: ``env`` (default: the
+    run's) with exactly ``shifts``; with neither, the run's training env with its ``--shift``."""
+    from envs.suites import SuiteRow
+
+    if env is None and not shifts:
+        return SuiteRow(config.env, config.train_shifts)
+    return SuiteRow(env or config.env, shifts)
+
+
 def run_record(args: argparse.Namespace) -> int:
     from contextlib import closing
 
@@ -115,14 +128,14 @@ def run_record(args: argparse.Namespace) -> int:
     from agents.report import check_compatible
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
-    from envs.suites import SuiteRow
 
     out = check_output(args.out, SUFFIXES)
-    shifts = tuple(parse_shift(s) for s in args.shift)
     loaded = load_policy(args.run, args.checkpoint)
-    env_id = args.env or loaded.config.env
-    check_env_id(env_id)
-    check_compatible(loaded, SuiteRow(env_id, shifts))
+    if args.env:
+        check_env_id(args.env)
+    row = played_row(loaded.config, args.env, tuple(parse_shift(s) for s in args.shift))
+    env_id, shifts = row.env, row.shifts
+    check_compatible(loaded, row)
     ends = []  # each episode's last view: its return, and whether --max-steps cut it
 
     def frames():  # streamed into the writer: a long episode is never held whole
@@ -224,7 +237,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from agents.trainer import resolve_device
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
-    from envs.suites import GENERATED, SuiteRow, suite_rows
+    from envs.suites import GENERATED, suite_rows
 
     if args.suite and (args.env or args.shift):
         raise ConfigError("--suite takes its envs and shifts from the suite; drop --env/--shift")
@@ -246,8 +259,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.suite in GENERATED:
             rows = report.compatible_rows(runs, rows)
     else:
-        envs = [args.env] if args.env else list(dict.fromkeys(r.config.env for r in runs))
-        rows, title = [SuiteRow(env, shifts) for env in envs], ", ".join(envs)
+        rows = list(dict.fromkeys(played_row(r.config, args.env, shifts) for r in runs))
+        title = ", ".join(dict.fromkeys(row.env for row in rows))
     print(f"evaluating {len(runs)} run(s) on {len(rows)} env x shift row(s), "
           f"{args.episodes} episodes each, seed {args.seed}")  # fmt: skip
     results = report.evaluate_runs(

@@ -122,7 +122,7 @@ def load_policy(
     data = load_checkpoint(file)
     try:
         config = TrainConfig.from_dict(data["config"])
-        env = make_env(config.env, **config.env_kwargs())
+        env = make_env(config.env, shifts=config.train_shifts, **config.env_kwargs())
         observation_space = env.observation_space
         env.close()
         spec = PolicySpec.from_dict(data["policy_spec"])

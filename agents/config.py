@@ -18,6 +18,8 @@ from typing import Any
 from agents.flags import option, type_mismatch
 from envs.factory import check_env_id, env_family
 from envs.mission import missions_vary
+from envs.mixture import combinations
+from envs.shifts import ShiftError, parse_shift, shift_effect
 from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
 from policies.encoders import ENCODERS
 from policies.rims import CELLS
@@ -34,6 +36,11 @@ class TrainConfig:
 
     # --- run
     env: str = option("MiniGrid-DoorKey-5x5-v0", "Gymnasium env id to train on")
+    shift: tuple[str, ...] = option(
+        (),
+        "train on the env shifted: KEY=VALUE as rims eval --shift takes it (repeatable); several "
+        "values (size=5,6,7) make each episode draw one of them (not on Atari)",
+    )
     core: str = option("rims", "recurrent core of the policy", CORES)
     total_steps: int = option(
         300_000, "agent-env interactions to train for, summed over envs (Atari: 4 frames each)"
@@ -181,12 +188,19 @@ class TrainConfig:
     detect_anomaly: bool = option(False, "torch autograd anomaly detection (slow; for NaN hunts)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.shift, list):  # read back from JSON
+            object.__setattr__(self, "shift", tuple(self.shift))
         validate(self)
 
     # --- derived values
     @property
     def family(self) -> str:
         return env_family(self.env)
+
+    @property
+    def train_shifts(self) -> tuple[tuple[str, str], ...]:
+        """``shift`` parsed: ``(("size", "5,6"),)``."""
+        return tuple(parse_shift(text) for text in self.shift)
 
     @property
     def batch_size(self) -> int:
@@ -420,6 +434,16 @@ def validate(c: TrainConfig) -> None:
     )
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
+    try:
+        mixed = combinations(c.train_shifts)
+        for combination in mixed:
+            shift_effect(c.env, c.family, combination)
+    except ShiftError as err:
+        raise ConfigError(f"--shift: {err}") from None
+    _check(
+        len(mixed) == 1 or c.family != "atari",
+        "--shift: Atari's vector envs take one value per shift",
+    )
     _check(
         not c.mission or c.family == "minigrid",
         f"--mission reads Minigrid's mission text; {c.env} has none",

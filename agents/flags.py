@@ -1,9 +1,10 @@
 """Command-line flags from a typed config dataclass (CleanRL style).
 
 Each field becomes ``--field-name``; its ``help`` metadata becomes the ``--help`` line, its
-``choices`` metadata the allowed values. Booleans get ``--flag/--no-flag``. Optional fields accept
-``none``. Flags the user did not give are absent from the result, so presets can fill them; the
-help line names every preset that sets the field, beside the field's own default.
+``choices`` metadata the allowed values. Booleans get ``--flag/--no-flag``; a tuple of strings a
+flag given once per value. Optional fields accept ``none``. Flags the user did not give are absent
+from the result, so presets can fill them; the help line names every preset that sets the field,
+beside the field's own default.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def type_mismatch(instance: Any) -> tuple[str, str] | None:
         kind, optional = base_type(f.type)
         value = getattr(instance, f.name)
         if value is None and optional:
+            continue
+        if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a repeatable flag
+            if not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+                return f.name, f"must be a list of strings, got {value!r}"
             continue
         if isinstance(value, bool):
             ok = kind is bool
@@ -95,6 +100,9 @@ def _add_flag(
             flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
         )
         return
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: given once per value
+        parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text)
+        return
     parser.add_argument(
         flag,
         type=_parser_for(kind, optional, f.name.replace("_", "-"))
@@ -110,4 +118,5 @@ def _add_flag(
 def given_flags(namespace: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     """The config fields the user set on the command line."""
     names = {f.name for f in dataclasses.fields(config_cls)}
-    return {k: v for k, v in vars(namespace).items() if k in names}
+    given = {k: v for k, v in vars(namespace).items() if k in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}

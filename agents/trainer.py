@@ -127,8 +127,9 @@ def check_policy_fits(config: TrainConfig) -> list[EvalTarget]:
     a flat vector), ``EnvError`` if the env or a row of ``--eval-suite`` cannot make its levels
     or does not fit the policy. Returns what ``--eval-every`` evaluates. Builds one env and one
     policy on the CPU, so it draws from the global RNGs."""
-    probe_resets(config.env, env_kwargs=config.env_kwargs())  # EnvError if it cannot reset
-    env = make_env(config.env, **config.env_kwargs())
+    shifts = config.train_shifts
+    probe_resets(config.env, shifts, config.env_kwargs())  # EnvError if it cannot reset
+    env = make_env(config.env, shifts=shifts, **config.env_kwargs())
     try:
         policy = build_policy(config, env.observation_space, env.action_space)
     except ValueError as err:
@@ -287,7 +288,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
         torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed + 1_009 * world.rank)  # ranks sample different actions
     envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs(),
-                           timeout=config.env_timeout or None)  # fmt: skip
+                           config.train_shifts, config.env_timeout or None)  # fmt: skip
     try:
         with (
             StopSignals() as signals,

@@ -60,8 +60,9 @@ def tag_name(row: SuiteRow, training_env: str) -> str:
 def eval_targets(
     config: TrainConfig, observation_space: Dict, num_actions: int
 ) -> list[EvalTarget]:
-    """What ``config``'s ``--eval-every`` evaluates: the training env, then each row of
-    ``--eval-suite`` (``$RUN`` is the training env; a row given twice counts once).
+    """What ``config``'s ``--eval-every`` evaluates: the training env (with its ``--shift``),
+    then each row of ``--eval-suite`` (``$RUN`` is the training env's id, unshifted; a row given
+    twice counts once; the unshifted env of a run trained on shifts is named ``unshifted``).
     ``observation_space`` and ``num_actions`` are the policy's, built for the training env. Every
     other row is checked as ``rims eval`` checks it (its levels can be made, its observations and
     actions fit the policy): ``EnvError`` names the first that does not, except that rows of the
@@ -69,7 +70,7 @@ def eval_targets(
     does."""
     if not config.eval_every:
         return []
-    own = SuiteRow(config.env)
+    own = SuiteRow(config.env, config.train_shifts)
     rows = [own]
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]
@@ -84,7 +85,9 @@ def eval_targets(
                     raise EnvError(f"--eval-suite: {err}") from None
                 print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
                 continue
-        targets.append(EvalTarget(row, tag_name(row, config.env)))
+        # A run trained on shifts names the unshifted training env too (its name is "").
+        name = "" if row == own else tag_name(row, config.env) or "unshifted"
+        targets.append(EvalTarget(row, name))
     return targets
 
 

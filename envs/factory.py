@@ -24,6 +24,7 @@ from gymnasium.wrappers.vector import RecordEpisodeStatistics
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
 from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
+from envs.mixture import ShiftMixture, combinations
 from envs.probe import TimeLimitReached, failure_summary, time_limit
 from envs.shifts import ShiftError, shift_effect, shift_label
 from envs.watched import vector_env
@@ -77,8 +78,13 @@ def make_env(
     env_id: str, render_mode: str | None = None, shifts: Shifts = (), **kwargs: Any
 ) -> gym.Env:
     """One env with dict observations and a discrete action space, with ``shifts`` applied
-    (``[("size", "8"), ...]``, see ``envs.shifts``)."""
+    (``[("size", "8"), ...]``, see ``envs.shifts``); a shift with several values (``size=5,6``)
+    makes a ``ShiftMixture`` of one env per combination of them."""
     check_env_id(env_id)
+    mixed = combinations(shifts)
+    if len(mixed) > 1:
+        members = [make_env(env_id, render_mode, c, **kwargs) for c in mixed]
+        return ShiftMixture(members, [shift_label(c) for c in mixed])
     effect = shift_effect(env_id, env_family(env_id), shifts)
     kwargs.update(effect.env_kwargs)
     if env_family(env_id) == "atari":
@@ -121,6 +127,11 @@ def make_vector_env(
     shifts = tuple(shifts)
     probe_resets(env_id, shifts, kwargs)  # fail here in one line, not inside a worker
     if env_family(env_id) == "atari":
+        if len(combinations(shifts)) > 1:
+            raise ShiftError(
+                f"{shift_label(shifts)}: Atari's vector envs take one value per shift "
+                "(several values mix levels on Minigrid and other Gymnasium envs)"
+            )
         effect = shift_effect(env_id, "atari", shifts)
         settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
         envs = make_atari_vector_env(env_id, num_envs, settings, asynchronous, timeout=timeout)
@@ -155,6 +166,11 @@ def probe_resets(
     levels at reset, where a setting its generator cannot honour fails or loops forever
     (``envs.probe``). Atari envs are only built (their settings fail there). A probe that
     passed is not repeated in the same process."""
+    mixed = combinations(shifts)
+    if len(mixed) > 1:  # each member makes its levels: a failure names its combination
+        for combination in mixed:
+            probe_resets(env_id, combination, env_kwargs, seeds, seconds)
+        return
     kwargs = dict(env_kwargs or {})
     key = (env_id, tuple(shifts), repr(sorted(kwargs.items())), tuple(seeds))
     if key in _PROBED:

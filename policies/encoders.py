@@ -84,6 +84,11 @@ class MinigridEncoder(nn.Module):
             if self.mission is not None:
                 self.mission_to_cells = nn.Linear(MissionEncoder.size, feature_size)
             return
+        if min(height, width) < 7:  # 2x2 conv, 2x2 pool, 2x2 conv, 2x2 conv: 7 -> 6 -> 3 -> 2 -> 1
+            raise ValueError(
+                f"the Minigrid CNN reads views of 7 x 7 cells or more, not {height} x {width} "
+                "(--encoder minigrid-cells reads any size)"
+            )
         with torch.no_grad():
             flat = self.cnn(torch.zeros(1, self.num_codes, height, width)).flatten(1).shape[1]
         mission_size = 0 if self.mission is None else MissionEncoder.size

@@ -278,6 +278,13 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--episodic-life"], "--episodic-life applies to Atari envs only"),
         (["--resume"], "holds no config.json; nothing to resume"),
         (["--resume", "--overwrite"], "holds no config.json"),
+        (["--shift", "size"], "--shift: a shift is KEY=VALUE, got 'size'"),
+        (["--shift", "size=5,x"], "--shift: shift size takes an integer >= 5, got 'x'"),
+        (["--shift", "sticky=0.1"], "--shift: shift sticky does not apply to MiniGrid-DoorKey"),
+        (["--env", "ALE/Pong-v5", "--shift", "sticky=0,0.5"], "Atari's vector envs take one"),
+        (["--shift", "view=5"], "the Minigrid CNN reads views of 7 x 7 cells or more, not 5"),
+        (["--shift", "view=5,7"], "values must give the same observations and actions: view=5"),
+        (["--env", "MiniGrid-MemoryS7-v0", "--shift", "size=7,8"], "with size=8 failed at a reset"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys):

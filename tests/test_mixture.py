@@ -1,0 +1,101 @@
+"""Shifts with several values (``size=5,6,8``): mixtures of levels to train and evaluate on."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from agents.checkpoint import load_policy
+from envs.factory import make_env, make_vector_env
+from envs.mixture import combinations
+from envs.shifts import ShiftError
+from tests.test_cli import TINY, exit_code
+from train import main
+
+DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+
+
+def test_combinations_are_the_product_of_the_listed_values():
+    assert combinations([("size", "5"), ("noise", "0.1")]) == [(("size", "5"), ("noise", "0.1"))]
+    assert combinations([("size", "5,6"), ("noise", "0, 0.1"), ("colors", "permute")]) == [
+        (("size", "5"), ("noise", "0"), ("colors", "permute")),
+        (("size", "5"), ("noise", "0.1"), ("colors", "permute")),
+        (("size", "6"), ("noise", "0"), ("colors", "permute")),
+        (("size", "6"), ("noise", "0.1"), ("colors", "permute")),
+    ]
+    assert combinations([]) == [()]
+
+
+def played_sizes(env, resets: int, seed: int) -> list[int]:
+    sizes = []
+    for i in range(resets):
+        env.reset(seed=seed if i == 0 else None)
+        sizes.append(env.unwrapped.width)  # the member playing this episode
+    return sizes
+
+
+def test_each_episode_draws_a_member_and_a_seed_fixes_the_draws_and_levels():
+    env = make_env(DOORKEY, shifts=[("size", "5,6,8")])
+    sizes = played_sizes(env, 300, seed=4)
+    counts = Counter(sizes)
+    assert set(counts) == {5, 6, 8} and min(counts.values()) > 70  # about 100 each
+    again = make_env(DOORKEY, shifts=[("size", "5,6,8")])
+    assert played_sizes(again, 300, seed=4) == sizes
+    assert played_sizes(again, 300, seed=5) != sizes
+    # Levels too: the same seed gives the same first observation.
+    first = [make_env(DOORKEY, shifts=[("size", "5,6,8")]).reset(seed=9)[0]["image"]
+             for _ in range(2)]  # fmt: skip
+    assert (first[0] == first[1]).all()
+    # The member is the env built with that shift alone: DoorKey's step limit follows its size.
+    env.reset(seed=1)
+    assert env.unwrapped.max_steps == 10 * env.unwrapped.width**2
+    assert env.label == f"size={env.unwrapped.width}"
+
+
+def test_members_must_agree_on_observations_and_atari_vectors_take_one_value():
+    with pytest.raises(ShiftError, match="view=5 and view=7 do not"):
+        make_env(DOORKEY, shifts=[("view", "5,7")])
+    with pytest.raises(ShiftError, match="Atari's vector envs take one value per shift"):
+        make_vector_env("ALE/Pong-v5", 2, shifts=[("sticky", "0,0.5")])
+
+
+def test_a_vector_env_plays_every_member():
+    envs = make_vector_env(DOORKEY, 4, shifts=[("size", "5,16")])
+    seen = set()
+    try:
+        envs.reset(seed=0)
+        for _ in range(400):  # 5x5 episodes end within 250 steps: new draws follow
+            envs.step(envs.action_space.sample())
+            seen |= {env.unwrapped.width for env in envs.unwrapped.envs}
+    finally:
+        envs.close()
+    assert seen == {5, 16}
+
+
+def test_train_eval_and_record_on_a_mixture(tmp_path, capsys):
+    run = tmp_path / "mixed"
+    argv = ["train", "--shift", "size=5,6", "--shift", "view=9", "--total-steps", "64",
+            "--eval-every", "2", "--eval-episodes", "2", "--run-dir", str(run), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["shift"] == ["size=5,6", "view=9"]
+    # The policy was built for the 9x9 view, and a checkpoint alone rebuilds it.
+    loaded = load_policy(run)
+    assert loaded.observation_space["image"].shape == (9, 9, 3)
+    assert "eval at step 64" in capsys.readouterr().out
+    # eval and record play the training shifts by default ...
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
+    assert "size=5,6 view=9" in capsys.readouterr().out
+    assert main(["record", str(run), "--out", str(tmp_path / "m.gif"), "--episodes", "1"]) == 0
+    # ... and --shift replaces them: without view=9 the 7x7 view does not fit the policy.
+    assert exit_code(["eval", str(run), "--shift", "size=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "takes image of shape (9, 9, 3)" in err and len(err.splitlines()) == 1
+    assert (
+        main(["eval", str(run), "--shift", "size=8", "--shift", "view=9", "--episodes", "2"]) == 0
+    )
+    # What is trained on is learned: a resumed run may not change it.
+    assert exit_code(["train", "--run-dir", str(run), "--resume", "--shift", "size=7"]) == 2
+    assert "cannot change --shift when resuming" in capsys.readouterr().err
