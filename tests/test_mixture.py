@@ -8,6 +8,8 @@ from collections import Counter
 import pytest
 
 from agents.checkpoint import load_policy
+from agents.config import resolve_config
+from agents.training_eval import eval_targets
 from envs.factory import make_env, make_vector_env
 from envs.mixture import combinations
 from envs.shifts import ShiftError
@@ -99,3 +101,29 @@ def test_train_eval_and_record_on_a_mixture(tmp_path, capsys):
     # What is trained on is learned: a resumed run may not change it.
     assert exit_code(["train", "--run-dir", str(run), "--resume", "--shift", "size=7"]) == 2
     assert "cannot change --shift when resuming" in capsys.readouterr().err
+
+
+def test_evaluation_during_training_starts_with_the_training_shifts(tmp_path):
+    suite = tmp_path / "suite.json"
+    rows = [
+        {"env": "$RUN"},
+        {"env": "$RUN", "shifts": ["size=5,6"]},
+        {"env": "$RUN", "shifts": ["size=7"]},
+    ]
+    suite.write_text(json.dumps({"s": {"rows": rows}}))
+    config = resolve_config({"shift": ("size=5,6",), "eval_every": 1, "eval_suite": str(suite)})
+    env = make_env(config.env, shifts=config.train_shifts)
+    targets = eval_targets(config, env.observation_space, int(env.action_space.n))
+    env.close()
+    # The training mixture is eval/return (and chooses best.pt); the suite's copy of it counts
+    # once; the unshifted env, whose shift label is empty, is named so that it has a tag.
+    assert [(t.row.label, t.name) for t in targets] == [
+        ("size=5,6", ""),
+        ("", "unshifted"),
+        ("size=7", "size=7"),
+    ]
+    assert [t.tag("return") for t in targets] == [
+        "eval/return",
+        "eval/unshifted/return",
+        "eval/size=7/return",
+    ]
