@@ -113,8 +113,6 @@ def played_row(
 ) -> SuiteRow:
     """What ``eval`` and ``record`` play for a run without ``--suite``: ``env`` (default: the
     run's) with exactly ``shifts``; with neither, the run's training env with its ``--shift``."""
-    from envs.suites import SuiteRow
-
     if env is None and not shifts:
         return SuiteRow(config.env, config.train_shifts)
     return SuiteRow(env or config.env, shifts)
@@ -267,16 +265,16 @@ def run_eval(args: argparse.Namespace) -> int:
         runs, rows, args.episodes, args.seed, deterministic=args.greedy, num_envs=args.num_envs
     )
     if args.pool_seeds:
-        rows, writer = pooled.pool(runs, results), pooled  # one column per config
+        table, writer = pooled.pool(runs, results), pooled  # one column per config
     else:
-        rows, writer = results, report  # one column per run
-    print(writer.format_table(rows))
+        table, writer = results, report  # one column per run
+    print(writer.format_table(table))
     if outputs["json"]:
-        writer.write_json(rows, outputs["json"])
+        writer.write_json(table, outputs["json"])
     if outputs["csv"]:
-        writer.write_csv(rows, outputs["csv"])
+        writer.write_csv(table, outputs["csv"])
     if outputs["plot"]:
-        writer.plot(rows, outputs["plot"], title)
+        writer.plot(table, outputs["plot"], title)
     return 0
 
 

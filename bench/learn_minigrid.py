@@ -122,9 +122,10 @@ def train_and_evaluate(
         final, sps = (curve[-1][1] if curve else 0.0), float("nan")
     saved = (run_dir / "checkpoints" / "latest.pt").exists()  # none if the first update failed
     evaluated = float("nan")
-    if saved:  # the run's env settings too (the mission's words, where the policy reads them)
+    if saved:  # the run's env settings and shifts (the mission's words, --set shift=...)
         loaded = load_policy(run_dir)
         evaluated = evaluate(loaded.policy, env, episodes, seed=seed,
+                             shifts=loaded.config.train_shifts,
                              env_kwargs=loaded.config.env_kwargs()).mean_return  # fmt: skip
     run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped)
     print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}"
