@@ -37,5 +37,13 @@ def config_names(configs: Sequence[dict[str, Any]], with_env: bool = False) -> d
             field for field in config
             if field not in IGNORED and len({json.dumps(p.get(field)) for p in peers}) > 1
         )  # fmt: skip
-        names[key] = " ".join([base(config), *(f"{f}={config[f]}" for f in differing)])
+        names[key] = " ".join([base(config), *(setting_text(f, config[f]) for f in differing)])
     return names
+
+
+def setting_text(field: str, value: Any) -> str:
+    """``k=3``; the training shifts as they are given (``size=5,6 noise=0.1``, or
+    ``unshifted``)."""
+    if field == "shift":
+        return " ".join(value) or "unshifted"
+    return f"{field}={value}"

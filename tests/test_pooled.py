@@ -46,6 +46,13 @@ def test_configs_are_named_by_what_tells_them_apart():
         config_key(rims3): "rims k=3",
         config_key(lstm): "lstm",  # the only LSTM: its k tells it from nothing
     }
+    mixed = {**rims4, "shift": ["size=5,6", "noise=0.1"]}  # as config.json holds it
+    assert config_names([{**rims4, "shift": []}, mixed])[config_key(mixed)] == (
+        "rims size=5,6 noise=0.1"
+    )
+    unshifted = {**rims4, "shift": ()}  # as TrainConfig.to_dict gives it
+    assert config_key(unshifted) == config_key({**rims4, "shift": []})
+    assert config_names([unshifted, mixed])[config_key(unshifted)] == "rims unshifted"
     other_env = {**lstm, "env": "F"}
     assert config_names([rims4, other_env]) == {
         config_key(rims4): "rims on E",
