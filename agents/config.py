@@ -40,6 +40,7 @@ class TrainConfig:
         (),
         "train on the env shifted: KEY=VALUE as rims eval --shift takes it (repeatable); several "
         "values (size=5,6,7) make each episode draw one of them (not on Atari)",
+        metavar="KEY=VALUE",
     )
     core: str = option("rims", "recurrent core of the policy", CORES)
     total_steps: int = option(

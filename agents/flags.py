@@ -18,9 +18,14 @@ from dataclasses import MISSING, Field
 from typing import Any
 
 
-def option(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A dataclass field with a ``--help`` line (and optional choices)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(
+    default: Any, help: str, choices: tuple | None = None, metavar: str | None = None
+) -> Any:
+    """A dataclass field with a ``--help`` line (and optional choices, and a name for its value
+    in the usage line other than the field's)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "metavar": metavar}
+    )
 
 
 def base_type(annotation: Any) -> tuple[type, bool]:
@@ -101,7 +106,8 @@ def _add_flag(
         )
         return
     if typing.get_origin(kind) is tuple:  # tuple[str, ...]: given once per value
-        parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text)
+        parser.add_argument(flag, action="append", default=argparse.SUPPRESS,
+                            metavar=f.metadata.get("metavar"), help=help_text)  # fmt: skip
         return
     parser.add_argument(
         flag,
@@ -110,7 +116,7 @@ def _add_flag(
         else None,
         choices=f.metadata.get("choices"),
         default=argparse.SUPPRESS,
-        metavar=None if f.metadata.get("choices") else f.name.upper(),
+        metavar=None if f.metadata.get("choices") else f.metadata.get("metavar") or f.name.upper(),
         help=help_text,
     )
 
