@@ -149,4 +149,4 @@ def plot(rows: Sequence[PooledRow], path: Path, title: str = "") -> None:
         )
         for r in rows
     }
-    bar_chart(bars, path, title, "mean return over seeds (95% bootstrap interval; dots: seeds)")
+    bar_chart(bars, path, title, "mean return over seeds\n(95% bootstrap interval; dots: seeds)")
