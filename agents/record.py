@@ -66,6 +66,22 @@ def upscale(frame: np.ndarray, min_height: int = MIN_HEIGHT) -> np.ndarray:
     return np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
 
 
+def fit(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``frame`` scaled (nearest neighbour, aspect kept) to fit ``shape`` (rows, columns) and
+    centred on black, where its size differs: a mixture's episodes (``--shift size=5,6``) render
+    grids of different sizes, and a video's frames must share one."""
+    if frame.shape[:2] == tuple(shape):
+        return frame
+    (H, W), (h, w) = shape, frame.shape[:2]
+    scale = min(H / h, W / w)
+    width, height = max(1, round(w * scale)), max(1, round(h * scale))
+    scaled = np.asarray(Image.fromarray(frame[..., :3]).resize((width, height), Image.NEAREST))
+    out = np.zeros((H, W, 3), dtype=np.uint8)
+    top, left = (H - height) // 2, (W - width) // 2
+    out[top : top + height, left : left + width] = scaled
+    return out
+
+
 def strip_geometry(height: int, units: int) -> tuple[int, int]:
     """Top y and row height of the mechanism strips in a panel of ``height`` pixels."""
     top = 56
@@ -189,6 +205,7 @@ def play_episodes(
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
     history: list[np.ndarray] = []
+    canvas: tuple[int, int] | None = None  # the first frame's size, kept by every frame
     try:
         for episode in range(playback.episodes):
             with env_errors(env_id, shifts, "during recording", env, CALL_SECONDS):
@@ -200,6 +217,8 @@ def play_episodes(
             mission = getattr(env.unwrapped, "mission", None)  # Minigrid's; fixed per episode
             while True:
                 frame = upscale(env.render())
+                canvas = canvas or frame.shape[:2]
+                frame = fit(frame, canvas)
                 cut = not done and max_steps is not None and step >= max_steps
                 if done or cut:  # the last frame: no action is taken from it
                     view = StepView(step, episode + 1, "- (step limit)" if cut else "-", total,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 
 from agents.checkpoint import load_policy
 from agents.config import resolve_config
+from agents.record import fit
 from agents.training_eval import eval_targets
 from envs.factory import make_env, make_vector_env
 from envs.mixture import combinations
@@ -63,6 +66,15 @@ def test_members_must_agree_on_observations_and_atari_vectors_take_one_value():
         make_vector_env("ALE/Pong-v5", 2, shifts=[("sticky", "0,0.5")])
 
 
+def test_a_frame_of_another_size_is_fitted_to_the_first_ones():
+    small = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    fitted = fit(small, (4, 8))  # scaled x2 to 4 x 4, centred in 4 x 8
+    assert fitted.shape == (4, 8, 3)
+    assert (fitted[:, :2] == 0).all() and (fitted[:, 6:] == 0).all()
+    assert (fitted[:2, 2:4] == small[0, 0]).all() and (fitted[2:, 4:6] == small[1, 1]).all()
+    assert fit(small, (2, 2)) is small
+
+
 def test_a_vector_env_plays_every_member():
     envs = make_vector_env(DOORKEY, 4, shifts=[("size", "5,16")])
     seen = set()
@@ -90,7 +102,11 @@ def test_train_eval_and_record_on_a_mixture(tmp_path, capsys):
     # eval and record play the training shifts by default ...
     assert main(["eval", str(run), "--episodes", "2"]) == 0
     assert "size=5,6 view=9" in capsys.readouterr().out
-    assert main(["record", str(run), "--out", str(tmp_path / "m.gif"), "--episodes", "1"]) == 0
+    # Episodes on grids of two sizes make one video: every frame keeps the first one's size.
+    video = tmp_path / "m.mp4"
+    assert main(["record", str(run), "--out", str(video), "--episodes", "4"]) == 0
+    frames = iio.imread(video)
+    assert frames.ndim == 4 and frames.shape[0] > 4
     # ... and --shift replaces them: without view=9 the 7x7 view does not fit the policy.
     assert exit_code(["eval", str(run), "--shift", "size=8"]) == 2
     err = capsys.readouterr().err.strip()
