@@ -276,7 +276,15 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}")
-        return cls(**{**SAVED_BEFORE_FIELD, **data})
+        return cls(**saved_fields(data))
+
+
+def saved_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with every field: those it lacks (it was saved before they existed) take
+    the value they had before (``SAVED_BEFORE_FIELD``), else their default, as ``from_dict``
+    reads them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {**defaults, **SAVED_BEFORE_FIELD, **data}
 
 
 NOT_LEARNED = frozenset({

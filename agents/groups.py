@@ -7,15 +7,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from agents.config import NOT_LEARNED
+from agents.config import NOT_LEARNED, saved_fields
 
 IGNORED = NOT_LEARNED | {"seed"}
 """Settings that do not tell configs apart: runs that differ only in these are its seeds."""
 
 
 def config_key(config: dict[str, Any]) -> str:
-    """The same string for configs that differ only in ``IGNORED`` settings."""
-    return json.dumps({k: v for k, v in config.items() if k not in IGNORED}, sort_keys=True)
+    """The same string for configs that differ only in ``IGNORED`` settings; a config saved
+    before a field existed counts as having the value that field's absence means (a run from
+    before ``--shift`` pools with unshifted runs from after it)."""
+    full = saved_fields(config)
+    return json.dumps({k: v for k, v in full.items() if k not in IGNORED}, sort_keys=True)
 
 
 def config_names(configs: Sequence[dict[str, Any]], with_env: bool = False) -> dict[str, str]:
@@ -23,7 +26,7 @@ def config_names(configs: Sequence[dict[str, Any]], with_env: bool = False) -> d
     ``with_env`` or where the configs' envs differ, and then each setting whose value differs
     between it and another config of that core and env (``rims k=3``, ``rims k=4``), so that
     the name says what the comparison is about."""
-    by_key = {config_key(c): c for c in configs}
+    by_key = {config_key(c): saved_fields(c) for c in configs}
     with_env = with_env or len({c.get("env") for c in by_key.values()}) > 1
 
     def base(config: dict[str, Any]) -> str:

@@ -53,6 +53,10 @@ def test_configs_are_named_by_what_tells_them_apart():
     unshifted = {**rims4, "shift": ()}  # as TrainConfig.to_dict gives it
     assert config_key(unshifted) == config_key({**rims4, "shift": []})
     assert config_names([unshifted, mixed])[config_key(unshifted)] == "rims unshifted"
+    # A run saved before --shift existed has no "shift": it is an unshifted run.
+    assert config_key({"core": "rims", "env": "E"}) == config_key(
+        {"core": "rims", "env": "E", "shift": []}
+    )
     other_env = {**lstm, "env": "F"}
     assert config_names([rims4, other_env]) == {
         config_key(rims4): "rims on E",
