@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.flags import option, type_mismatch
-from envs.factory import check_env_id, env_family
+from envs.factory import check_env_id, check_vector_shifts, env_family
 from envs.mission import missions_vary
 from envs.mixture import combinations
 from envs.shifts import ShiftError, parse_shift, shift_effect
@@ -444,15 +444,11 @@ def validate(c: TrainConfig) -> None:
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
     try:
-        mixed = combinations(c.train_shifts)
-        for combination in mixed:
+        for combination in combinations(c.train_shifts):
             shift_effect(c.env, c.family, combination)
+        check_vector_shifts(c.env, c.train_shifts)
     except ShiftError as err:
         raise ConfigError(f"--shift: {err}") from None
-    _check(
-        len(mixed) == 1 or c.family != "atari",
-        "--shift: Atari's vector envs take one value per shift",
-    )
     _check(
         not c.mission or c.family == "minigrid",
         f"--mission reads Minigrid's mission text; {c.env} has none",

@@ -36,7 +36,8 @@ class EvalTarget:
 
     @property
     def is_training_env(self) -> bool:
-        """The training env itself, unshifted (its scores choose ``best.pt``)."""
+        """The training env itself, with the run's ``--shift`` (its scores choose
+        ``best.pt``)."""
         return not self.name
 
     def tag(self, metric: str) -> str:

@@ -125,13 +125,9 @@ def make_vector_env(
     ``timeout``: async only, seconds a worker may take per step or reset (None: no limit)."""
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
+    check_vector_shifts(env_id, shifts)
     probe_resets(env_id, shifts, kwargs)  # fail here in one line, not inside a worker
     if env_family(env_id) == "atari":
-        if len(combinations(shifts)) > 1:
-            raise ShiftError(
-                f"{shift_label(shifts)}: Atari's vector envs take one value per shift "
-                "(several values mix levels on Minigrid and other Gymnasium envs)"
-            )
         effect = shift_effect(env_id, "atari", shifts)
         settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
         envs = make_atari_vector_env(env_id, num_envs, settings, asynchronous, timeout=timeout)
@@ -152,6 +148,16 @@ def make_vector_env(
 def env_label(env_id: str, shifts: Shifts = ()) -> str:
     """``"MiniGrid-DoorKey-5x5-v0 with size=8"`` (the id alone without shifts)."""
     return f"{env_id} with {shift_label(shifts)}" if shifts else env_id
+
+
+def check_vector_shifts(env_id: str, shifts: Shifts) -> None:
+    """``ShiftError`` unless ``make_vector_env`` can build ``env_id`` with ``shifts``: Atari's
+    C++ vector envs take one value per shift, so they make no mixtures."""
+    if env_family(env_id) == "atari" and len(combinations(shifts)) > 1:
+        raise ShiftError(
+            f"{shift_label(shifts)}: Atari's vector envs take one value per shift "
+            "(several values mix levels on Minigrid and other Gymnasium envs)"
+        )
 
 
 def probe_resets(
