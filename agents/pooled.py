@@ -6,10 +6,8 @@ too narrow, so the number of seeds is shown beside it)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,11 @@ import numpy as np
 from agents.checkpoint import LoadedPolicy
 from agents.config import ConfigError
 from agents.groups import config_key, config_names
-from agents.report import EvalRow, aligned_table, bar_chart
+from agents.report import EvalRow, aligned_table, bar_chart, write_json
+from agents.report import write_csv as write_rows_csv
+
+__all__ = ["FIELDS", "PooledRow", "bootstrap_ci", "check_one_run_a_seed", "pool", "format_table",
+           "write_json", "write_csv", "plot"]  # fmt: skip
 
 FIELDS = (
     "config", "core", "env", "shift", "seeds", "episodes", "mean_return", "ci_low", "ci_high",
@@ -125,16 +127,10 @@ def format_table(rows: Sequence[PooledRow]) -> str:
     return "\n".join([*aligned_table(columns, texts), footer])
 
 
-def write_json(rows: Sequence[PooledRow], path: Path) -> None:
-    path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-
-
 def write_csv(rows: Sequence[PooledRow], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(asdict(r))
+    """The scalar fields (``FIELDS``); JSON (``write_json``) holds each seed's run and return
+    too."""
+    write_rows_csv(rows, path, FIELDS)
 
 
 def plot(rows: Sequence[PooledRow], path: Path, title: str = "") -> None:

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from gymnasium.spaces import Dict
 
@@ -183,10 +184,10 @@ def aligned_table(
     env_w = max(len("env"), *(len(e) for e, _ in keys))
     shift_w = max(len("shift"), *(len(s or "-") for _, s in keys))
     col_w = [max(len(c), *(len(texts[k].get(c, "-")) for k in keys)) for c in columns]
-    head = f"{'env':<{env_w}}  {'shift':<{shift_w}}  " + "  ".join(
-        f"{c:<{w}}" for c, w in zip(columns, col_w)
+    head = (
+        f"{'env':<{env_w}}  {'shift':<{shift_w}}  "
+        + "  ".join(f"{c:<{w}}" for c, w in zip(columns, col_w)).rstrip()
     )
-    head = head.rstrip()
     lines = [head, "-" * len(head)]
     for env, shift in keys:
         cells = "  ".join(f"{texts[(env, shift)].get(c, '-'):<{w}}" for c, w in zip(columns, col_w))
@@ -194,15 +195,17 @@ def aligned_table(
     return lines
 
 
-def write_json(results: Sequence[EvalRow], path: Path) -> None:
-    path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+def write_json(rows: Sequence[Any], path: Path) -> None:
+    """Rows (dataclasses: ``EvalRow``, ``agents.pooled.PooledRow``) as a JSON list."""
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
 
 
-def write_csv(results: Sequence[EvalRow], path: Path) -> None:
+def write_csv(rows: Sequence[Any], path: Path, fields: Sequence[str] = FIELDS) -> None:
+    """Rows (dataclasses) as CSV with the columns ``fields`` (other fields are left out)."""
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        for r in results:
+        for r in rows:
             writer.writerow(asdict(r))
 
 
