@@ -2,7 +2,9 @@
 episode and reset at its start, seeds disjoint from training's, deterministic for a seed.
 
 Each env runs a fixed quota of episodes (episodes are split evenly over the envs), so short
-episodes are not over-represented the way "the first N episodes to finish" would make them.
+episodes are not over-represented the way "the first N episodes to finish" would make them. A
+mixture (``size=5,6,7``) is evaluated stratified: its episodes are split evenly over its members,
+so a row's mean is the mean over the members without the noise of drawing them at random.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from agents.storage import obs_to_tensors
 from envs.factory import CALL_SECONDS, env_errors, env_family, make_vector_env
+from envs.mixture import combinations
 from policies.actor_critic import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluation starts far off
@@ -35,6 +38,16 @@ class EvalResult:
         """The episodes' returns and lengths, with successes where ``env_id`` defines them."""
         success = [success_of(env_id, r) for r in returns]
         return cls(returns, lengths, None if None in success else [bool(s) for s in success])
+
+    @classmethod
+    def joined(cls, parts: Sequence[EvalResult]) -> EvalResult:
+        """The episodes of ``parts``, one after another."""
+        successes = [p.successes for p in parts]
+        return cls(
+            [r for p in parts for r in p.returns],
+            [n for p in parts for n in p.lengths],
+            None if None in successes else [s for part in successes for s in part],
+        )
 
     @property
     def episodes(self) -> int:
@@ -60,6 +73,11 @@ class EvalResult:
         return float(np.mean(self.lengths))
 
 
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` counts that differ by at most one, the larger first."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
 def success_of(env_id: str, episode_return: float) -> bool | None:
     """Minigrid pays a positive reward only for reaching the goal; other envs define none."""
     return episode_return > 0 if env_family(env_id) == "minigrid" else None
@@ -79,11 +97,19 @@ def evaluate(
     """Run ``episodes`` episodes of ``env_id`` (with ``shifts``) with ``policy``, sampling its
     actions unless ``deterministic``. The torch RNGs (the CPU's and the policy's device's) are
     seeded from ``seed`` and restored after, as is the policy's train/eval mode, so that an
-    evaluation during training leaves the training as it was."""
+    evaluation during training leaves the training as it was. A mixture's episodes are split
+    evenly over its members (the first members get one more where they do not divide), each
+    member evaluated with the same seed."""
+    members = combinations(shifts)
+    if len(members) > 1:
+        counts = split_evenly(episodes, len(members))
+        return EvalResult.joined([
+            evaluate(policy, env_id, count, seed, num_envs, deterministic, member, env_kwargs)
+            for member, count in zip(members, counts) if count > 0
+        ])  # fmt: skip
     device = next(policy.parameters()).device
     num_envs = max(1, min(num_envs, episodes))
-    quota = np.full(num_envs, episodes // num_envs)
-    quota[: episodes % num_envs] += 1
+    quota = np.array(split_evenly(episodes, num_envs))
     done_count = np.zeros(num_envs, dtype=int)
     envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs, shifts=shifts)
     was_training = policy.training

@@ -11,11 +11,13 @@ import pytest
 
 from agents.checkpoint import load_policy
 from agents.config import resolve_config
+from agents.evaluate import evaluate
 from agents.record import fit
 from agents.training_eval import eval_targets
 from envs.factory import make_env, make_vector_env
 from envs.mixture import combinations
 from envs.shifts import ShiftError
+from policies.actor_critic import ActorCritic, PolicySpec
 from tests.test_cli import TINY, exit_code
 from train import main
 
@@ -86,6 +88,26 @@ def test_a_vector_env_plays_every_member():
     finally:
         envs.close()
     assert seen == {5, 16}
+
+
+def test_a_mixture_is_evaluated_stratified_an_even_share_of_episodes_per_member():
+    env = make_env(DOORKEY)
+    policy = ActorCritic(env.observation_space, 7, PolicySpec(hidden_size=4, num_units=3, k=2))
+    env.close()
+    mixed = evaluate(policy, DOORKEY, episodes=7, seed=3, num_envs=2, shifts=[("size", "5,6")])
+    # 4 episodes on 5x5 (the remainder goes to the first member) and 3 on 6x6, each as if that
+    # member alone were evaluated with the same seed: no random draw of members.
+    alone = [
+        evaluate(policy, DOORKEY, episodes=n, seed=3, num_envs=2, shifts=[("size", size)])
+        for size, n in (("5", 4), ("6", 3))
+    ]
+    assert mixed.returns == alone[0].returns + alone[1].returns
+    assert mixed.lengths == alone[0].lengths + alone[1].lengths
+    assert mixed.successes == alone[0].successes + alone[1].successes
+    # Fewer episodes than members: the last members get none.
+    assert evaluate(policy, DOORKEY, 1, 3, 2, shifts=[("size", "5,6")]).returns == (
+        evaluate(policy, DOORKEY, 1, 3, 2, shifts=[("size", "5")]).returns
+    )
 
 
 def test_train_eval_and_record_on_a_mixture(tmp_path, capsys):
