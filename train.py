@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     add_record_parser(commands)
     add_plot_parser(commands)
+    add_compare_parser(commands)
     return parser
 
 
@@ -106,6 +107,21 @@ def add_plot_parser(commands) -> None:
         help="scalar to plot, one panel each (repeatable); a pattern such as 'eval/*return' "
         "takes every tag it matches (default: charts/episodic_return)",
     )
+
+
+def add_compare_parser(commands) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="how likely one config is to beat another, from --pool-seeds JSON files",
+        description="The probability of improvement P(A > B) of every pair of configs in "
+        "'rims eval --pool-seeds --json' files (several files are read as one), per env x "
+        "shift and over all rows they share, with 95% stratified bootstrap intervals over "
+        "seeds. 'rims eval --pool-seeds' prints the same table for the runs it evaluates.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    compare.add_argument("files", nargs="+", metavar="POOLED.json")
+    compare.add_argument("--json", default=None, metavar="FILE", help="write the table as JSON")
+    compare.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
 
 
 def played_row(
@@ -269,12 +285,35 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         table, writer = results, report  # one column per run
     print(writer.format_table(table))
+    if args.pool_seeds and len({r.config for r in table}) > 1:
+        from agents import compare
+
+        print()
+        print(compare.format_table(compare.compare(table)))
     if outputs["json"]:
         writer.write_json(table, outputs["json"])
     if outputs["csv"]:
         writer.write_csv(table, outputs["csv"])
     if outputs["plot"]:
         writer.plot(table, outputs["plot"], title)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from agents import compare, report
+
+    outputs = [check_output(args.json, (".json",)), check_output(args.csv, (".csv",))]
+    rows = compare.merge([compare.read_pooled(Path(f)) for f in args.files])
+    if len({r.config for r in rows}) < 2:
+        raise ConfigError("the files hold one config: there is nothing to compare it with")
+    comparisons = compare.compare(rows)
+    if not comparisons:
+        raise ConfigError("no two configs were evaluated on a common env x shift")
+    print(compare.format_table(comparisons))
+    if outputs[0]:
+        report.write_json(comparisons, outputs[0])
+    if outputs[1]:
+        report.write_csv(comparisons, outputs[1], compare.FIELDS)
     return 0
 
 
@@ -338,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_record(args)
         if args.command == "plot":
             return run_plot(args)
+        if args.command == "compare":
+            return run_compare(args)
     except USAGE_ERRORS as err:
         print(f"rims: error: {err}", file=sys.stderr)
         return 2
@@ -350,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def script_main() -> int:
     """``python train.py ARGS`` == ``rims train ARGS`` (a subcommand may also be named)."""
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("train", "eval", "record", "plot", "-h", "--help"):
+    if not argv or argv[0] not in ("train", "eval", "record", "plot", "compare", "-h", "--help"):
         argv = ["train", *argv]
     return main(argv)
 

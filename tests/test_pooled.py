@@ -104,6 +104,11 @@ def test_pooled_eval_is_the_mean_over_seeds_of_each_runs_eval(cue_runs, tmp_path
     with (tmp_path / "p.csv").open() as f:
         assert tuple(csv.DictReader(f).fieldnames) == FIELDS
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two configs: the table of P(rims > lstm) follows, and rims compare gives it from the JSON.
+    comparison = table[table.index("A > B") :]
+    assert "rims > lstm" in comparison and "[n/a]" in comparison  # one LSTM seed
+    assert main(["compare", str(tmp_path / "p.json")]) == 0
+    assert capsys.readouterr().out == comparison
 
 
 def test_a_seed_given_twice_is_refused(cue_runs, capsys):
