@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_parser(commands)
     add_plot_parser(commands)
     add_compare_parser(commands)
+    add_mechanisms_parser(commands)
     return parser
 
 
@@ -124,6 +125,23 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
 
 
+def add_mechanisms_parser(commands) -> None:
+    mech = commands.add_parser(
+        "mechanisms",
+        help="which RIMs are active in which situations",
+        description="Play evaluation episodes of a RIMs run and report, for every situation "
+        "(the action taken, the quarter of the episode; on Minigrid what the agent carries and "
+        "what it faces; on a mixture, the member), how often each mechanism was active, and "
+        "the mutual information between each mechanism's activity and each feature beside its "
+        "chance level.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mech.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    add_playing_flags(mech, episodes=32)
+    mech.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
+    mech.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+
+
 def played_row(
     config: TrainConfig, env: str | None, shifts: tuple[tuple[str, str], ...]
 ) -> SuiteRow:
@@ -165,6 +183,35 @@ def run_record(args: argparse.Namespace) -> int:
     returns = ", ".join(f"{v.episode_return:.3f}{' (cut)' if v.cut else ''}" for v in ends)
     cut = f"; (cut) = stopped by --max-steps {args.max_steps}" if any(v.cut for v in ends) else ""
     print(f"wrote {out}: {count} frames, {args.episodes} episode(s), returns {returns}{cut}")
+    return 0
+
+
+def run_mechanisms(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from agents.checkpoint import load_policy
+    from agents.mechanisms import format_report, inspect_mechanisms
+    from agents.report import check_compatible
+    from envs.factory import check_env_id
+    from envs.shifts import parse_shift
+
+    out = check_output(args.json, (".json",))
+    loaded = load_policy(args.run, args.checkpoint)
+    if loaded.config.core != "rims":
+        raise ConfigError(
+            f"{loaded.label} has a {loaded.config.core} core: only RIMs have mechanisms to inspect"
+        )
+    if args.env:
+        check_env_id(args.env)
+    row = played_row(loaded.config, args.env, tuple(parse_shift(s) for s in args.shift))
+    check_compatible(loaded, row)
+    result = inspect_mechanisms(
+        loaded, row, args.episodes, args.seed, args.num_envs, deterministic=args.greedy
+    )
+    print(format_report(result))
+    if out:
+        out.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return 0
 
 
@@ -379,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_plot(args)
         if args.command == "compare":
             return run_compare(args)
+        if args.command == "mechanisms":
+            return run_mechanisms(args)
     except USAGE_ERRORS as err:
         print(f"rims: error: {err}", file=sys.stderr)
         return 2
@@ -388,10 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+COMMANDS = ("train", "eval", "record", "plot", "compare", "mechanisms", "-h", "--help")
+
+
 def script_main() -> int:
     """``python train.py ARGS`` == ``rims train ARGS`` (a subcommand may also be named)."""
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("train", "eval", "record", "plot", "compare", "-h", "--help"):
+    if not argv or argv[0] not in COMMANDS:
         argv = ["train", *argv]
     return main(argv)
 

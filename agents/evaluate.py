@@ -13,14 +13,16 @@ import math
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+from gymnasium.vector import VectorEnv
 
 from agents.storage import obs_to_tensors
 from envs.factory import CALL_SECONDS, env_errors, env_family, make_vector_env
 from envs.mixture import combinations
-from policies.actor_critic import ActorCritic
+from policies.actor_critic import ActorCritic, ActResult
 
 EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluation starts far off
 
@@ -73,6 +75,22 @@ class EvalResult:
         return float(np.mean(self.lengths))
 
 
+class StepObserver(Protocol):
+    """Sees every step of an evaluation (``agents.mechanisms`` records the RIMs' activity)."""
+
+    def start(self, num_envs: int, shifts: Sequence[tuple[str, str]]) -> None:
+        """``num_envs`` envs with ``shifts`` were reset to start their first episodes (again for
+        each member of a mixture, with its shifts: episodes left unfinished are not
+        continued)."""
+
+    def before_step(self, envs: VectorEnv, act: ActResult) -> None:
+        """``act`` was chosen for the envs' current observations; ``envs.step`` comes next."""
+
+    def episode_end(self, env_index: int, counted: bool) -> None:
+        """Env ``env_index``'s episode ended with the last step; ``counted``: it is one of the
+        evaluation's episodes (not one past its env's quota)."""
+
+
 def split_evenly(total: int, parts: int) -> list[int]:
     """``total`` split into ``parts`` counts that differ by at most one, the larger first."""
     return [total // parts + (i < total % parts) for i in range(parts)]
@@ -93,18 +111,20 @@ def evaluate(
     deterministic: bool = False,
     shifts: Sequence[tuple[str, str]] = (),
     env_kwargs: dict | None = None,
+    observer: StepObserver | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``env_id`` (with ``shifts``) with ``policy``, sampling its
     actions unless ``deterministic``. The torch RNGs (the CPU's and the policy's device's) are
     seeded from ``seed`` and restored after, as is the policy's train/eval mode, so that an
     evaluation during training leaves the training as it was. A mixture's episodes are split
     evenly over its members (the first members get one more where they do not divide), each
-    member evaluated with the same seed."""
+    member evaluated with the same seed. ``observer`` sees every step."""
     members = combinations(shifts)
     if len(members) > 1:
         counts = split_evenly(episodes, len(members))
         return EvalResult.joined([
-            evaluate(policy, env_id, count, seed, num_envs, deterministic, member, env_kwargs)
+            evaluate(policy, env_id, count, seed, num_envs, deterministic, member, env_kwargs,
+                     observer)
             for member, count in zip(members, counts) if count > 0
         ])  # fmt: skip
     device = next(policy.parameters()).device
@@ -122,18 +142,25 @@ def evaluate(
             torch.manual_seed(seed)
             with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
                 obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
+            if observer is not None:
+                observer.start(num_envs, shifts)
             obs_t = obs_to_tensors(obs, device)
             state = policy.initial_state(num_envs, device)
             starts = torch.ones(num_envs, dtype=torch.bool, device=device)
             while (done_count < quota).any():
                 act = policy.act(obs_t, state, starts, deterministic=deterministic)
+                if observer is not None:
+                    observer.before_step(envs, act)
                 with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
                     obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
                 if "episode" in info:
                     for i in np.flatnonzero(info["_episode"]):
-                        if done_count[i] < quota[i]:
+                        counted = bool(done_count[i] < quota[i])
+                        if counted:
                             returns.append(float(info["episode"]["r"][i]))
                             lengths.append(int(info["episode"]["l"][i]))
+                        if observer is not None:
+                            observer.episode_end(int(i), counted)
                         done_count[i] += 1
                 obs_t = obs_to_tensors(obs, device)
                 state = act.state

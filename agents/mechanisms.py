@@ -1,0 +1,234 @@
+"""``rims mechanisms``: do the RIMs specialise? Which mechanisms are active in which situations.
+
+The policy plays evaluation episodes (``agents.evaluate``) while every step's top-k mask is
+recorded beside the situation it was chosen in: the action it led to, the quarter of the episode,
+and on Minigrid what the agent carries and what it faces. For each situation the report gives
+each mechanism's activation rate, and for each feature the mutual information between a
+mechanism being active and the feature's value, beside its chance level: the mean information
+after shuffling the feature over the steps, which is what a plug-in estimate shows for a
+mechanism that ignores it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium.vector import VectorEnv
+
+from agents.checkpoint import LoadedPolicy
+from agents.evaluate import evaluate
+from agents.record import action_name
+from agents.report import env_kwargs_for
+from envs.factory import make_env
+from envs.mixture import combinations
+from envs.shifts import shift_label
+from envs.suites import SuiteRow
+from policies.actor_critic import ActResult
+
+PHASES = ("1st quarter", "2nd quarter", "3rd quarter", "4th quarter")
+SHUFFLES = 100
+ORDERED = ("phase", "shift")  # features whose values are listed sorted, not by their steps
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """One feature of the situation: its values (most steps first), each with its step count
+    and each mechanism's activation rate, and per mechanism the mutual information between
+    being active and the feature's value (bits) with its chance level."""
+
+    name: str
+    values: tuple[str, ...]
+    steps: tuple[int, ...]
+    rates: tuple[tuple[float, ...], ...]  # [value][unit]: P(active | value)
+    information: tuple[float, ...]  # [unit]: I(active; feature), bits
+    chance: tuple[float, ...]  # [unit]: the mean of that over shuffles of the feature
+
+
+@dataclass(frozen=True)
+class MechanismReport:
+    """What ``rims mechanisms`` prints and writes (JSON)."""
+
+    run: str
+    env: str
+    shift: str
+    episodes: int
+    steps: int
+    units: int
+    k: int
+    rates: tuple[float, ...]  # [unit]: P(active) over all steps
+    features: tuple[FeatureStats, ...]
+
+
+class MechanismRecorder:
+    """A ``StepObserver`` that keeps each counted episode's masks and situations."""
+
+    def __init__(self, action_names: Sequence[str], mixture: bool = False) -> None:
+        self.action_names = list(action_names)
+        self.mixture = mixture  # a feature "shift": which member of the mixture is played
+        self.masks: list[np.ndarray] = []  # each (U,) bool
+        self.situations: list[dict[str, str]] = []
+        self._pending: dict[int, list[tuple[np.ndarray, dict[str, str]]]] = {}
+        self._shift = ""
+
+    def start(self, num_envs: int, shifts: Sequence[tuple[str, str]]) -> None:
+        self._pending = {i: [] for i in range(num_envs)}
+        self._shift = shift_label(shifts)
+
+    def before_step(self, envs: VectorEnv, act: ActResult) -> None:
+        if act.info.mask is None:
+            raise ValueError("the policy's core reports no mechanisms (not RIMs)")
+        masks = act.info.mask[0].cpu().numpy()  # (1, B, U) -> (B, U)
+        actions = act.actions.cpu().numpy()
+        singles = sub_envs(envs)
+        for i, pending in self._pending.items():
+            situation = {"action": self.action_names[int(actions[i])]}
+            if self.mixture:
+                situation["shift"] = self._shift
+            if singles is not None:
+                situation |= minigrid_situation(singles[i])
+            pending.append((masks[i], situation))
+
+    def episode_end(self, env_index: int, counted: bool) -> None:
+        steps, self._pending[env_index] = self._pending[env_index], []
+        if not counted:
+            return
+        for t, (mask, situation) in enumerate(steps):
+            self.masks.append(mask)
+            self.situations.append({**situation, "phase": PHASES[4 * t // len(steps)]})
+
+
+def sub_envs(envs: VectorEnv) -> list | None:
+    """The single envs of a Minigrid vector env (to read their state), else None."""
+    singles = getattr(envs.unwrapped, "envs", None)
+    if singles is None or not hasattr(singles[0].unwrapped, "grid"):
+        return None
+    return singles
+
+
+def minigrid_situation(env) -> dict[str, str]:
+    """What a Minigrid agent carries and the cell in front of it (a door with its state)."""
+    grid_env = env.unwrapped
+    carrying = grid_env.carrying
+    cell = grid_env.grid.get(*grid_env.front_pos)
+    if cell is None:
+        facing = "empty"
+    elif cell.type == "door":
+        facing = "locked door" if cell.is_locked else ("open door" if cell.is_open else "door")
+    else:
+        facing = cell.type
+    return {"carrying": "nothing" if carrying is None else carrying.type, "facing": facing}
+
+
+def mutual_information(masks: np.ndarray, codes: np.ndarray, values: int) -> np.ndarray:
+    """I(active_u; feature) in bits for each unit u: ``masks`` (N, U) bool, ``codes`` (N,) the
+    feature's value index per step -> (U,). Plug-in estimate; 0 log 0 = 0."""
+    n = len(codes)
+    one_hot = np.eye(values)[codes]  # (N,) -> (N, V)
+    per_value = one_hot.sum(0)[:, None]  # (V, 1) steps per value
+    active = one_hot.T @ masks.astype(float)  # (V, N) @ (N, U) -> (V, U) active steps
+    p_active = masks.mean(0)  # (U,)
+    information = np.zeros(masks.shape[1])
+    for joint, marginal in ((active, p_active), (per_value - active, 1 - p_active)):
+        p_joint = joint / n  # (V, U)
+        expected = (per_value / n) * marginal  # (V, 1) * (U,) -> (V, U)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p_joint > 0, p_joint * np.log2(p_joint / expected), 0.0)
+        information += terms.sum(0)
+    return np.maximum(information, 0.0)  # rounding can leave -1e-17
+
+
+def feature_stats(
+    name: str, masks: np.ndarray, labels: Sequence[str], seed: int = 0
+) -> FeatureStats:
+    """``masks`` (N, U) bool against a feature's ``labels`` (N,). Values are listed with the
+    most steps first, but the phases and a mixture's members in their own order."""
+    values, codes, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    in_order = name in ORDERED
+    order = np.argsort(np.zeros(len(counts)) if in_order else -counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    codes = rank[codes]
+    rates = tuple(tuple(masks[codes == v].mean(0).tolist()) for v in range(len(values)))
+    rng = np.random.default_rng(seed)
+    chance = np.mean(
+        [mutual_information(masks, rng.permutation(codes), len(values)) for _ in range(SHUFFLES)],
+        axis=0,
+    )
+    return FeatureStats(
+        name,
+        tuple(str(values[i]) for i in order),
+        tuple(int(counts[i]) for i in order),
+        rates,
+        tuple(mutual_information(masks, codes, len(values)).tolist()),
+        tuple(chance.tolist()),
+    )
+
+
+def inspect_mechanisms(
+    loaded: LoadedPolicy,
+    row: SuiteRow,
+    episodes: int,
+    seed: int = 0,
+    num_envs: int = 16,
+    deterministic: bool = False,
+) -> MechanismReport:
+    """Play ``episodes`` evaluation episodes of ``row`` (as ``rims eval`` would) and report
+    which mechanisms were active in which situations."""
+    kwargs = env_kwargs_for(loaded.config, row.env)
+    env = make_env(row.env, shifts=row.shifts, **kwargs)
+    names = [action_name(env, a) for a in range(loaded.policy.num_actions)]
+    env.close()
+    recorder = MechanismRecorder(names, mixture=len(combinations(row.shifts)) > 1)
+    evaluate(
+        loaded.policy, row.env, episodes, seed, num_envs, deterministic, row.shifts, kwargs,
+        recorder,
+    )  # fmt: skip
+    masks = np.stack(recorder.masks)  # N x (U,) -> (N, U)
+    return report(
+        loaded.label, row.env, row.label, episodes, loaded.config.k, masks, recorder.situations
+    )
+
+
+def report(
+    run: str, env: str, shift: str, episodes: int, k: int,
+    masks: np.ndarray, situations: Sequence[dict[str, str]],
+) -> MechanismReport:  # fmt: skip
+    """The rates and informations of recorded steps (``inspect_mechanisms``)."""
+    names = list(dict.fromkeys(key for s in situations for key in s))
+    features = tuple(feature_stats(n, masks, [s[n] for s in situations]) for n in names)
+    return MechanismReport(
+        run, env, shift, episodes, len(masks), masks.shape[1], k,
+        tuple(masks.mean(0).tolist()), features,
+    )  # fmt: skip
+
+
+def format_report(r: MechanismReport) -> str:
+    """A table per feature: each value's steps and each mechanism's activation rate, and the
+    feature's mutual information with each mechanism and its chance level."""
+    units = [f"unit {u}" for u in range(r.units)]
+    lines = [
+        f"{r.run} on {r.env}{f' ({r.shift})' if r.shift else ''}: {r.episodes} episodes, "
+        f"{r.steps:,} steps, {r.k} of {r.units} mechanisms active a step",
+    ]
+    label_w = max(len("  information (bits)"), *(len(v) + 2 for f in r.features for v in f.values))
+    head = f"{'':<{label_w}}  {'steps':>7}  " + "  ".join(f"{u:>7}" for u in units)
+    lines += [head, "-" * len(head)]
+
+    def line(label: str, steps: str, cells: Sequence[str]) -> str:
+        return f"{label:<{label_w}}  {steps:>7}  " + "  ".join(f"{c:>7}" for c in cells)
+
+    lines.append(line("active (all steps)", f"{r.steps}", [f"{x:.2f}" for x in r.rates]))
+    for f in r.features:
+        lines.append(f.name)
+        for value, steps, rates in zip(f.values, f.steps, f.rates):
+            lines.append(line(f"  {value}", f"{steps}", [f"{x:.2f}" for x in rates]))
+        lines.append(line("  information (bits)", "", [f"{x:.3f}" for x in f.information]))
+        lines.append(line("  by chance", "", [f"{x:.3f}" for x in f.chance]))
+    lines.append(
+        "rates: the share of steps in that situation on which the mechanism was active; "
+        "information: mutual information between a mechanism being active and the feature "
+        f"(bits; by chance: its mean over {SHUFFLES} shuffles of the feature over the steps)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""``rims mechanisms``: the information maths, and what a run's episodes are reported as."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agents.checkpoint import load_policy
+from agents.evaluate import evaluate
+from agents.mechanisms import PHASES, feature_stats, inspect_mechanisms, mutual_information
+from envs.suites import SuiteRow
+from tests.test_cli import TINY, exit_code
+from train import main
+
+DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits, elementwise."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return np.nan_to_num(terms)
+
+
+def test_mutual_information_is_what_the_feature_tells_of_the_activity():
+    codes = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    masks = np.stack(
+        [
+            codes == 0,  # unit 0: active exactly on value 0 (a quarter of the steps)
+            np.array([1, 0, 1, 0, 1, 0, 1, 0], bool),  # unit 1: half of every value's steps
+            np.ones(8, bool),  # unit 2: always active, so nothing to tell
+        ],
+        axis=1,
+    )
+    info = mutual_information(masks, codes, 3)
+    # Unit 0's activity is a function of the feature: all its entropy, H(1/4).
+    assert info[0] == pytest.approx(entropy(np.array(0.25)))
+    assert info[1] == pytest.approx(0.0, abs=1e-12) and info[2] == 0.0
+    # Random data: I = H(active) - H(active | feature), computed the long way.
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, size=500)
+    masks = rng.random((500, 3)) < np.array([0.2, 0.5, 0.8])[codes % 3][:, None]
+    conditional = sum((codes == v).mean() * entropy(masks[codes == v].mean(0)) for v in range(4))
+    expected = entropy(masks.mean(0)) - conditional
+    assert mutual_information(masks, codes, 4) == pytest.approx(expected)
+
+
+def test_feature_stats_give_rates_per_value_and_a_chance_level():
+    labels = ["key"] * 30 + ["nothing"] * 70
+    masks = np.zeros((100, 2), bool)
+    masks[:30, 0] = True  # unit 0 is active while carrying the key
+    masks[::2, 1] = True  # unit 1 every other step
+    stats = feature_stats("carrying", masks, labels)
+    assert stats.values == ("nothing", "key") and stats.steps == (70, 30)  # most steps first
+    assert stats.rates == ((0.0, 0.5), (1.0, 0.5))
+    assert stats.information[0] == pytest.approx(entropy(np.array(0.3)))
+    assert stats.chance[0] < 0.01 < stats.information[0]
+    assert stats.information[1] == pytest.approx(0.0, abs=1e-12)
+    # Phases keep their order whatever their counts.
+    phases = feature_stats("phase", masks, [PHASES[3]] * 60 + [PHASES[0]] * 40)
+    assert phases.values == (PHASES[0], PHASES[3])
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mech")
+    runs = {}
+    for core in ("rims", "lstm"):
+        runs[core] = root / core
+        argv = ["train", "--core", core, "--total-steps", "32", "--run-dir", str(runs[core]),
+                *TINY]  # fmt: skip
+        assert main(argv) == 0
+    return runs
+
+
+def test_every_counted_step_is_reported_with_its_situation(tiny_runs):
+    loaded = load_policy(tiny_runs["rims"])
+    row = SuiteRow(DOORKEY, (("size", "5,6"),))
+    report = inspect_mechanisms(loaded, row, episodes=5, seed=2, num_envs=2)
+    played = evaluate(loaded.policy, DOORKEY, 5, 2, 2, shifts=row.shifts)
+    # The steps of exactly the evaluation's episodes: none of those past an env's quota.
+    assert report.steps == sum(played.lengths) and report.episodes == 5
+    # k of the units are active on every step, so the rates sum to k; so do each value's.
+    assert report.units == 3 and report.k == 2
+    assert sum(report.rates) == pytest.approx(2)
+    features = {f.name: f for f in report.features}
+    assert set(features) == {"action", "shift", "carrying", "facing", "phase"}
+    for f in features.values():
+        assert sum(f.steps) == report.steps
+        assert all(sum(rates) == pytest.approx(2) for rates in f.rates)
+    # The mixture's members are stratified: 3 episodes on 5x5, 2 on 6x6.
+    shift = dict(zip(features["shift"].values, features["shift"].steps))
+    assert shift == {"size=5": sum(played.lengths[:3]), "size=6": sum(played.lengths[3:])}
+    # An untrained policy rarely picks up the key within its steps, but it starts without one.
+    assert "nothing" in features["carrying"].values
+
+
+def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    run = str(tiny_runs["rims"])
+    assert main(["mechanisms", run, "--episodes", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 of 3 mechanisms active a step" in text and "information (bits)" in text
+    saved = json.loads(out.read_text())
+    assert saved["episodes"] == 3 and len(saved["rates"]) == 3
+    assert [f["name"] for f in saved["features"]] == ["action", "carrying", "facing", "phase"]
+    assert exit_code(["mechanisms", str(tiny_runs["lstm"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has a lstm core: only RIMs have mechanisms" in err and len(err.splitlines()) == 1
+    assert exit_code(["mechanisms", run, "--env", "MiniGrid-Nope-v0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
