@@ -204,6 +204,23 @@ def report(
     )  # fmt: skip
 
 
+def selection_summary(rates: Sequence[float], margin: float = 0.05) -> str:
+    """Which units top-k selection switches, and which it keeps on or off (active on more than
+    ``1 - margin`` or less than ``margin`` of the steps): a selection that switches nothing
+    leaves a fixed subset of the RIMs, a smaller recurrent net."""
+
+    def units(which: list[int]) -> str:
+        return ", ".join(map(str, which)) or "none"
+
+    on = [u for u, x in enumerate(rates) if x > 1 - margin]
+    off = [u for u, x in enumerate(rates) if x < margin]
+    switched = [u for u in range(len(rates)) if u not in on and u not in off]
+    return (
+        f"selection switches units {units(switched)}; always on: {units(on)}; "
+        f"always off: {units(off)} (on or off in over {1 - margin:.0%} of the steps)"
+    )
+
+
 def format_report(r: MechanismReport) -> str:
     """A table per feature: each value's steps and each mechanism's activation rate, and the
     feature's mutual information with each mechanism and its chance level."""
@@ -220,6 +237,7 @@ def format_report(r: MechanismReport) -> str:
         return f"{label:<{label_w}}  {steps:>7}  " + "  ".join(f"{c:>7}" for c in cells)
 
     lines.append(line("active (all steps)", f"{r.steps}", [f"{x:.2f}" for x in r.rates]))
+    lines.insert(1, selection_summary(r.rates))
     for f in r.features:
         lines.append(f.name)
         for value, steps, rates in zip(f.values, f.steps, f.rates):

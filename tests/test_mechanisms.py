@@ -9,7 +9,13 @@ import pytest
 
 from agents.checkpoint import load_policy
 from agents.evaluate import evaluate
-from agents.mechanisms import PHASES, feature_stats, inspect_mechanisms, mutual_information
+from agents.mechanisms import (
+    PHASES,
+    feature_stats,
+    inspect_mechanisms,
+    mutual_information,
+    selection_summary,
+)
 from envs.suites import SuiteRow
 from tests.test_cli import TINY, exit_code
 from train import main
@@ -61,6 +67,16 @@ def test_feature_stats_give_rates_per_value_and_a_chance_level():
     # Phases keep their order whatever their counts.
     phases = feature_stats("phase", masks, [PHASES[3]] * 60 + [PHASES[0]] * 40)
     assert phases.values == (PHASES[0], PHASES[3])
+
+
+def test_the_summary_names_the_units_selection_switches():
+    assert selection_summary([1.0, 0.0, 0.5, 0.97, 0.04]) == (
+        "selection switches units 2; always on: 0, 3; always off: 1, 4 "
+        "(on or off in over 95% of the steps)"
+    )
+    assert selection_summary([0.5, 0.5]).startswith(
+        "selection switches units 0, 1; always on: none"
+    )
 
 
 @pytest.fixture(scope="module")
