@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from agents.mechanisms import switched_units
 from agents.ppo import UpdateStats
 from agents.rollout import RolloutStats
 from agents.training_eval import RowResult, mean_shifted_return, summary_line
@@ -122,6 +123,8 @@ class RunLogger:
         if rollout.active_fraction is not None:
             for unit, frac in enumerate(rollout.active_fraction):
                 w.add_scalar(f"rims/active_fraction_unit_{unit}", frac, global_step)
+            switched = len(switched_units(rollout.active_fraction))
+            w.add_scalar("rims/switched_units", switched, global_step)
         self.updates += 1
         if (
             self.image_every

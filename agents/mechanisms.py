@@ -29,6 +29,7 @@ from policies.actor_critic import ActResult
 
 PHASES = ("1st quarter", "2nd quarter", "3rd quarter", "4th quarter")
 SHUFFLES = 100
+SWITCH_MARGIN = 0.05  # a unit on (or off) in over 95% of the steps is not switched
 ORDERED = ("phase", "shift")  # features whose values are listed sorted, not by their steps
 
 
@@ -204,7 +205,13 @@ def report(
     )  # fmt: skip
 
 
-def selection_summary(rates: Sequence[float], margin: float = 0.05) -> str:
+def switched_units(rates: Sequence[float], margin: float = SWITCH_MARGIN) -> list[int]:
+    """The units top-k selection switches: active on at least ``margin`` and at most
+    ``1 - margin`` of the steps (``rates``: each unit's share of active steps)."""
+    return [u for u, x in enumerate(rates) if margin <= x <= 1 - margin]
+
+
+def selection_summary(rates: Sequence[float], margin: float = SWITCH_MARGIN) -> str:
     """Which units top-k selection switches, and which it keeps on or off (active on more than
     ``1 - margin`` or less than ``margin`` of the steps): a selection that switches nothing
     leaves a fixed subset of the RIMs, a smaller recurrent net."""
@@ -214,10 +221,9 @@ def selection_summary(rates: Sequence[float], margin: float = 0.05) -> str:
 
     on = [u for u, x in enumerate(rates) if x > 1 - margin]
     off = [u for u, x in enumerate(rates) if x < margin]
-    switched = [u for u in range(len(rates)) if u not in on and u not in off]
     return (
-        f"selection switches units {units(switched)}; always on: {units(on)}; "
-        f"always off: {units(off)} (on or off in over {1 - margin:.0%} of the steps)"
+        f"selection switches units {units(switched_units(rates, margin))}; always on: "
+        f"{units(on)}; always off: {units(off)} (on or off in over {1 - margin:.0%} of the steps)"
     )
 
 

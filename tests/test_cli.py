@@ -65,6 +65,10 @@ def test_train_smoke_writes_config_events_and_checkpoints(tmp_path, capsys):
         assert [e.step for e in tags[tag]] == [32, 64, 96], tag
     for tag in ("perf/rollout_seconds", "perf/update_seconds"):  # where each update's time went
         assert all(0 < e.value < 60 for e in tags[tag]), tag
+    # How many units selection switched in each rollout, from the logged active fractions.
+    fractions = [[e.value for e in tags[f"rims/active_fraction_unit_{u}"]] for u in range(3)]
+    expected = [sum(0.05 <= f <= 0.95 for f in update) for update in zip(*fractions)]
+    assert [e.value for e in tags["rims/switched_units"]] == expected
     # The checkpoint alone rebuilds the policy.
     loaded = load_policy(run)
     policy, cfg = loaded.policy, loaded.config
