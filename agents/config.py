@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.flags import option, type_mismatch
-from envs.factory import check_env_id, check_vector_shifts, env_family
+from envs.factory import check_env_id, env_family
 from envs.mission import missions_vary
 from envs.mixture import combinations
 from envs.shifts import ShiftError, parse_shift, shift_effect
@@ -446,7 +446,6 @@ def validate(c: TrainConfig) -> None:
     try:
         for combination in combinations(c.train_shifts):
             shift_effect(c.env, c.family, combination)
-        check_vector_shifts(c.env, c.train_shifts)
     except ShiftError as err:
         raise ConfigError(f"--shift: {err}") from None
     _check(

@@ -122,12 +122,14 @@ def make_vector_env(
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` (sync or subprocess-async), ``SAME_STEP`` autoreset,
     episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i.
-    ``timeout``: async only, seconds a worker may take per step or reset (None: no limit)."""
+    ``timeout``: async only, seconds a worker may take per step or reset (None: no limit).
+    Atari uses ``make_atari_vector_env``, except for a mixture: its members are single envs of
+    the flavoured path (``make_env``) in a Gymnasium vector env, since ALE's C++ vector env
+    plays one setting."""
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
-    check_vector_shifts(env_id, shifts)
     probe_resets(env_id, shifts, kwargs)  # fail here in one line, not inside a worker
-    if env_family(env_id) == "atari":
+    if env_family(env_id) == "atari" and len(combinations(shifts)) == 1:
         effect = shift_effect(env_id, "atari", shifts)
         settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
         envs = make_atari_vector_env(env_id, num_envs, settings, asynchronous, timeout=timeout)
@@ -148,16 +150,6 @@ def make_vector_env(
 def env_label(env_id: str, shifts: Shifts = ()) -> str:
     """``"MiniGrid-DoorKey-5x5-v0 with size=8"`` (the id alone without shifts)."""
     return f"{env_id} with {shift_label(shifts)}" if shifts else env_id
-
-
-def check_vector_shifts(env_id: str, shifts: Shifts) -> None:
-    """``ShiftError`` unless ``make_vector_env`` can build ``env_id`` with ``shifts``: Atari's
-    C++ vector envs take one value per shift, so they make no mixtures."""
-    if env_family(env_id) == "atari" and len(combinations(shifts)) > 1:
-        raise ShiftError(
-            f"{shift_label(shifts)}: Atari's vector envs take one value per shift "
-            "(several values mix levels on Minigrid and other Gymnasium envs)"
-        )
 
 
 def probe_resets(

@@ -117,6 +117,27 @@ def test_cpu_smoke_training_and_evaluation(tmp_path, extra, capsys):
     assert "sticky=0" in capsys.readouterr().out
 
 
+def test_an_atari_mixture_plays_each_env_in_its_drawn_member(tmp_path, capsys):
+    # ALE's C++ vector env plays one setting: a mixture is single flavoured envs in a vector
+    # env. With flicker=1 every frame is blank, with flicker=0 none is, so the frames show
+    # which member each env is playing; it keeps it for the whole episode.
+    envs = make_vector_env(PONG, 6, shifts=[("flicker", "0,1")])
+    try:
+        obs, _ = envs.reset(seed=3)
+        blank = [bool((image == 0).all()) for image in obs["image"]]
+        assert any(blank) and not all(blank)
+        for _ in range(5):
+            obs, *_ = envs.step(np.zeros(6, dtype=int))
+            assert [bool((image == 0).all()) for image in obs["image"]] == blank
+    finally:
+        envs.close()
+    run = tmp_path / "mixed"
+    argv = ["train", *ATARI_TINY, "--shift", "flicker=0,1", "--run-dir", str(run)]
+    assert main(argv) == 0 and "trained to step 64" in capsys.readouterr().out
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
+    assert "flicker=0,1" in capsys.readouterr().out
+
+
 def test_seeds_past_a_c_int_are_folded_for_the_fast_path():
     # AtariVectorEnv takes C int seeds; a resumed run reseeds with seed + 1_000_003 * update.
     assert fold_seed(5, 8) == 5 and fold_seed(2**31 - 8 + 5, 8) == 5

@@ -285,7 +285,6 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--shift", "size"], "--shift: a shift is KEY=VALUE, got 'size'"),
         (["--shift", "size=5,x"], "--shift: shift size takes an integer >= 5, got 'x'"),
         (["--shift", "sticky=0.1"], "--shift: shift sticky does not apply to MiniGrid-DoorKey"),
-        (["--env", "ALE/Pong-v5", "--shift", "sticky=0,0.5"], "Atari's vector envs take one"),
         (["--shift", "view=5"], "the Minigrid CNN reads views of 7 x 7 cells or more, not 5"),
         (["--shift", "view=5,7"], "values must give the same observations and actions: view=5"),
         (["--env", "MiniGrid-MemoryS7-v0", "--shift", "size=7,8"], "with size=8 failed at a reset"),

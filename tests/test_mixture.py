@@ -61,11 +61,9 @@ def test_each_episode_draws_a_member_and_a_seed_fixes_the_draws_and_levels():
     assert env.label == f"size={env.unwrapped.width}"
 
 
-def test_members_must_agree_on_observations_and_atari_vectors_take_one_value():
+def test_members_must_agree_on_observations():
     with pytest.raises(ShiftError, match="view=5 and view=7 do not"):
         make_env(DOORKEY, shifts=[("view", "5,7")])
-    with pytest.raises(ShiftError, match="Atari's vector envs take one value per shift"):
-        make_vector_env("ALE/Pong-v5", 2, shifts=[("sticky", "0,0.5")])
 
 
 def test_a_frame_of_another_size_is_fitted_to_the_first_ones():
