@@ -332,11 +332,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         table, writer = results, report  # one column per run
     print(writer.format_table(table))
-    if args.pool_seeds and len({r.config for r in table}) > 1:
+    if args.pool_seeds:
         from agents import compare
 
-        print()
-        print(compare.format_table(compare.compare(table)))
+        comparisons = compare.compare(table)  # none for one config, or configs on other rows
+        if comparisons:
+            print()
+            print(compare.format_table(comparisons))
     if outputs["json"]:
         writer.write_json(table, outputs["json"])
     if outputs["csv"]:

@@ -116,7 +116,9 @@ def minigrid_situation(env) -> dict[str, str]:
     if cell is None:
         facing = "empty"
     elif cell.type == "door":
-        facing = "locked door" if cell.is_locked else ("open door" if cell.is_open else "door")
+        facing = (
+            "locked door" if cell.is_locked else ("open door" if cell.is_open else "closed door")
+        )
     else:
         facing = cell.type
     return {"carrying": "nothing" if carrying is None else carrying.type, "facing": facing}
