@@ -167,6 +167,10 @@ def read_pooled(path: Path) -> list[PooledRow]:
         raise ConfigError(f"{path}: not a 'rims eval --pool-seeds --json' file")
     rows = []
     for d in data:
+        if not all(isinstance(d[n], str) for n in ("config", "env", "shift")) or not isinstance(
+            d["runs"], list
+        ):
+            raise ConfigError(f"{path}: not a 'rims eval --pool-seeds --json' file")
         returns = d["run_returns"]
         if (
             not isinstance(returns, list)

@@ -112,6 +112,8 @@ def test_rims_compare_reads_pooled_files_and_writes_json_and_csv(tmp_path, capsy
          "not a 'rims eval --pool-seeds --json' file"),
         (lambda d: [text(d / "a.json", json.dumps([{**asdict(ROWS[0]), "run_returns": []}]))],
          "run_returns of 'rims' is not a list of numbers"),
+        (lambda d: [text(d / "a.json", json.dumps([{**asdict(ROWS[0]), "config": {"a": 1}}]))],
+         "not a 'rims eval --pool-seeds --json' file"),
     ],
 )  # fmt: skip
 def test_bad_files_are_one_line(tmp_path, capsys, files, message):
