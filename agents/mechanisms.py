@@ -2,11 +2,11 @@
 
 The policy plays evaluation episodes (``agents.evaluate``) while every step's top-k mask is
 recorded beside the situation it was chosen in: the action it led to, the quarter of the episode,
-and on Minigrid what the agent carries and what it faces. For each situation the report gives
-each mechanism's activation rate, and for each feature the mutual information between a
-mechanism being active and the feature's value, beside its chance level: the mean information
-after shuffling the feature over the steps, which is what a plug-in estimate shows for a
-mechanism that ignores it.
+on Minigrid what the agent carries and what it faces, and on memory tasks the cue to remember.
+For each situation the report gives each mechanism's activation rate, and for each feature the
+mutual information between a mechanism being active and the feature's value, beside its chance
+level: the mean information after shuffling the feature over the steps, which is what a plug-in
+estimate shows for a mechanism that ignores it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from gymnasium.vector import VectorEnv
+from minigrid.envs.memory import MemoryEnv
 
 from agents.checkpoint import LoadedPolicy
 from agents.evaluate import evaluate
@@ -88,7 +89,7 @@ class MechanismRecorder:
             if self.mixture:
                 situation["shift"] = self._shift
             if singles is not None:
-                situation |= minigrid_situation(singles[i])
+                situation |= situation_of(singles[i])
             pending.append((masks[i], situation))
 
     def episode_end(self, env_index: int, counted: bool) -> None:
@@ -101,16 +102,25 @@ class MechanismRecorder:
 
 
 def sub_envs(envs: VectorEnv) -> list | None:
-    """The single envs of a Minigrid vector env (to read their state), else None."""
-    singles = getattr(envs.unwrapped, "envs", None)
-    if singles is None or not hasattr(singles[0].unwrapped, "grid"):
-        return None
-    return singles
+    """The single envs of an in-process vector env (to read their state), else None (ALE's C++
+    vector env)."""
+    return getattr(envs.unwrapped, "envs", None)
 
 
-def minigrid_situation(env) -> dict[str, str]:
-    """What a Minigrid agent carries and the cell in front of it (a door with its state)."""
-    grid_env = env.unwrapped
+def situation_of(env) -> dict[str, str]:
+    """What an env's state says of the situation: on Minigrid what the agent carries and the
+    cell in front of it (a door with its state), and on MemoryEnv the cue to remember; an env
+    may add its own features with a ``situation()`` method (``envs.memory.CueMemoryEnv``)."""
+    inner = env.unwrapped
+    found = minigrid_situation(inner) if hasattr(inner, "grid") else {}
+    if callable(getattr(inner, "situation", None)):
+        found |= inner.situation()
+    return found
+
+
+def minigrid_situation(grid_env) -> dict[str, str]:
+    """What a Minigrid agent carries and faces; in MemoryEnv also the cue (the object in the
+    start room, at (1, height // 2 - 1))."""
     carrying = grid_env.carrying
     cell = grid_env.grid.get(*grid_env.front_pos)
     if cell is None:
@@ -121,7 +131,11 @@ def minigrid_situation(env) -> dict[str, str]:
         )
     else:
         facing = cell.type
-    return {"carrying": "nothing" if carrying is None else carrying.type, "facing": facing}
+    found = {"carrying": "nothing" if carrying is None else carrying.type, "facing": facing}
+    if isinstance(grid_env, MemoryEnv):
+        cue = grid_env.grid.get(1, grid_env.height // 2 - 1)
+        found["cue"] = "none" if cue is None else cue.type
+    return found
 
 
 def mutual_information(masks: np.ndarray, codes: np.ndarray, values: int) -> np.ndarray:

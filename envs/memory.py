@@ -31,6 +31,10 @@ class CueMemoryEnv(gym.Env):
         self._cue = 0
         self._t = 0
 
+    def situation(self) -> dict[str, str]:
+        """The cue to remember, for ``rims mechanisms``."""
+        return {"cue": str(self._cue)}
+
     def _obs(self) -> np.ndarray:
         obs = np.zeros(3, np.float32)
         if self._t == 0:

@@ -15,7 +15,10 @@ from agents.mechanisms import (
     inspect_mechanisms,
     mutual_information,
     selection_summary,
+    situation_of,
 )
+from envs.factory import make_env
+from envs.memory import ENV_ID as CUE_TASK
 from envs.suites import SuiteRow
 from tests.test_cli import TINY, exit_code
 from train import main
@@ -88,6 +91,10 @@ def tiny_runs(tmp_path_factory):
         argv = ["train", "--core", core, "--total-steps", "32", "--run-dir", str(runs[core]),
                 *TINY]  # fmt: skip
         assert main(argv) == 0
+    runs["cue"] = root / "cue"
+    argv = ["train", "--env", CUE_TASK, "--total-steps", "32", "--run-dir", str(runs["cue"]),
+            *TINY]  # fmt: skip
+    assert main(argv) == 0
     return runs
 
 
@@ -127,3 +134,26 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     assert "has a lstm core: only RIMs have mechanisms" in err and len(err.splitlines()) == 1
     assert exit_code(["mechanisms", run, "--env", "MiniGrid-Nope-v0"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_memory_tasks_report_the_cue(tiny_runs):
+    # MemoryEnv: the cue is the start room's object, the one whose twin ends the hallway well.
+    env = make_env("MiniGrid-MemoryS7-v0")
+    cues = set()
+    for seed in range(6):
+        env.reset(seed=seed)
+        grid_env = env.unwrapped
+        x, y = grid_env.success_pos
+        beside = [grid_env.grid.get(x, y - 1), grid_env.grid.get(x, y + 1)]
+        target = [c.type for c in beside if c is not None and c.type in ("key", "ball")]
+        cue = situation_of(env)["cue"]
+        assert [cue] == target
+        cues.add(cue)
+    env.close()
+    assert cues == {"key", "ball"}
+    # An env may name its own features: the cue task's cue, on every step of its episode.
+    report = inspect_mechanisms(load_policy(tiny_runs["cue"]), SuiteRow(CUE_TASK, ()), 8, seed=1)
+    features = {f.name: f for f in report.features}
+    assert set(features) == {"action", "phase", "cue"}
+    assert set(features["cue"].values) == {"0", "1"}
+    assert all(steps % 6 == 0 for steps in features["cue"].steps)  # whole 6-step episodes
