@@ -11,12 +11,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agents.checkpoint import CheckpointError
+from agents.checkpoint import CheckpointError, LoadedPolicy
 from agents.config import NOT_LEARNED, PRESETS, ConfigError, TrainConfig, resolve_config
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
-from envs.suites import SuiteRow
+from envs.suites import Suite, SuiteRow
 
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
 
@@ -138,8 +138,14 @@ def add_mechanisms_parser(commands) -> None:
     )
     mech.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     add_playing_flags(mech, episodes=32)
+    mech.add_argument(
+        "--suite", default=None,
+        help="a built-in suite name or a suite JSON file: each row's activation rates side by side",
+    )  # fmt: skip
     mech.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
-    mech.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+    mech.add_argument(
+        "--json", default=None, metavar="FILE", help="write the reports (a list, one a row) as JSON"
+    )
 
 
 def played_row(
@@ -191,7 +197,7 @@ def run_mechanisms(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from agents.checkpoint import load_policy
-    from agents.mechanisms import format_report, inspect_mechanisms
+    from agents.mechanisms import format_report, format_rows, inspect_mechanisms
     from agents.report import check_compatible
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
@@ -202,16 +208,24 @@ def run_mechanisms(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{loaded.label} has a {loaded.config.core} core: only RIMs have mechanisms to inspect"
         )
+    check_suite_flags(args)
     if args.env:
         check_env_id(args.env)
-    row = played_row(loaded.config, args.env, tuple(parse_shift(s) for s in args.shift))
-    check_compatible(loaded, row)
-    result = inspect_mechanisms(
-        loaded, row, args.episodes, args.seed, args.num_envs, deterministic=args.greedy
-    )
-    print(format_report(result))
+    if args.suite:
+        rows = rows_of_suite(args.suite, [loaded])[1]
+    else:
+        rows = [played_row(loaded.config, args.env, tuple(parse_shift(s) for s in args.shift))]
+    for row in rows:
+        check_compatible(loaded, row)
+    reports = [
+        inspect_mechanisms(
+            loaded, row, args.episodes, args.seed, args.num_envs, deterministic=args.greedy
+        )
+        for row in rows
+    ]
+    print(format_report(reports[0]) if len(reports) == 1 else format_rows(reports))
     if out:
-        out.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        out.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
     return 0
 
 
@@ -292,16 +306,29 @@ def check_output(path: str | None, suffixes: tuple[str, ...]) -> Path | None:
     return out
 
 
+def check_suite_flags(args: argparse.Namespace) -> None:
+    if args.suite and (args.env or args.shift):
+        raise ConfigError("--suite takes its envs and shifts from the suite; drop --env/--shift")
+
+
+def rows_of_suite(spec: str, runs: Sequence[LoadedPolicy]) -> tuple[Suite, list[SuiteRow]]:
+    """Suite ``spec``'s rows for ``runs``; of a generated suite (atari-modes), those every run
+    can play (the others are named in one line each)."""
+    from agents.report import compatible_rows
+    from envs.suites import GENERATED, suite_rows
+
+    suite, rows = suite_rows(spec, [r.config.env for r in runs])
+    return suite, compatible_rows(runs, rows) if spec in GENERATED else rows
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from agents import pooled, report
     from agents.checkpoint import load_policy
     from agents.trainer import resolve_device
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
-    from envs.suites import GENERATED, suite_rows
 
-    if args.suite and (args.env or args.shift):
-        raise ConfigError("--suite takes its envs and shifts from the suite; drop --env/--shift")
+    check_suite_flags(args)
     outputs = {
         "json": check_output(args.json, (".json",)),
         "csv": check_output(args.csv, (".csv",)),
@@ -315,10 +342,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.pool_seeds:
         pooled.check_one_run_a_seed(runs)
     if args.suite:
-        suite, rows = suite_rows(args.suite, [r.config.env for r in runs])
+        suite, rows = rows_of_suite(args.suite, runs)
         title = f"suite {suite.name}"
-        if args.suite in GENERATED:
-            rows = report.compatible_rows(runs, rows)
     else:
         rows = list(dict.fromkeys(played_row(r.config, args.env, shifts) for r in runs))
         title = ", ".join(dict.fromkeys(row.env for row in rows))

@@ -21,7 +21,7 @@ from minigrid.envs.memory import MemoryEnv
 from agents.checkpoint import LoadedPolicy
 from agents.evaluate import evaluate
 from agents.record import action_name
-from agents.report import env_kwargs_for
+from agents.report import aligned_table, env_kwargs_for
 from envs.factory import make_env
 from envs.mixture import combinations
 from envs.shifts import shift_label
@@ -272,3 +272,26 @@ def format_report(r: MechanismReport) -> str:
         f"(bits; by chance: its mean over {SHUFFLES} shuffles of the feature over the steps)"
     )
     return "\n".join(lines)
+
+
+def format_rows(reports: Sequence[MechanismReport]) -> str:
+    """Several rows (a suite) side by side: each row's activation rate of every unit and the
+    units selection switches there."""
+    columns = [f"unit {u}" for u in range(reports[0].units)] + ["switched", "steps"]
+    texts = {
+        (r.env, r.shift): {
+            **{f"unit {u}": f"{x:.2f}" for u, x in enumerate(r.rates)},
+            "switched": ", ".join(map(str, switched_units(r.rates))) or "none",
+            "steps": f"{r.steps}",
+        }
+        for r in reports
+    }
+    head = (
+        f"{reports[0].run}: {reports[0].episodes} episodes a row, {reports[0].k} of "
+        f"{reports[0].units} mechanisms active a step"
+    )
+    footer = (
+        "unit i: the share of the row's steps on which it was active; switched: the units active "
+        f"on {SWITCH_MARGIN:.0%}-{1 - SWITCH_MARGIN:.0%} of them (--json: every row's full report)"
+    )
+    return "\n".join([head, *aligned_table(columns, texts), footer])

@@ -126,9 +126,27 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     assert main(["mechanisms", run, "--episodes", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "2 of 3 mechanisms active a step" in text and "information (bits)" in text
-    saved = json.loads(out.read_text())
+    [saved] = json.loads(out.read_text())
     assert saved["episodes"] == 3 and len(saved["rates"]) == 3
     assert [f["name"] for f in saved["features"]] == ["action", "carrying", "facing", "phase"]
+    # A suite: one line of rates a row, and every row's full report in the JSON.
+    suite = tmp_path / "suite.json"
+    rows = [{"env": "$RUN"}, {"env": "$RUN", "shifts": ["size=6"]}]
+    suite.write_text(json.dumps({"two": {"rows": rows}}))
+    argv = ["mechanisms", run, "--suite", str(suite), "--episodes", "2", "--json", str(out)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[0] == f"{tiny_runs['rims'].name}: 2 episodes a row, 2 of 3 mechanisms active a step"
+    )
+    assert lines[1].startswith("env") and [line.split()[1] for line in lines[3:5]] == [
+        "-",
+        "size=6",
+    ]
+    saved = json.loads(out.read_text())
+    assert [r["shift"] for r in saved] == ["", "size=6"] and all(r["episodes"] == 2 for r in saved)
+    assert exit_code(["mechanisms", run, "--suite", str(suite), "--shift", "size=6"]) == 2
+    assert "--suite takes its envs and shifts from the suite" in capsys.readouterr().err
     assert exit_code(["mechanisms", str(tiny_runs["lstm"])]) == 2
     err = capsys.readouterr().err.strip()
     assert "has a lstm core: only RIMs have mechanisms" in err and len(err.splitlines()) == 1
