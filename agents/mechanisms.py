@@ -238,7 +238,7 @@ def selection_summary(rates: Sequence[float], margin: float = SWITCH_MARGIN) -> 
     on = [u for u, x in enumerate(rates) if x > 1 - margin]
     off = [u for u, x in enumerate(rates) if x < margin]
     return (
-        f"selection switches units {units(switched_units(rates, margin))}; always on: "
+        f"units switched by selection: {units(switched_units(rates, margin))}; always on: "
         f"{units(on)}; always off: {units(off)} (on or off in over {1 - margin:.0%} of the steps)"
     )
 

@@ -74,11 +74,11 @@ def test_feature_stats_give_rates_per_value_and_a_chance_level():
 
 def test_the_summary_names_the_units_selection_switches():
     assert selection_summary([1.0, 0.0, 0.5, 0.97, 0.04]) == (
-        "selection switches units 2; always on: 0, 3; always off: 1, 4 "
+        "units switched by selection: 2; always on: 0, 3; always off: 1, 4 "
         "(on or off in over 95% of the steps)"
     )
     assert selection_summary([0.5, 0.5]).startswith(
-        "selection switches units 0, 1; always on: none"
+        "units switched by selection: 0, 1; always on: none"
     )
 
 
