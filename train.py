@@ -7,6 +7,7 @@ ends with one ``rims: error: ...`` line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -144,6 +145,7 @@ def add_mechanisms_parser(commands) -> None:
         help="a built-in suite name or a suite JSON file: each row's activation rates side by side",
     )  # fmt: skip
     mech.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
+    mech.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     mech.add_argument(
         "--json", default=None, metavar="FILE", help="write the reports (a list, one a row) as JSON"
     )
@@ -200,11 +202,12 @@ def run_mechanisms(args: argparse.Namespace) -> int:
     from agents.checkpoint import load_policy
     from agents.mechanisms import format_report, format_rows, inspect_mechanisms
     from agents.report import check_compatible
+    from agents.trainer import resolve_device
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
 
     out = check_output(args.json, (".json",))
-    loaded = load_policy(args.run, args.checkpoint)
+    loaded = load_policy(args.run, args.checkpoint, resolve_device(args.device))
     if loaded.config.core != "rims":
         raise ConfigError(
             f"{loaded.label} has a {loaded.config.core} core: only RIMs have mechanisms to inspect"
@@ -462,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rims: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`rims eval ... | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
+        return 141
     return 2
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +123,20 @@ def test_bad_files_are_one_line(tmp_path, capsys, files, message):
     assert exit_code(["compare", *files(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback(tmp_path):
+    # 90 configs: 4,005 pairs, a table larger than a pipe's buffer, so printing it meets the
+    # closed pipe.
+    rows = [pooled(f"c{i}", "", (0.1 * (i % 7), 0.5)) for i in range(90)]
+    path = write(tmp_path / "many.json", rows)
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "compare", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert process.stdout.read(10)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""

@@ -152,6 +152,9 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     assert "has a lstm core: only RIMs have mechanisms" in err and len(err.splitlines()) == 1
     assert exit_code(["mechanisms", run, "--env", "MiniGrid-Nope-v0"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    for command in ("mechanisms", "eval"):  # a device name torch does not know was a traceback
+        assert exit_code([command, run, "--device", "gpu"]) == 2
+        assert "--device must be auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
 
 
 def test_memory_tasks_report_the_cue(tiny_runs):
