@@ -157,7 +157,7 @@ def played_row(
     """What ``eval`` and ``record`` play for a run without ``--suite``: ``env`` (default: the
     run's) with exactly ``shifts``; with neither, the run's training env with its ``--shift``."""
     if env is None and not shifts:
-        return SuiteRow(config.env, config.train_shifts)
+        return config.train_row
     return SuiteRow(env or config.env, shifts)
 
 

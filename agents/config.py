@@ -20,6 +20,7 @@ from envs.factory import check_env_id, env_family
 from envs.mission import missions_vary
 from envs.mixture import combinations
 from envs.shifts import ShiftError, parse_shift, shift_effect
+from envs.suites import SuiteRow
 from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
 from policies.encoders import ENCODERS
 from policies.rims import CELLS
@@ -202,6 +203,12 @@ class TrainConfig:
     def train_shifts(self) -> tuple[tuple[str, str], ...]:
         """``shift`` parsed: ``(("size", "5,6"),)``."""
         return tuple(parse_shift(text) for text in self.shift)
+
+    @property
+    def train_row(self) -> SuiteRow:
+        """What the run trains on: its env with its shifts (a mixture where a shift lists
+        several values)."""
+        return SuiteRow(self.env, self.train_shifts)
 
     @property
     def batch_size(self) -> int:

@@ -71,7 +71,7 @@ def eval_targets(
     does."""
     if not config.eval_every:
         return []
-    own = SuiteRow(config.env, config.train_shifts)
+    own = config.train_row
     rows = [own]
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]
