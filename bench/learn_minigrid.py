@@ -99,11 +99,11 @@ def train_and_evaluate(
     from agents.evaluate import evaluate
     from agents.trainer import TrainingStopped, train
 
-    config = resolve_config(
-        dict(env=env, **core_fields(core), seed=seed, total_steps=total_steps,
-             run_dir=str(run_dir), overwrite=True, progress=False, torch_threads=threads,
-             **overrides)
-    )  # fmt: skip
+    config = resolve_config({
+        **dict(env=env, **core_fields(core), seed=seed, total_steps=total_steps,
+               run_dir=str(run_dir), overwrite=True, progress=False, torch_threads=threads),
+        **overrides,  # --set wins (--set torch_threads=1 for a run beside another job)
+    })  # fmt: skip
     start = time.perf_counter()
     result, stopped = None, None
     try:
