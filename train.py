@@ -133,9 +133,8 @@ def add_mechanisms_parser(commands) -> None:
         description="Play evaluation episodes of a RIMs run and report, for every situation "
         "(the action taken, the quarter of the episode; on Minigrid what the agent carries and "
         "what it faces; on memory tasks the cue; on a mixture, the member), how often each "
-        "mechanism was active, and "
-        "the mutual information between each mechanism's activity and each feature beside its "
-        "chance level.",
+        "mechanism was active, and the mutual information between each mechanism's activity "
+        "and each feature beside its chance level.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     mech.add_argument("run", metavar="RUN_OR_CHECKPOINT")
@@ -206,13 +205,13 @@ def run_mechanisms(args: argparse.Namespace) -> int:
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
 
+    check_suite_flags(args)
     out = check_output(args.json, (".json",))
     loaded = load_policy(args.run, args.checkpoint, resolve_device(args.device))
     if loaded.config.core != "rims":
         raise ConfigError(
             f"{loaded.label} has a {loaded.config.core} core: only RIMs have mechanisms to inspect"
         )
-    check_suite_flags(args)
     if args.env:
         check_env_id(args.env)
     if args.suite:
