@@ -203,12 +203,12 @@ def inspect_mechanisms(
         recorder,
     )  # fmt: skip
     masks = np.stack(recorder.masks)  # N x (U,) -> (N, U)
-    return report(
+    return make_report(
         loaded.label, row.env, row.label, episodes, loaded.config.k, masks, recorder.situations
     )
 
 
-def report(
+def make_report(
     run: str, env: str, shift: str, episodes: int, k: int,
     masks: np.ndarray, situations: Sequence[dict[str, str]],
 ) -> MechanismReport:  # fmt: skip
@@ -250,6 +250,7 @@ def format_report(r: MechanismReport) -> str:
     lines = [
         f"{r.run} on {r.env}{f' ({r.shift})' if r.shift else ''}: {r.episodes} episodes, "
         f"{r.steps:,} steps, {r.k} of {r.units} mechanisms active a step",
+        selection_summary(r.rates),
     ]
     label_w = max(len("  information (bits)"), *(len(v) + 2 for f in r.features for v in f.values))
     head = f"{'':<{label_w}}  {'steps':>7}  " + "  ".join(f"{u:>7}" for u in units)
@@ -259,7 +260,6 @@ def format_report(r: MechanismReport) -> str:
         return f"{label:<{label_w}}  {steps:>7}  " + "  ".join(f"{c:>7}" for c in cells)
 
     lines.append(line("active (all steps)", f"{r.steps}", [f"{x:.2f}" for x in r.rates]))
-    lines.insert(1, selection_summary(r.rates))
     for f in r.features:
         lines.append(f.name)
         for value, steps, rates in zip(f.values, f.steps, f.rates):
