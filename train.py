@@ -124,6 +124,7 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("files", nargs="+", metavar="POOLED.json")
     compare.add_argument("--json", default=None, metavar="FILE", help="write the table as JSON")
     compare.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
+    compare.add_argument("--plot", default=None, metavar="FILE.png", help="grouped bar chart")
 
 
 def add_mechanisms_parser(commands) -> None:
@@ -379,7 +380,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from agents import compare, report
 
-    outputs = [check_output(args.json, (".json",)), check_output(args.csv, (".csv",))]
+    outputs = [
+        check_output(args.json, (".json",)),
+        check_output(args.csv, (".csv",)),
+        check_output(args.plot, (".png", ".pdf", ".svg")),
+    ]
     rows = compare.merge([compare.read_pooled(Path(f)) for f in args.files])
     if len({r.config for r in rows}) < 2:
         raise ConfigError("the files hold one config: there is nothing to compare it with")
@@ -391,6 +396,8 @@ def run_compare(args: argparse.Namespace) -> int:
         report.write_json(comparisons, outputs[0])
     if outputs[1]:
         report.write_csv(comparisons, outputs[1], compare.FIELDS)
+    if outputs[2]:
+        compare.plot(comparisons, outputs[2])
     return 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from agents.config import ConfigError
 from agents.pooled import BOOTSTRAP_SAMPLES, PooledRow
+from agents.report import bar_chart
 
 ALL_ROWS = "mean over rows"
 """The env name of a comparison that averages every row both configs were evaluated on."""
@@ -149,6 +150,25 @@ def format_table(comparisons: Sequence[Comparison]) -> str:
         "seeds; n/a: a single seed]"
     )
     return "\n".join([*lines, footer])
+
+
+def plot(comparisons: Sequence[Comparison], path: Path) -> None:
+    """Grouped bars: one group per env x shift (then the mean over rows), one colour per pair of
+    configs, the bootstrap interval as error bars and a dashed line at 0.5 (no difference)."""
+    bars = {
+        (
+            f"{c.config} > {c.baseline}",
+            ("mean over", "all rows") if c.env == ALL_ROWS else (c.env, c.shift),
+        ): (
+            c.probability,
+            0.0 if c.ci_low is None else c.probability - c.ci_low,
+            0.0 if c.ci_high is None else c.ci_high - c.probability,
+            (),
+        )
+        for c in sorted(comparisons, key=lambda c: c.env == ALL_ROWS)  # the mean last
+    }
+    title = "probability of improvement"
+    bar_chart(bars, path, title, "P(A > B)\n(95% stratified bootstrap interval)", reference=0.5)
 
 
 def read_pooled(path: Path) -> list[PooledRow]:

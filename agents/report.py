@@ -223,10 +223,14 @@ Bar = tuple[float, float, float, Sequence[float]]
 
 
 def bar_chart(
-    bars: dict[tuple[str, tuple[str, str]], Bar], path: Path, title: str, ylabel: str
+    bars: dict[tuple[str, tuple[str, str]], Bar],
+    path: Path,
+    title: str,
+    ylabel: str,
+    reference: float | None = None,
 ) -> None:
     """Grouped bars keyed by (column, (env, shift)): one group per env x shift, one colour per
-    column, in the order they come."""
+    column, in the order they come; a dashed line at ``reference`` where given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,6 +249,8 @@ def bar_chart(
         dots = [(x, p) for x, b in present for p in b[3]]
         if dots:
             ax.scatter([x for x, _ in dots], [p for _, p in dots], s=9, color="black", zorder=3)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
     labels = [f"{env.replace('MiniGrid-', '')}\n{shift or 'no shift'}" for env, shift in keys]
     ax.set_xticks(range(len(keys)), labels, fontsize=8)
     ax.set_ylabel(ylabel)

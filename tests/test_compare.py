@@ -91,7 +91,8 @@ def text(path, content: str) -> str:
 def test_rims_compare_reads_pooled_files_and_writes_json_and_csv(tmp_path, capsys):
     first = write(tmp_path / "a.json", ROWS[:2])
     second = write(tmp_path / "b.json", ROWS[2:4])
-    out = ["--json", str(tmp_path / "c.json"), "--csv", str(tmp_path / "c.csv")]
+    out = ["--json", str(tmp_path / "c.json"), "--csv", str(tmp_path / "c.csv"),
+           "--plot", str(tmp_path / "c.png")]  # fmt: skip
     assert main(["compare", first, second, *out]) == 0
     table = capsys.readouterr().out
     assert "rims > lstm" in table and "mean over rows" in table and "P(A > B) on E" in table
@@ -99,6 +100,7 @@ def test_rims_compare_reads_pooled_files_and_writes_json_and_csv(tmp_path, capsy
     assert [asdict(c) for c in compare(ROWS[:4])] == written
     with (tmp_path / "c.csv").open() as f:
         assert tuple(csv.DictReader(f).fieldnames) == FIELDS
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
