@@ -144,6 +144,11 @@ def add_mechanisms_parser(commands) -> None:
         "--suite", default=None,
         help="a built-in suite name or a suite JSON file: each row's activation rates side by side",
     )  # fmt: skip
+    mech.add_argument(
+        "--where", action="append", default=[], metavar="FEATURE=VALUE",
+        help="report only the steps in this situation (repeatable), e.g. "
+        "--where 'phase=4th quarter' --where cue=key",
+    )  # fmt: skip
     mech.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
     mech.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     mech.add_argument(
@@ -208,6 +213,7 @@ def run_mechanisms(args: argparse.Namespace) -> int:
 
     check_suite_flags(args)
     out = check_output(args.json, (".json",))
+    where = tuple(parse_condition(text) for text in args.where)
     loaded = load_policy(args.run, args.checkpoint, resolve_device(args.device))
     if loaded.config.core != "rims":
         raise ConfigError(
@@ -222,15 +228,21 @@ def run_mechanisms(args: argparse.Namespace) -> int:
     for row in rows:
         check_compatible(loaded, row)
     reports = [
-        inspect_mechanisms(
-            loaded, row, args.episodes, args.seed, args.num_envs, deterministic=args.greedy
-        )
+        inspect_mechanisms(loaded, row, args.episodes, args.seed, args.num_envs, args.greedy, where)
         for row in rows
     ]
     print(format_report(reports[0]) if len(reports) == 1 else format_rows(reports))
     if out:
         out.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
     return 0
+
+
+def parse_condition(text: str) -> tuple[str, str]:
+    """``phase=4th quarter`` -> ``("phase", "4th quarter")``."""
+    feature, sep, value = text.partition("=")
+    if not sep or not feature.strip() or not value.strip():
+        raise ConfigError(f"--where takes FEATURE=VALUE, got {text!r}")
+    return feature.strip(), value.strip()
 
 
 def run_plot(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from gymnasium.vector import VectorEnv
 from minigrid.envs.memory import MemoryEnv
 
 from agents.checkpoint import LoadedPolicy
+from agents.config import ConfigError
 from agents.evaluate import evaluate
 from agents.record import action_name
 from agents.report import aligned_table, env_kwargs_for
@@ -59,8 +60,9 @@ class MechanismReport:
     steps: int
     units: int
     k: int
-    rates: tuple[float, ...]  # [unit]: P(active) over all steps
+    rates: tuple[float, ...]  # [unit]: P(active) over the steps reported
     features: tuple[FeatureStats, ...]
+    where: tuple[str, ...] = ()  # the steps reported: those with these feature=value
 
 
 class MechanismRecorder:
@@ -190,9 +192,11 @@ def inspect_mechanisms(
     seed: int = 0,
     num_envs: int = 16,
     deterministic: bool = False,
+    where: Sequence[tuple[str, str]] = (),
 ) -> MechanismReport:
     """Play ``episodes`` evaluation episodes of ``row`` (as ``rims eval`` would) and report
-    which mechanisms were active in which situations."""
+    which mechanisms were active in which situations, over the steps whose situation has every
+    ``(feature, value)`` of ``where`` (all steps without it)."""
     kwargs = env_kwargs_for(loaded.config, row.env)
     env = make_env(row.env, shifts=row.shifts, **kwargs)
     names = [action_name(env, a) for a in range(loaded.policy.num_actions)]
@@ -203,21 +207,46 @@ def inspect_mechanisms(
         recorder,
     )  # fmt: skip
     masks = np.stack(recorder.masks)  # N x (U,) -> (N, U)
+    keep = steps_where(recorder.situations, where)
     return make_report(
-        loaded.label, row.env, row.label, episodes, loaded.config.k, masks, recorder.situations
-    )
+        loaded.label, row.env, row.label, episodes, loaded.config.k, masks[keep],
+        [recorder.situations[i] for i in keep], where,
+    )  # fmt: skip
+
+
+def steps_where(
+    situations: Sequence[dict[str, str]], where: Sequence[tuple[str, str]]
+) -> list[int]:
+    """The indices of the steps whose situation has every ``(feature, value)`` of ``where``;
+    ``ConfigError`` naming the features or values there are where a condition matches none."""
+    keep = list(range(len(situations)))
+    for feature, value in where:
+        seen = {s[feature] for s in situations if feature in s}
+        if not seen:
+            known = ", ".join(dict.fromkeys(k for s in situations for k in s))
+            raise ConfigError(f"--where {feature}: no such feature here (features: {known})")
+        keep = [i for i in keep if situations[i].get(feature) == value]
+        if not keep:
+            values = ", ".join(sorted(seen))
+            raise ConfigError(
+                f"--where {feature}={value}: no step left (values of {feature}: {values})"
+            )
+    return keep
 
 
 def make_report(
     run: str, env: str, shift: str, episodes: int, k: int,
     masks: np.ndarray, situations: Sequence[dict[str, str]],
+    where: Sequence[tuple[str, str]] = (),
 ) -> MechanismReport:  # fmt: skip
-    """The rates and informations of recorded steps (``inspect_mechanisms``)."""
-    names = list(dict.fromkeys(key for s in situations for key in s))
+    """The rates and informations of recorded steps (``inspect_mechanisms``); ``where`` names
+    the condition they were chosen by, and its features are left out (each has one value)."""
+    fixed = {feature for feature, _ in where}
+    names = [n for n in dict.fromkeys(key for s in situations for key in s) if n not in fixed]
     features = tuple(feature_stats(n, masks, [s[n] for s in situations]) for n in names)
     return MechanismReport(
         run, env, shift, episodes, len(masks), masks.shape[1], k,
-        tuple(masks.mean(0).tolist()), features,
+        tuple(masks.mean(0).tolist()), features, tuple(f"{f}={v}" for f, v in where),
     )  # fmt: skip
 
 
@@ -247,9 +276,10 @@ def format_report(r: MechanismReport) -> str:
     """A table per feature: each value's steps and each mechanism's activation rate, and the
     feature's mutual information with each mechanism and its chance level."""
     units = [f"unit {u}" for u in range(r.units)]
+    where = f" where {' and '.join(r.where)}" if r.where else ""
     lines = [
         f"{r.run} on {r.env}{f' ({r.shift})' if r.shift else ''}: {r.episodes} episodes, "
-        f"{r.steps:,} steps, {r.k} of {r.units} mechanisms active a step",
+        f"{r.steps:,} steps{where}, {r.k} of {r.units} mechanisms active a step",
         selection_summary(r.rates),
     ]
     label_w = max(len("  information (bits)"), *(len(v) + 2 for f in r.features for v in f.values))
@@ -286,9 +316,11 @@ def format_rows(reports: Sequence[MechanismReport]) -> str:
         }
         for r in reports
     }
+    first = reports[0]
+    where = f", steps where {' and '.join(first.where)}" if first.where else ""
     head = (
-        f"{reports[0].run}: {reports[0].episodes} episodes a row, {reports[0].k} of "
-        f"{reports[0].units} mechanisms active a step"
+        f"{first.run}: {first.episodes} episodes a row{where}, {first.k} of {first.units} "
+        "mechanisms active a step"
     )
     footer = (
         "unit i: the share of the row's steps on which it was active; switched: the units active "

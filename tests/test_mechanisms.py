@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from agents.checkpoint import load_policy
+from agents.config import ConfigError
 from agents.evaluate import evaluate
 from agents.mechanisms import (
     PHASES,
@@ -16,6 +17,7 @@ from agents.mechanisms import (
     mutual_information,
     selection_summary,
     situation_of,
+    steps_where,
 )
 from envs.factory import make_env
 from envs.memory import ENV_ID as CUE_TASK
@@ -80,6 +82,21 @@ def test_the_summary_names_the_units_selection_switches():
     assert selection_summary([0.5, 0.5]).startswith(
         "units switched by selection: 0, 1; always on: none"
     )
+
+
+def test_where_keeps_the_steps_in_a_situation_and_names_what_there_is():
+    situations = [
+        {"cue": "key", "phase": "1st quarter"},
+        {"cue": "ball", "phase": "4th quarter"},
+        {"cue": "key", "phase": "4th quarter"},
+    ]
+    assert steps_where(situations, [("phase", "4th quarter")]) == [1, 2]
+    assert steps_where(situations, [("phase", "4th quarter"), ("cue", "key")]) == [2]
+    assert steps_where(situations, []) == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"--where colour: no such feature here \(features: cue"):
+        steps_where(situations, [("colour", "red")])
+    with pytest.raises(ConfigError, match=r"no step left \(values of cue: ball, key\)"):
+        steps_where(situations, [("cue", "box")])
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +164,16 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     assert [r["shift"] for r in saved] == ["", "size=6"] and all(r["episodes"] == 2 for r in saved)
     assert exit_code(["mechanisms", run, "--suite", str(suite), "--shift", "size=6"]) == 2
     assert "--suite takes its envs and shifts from the suite" in capsys.readouterr().err
+    # --where reports the steps of one situation; the condition's feature is left out.
+    assert main(["mechanisms", run, "--episodes", "3", "--where", "carrying=nothing",
+                 "--json", str(out)]) == 0  # fmt: skip
+    assert "steps where carrying=nothing" in capsys.readouterr().out
+    [where] = json.loads(out.read_text())
+    assert where["where"] == ["carrying=nothing"] and where["steps"] > 0
+    assert "carrying" not in [f["name"] for f in where["features"]]
+    for bad in ("carrying", "carrying=a ball"):
+        assert exit_code(["mechanisms", run, "--episodes", "1", "--where", bad]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert exit_code(["mechanisms", str(tiny_runs["lstm"])]) == 2
     err = capsys.readouterr().err.strip()
     assert "has a lstm core: only RIMs have mechanisms" in err and len(err.splitlines()) == 1
