@@ -30,6 +30,7 @@ from envs.suites import SuiteRow
 from policies.actor_critic import ActResult
 
 PHASES = ("1st quarter", "2nd quarter", "3rd quarter", "4th quarter")
+DIRECTIONS = ("east", "south", "west", "north")  # Minigrid's agent_dir 0..3
 SHUFFLES = 100
 SWITCH_MARGIN = 0.05  # a unit on (or off) in over 95% of the steps is not switched
 ORDERED = ("phase", "shift")  # features whose values are listed sorted, not by their steps
@@ -98,9 +99,14 @@ class MechanismRecorder:
         steps, self._pending[env_index] = self._pending[env_index], []
         if not counted:
             return
+        seen = "no"
         for t, (mask, situation) in enumerate(steps):
             self.masks.append(mask)
-            self.situations.append({**situation, "phase": PHASES[4 * t // len(steps)]})
+            situation = {**situation, "phase": PHASES[4 * t // len(steps)]}
+            if "cue in view" in situation:  # a memory task: has the cue been in view yet?
+                seen = "yes" if situation["cue in view"] == "yes" else seen
+                situation["cue seen so far"] = seen
+            self.situations.append(situation)
 
 
 def sub_envs(envs: VectorEnv) -> list | None:
@@ -121,8 +127,9 @@ def situation_of(env) -> dict[str, str]:
 
 
 def minigrid_situation(grid_env) -> dict[str, str]:
-    """What a Minigrid agent carries and faces; in MemoryEnv also the cue (the object in the
-    start room, at (1, height // 2 - 1))."""
+    """What a Minigrid agent carries and faces, and the way it faces; in MemoryEnv also the cue
+    (the object in the start room, at (1, height // 2 - 1)) and whether the agent sees it now
+    (the recorder adds whether it has seen it so far in the episode)."""
     carrying = grid_env.carrying
     cell = grid_env.grid.get(*grid_env.front_pos)
     if cell is None:
@@ -133,10 +140,15 @@ def minigrid_situation(grid_env) -> dict[str, str]:
         )
     else:
         facing = cell.type
-    found = {"carrying": "nothing" if carrying is None else carrying.type, "facing": facing}
+    found = {
+        "carrying": "nothing" if carrying is None else carrying.type,
+        "facing": facing,
+        "direction": DIRECTIONS[grid_env.agent_dir],
+    }
     if isinstance(grid_env, MemoryEnv):
         cue = grid_env.grid.get(1, grid_env.height // 2 - 1)
         found["cue"] = "none" if cue is None else cue.type
+        found["cue in view"] = "yes" if grid_env.agent_sees(1, grid_env.height // 2 - 1) else "no"
     return found
 
 

@@ -12,6 +12,7 @@ from agents.config import ConfigError
 from agents.evaluate import evaluate
 from agents.mechanisms import (
     PHASES,
+    MechanismRecorder,
     feature_stats,
     inspect_mechanisms,
     mutual_information,
@@ -126,7 +127,7 @@ def test_every_counted_step_is_reported_with_its_situation(tiny_runs):
     assert report.units == 3 and report.k == 2
     assert sum(report.rates) == pytest.approx(2)
     features = {f.name: f for f in report.features}
-    assert set(features) == {"action", "shift", "carrying", "facing", "phase"}
+    assert set(features) == {"action", "shift", "carrying", "facing", "direction", "phase"}
     for f in features.values():
         assert sum(f.steps) == report.steps
         assert all(sum(rates) == pytest.approx(2) for rates in f.rates)
@@ -145,7 +146,8 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     assert "2 of 3 mechanisms active a step" in text and "information (bits)" in text
     [saved] = json.loads(out.read_text())
     assert saved["episodes"] == 3 and len(saved["rates"]) == 3
-    assert [f["name"] for f in saved["features"]] == ["action", "carrying", "facing", "phase"]
+    names = [f["name"] for f in saved["features"]]
+    assert names == ["action", "carrying", "facing", "direction", "phase"]
     # A suite: one line of rates a row, and every row's full report in the JSON.
     suite = tmp_path / "suite.json"
     rows = [{"env": "$RUN"}, {"env": "$RUN", "shifts": ["size=6"]}]
@@ -199,6 +201,21 @@ def test_memory_tasks_report_the_cue(tiny_runs):
         cues.add(cue)
     env.close()
     assert cues == {"key", "ball"}
+    # Whether the agent sees the cue now, and has seen it so far: once seen, it stays seen.
+    recorder = MechanismRecorder(["a"] * 7)
+    policy = load_policy(tiny_runs["rims"]).policy
+    played = evaluate(policy, "MiniGrid-MemoryS7-v0", 6, seed=0, num_envs=2, observer=recorder)
+    start = 0
+    for length in played.lengths:  # the recorder keeps the episodes in the order they count
+        episode = recorder.situations[start : start + length]
+        start += length
+        seen = "no"
+        for situation in episode:
+            seen = "yes" if situation["cue in view"] == "yes" else seen
+            assert situation["cue seen so far"] == seen
+    assert start == len(recorder.situations)
+    views = {s["cue in view"] for s in recorder.situations}
+    assert views == {"yes", "no"}  # an untrained policy turns round now and then
     # An env may name its own features: the cue task's cue, on every step of its episode.
     report = inspect_mechanisms(load_policy(tiny_runs["cue"]), SuiteRow(CUE_TASK, ()), 8, seed=1)
     features = {f.name: f for f in report.features}
