@@ -208,7 +208,7 @@ def run_mechanisms(args: argparse.Namespace) -> int:
     from agents.mechanisms import format_report, format_rows, inspect_mechanisms
     from agents.report import check_compatible
     from agents.trainer import resolve_device
-    from envs.factory import check_env_id
+    from envs.factory import check_env_id, env_label
     from envs.shifts import parse_shift
 
     check_suite_flags(args)
@@ -227,11 +227,19 @@ def run_mechanisms(args: argparse.Namespace) -> int:
         rows = [played_row(loaded.config, args.env, tuple(parse_shift(s) for s in args.shift))]
     for row in rows:
         check_compatible(loaded, row)
-    reports = [
-        inspect_mechanisms(loaded, row, args.episodes, args.seed, args.num_envs, args.greedy, where)
-        for row in rows
-    ]
-    print(format_report(reports[0]) if len(reports) == 1 else format_rows(reports))
+    reports = []
+    for row in rows:
+        try:
+            reports.append(inspect_mechanisms(
+                loaded, row, args.episodes, args.seed, args.num_envs, args.greedy, where
+            ))  # fmt: skip
+        except ConfigError as err:  # --where matched no step of this row
+            if len(rows) == 1:
+                raise
+            print(f"  skipped {env_label(row.env, row.shifts)}: {err}")
+    if not reports:
+        raise ConfigError("--where matched no step of any row")
+    print(format_report(reports[0]) if len(rows) == 1 else format_rows(reports))
     if out:
         out.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
     return 0

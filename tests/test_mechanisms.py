@@ -164,6 +164,17 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     ]
     saved = json.loads(out.read_text())
     assert [r["shift"] for r in saved] == ["", "size=6"] and all(r["episodes"] == 2 for r in saved)
+    # A suite row where --where matches no step is left out with a line; all of them is an error.
+    mixed = tmp_path / "mixed.json"
+    rows = [{"env": "$RUN"}, {"env": "MiniGrid-MemoryS7-v0"}]  # DoorKey has no cue
+    mixed.write_text(json.dumps({"mixed": {"rows": rows}}))
+    argv = ["mechanisms", run, "--suite", str(mixed), "--episodes", "4", "--json", str(out)]
+    assert main([*argv, "--where", "cue=key"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped MiniGrid-DoorKey-5x5-v0: --where cue: no such feature here" in printed
+    assert [r["env"] for r in json.loads(out.read_text())] == ["MiniGrid-MemoryS7-v0"]
+    assert exit_code([*argv, "--where", "carrying=box"]) == 2
+    assert capsys.readouterr().err.strip() == "rims: error: --where matched no step of any row"
     assert exit_code(["mechanisms", run, "--suite", str(suite), "--shift", "size=6"]) == 2
     assert "--suite takes its envs and shifts from the suite" in capsys.readouterr().err
     # --where reports the steps of one situation; the condition's feature is left out.
