@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agents.checkpoint import CheckpointError, LoadedPolicy
-from agents.config import NOT_LEARNED, PRESETS, ConfigError, TrainConfig, resolve_config
+from agents.config import (
+    NOT_LEARNED,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    resolve_config,
+    saved_fields,
+)
 from agents.flags import add_flags, given_flags
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
@@ -431,7 +438,15 @@ def config_for_train(given: dict) -> TrainConfig:
     if not given.get("run_dir"):
         raise ConfigError("--resume needs --run-dir DIR (the run to continue)")
     saved = saved_config(Path(given["run_dir"]))
-    changed = sorted(k for k, v in given.items() if k not in NOT_LEARNED and saved.get(k) != v)
+    current = saved_fields(saved)  # as from_dict reads it: a field saved before it existed too
+
+    def as_saved(value: object) -> object:  # config.json holds a tuple field as a list
+        return list(value) if isinstance(value, tuple) else value
+
+    changed = sorted(
+        k for k, v in given.items()
+        if k not in NOT_LEARNED and as_saved(current.get(k)) != as_saved(v)
+    )  # fmt: skip
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ConfigError(f"cannot change {flags} when resuming (the run's config is fixed)")

@@ -134,9 +134,13 @@ def test_train_eval_and_record_on_a_mixture(tmp_path, capsys):
     assert (
         main(["eval", str(run), "--shift", "size=8", "--shift", "view=9", "--episodes", "2"]) == 0
     )
-    # What is trained on is learned: a resumed run may not change it.
+    # What is trained on is learned: a resumed run may not change it, and may repeat it (the
+    # flags give a tuple, config.json holds a list).
     assert exit_code(["train", "--run-dir", str(run), "--resume", "--shift", "size=7"]) == 2
     assert "cannot change --shift when resuming" in capsys.readouterr().err
+    same = ["--shift", "size=5,6", "--shift", "view=9", "--total-steps", "96"]
+    assert main(["train", "--run-dir", str(run), "--resume", *same]) == 0
+    assert "trained to step 96" in capsys.readouterr().out
 
 
 def test_evaluation_during_training_starts_with_the_training_shifts(tmp_path):
