@@ -367,6 +367,12 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_device_name(name: str) -> None:
+    """``ConfigError`` unless ``name`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name not in ("auto", "cpu", "cuda") and re.fullmatch(r"cuda:\d+", name) is None:
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 def validate(c: TrainConfig) -> None:
     """Raise ``ConfigError`` (one line, naming the flag) for any impossible setting."""
     if (mismatch := type_mismatch(c)) is not None:
@@ -444,10 +450,7 @@ def validate(c: TrainConfig) -> None:
     )
     _check(c.torch_threads >= 0, "--torch-threads must be >= 0")
     _check(c.env_timeout >= 0, f"--env-timeout must be >= 0, got {c.env_timeout}")
-    _check(
-        c.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", c.device) is not None,
-        f"--device must be auto, cpu, cuda or cuda:N, got {c.device!r}",
-    )
+    check_device_name(c.device)
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from agents.checkpoint import CheckpointError, load_latest, save_checkpoint
-from agents.config import ConfigError, TrainConfig
+from agents.config import ConfigError, TrainConfig, check_device_name
 from agents.distributed import (
     Distributed,
     any_rank,
@@ -65,8 +64,7 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; an unavailable CUDA or a name other than
     ``auto``, ``cpu``, ``cuda`` and ``cuda:N`` is a ``ConfigError``."""
-    if name not in ("auto", "cpu", "cuda") and re.fullmatch(r"cuda:\d+", name) is None:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
