@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.config import ConfigError
-from agents.pooled import BOOTSTRAP_SAMPLES, PooledRow
+from agents.pooled import BOOTSTRAP_SAMPLES, PooledRow, percentile_interval
 from agents.report import bar_chart
 
 ALL_ROWS = "mean over rows"
@@ -77,10 +77,7 @@ def bootstrap_interval(
         a_draws = np.asarray(a)[rng.integers(0, len(a), size=(samples, len(a)))]  # (samples, n)
         b_draws = np.asarray(b)[rng.integers(0, len(b), size=(samples, len(b)))]  # (samples, m)
         total += _row_probability(a_draws, b_draws)  # (samples,)
-    means = total / len(config)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(total / len(config), level)
 
 
 def compare(rows: Sequence[PooledRow]) -> list[Comparison]:

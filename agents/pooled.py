@@ -18,8 +18,8 @@ from agents.groups import config_key, config_names
 from agents.report import EvalRow, aligned_table, bar_chart, write_json
 from agents.report import write_csv as write_rows_csv
 
-__all__ = ["FIELDS", "PooledRow", "bootstrap_ci", "check_one_run_a_seed", "pool", "format_table",
-           "write_json", "write_csv", "plot"]  # fmt: skip
+__all__ = ["FIELDS", "PooledRow", "bootstrap_ci", "percentile_interval", "check_one_run_a_seed",
+           "pool", "format_table", "write_json", "write_csv", "plot"]  # fmt: skip
 
 FIELDS = (
     "config", "core", "env", "shift", "seeds", "episodes", "mean_return", "ci_low", "ci_high",
@@ -61,8 +61,13 @@ def bootstrap_ci(
     x = np.asarray(values, dtype=float)
     draws = np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))
     means = x[draws].mean(axis=1)  # (samples, n) resampled values -> (samples,) means
+    return percentile_interval(means, level)
+
+
+def percentile_interval(statistics: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of a bootstrap's resampled ``statistics`` (samples,)."""
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
+    low, high = np.percentile(statistics, [tail, 100 - tail])
     return float(low), float(high)
 
 
