@@ -12,9 +12,9 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.mechanisms import switched_units
 from agents.ppo import UpdateStats
 from agents.rollout import RolloutStats
+from agents.selection import switched_units
 from agents.training_eval import RowResult, mean_shifted_return, summary_line
 
 

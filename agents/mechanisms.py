@@ -23,6 +23,7 @@ from agents.config import ConfigError
 from agents.evaluate import evaluate
 from agents.record import action_name
 from agents.report import aligned_table, env_kwargs_for
+from agents.selection import SWITCH_MARGIN, switched_units
 from envs.factory import make_env
 from envs.mixture import combinations
 from envs.shifts import shift_label
@@ -32,7 +33,6 @@ from policies.actor_critic import ActResult
 PHASES = ("1st quarter", "2nd quarter", "3rd quarter", "4th quarter")
 DIRECTIONS = ("east", "south", "west", "north")  # Minigrid's agent_dir 0..3
 SHUFFLES = 100
-SWITCH_MARGIN = 0.05  # a unit on (or off) in over 95% of the steps is not switched
 ORDERED = ("phase", "shift")  # features whose values are listed sorted, not by their steps
 
 
@@ -260,12 +260,6 @@ def make_report(
         run, env, shift, episodes, len(masks), masks.shape[1], k,
         tuple(masks.mean(0).tolist()), features, tuple(f"{f}={v}" for f, v in where),
     )  # fmt: skip
-
-
-def switched_units(rates: Sequence[float], margin: float = SWITCH_MARGIN) -> list[int]:
-    """The units top-k selection switches: active on at least ``margin`` and at most
-    ``1 - margin`` of the steps (``rates``: each unit's share of active steps)."""
-    return [u for u, x in enumerate(rates) if margin <= x <= 1 - margin]
 
 
 def selection_summary(rates: Sequence[float], margin: float = SWITCH_MARGIN) -> str:
