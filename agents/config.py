@@ -130,6 +130,12 @@ class TrainConfig:
         "RIMs read a set of positions, the CNN feature map or Minigrid's view cells "
         "(input attention picks where)",
     )
+    centre_features: bool = option(
+        False,
+        "subtract from the encoder's features their running mean, re-estimated after each "
+        "update, so that RIMs' input attention scores what tells observations apart (their "
+        "shared part can fix which RIMs are active); off: the paper's",
+    )
     mission: bool | None = option(
         None,
         "Minigrid: the policy reads the mission text (embedded words, a convolution over each "
@@ -245,6 +251,7 @@ class TrainConfig:
             encoder=self.encoder,
             spatial=self.rims_spatial,
             bf16_matmuls=self.rims_bf16,
+            centre_features=self.centre_features,
         )
 
     @property

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,15 @@ def average_gradients(module: nn.Module, world: Distributed) -> None:
         offset += g.numel()
 
 
+def average_over_ranks(tensor: Tensor, world: Distributed) -> Tensor:
+    """The mean of ``tensor`` over ranks (every rank must call it); itself when alone."""
+    if not world.enabled:
+        return tensor
+    total = tensor.detach().to(world.collective_device, copy=True)
+    dist.all_reduce(total)
+    return (total / world.world_size).to(tensor.device)
+
+
 def any_rank(flag: bool, world: Distributed) -> bool:
     """True if ``flag`` is true on any rank (every rank must call it)."""
     if not world.enabled:
@@ -106,10 +115,13 @@ def gather_lists(values: list, world: Distributed) -> list:
 
 
 def parameters_identical(module: nn.Module, world: Distributed) -> bool:
-    """True if every rank holds bit-identical parameters (compares rank 0's to each)."""
+    """True if every rank holds bit-identical parameters and buffers (e.g. the features'
+    running mean); compares rank 0's to each."""
     if not world.enabled:
         return True
-    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    tensors = [*module.parameters(), *module.buffers()]
+    # float64 holds every float32, integer and bool value exactly: one buffer to compare.
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
     flat = flat.to(world.collective_device)
     reference = flat.clone()
     dist.broadcast(reference, src=0)

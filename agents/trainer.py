@@ -21,6 +21,7 @@ from agents.distributed import (
     Distributed,
     any_rank,
     average_gradients,
+    average_over_ranks,
     barrier,
     broadcast_parameters,
     gather_lists,
@@ -487,6 +488,9 @@ class Trainer:
                 f"{self.checkpoints.dir / 'latest.pt'}; --detect-anomaly helps find where",
                 1,
             )
+        if self.policy.centring is not None:  # the next rollout's centre: this one's features
+            mean = self.policy.mean_feature(storage.obs)
+            self.policy.centring.update(average_over_ranks(mean, self.world))
         self.update = update
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)

@@ -15,6 +15,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from policies.centring import FeatureCentring
 from policies.compiled import CompiledStep
 from policies.core import CoreInfo, State
 from policies.encoders import make_encoder
@@ -52,6 +53,7 @@ class PolicySpec:
     encoder: str = "auto"
     spatial: bool = False
     bf16_matmuls: bool = False
+    centre_features: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
@@ -149,6 +151,8 @@ class ActorCritic(nn.Module):
         self.encoder = make_encoder(
             observation_space, spec.feature_size, spec.encoder, spec.spatial
         )
+        # Features minus their running mean, which the trainer estimates (--centre-features).
+        self.centring = FeatureCentring(self.encoder.feature_size) if spec.centre_features else None
         self.core = build_core(spec, self.encoder.feature_size)
         out = self.core.output_size
         self.actor = _mlp_head(out, spec.head_hidden_size, num_actions, 0.01)
@@ -161,7 +165,9 @@ class ActorCritic(nn.Module):
 
     def forward(self, obs: dict[str, Tensor], state: State, episode_starts: Tensor) -> PolicyOutput:
         """obs: dict of ``(T, B, ...)``; episode_starts ``(T, B)`` bool."""
-        features = self.encoder(obs)  # (T, B, F)
+        features = self.encoder(obs)  # (T, B, F), or (T, B, N, F) for a set
+        if self.centring is not None:
+            features = self.centring(features)
         out, state, info = self.core(features, state, episode_starts)  # (T, B, core out)
         logits = self.actor(out)  # (T, B, A)
         values = self.critic(out).squeeze(-1)  # (T, B, 1) -> (T, B)
@@ -200,6 +206,20 @@ class ActorCritic(nn.Module):
         """Values ``(B,)`` of one step of ``(B, ...)`` observations from ``state``."""
         seq = {k: v.unsqueeze(0) for k, v in obs.items()}  # (B, ...) -> (1, B, ...)
         return self.forward(seq, state, episode_starts.unsqueeze(0)).values[0]
+
+    @torch.no_grad()
+    def mean_feature(self, obs: dict[str, Tensor], chunk: int = 4096) -> Tensor:
+        """The encoder's mean feature ``(F,)`` over observations ``(T, B, ...)`` (and a set's
+        elements), uncentred; encoded ``chunk`` observations at a time."""
+        flat = {k: v.flatten(0, 1) for k, v in obs.items()}  # (T, B, ...) -> (T*B, ...)
+        n = next(iter(flat.values())).shape[0]
+        total, count = 0.0, 0
+        for start in range(0, n, chunk):
+            part = {k: v[start : start + chunk].unsqueeze(0) for k, v in flat.items()}  # (1,c,..)
+            features = self.encoder(part)  # (1, c, F), or (1, c, N, F) for a set
+            rows = features.reshape(-1, features.shape[-1])  # -> (c or c*N, F)
+            total, count = total + rows.sum(0), count + rows.shape[0]
+        return total / count
 
 
 _COMPILED_ACT = CompiledStep(ActorCritic._act_tensors, "acting step")

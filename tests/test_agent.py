@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -19,9 +21,15 @@ CORES = ["rims", "lstm", "gru"]
 
 
 def collect(
-    core: str, env: str = "rims/CueMemory-v0", bptt: int = 0, num_steps: int = 24, **overrides
+    core: str,
+    env: str = "rims/CueMemory-v0",
+    bptt: int = 0,
+    num_steps: int = 24,
+    prepare: Callable[[ActorCritic], None] | None = None,
+    **overrides,
 ):
-    """A policy, its storage filled with one rollout, and the GAE of it."""
+    """A policy, its storage filled with one rollout, and the GAE of it. ``prepare`` is called
+    on the policy before the rollout."""
     config = TrainConfig(
         env=env, core=core, num_envs=4, num_steps=num_steps, bptt=bptt, num_minibatches=2,
         hidden_size=8, num_units=4, k=2, feature_size=16, input_key_size=8, **overrides,
@@ -29,6 +37,8 @@ def collect(
     torch.manual_seed(0)
     envs = make_vector_env(env, config.num_envs, env_kwargs=config.env_kwargs())
     policy = build_policy(config, envs.single_observation_space, envs.single_action_space)
+    if prepare is not None:
+        prepare(policy)
     device = torch.device("cpu")
     storage = RolloutStorage(
         config.num_steps, config.num_envs, envs.single_observation_space,

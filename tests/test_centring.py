@@ -1,0 +1,105 @@
+"""``--centre-features``: the running mean, what it does to RIMs' selection, and training with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.checkpoint import load_policy
+from agents.sampler import sequence_minibatches
+from agents.selection import switched_units
+from policies.centring import FeatureCentring
+from policies.rims import RIMs
+from tests.test_agent import collect
+from tests.test_cli import TINY
+from train import main
+
+
+def test_the_first_update_sets_the_mean_and_later_ones_average():
+    centring = FeatureCentring(3, momentum=0.25)
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    torch.testing.assert_close(centring(x), x)  # nothing estimated yet: unchanged
+    centring.update(torch.tensor([4.0, 0.0, -4.0]))
+    assert bool(centring.estimated)
+    torch.testing.assert_close(centring.mean, torch.tensor([4.0, 0.0, -4.0]))
+    centring.update(torch.tensor([0.0, 8.0, 0.0]))
+    torch.testing.assert_close(centring.mean, torch.tensor([3.0, 2.0, -3.0]))  # 0.75 a + 0.25 b
+    torch.testing.assert_close(centring(x), torch.tensor([[-2.0, 0.0, 6.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        centring.update(torch.zeros(4))
+    with pytest.raises(ValueError, match="momentum"):
+        FeatureCentring(3, momentum=0.0)
+
+
+def switched(core: RIMs, inputs: torch.Tensor) -> list[int]:
+    """The units whose selection switches over a batch of first steps ``(1, B, D)``."""
+    batch = inputs.shape[1]
+    start = torch.ones(1, batch, dtype=torch.bool)
+    _, _, info = core(inputs, core.initial_state(batch), start)
+    return switched_units(info.mask[0].float().mean(0).tolist())  # (B, U) -> rates (U,)
+
+
+def test_centring_frees_a_selection_that_a_shared_part_holds_fixed():
+    """Inputs with a large shared part add the same term to each RIM's score on every step, so
+    only RIMs whose shared terms nearly tie can swap; without it every RIM wins sometimes."""
+    raw_total = 0
+    for seed in range(5):
+        torch.manual_seed(seed)
+        core = RIMs(16, num_units=6, k=3, hidden_size=8, input_key_size=8)
+        x = 10.0 * torch.rand(16) + 0.3 * torch.randn(1, 512, 16)  # (1, 512, 16): 512 inputs
+
+        centring = FeatureCentring(16)
+        centring.update(x.mean((0, 1)))
+        assert switched(core, centring(x)) == list(range(6))
+        raw_total += len(switched(core, x))
+    assert raw_total <= 15  # of 30: at most half
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_the_mean_feature_is_the_encoders_over_every_observation_and_element(spatial):
+    config, policy, storage, *_ = collect(
+        "rims", env="MiniGrid-DoorKey-5x5-v0", rims_spatial=spatial, centre_features=True
+    )
+    with torch.no_grad():
+        features = policy.encoder(storage.obs)  # (T, B, F) or (T, B, N, F)
+    expected = features.reshape(-1, features.shape[-1]).mean(0)  # -> (F,)
+    torch.testing.assert_close(policy.mean_feature(storage.obs, chunk=7), expected)
+    assert expected.abs().sum() > 0
+
+
+def test_the_ratio_is_one_before_the_first_update_with_centred_features():
+    """Acting and learning subtract the same mean, so PPO's first ratio stays 1."""
+
+    def set_mean(policy):
+        policy.centring.update(torch.rand(policy.centring.mean.shape) + 0.5)
+
+    config, policy, storage, adv, ret, _ = collect(
+        "rims", env="MiniGrid-DoorKey-5x5-v0", centre_features=True, prepare=set_mean
+    )
+    policy.train()
+    for batch in sequence_minibatches(storage, adv, ret, config.num_minibatches):
+        out = policy(batch.obs, batch.initial_state, batch.episode_starts)
+        new = out.distribution.log_prob(batch.actions)
+        torch.testing.assert_close(new, batch.old_logprobs, rtol=1e-5, atol=1e-5)
+    # The mean mattered: without it the same observations give other log-probabilities.
+    policy.centring = None
+    out = policy(batch.obs, batch.initial_state, batch.episode_starts)
+    assert not torch.allclose(out.distribution.log_prob(batch.actions), batch.old_logprobs)
+
+
+def test_training_estimates_the_mean_and_saves_it(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--total-steps", "64", "--run-dir", str(run), "--centre-features", *TINY]
+    assert main(argv) == 0
+    policy = load_policy(run / "checkpoints" / "latest.pt").policy
+    assert policy.spec.centre_features and bool(policy.centring.estimated)
+    first = load_policy(run / "checkpoints" / "step_000000000032.pt").policy
+    # Each update moves the mean: the second checkpoint's differs from the first's.
+    assert not torch.equal(policy.centring.mean, first.centring.mean)
+    assert main(["train", "--run-dir", str(run), "--resume", "--total-steps", "96",
+                 "--no-progress"]) == 0  # fmt: skip
+    resumed = load_policy(run / "checkpoints" / "latest.pt").policy
+    assert resumed.spec.centre_features and not torch.equal(
+        resumed.centring.mean, policy.centring.mean
+    )
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
