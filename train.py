@@ -389,8 +389,12 @@ def run_eval(args: argparse.Namespace) -> int:
         table, writer = results, report  # one column per run
     print(writer.format_table(table))
     if args.pool_seeds:
-        from agents import compare
+        from agents import aggregate, compare
 
+        overall = aggregate.summary(table)  # none for a single row
+        if overall:
+            print()
+            print(overall)
         comparisons = compare.compare(table)  # none for one config, or configs on other rows
         if comparisons:
             print()
@@ -405,7 +409,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from agents import compare, report
+    from agents import aggregate, compare, report
 
     outputs = [
         check_output(args.json, (".json",)),
@@ -418,6 +422,10 @@ def run_compare(args: argparse.Namespace) -> int:
     comparisons = compare.compare(rows)
     if not comparisons:
         raise ConfigError("no two configs were evaluated on a common env x shift")
+    overall = aggregate.summary(rows)  # none where the configs share fewer than two rows
+    if overall:
+        print(overall)
+        print()
     print(compare.format_table(comparisons))
     if outputs[0]:
         report.write_json(comparisons, outputs[0])
