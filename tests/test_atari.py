@@ -107,7 +107,8 @@ ATARI_TINY = [
 
 @pytest.mark.parametrize(
     "extra", [["--core", "rims"], ["--core", "lstm"], ["--core", "rims", "--rims-spatial"],
-              ["--core", "gru", "--encoder", "impala"]]
+              ["--core", "gru", "--encoder", "impala"],
+              ["--core", "rims", "--rims-spatial", "--centre-features"]]
 )  # fmt: skip
 def test_cpu_smoke_training_and_evaluation(tmp_path, extra, capsys):
     run = tmp_path / "run"
