@@ -28,6 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 THRESHOLD = 0.9
 SUSTAINED = 3  # updates in a row at or above THRESHOLD
 
@@ -43,6 +45,7 @@ class Run(NamedTuple):
     wall_seconds: float
     steps_per_second: float  # nan for a run that stopped early
     stopped: str | None = None  # why the run stopped early (NaNs), None if it finished
+    switched: int | None = None  # RIMs units top-k switched over the evaluation; None: not RIMs
 
 
 def first_sustained_step(
@@ -97,6 +100,8 @@ def train_and_evaluate(
     from agents.checkpoint import load_policy
     from agents.config import resolve_config
     from agents.evaluate import evaluate
+    from agents.mechanisms import MechanismRecorder
+    from agents.selection import switched_units
     from agents.trainer import TrainingStopped, train
 
     config = resolve_config({
@@ -121,13 +126,19 @@ def train_and_evaluate(
     else:
         final, sps = (curve[-1][1] if curve else 0.0), float("nan")
     saved = (run_dir / "checkpoints" / "latest.pt").exists()  # none if the first update failed
-    evaluated = float("nan")
+    evaluated, switched = float("nan"), None
     if saved:  # the run's env settings and shifts (the mission's words, --set shift=...)
         loaded = load_policy(run_dir)
-        evaluated = evaluate(loaded.policy, env, episodes, seed=seed,
-                             shifts=loaded.config.train_shifts,
-                             env_kwargs=loaded.config.env_kwargs()).mean_return  # fmt: skip
-    run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped)
+        policy, rims = loaded.policy, config.core == "rims"
+        # RIMs: which units the evaluation's steps switch (rims mechanisms' 5-95% rule).
+        recorder = MechanismRecorder([str(a) for a in range(policy.num_actions)])
+        evaluated = evaluate(policy, env, episodes, seed=seed, shifts=loaded.config.train_shifts,
+                             env_kwargs=loaded.config.env_kwargs(),
+                             observer=recorder if rims else None).mean_return  # fmt: skip
+        if rims:
+            switched = len(switched_units(np.stack(recorder.masks).mean(0).tolist()))
+    run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped,
+              switched)  # fmt: skip
     print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}"
           + (f"; stopped early: {stopped}" if stopped else ""), flush=True)  # fmt: skip
     return run
@@ -184,11 +195,17 @@ def main() -> None:
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
     print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}; run dirs in {root}")
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
-          f"{'wall s':>8}{'steps/s':>9}")  # fmt: skip
+          f"{'wall s':>8}{'steps/s':>9}{'switched':>10}")  # fmt: skip
     for r in runs:
-        print(f"{r.core:<13}{r.seed:>5}{r.reached if r.reached is not None else 'never':>13}"
-              f"{r.train_return:>11.3f}{r.eval_return:>10.3f}{r.wall_seconds:>8.0f}"
-              f"{r.steps_per_second:>9.0f}")  # fmt: skip
+        print(
+            f"{r.core:<13}{r.seed:>5}{r.reached if r.reached is not None else 'never':>13}"
+            f"{r.train_return:>11.3f}{r.eval_return:>10.3f}{r.wall_seconds:>8.0f}"
+            f"{r.steps_per_second:>9.0f}{'-' if r.switched is None else r.switched:>10}"
+        )
+    print(
+        "switched: RIMs units that top-k selection switched over the evaluation's steps (on "
+        "in 5-95% of them; rims mechanisms RUN tells in which situations)"
+    )
     for r in runs:
         if r.stopped:
             print(f"{r.core} seed {r.seed} stopped early (its row: the last update's return, the "

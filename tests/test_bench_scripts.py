@@ -9,6 +9,9 @@ import pytest
 import torch
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
+from agents.checkpoint import load_policy
+from agents.mechanisms import inspect_mechanisms
+from agents.selection import switched_units
 from bench import core_speed, cuda_check, learn_minigrid, step_kernels, triton_step
 
 
@@ -105,6 +108,11 @@ def test_learn_minigrid_records_a_diverged_run_instead_of_ending_the_sweep(tmp_p
     assert run.stopped is not None and "NaN/inf in update 3" in run.stopped
     assert run.reached is None and run.steps_per_second != run.steps_per_second  # nan
     assert 0.0 <= run.eval_return <= 1.0  # the update-2 checkpoint, on fresh (finite) episodes
+    # The units switched over that evaluation are those rims mechanisms finds in its episodes
+    # (two here: 0.25 and 0.75 of the steps).
+    loaded = load_policy(tmp_path / "run")
+    report = inspect_mechanisms(loaded, loaded.config.train_row, episodes=2, seed=1)
+    assert run.switched == len(switched_units(report.rates)) > 0
 
 
 def test_step_kernels_counts_the_launches_of_triton_and_cpp_code():
