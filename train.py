@@ -22,6 +22,7 @@ from agents.config import (
     saved_fields,
 )
 from agents.flags import add_flags, given_flags
+from agents.selection import selection_line
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
 from envs.suites import Suite, SuiteRow
@@ -485,6 +486,9 @@ def run_train(given: dict) -> int:
         f"mean return of the last 100 episodes: {'n/a' if recent is None else f'{recent:.3f}'}; "
         f"run dir: {result.run_dir}"
     )
+    line = None if result.selection is None else selection_line(*result.selection, k=config.k)
+    if line is not None:
+        print(line)
     return 0
 
 

@@ -85,6 +85,8 @@ class RunLogger:
             else None
         )
         self.recent_returns: deque[float] = deque(maxlen=100)
+        # RIMs: (units switched, units) in the last update's rollout; None for other cores.
+        self.last_selection: tuple[int, int] | None = None
         self.bar = tqdm(
             total=total_steps, initial=start_step, disable=not progress, unit="step",
             dynamic_ncols=True, smoothing=0.1,
@@ -125,6 +127,7 @@ class RunLogger:
                 w.add_scalar(f"rims/active_fraction_unit_{unit}", frac, global_step)
             switched = len(switched_units(rollout.active_fraction))
             w.add_scalar("rims/switched_units", switched, global_step)
+            self.last_selection = (switched, len(rollout.active_fraction))
         self.updates += 1
         if (
             self.image_every

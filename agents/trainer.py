@@ -60,6 +60,8 @@ class TrainResult:
     ranks: int = 1  # data-parallel processes (torchrun)
     is_main: bool = True  # rank 0: the process that reports
     parameters_identical: bool = True  # all ranks ended with the same parameters
+    # RIMs: (units selection switched, units) in the last update's rollout; None otherwise
+    selection: tuple[int, int] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -438,7 +440,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         return TrainResult(
             self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds,
-            self.world.world_size, self.world.is_main, identical,
+            self.world.world_size, self.world.is_main, identical, self.logger.last_selection,
         )  # fmt: skip
 
     def one_update(self) -> bool:

@@ -33,7 +33,8 @@ def scalars(run_dir: Path) -> dict[str, list]:
 def test_train_smoke_writes_config_events_and_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--total-steps", "96", "--run-dir", str(run), *TINY]) == 0
-    assert "trained to step 96" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained to step 96" in out
     config = json.loads((run / "config.json").read_text())
     assert config["env"] == "MiniGrid-DoorKey-5x5-v0" and config["core"] == "rims"
     assert config["num_envs"] == 2  # given flags override the preset
@@ -69,6 +70,10 @@ def test_train_smoke_writes_config_events_and_checkpoints(tmp_path, capsys):
     fractions = [[e.value for e in tags[f"rims/active_fraction_unit_{u}"]] for u in range(3)]
     expected = [sum(0.05 <= f <= 0.95 for f in update) for update in zip(*fractions)]
     assert [e.value for e in tags["rims/switched_units"]] == expected
+    # ... and the last of them closes the output.
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RIMs selection switched ")
+    assert last.split()[3] == (str(int(expected[-1])) if expected[-1] else "none")
     # The checkpoint alone rebuilds the policy.
     loaded = load_policy(run)
     policy, cfg = loaded.policy, loaded.config

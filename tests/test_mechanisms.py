@@ -20,6 +20,7 @@ from agents.mechanisms import (
     situation_of,
     steps_where,
 )
+from agents.selection import selection_line
 from envs.factory import make_env
 from envs.memory import ENV_ID as CUE_TASK
 from envs.suites import SuiteRow
@@ -233,3 +234,10 @@ def test_memory_tasks_report_the_cue(tiny_runs):
     assert set(features) == {"action", "phase", "cue"}
     assert set(features["cue"].values) == {"0", "1"}
     assert all(steps % 6 == 0 for steps in features["cue"].steps)  # whole 6-step episodes
+
+
+def test_the_training_summary_says_how_many_units_selection_switched():
+    assert selection_line(2, 6, k=4).startswith("RIMs selection switched 2 of 6 units")
+    fixed = selection_line(0, 6, k=4)
+    assert "none of 6" in fixed and "the same 4" in fixed and "--centre-features" in fixed
+    assert selection_line(0, 6, k=6) is None  # every RIM always active: nothing is selected
