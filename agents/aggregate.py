@@ -20,7 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.pooled import BOOTSTRAP_SAMPLES, PooledRow, percentile_interval
+from agents.pooled import (
+    BOOTSTRAP_SAMPLES,
+    PooledRow,
+    percentile_interval,
+    returns_by_config,
+)
 from envs.factory import env_family
 
 
@@ -60,11 +65,9 @@ def not_on_one_scale(rows: Sequence[PooledRow]) -> str | None:
 
 def shared_rows(rows: Sequence[PooledRow]) -> list[tuple[str, str]]:
     """The env x shift rows every config in ``rows`` was evaluated on, in their first order."""
-    by_config: dict[str, set[tuple[str, str]]] = {}
-    for r in rows:
-        by_config.setdefault(r.config, set()).add((r.env, r.shift))
+    by_config = returns_by_config(rows).values()
     return [key for key in dict.fromkeys((r.env, r.shift) for r in rows)
-            if all(key in keys for keys in by_config.values())]  # fmt: skip
+            if all(key in returns for returns in by_config)]  # fmt: skip
 
 
 def aggregate(
@@ -75,11 +78,15 @@ def aggregate(
     keys = shared_rows(rows)
     if len(keys) < 2 or not_on_one_scale([r for r in rows if (r.env, r.shift) in keys]):
         return []
-    by_config: dict[str, dict[tuple[str, str], tuple[float, ...]]] = {}
-    for r in rows:
-        by_config.setdefault(r.config, {})[(r.env, r.shift)] = r.run_returns
+    return _over_rows(rows, keys, samples, seed)
+
+
+def _over_rows(
+    rows: Sequence[PooledRow], keys: Sequence[tuple[str, str]], samples: int, seed: int
+) -> list[Aggregate]:
+    """``aggregate`` over the env x shift rows ``keys``, which every config has."""
     results = []
-    for config, returns in by_config.items():
+    for config, returns in returns_by_config(rows).items():
         per_row = [np.asarray(returns[key], dtype=float) for key in keys]
         scores = np.concatenate(per_row)  # (seeds x rows,)
         iqm_ci = mean_ci = None
@@ -129,4 +136,4 @@ def summary(rows: Sequence[PooledRow]) -> str | None:
     reason = not_on_one_scale([r for r in rows if (r.env, r.shift) in keys])
     if reason is not None:
         return f"no IQM over the rows: {reason}"
-    return format_table(aggregate(rows))
+    return format_table(_over_rows(rows, keys, BOOTSTRAP_SAMPLES, 0))

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from agents.config import ConfigError
-from agents.pooled import BOOTSTRAP_SAMPLES, PooledRow, percentile_interval
+from agents.pooled import (
+    BOOTSTRAP_SAMPLES,
+    PooledRow,
+    percentile_interval,
+    returns_by_config,
+)
 from agents.report import bar_chart
 
 ALL_ROWS = "mean over rows"
@@ -83,9 +88,7 @@ def bootstrap_interval(
 def compare(rows: Sequence[PooledRow]) -> list[Comparison]:
     """Every pair of configs (each config against every later one, in the order they first
     appear), on each env x shift both were evaluated on and on the mean over those rows."""
-    by_config: dict[str, dict[tuple[str, str], tuple[float, ...]]] = {}
-    for r in rows:
-        by_config.setdefault(r.config, {})[(r.env, r.shift)] = r.run_returns
+    by_config = returns_by_config(rows)
     names = list(by_config)
     comparisons = []
     for i, name in enumerate(names):

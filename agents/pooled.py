@@ -19,7 +19,8 @@ from agents.report import EvalRow, aligned_table, bar_chart, write_json
 from agents.report import write_csv as write_rows_csv
 
 __all__ = ["FIELDS", "PooledRow", "bootstrap_ci", "percentile_interval", "check_one_run_a_seed",
-           "pool", "format_table", "write_json", "write_csv", "plot"]  # fmt: skip
+           "pool", "returns_by_config", "format_table", "write_json", "write_csv",
+           "plot"]  # fmt: skip
 
 FIELDS = (
     "config", "core", "env", "shift", "seeds", "episodes", "mean_return", "ci_low", "ci_high",
@@ -69,6 +70,15 @@ def percentile_interval(statistics: np.ndarray, level: float) -> tuple[float, fl
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(statistics, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def returns_by_config(rows: Sequence[PooledRow]) -> dict[str, dict[tuple[str, str], tuple]]:
+    """Each config's seeds' returns on each of its env x shift rows: ``{config: {(env, shift):
+    run_returns}}``, configs and rows in their first order."""
+    by_config: dict[str, dict[tuple[str, str], tuple]] = {}
+    for r in rows:
+        by_config.setdefault(r.config, {})[(r.env, r.shift)] = r.run_returns
+    return by_config
 
 
 def check_one_run_a_seed(runs: Sequence[LoadedPolicy]) -> None:
