@@ -131,11 +131,12 @@ def train_and_evaluate(
         loaded = load_policy(run_dir)
         policy, rims = loaded.policy, config.core == "rims"
         # RIMs: which units the evaluation's steps switch (rims mechanisms' 5-95% rule).
-        recorder = MechanismRecorder([str(a) for a in range(policy.num_actions)])
+        names = [str(a) for a in range(policy.num_actions)]
+        recorder = MechanismRecorder(names) if rims else None
         evaluated = evaluate(policy, env, episodes, seed=seed, shifts=loaded.config.train_shifts,
                              env_kwargs=loaded.config.env_kwargs(),
-                             observer=recorder if rims else None).mean_return  # fmt: skip
-        if rims:
+                             observer=recorder).mean_return  # fmt: skip
+        if recorder is not None:
             switched = len(switched_units(np.stack(recorder.masks).mean(0).tolist()))
     run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped,
               switched)  # fmt: skip
