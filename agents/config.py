@@ -136,6 +136,11 @@ class TrainConfig:
         "update, so that RIMs' input attention scores what tells observations apart (their "
         "shared part can fix which RIMs are active); off: the paper's",
     )
+    centre_keep_size: bool = option(
+        False,
+        "with --centre-features: multiply the centred features by a running factor that gives "
+        "them the raw features' mean size (centring alone shrinks them, which slows learning)",
+    )
     mission: bool | None = option(
         None,
         "Minigrid: the policy reads the mission text (embedded words, a convolution over each "
@@ -252,6 +257,7 @@ class TrainConfig:
             spatial=self.rims_spatial,
             bf16_matmuls=self.rims_bf16,
             centre_features=self.centre_features,
+            centre_keep_size=self.centre_keep_size,
         )
 
     @property
@@ -416,6 +422,10 @@ def validate(c: TrainConfig) -> None:
         "--rims-spatial needs --core rims (LSTM/GRU read one flat vector)",
     )
     _check(not c.rims_bf16 or c.core == "rims", "--rims-bf16 needs --core rims")
+    _check(
+        not c.centre_keep_size or c.centre_features,
+        "--centre-keep-size rescales centred features; it needs --centre-features",
+    )
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
     _check(not c.rims_triton or c.core == "rims", "--rims-triton needs --core rims")
     if c.rims_triton and c.core == "rims":

@@ -42,6 +42,7 @@ from envs.factory import env_module, make_env, make_vector_env, probe_resets
 from envs.probe import TimeLimitReached, failure_summary
 from policies import triton_steps
 from policies.actor_critic import ActorCritic
+from policies.centring import FeatureMoments
 from policies.compiled import error_summary
 
 CONFIG_FILE = "config.json"
@@ -491,8 +492,10 @@ class Trainer:
                 1,
             )
         if self.policy.centring is not None:  # the next rollout's centre: this one's features
-            mean = self.policy.mean_feature(storage.obs)
-            self.policy.centring.update(average_over_ranks(mean, self.world))
+            moments = self.policy.feature_moments(storage.obs)
+            self.policy.centring.update(
+                FeatureMoments(*(average_over_ranks(m, self.world) for m in moments))
+            )
         self.update = update
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)

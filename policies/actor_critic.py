@@ -15,7 +15,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from policies.centring import FeatureCentring
+from policies.centring import FeatureCentring, FeatureMoments
 from policies.compiled import CompiledStep
 from policies.core import CoreInfo, State
 from policies.encoders import make_encoder
@@ -54,6 +54,7 @@ class PolicySpec:
     spatial: bool = False
     bf16_matmuls: bool = False
     centre_features: bool = False
+    centre_keep_size: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
@@ -152,7 +153,11 @@ class ActorCritic(nn.Module):
             observation_space, spec.feature_size, spec.encoder, spec.spatial
         )
         # Features minus their running mean, which the trainer estimates (--centre-features).
-        self.centring = FeatureCentring(self.encoder.feature_size) if spec.centre_features else None
+        self.centring = (
+            FeatureCentring(self.encoder.feature_size, keep_size=spec.centre_keep_size)
+            if spec.centre_features
+            else None
+        )
         self.core = build_core(spec, self.encoder.feature_size)
         out = self.core.output_size
         self.actor = _mlp_head(out, spec.head_hidden_size, num_actions, 0.01)
@@ -208,18 +213,20 @@ class ActorCritic(nn.Module):
         return self.forward(seq, state, episode_starts.unsqueeze(0)).values[0]
 
     @torch.no_grad()
-    def mean_feature(self, obs: dict[str, Tensor], chunk: int = 4096) -> Tensor:
-        """The encoder's mean feature ``(F,)`` over observations ``(T, B, ...)`` (and a set's
-        elements), uncentred; encoded ``chunk`` observations at a time."""
+    def feature_moments(self, obs: dict[str, Tensor], chunk: int = 4096) -> FeatureMoments:
+        """The encoder's mean feature ``(F,)`` and mean squared feature length ``()`` over
+        observations ``(T, B, ...)`` (and a set's elements), uncentred; encoded ``chunk``
+        observations at a time."""
         flat = {k: v.flatten(0, 1) for k, v in obs.items()}  # (T, B, ...) -> (T*B, ...)
         n = next(iter(flat.values())).shape[0]
-        total, count = 0.0, 0
+        total, squares, count = 0.0, 0.0, 0
         for start in range(0, n, chunk):
             part = {k: v[start : start + chunk].unsqueeze(0) for k, v in flat.items()}  # (1,c,..)
             features = self.encoder(part)  # (1, c, F), or (1, c, N, F) for a set
             rows = features.reshape(-1, features.shape[-1])  # -> (c or c*N, F)
             total, count = total + rows.sum(0), count + rows.shape[0]
-        return total / count
+            squares = squares + rows.square().sum()
+        return FeatureMoments(total / count, squares / count)
 
 
 _COMPILED_ACT = CompiledStep(ActorCritic._act_tensors, "acting step")

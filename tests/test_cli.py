@@ -275,6 +275,7 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--encoder", "nature"], "the policy does not fit MiniGrid-DoorKey-5x5-v0"),
         (["--core", "transformer"], "invalid choice"),
         (["--core", "lstm", "--rims-bf16"], "--rims-bf16 needs --core rims"),
+        (["--centre-keep-size"], "--centre-keep-size rescales centred features; it needs --cen"),
         (["--core", "gru", "--rims-compile"], "--rims-compile needs --core rims"),
         (["--core", "lstm", "--rims-triton"], "--rims-triton needs --core rims"),
         (["--rims-triton", "--input-heads", "2"], "--rims-triton: the kernels implement one input"),

@@ -36,9 +36,10 @@ def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
     result = torchrun_two_processes(
         ROOT / "train.py", tmp_path / "tmp", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
         "--total-steps", "128", *TINY, "--torch-threads", "1", "--centre-features",
+        "--centre-keep-size",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    # Buffers too: each rank's features' mean is averaged over the ranks, so all hold one.
+    # Buffers too: each rank's features' moments are averaged over the ranks, so all hold one.
     assert "data-parallel over 2 processes; parameters identical on all: yes" in result.stdout
     assert result.stdout.count("trained to step 128") == 1  # only rank 0 reports
     # 2 ranks x 2 envs x 16 steps = 64 steps per update: 128 steps are 2 updates.
