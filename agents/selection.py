@@ -26,6 +26,6 @@ def selection_line(switched: int, units: int, k: int) -> str | None:
                 f"(each active on {share} of its steps)")  # fmt: skip
     return (
         f"RIMs selection switched none of {units} units in the last rollout: the same {k} were "
-        f"active on over {100 * (1 - SWITCH_MARGIN):.0f}% of its steps (--centre-features keeps "
-        "selection switching; rims mechanisms RUN tells more)"
+        f"active on over {100 * (1 - SWITCH_MARGIN):.0f}% of its steps (--centre-features "
+        "--centre-keep-size keeps selection switching; rims mechanisms RUN tells more)"
     )
