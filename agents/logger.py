@@ -58,8 +58,9 @@ def wait_for_newer_event_file(run_dir: Path) -> None:
 
 
 class RunLogger:
-    """Writes ``charts/*``, ``losses/*``, ``perf/*`` (where an update's time went), ``rims/*``
-    and, with ``--eval-every``, ``eval/*`` scalars; shows steps/s and recent return."""
+    """Writes ``charts/*``, ``losses/*``, ``perf/*`` (where an update's time went), ``rims/*``,
+    with ``--centre-features`` ``features/*`` and with ``--eval-every`` ``eval/*`` scalars; shows
+    steps/s and recent return."""
 
     def __init__(
         self,
@@ -144,6 +145,18 @@ class RunLogger:
             f"SPS {sps:,.0f} | return {'-' if recent is None else f'{recent:.3f}'}", refresh=False
         )
         self.bar.update(steps_this_update)
+
+    def log_features(
+        self, global_step: int, mean_to_spread: float, size_factor: float | None
+    ) -> None:
+        """With ``--centre-features``: the rollout's ``features/mean_to_spread`` (its mean
+        feature's length over their deviation from it) and, with ``--centre-keep-size``, the
+        running ``features/size_factor`` the centred features are multiplied by."""
+        if self.writer is None:
+            return
+        self.writer.add_scalar("features/mean_to_spread", mean_to_spread, global_step)
+        if size_factor is not None:
+            self.writer.add_scalar("features/size_factor", size_factor, global_step)
 
     def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
         """Each row's ``eval/.../return``, ``success_rate`` (where defined) and ``length``, the

@@ -42,7 +42,7 @@ from envs.factory import env_module, make_env, make_vector_env, probe_resets
 from envs.probe import TimeLimitReached, failure_summary
 from policies import triton_steps
 from policies.actor_critic import ActorCritic
-from policies.centring import FeatureMoments
+from policies.centring import FeatureMoments, mean_to_spread
 from policies.compiled import error_summary
 
 CONFIG_FILE = "config.json"
@@ -491,15 +491,18 @@ class Trainer:
                 f"{self.checkpoints.dir / 'latest.pt'}; --detect-anomaly helps find where",
                 1,
             )
-        if self.policy.centring is not None:  # the next rollout's centre: this one's features
+        centring = self.policy.centring
+        if centring is not None:  # the next rollout's centre: this one's features
             moments = self.policy.feature_moments(storage.obs)
-            self.policy.centring.update(
-                FeatureMoments(*(average_over_ranks(m, self.world) for m in moments))
-            )
+            moments = FeatureMoments(*(average_over_ranks(m, self.world) for m in moments))
+            centring.update(moments)
         self.update = update
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)
         self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
+        if centring is not None:
+            factor = float(centring.scale) if centring.keep_size else None
+            self.logger.log_features(self.global_step, mean_to_spread(moments), factor)
         self.evaluate_if_due(update)
         if update % config.checkpoint_every == 0 or update == self.num_updates:
             mean = self.logger.mean_recent_return

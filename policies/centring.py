@@ -95,3 +95,11 @@ def size_factor(mean: Tensor, mean_square: Tensor) -> Tensor:
         return torch.ones_like(mean_square)
     spread = (mean_square - mean.square().sum()).clamp_min(MIN_SPREAD * mean_square)
     return (mean_square / spread).sqrt()
+
+
+def mean_to_spread(moments: FeatureMoments) -> float:
+    """How much longer the features' mean is than their typical deviation from it,
+    ``|m| / sqrt(E|x - m|^2)`` (the diagnostic behind this module; at most ``sqrt(1 /
+    MIN_SPREAD - 1)``): ``sqrt(f^2 - 1)`` for the size factor ``f`` of the same moments."""
+    factor = float(size_factor(*moments))
+    return max(factor * factor - 1.0, 0.0) ** 0.5

@@ -8,10 +8,10 @@ import torch
 from agents.checkpoint import load_policy
 from agents.sampler import sequence_minibatches
 from agents.selection import switched_units
-from policies.centring import MIN_SPREAD, FeatureCentring, FeatureMoments
+from policies.centring import MIN_SPREAD, FeatureCentring, FeatureMoments, mean_to_spread
 from policies.rims import RIMs
 from tests.test_agent import collect
-from tests.test_cli import TINY
+from tests.test_cli import TINY, scalars
 from train import main
 
 
@@ -40,6 +40,10 @@ def test_keeping_the_size_gives_centred_features_the_raw_ones_mean_size():
     # E|x|^2 = 25, |m|^2 = 9: the centred (0, +-4) are scaled by sqrt(25 / 16) to length 5.
     torch.testing.assert_close(centring.scale, torch.tensor(1.25))
     torch.testing.assert_close(centring(x), torch.tensor([[0.0, 5.0], [0.0, -5.0]]))
+    # |m| = 3 against a deviation of 4 (what training logs as features/mean_to_spread).
+    assert mean_to_spread(FeatureMoments(x.mean(0), x.square().sum(1).mean())) == pytest.approx(
+        0.75
+    )
     # Later rollouts move both moments a step of 0.5, and the factor comes from the averages.
     centring.update(FeatureMoments(torch.tensor([1.0, 0.0]), torch.tensor(5.0)))
     torch.testing.assert_close(centring.mean, torch.tensor([2.0, 0.0]))
@@ -131,6 +135,11 @@ def test_training_estimates_the_mean_and_saves_it(tmp_path):
         resumed.centring.mean, policy.centring.mean
     )
     assert main(["eval", str(run), "--episodes", "2"]) == 0
+    # Each update logs how long the rollout's mean feature is against the features' spread.
+    tags = scalars(run)
+    assert [e.step for e in tags["features/mean_to_spread"]] == [32, 64, 96]
+    assert all(e.value > 0 for e in tags["features/mean_to_spread"])
+    assert "features/size_factor" not in tags  # only with --centre-keep-size
 
 
 def test_training_with_the_size_kept_estimates_the_factor_and_resumes_it(tmp_path):
@@ -147,6 +156,9 @@ def test_training_with_the_size_kept_estimates_the_factor_and_resumes_it(tmp_pat
         (centring.mean_square / (centring.mean_square - centring.mean.square().sum())).sqrt(),
     )
     assert float(centring.scale) > 1.0
+    logged = scalars(run)["features/size_factor"]
+    assert [e.step for e in logged] == [32, 64]
+    assert logged[-1].value == pytest.approx(float(centring.scale))
     assert main(["train", "--run-dir", str(run), "--resume", "--total-steps", "96",
                  "--no-progress"]) == 0  # fmt: skip
     resumed = load_policy(run / "checkpoints" / "latest.pt").policy.centring
