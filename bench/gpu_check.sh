@@ -124,8 +124,8 @@ if [[ $part == step ]]; then
     #    device, graphs included; the kernels step by step against the library's steps, timed
     #    and profiled; the core at issue 8's shape with TF32 on both sides and in full float32;
     #    a short DoorKey run through the kernels, evaluated while it trains (--eval-every: the
-    #    CUDA generator forked; --centre-features: its running mean on the device), and rims
-    #    eval of it on the GPU and the CPU. The kernels are
+    #    CUDA generator forked; --centre-features --centre-keep-size: its running mean and size
+    #    factor on the device), and rims eval of it on the GPU and the CPU. The kernels are
     #    timed at 2, 4 and 8 warps (triton_steps.NUM_WARPS is 4 until then).
     #    The timeouts add up to 575 s, under the 600 s one device call may take.
     timeout -k 10 90 python bench/cuda_check.py --only triton 2>&1 \
@@ -140,8 +140,8 @@ if [[ $part == step ]]; then
     timeout -k 10 70 python bench/core_speed.py --device cuda --batch 64 --repeats 10 \
         --cores "${rows[@]}" 2>&1 | tee "$out/core_speed_fp32.txt"
     timeout -k 10 60 "${rims[@]}" train --device cuda --total-steps 4096 --run-dir "$out/run" \
-        --overwrite --no-progress --rims-triton --centre-features --eval-every 1 \
-        --eval-episodes 8 2>&1 | tail -4 \
+        --overwrite --no-progress --rims-triton --centre-features --centre-keep-size \
+        --eval-every 1 --eval-episodes 8 2>&1 | tail -4 \
         | tee "$out/eval_gpu.txt"
     for device in cuda cpu; do
         timeout -k 10 30 "${rims[@]}" eval "$out/run" --device "$device" --episodes 20 2>&1 \
