@@ -129,7 +129,13 @@ def add_compare_parser(commands) -> None:
         "seeds. 'rims eval --pool-seeds' prints the same table for the runs it evaluates.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    compare.add_argument("files", nargs="+", metavar="POOLED.json")
+    compare.add_argument(
+        "files",
+        nargs="+",
+        metavar="[LABEL=]POOLED.json",
+        help="a file, or LABEL=FILE to name its configs 'LABEL: config' (for files of separate "
+        "studies whose configs share a name)",
+    )
     compare.add_argument("--json", default=None, metavar="FILE", help="write the table as JSON")
     compare.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
     compare.add_argument("--plot", default=None, metavar="FILE.png", help="grouped bar chart")
@@ -417,7 +423,7 @@ def run_compare(args: argparse.Namespace) -> int:
         check_output(args.csv, (".csv",)),
         check_output(args.plot, (".png", ".pdf", ".svg")),
     ]
-    rows = compare.merge([compare.read_pooled(Path(f)) for f in args.files])
+    rows = compare.merge([compare.read_labelled(f) for f in args.files])
     if len({r.config for r in rows}) < 2:
         raise ConfigError("the files hold one config: there is nothing to compare it with")
     comparisons = compare.compare(rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +204,18 @@ def read_pooled(path: Path) -> list[PooledRow]:
     return rows
 
 
+def read_labelled(argument: str) -> list[PooledRow]:
+    """The rows of ``FILE``, or of ``LABEL=FILE`` with each config renamed ``LABEL: config``
+    (files of separate studies often share a config name, such as ``rims``). An argument that
+    names an existing file is that file, '=' or not."""
+    label, separator, path = argument.partition("=")
+    if not separator or Path(argument).exists():
+        return read_pooled(Path(argument))
+    if not label.strip():
+        raise ConfigError(f"{argument}: give a label before '=' (LABEL=FILE), or no '='")
+    return [replace(r, config=f"{label}: {r.config}") for r in read_pooled(Path(path))]
+
+
 def merge(files: Sequence[Sequence[PooledRow]]) -> list[PooledRow]:
     """The rows of several files as one list; ``ConfigError`` where two files hold one config
     on one env x shift (its seeds would be compared twice, or with themselves)."""
@@ -215,7 +227,10 @@ def merge(files: Sequence[Sequence[PooledRow]]) -> list[PooledRow]:
         if repeated:
             config, env, shift = sorted(repeated)[0]
             where = f"{env} {shift}".strip()
-            raise ConfigError(f"config {config!r} on {where} is in more than one file")
+            raise ConfigError(
+                f"config {config!r} on {where} is in more than one file; to compare them, "
+                "label each file (LABEL=FILE)"
+            )
         seen |= keys
         merged.extend(rows)
     return merged

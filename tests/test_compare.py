@@ -103,6 +103,27 @@ def test_rims_compare_reads_pooled_files_and_writes_json_and_csv(tmp_path, capsy
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_labels_tell_apart_files_whose_configs_share_a_name(tmp_path, capsys):
+    """Two studies of one config name: refused as they are, compared once labelled; a file
+    whose own name holds '=' is still read as a file."""
+    first = write(tmp_path / "a.json", ROWS[:2])
+    odd = write(tmp_path / "x=b.json", [replace(r, run_returns=(0.96, 0.97)) for r in ROWS[:2]])
+    assert exit_code(["compare", first, odd]) == 2
+    assert "label each file (LABEL=FILE)" in capsys.readouterr().err
+    assert main(["compare", f"old={first}", f"new={odd}", "--json", str(tmp_path / "c.json")]) == 0
+    assert "old: rims > new: rims" in capsys.readouterr().out
+    written = json.loads((tmp_path / "c.json").read_text())
+    assert {(c["config"], c["baseline"]) for c in written} == {("old: rims", "new: rims")}
+    # Every seed of the second file scores higher: P(old > new) is 0 on both rows and over them.
+    assert [(c["shift"], c["probability"]) for c in written] == [
+        ("", 0.0),
+        ("size=8", 0.0),
+        ("", 0.0),
+    ]
+    assert exit_code(["compare", f"={first}", odd]) == 2
+    assert "give a label before '='" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "files, message",
     [
