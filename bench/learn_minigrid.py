@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import tempfile
 import time
@@ -59,6 +60,18 @@ def first_sustained_step(
         if streak == sustained:
             return points[i - sustained + 1][0]
     return None
+
+
+def median_reached(reached: list[int | None]) -> float | None:
+    """The median over runs of the step each first held the threshold, a run that never did
+    counting as later than any (None where half the runs or more never did: the median is then
+    not a step)."""
+    never = sum(r is None for r in reached)
+    if not reached or 2 * never >= len(reached):
+        return None
+    steps = sorted(r for r in reached if r is not None) + [math.inf] * never
+    middle = len(steps) // 2
+    return steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
 
 
 def return_curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -216,8 +229,10 @@ def main() -> None:
         reached = sum(r.reached is not None for r in mine)
         final = sum(r.train_return >= THRESHOLD for r in mine)
         stopped = sum(r.stopped is not None for r in mine)
+        median = median_reached([r.reached for r in mine])
+        median_text = "never" if median is None else f"{median:,.0f} steps"
         print(f"{core}: {reached} of {len(mine)} runs reached {THRESHOLD} ({SUSTAINED} updates "
-              f"in a row); {final} of {len(mine)} ended at or above it"
+              f"in a row; median {median_text}); {final} of {len(mine)} ended at or above it"
               + (f"; {stopped} stopped early" if stopped else ""))  # fmt: skip
 
 

@@ -81,6 +81,16 @@ def test_learn_minigrid_counts_a_threshold_only_when_it_holds():
     assert first([], 0.9, 3) is None
 
 
+def test_learn_minigrid_takes_the_median_over_runs_counting_never_as_latest():
+    median = learn_minigrid.median_reached
+    # The stop-31 size-kept RIMs runs: 100k, 109k, 111k | 143k, 152k, 170k.
+    steps = [108544, 100352, 143360, 151552, 169984, 110592]
+    assert median(steps) == (110592 + 143360) / 2
+    assert median([300, None, 100]) == 300  # the run that never reached it is the latest
+    assert median([100, 200, None, None]) is None  # half never did: no median step
+    assert median([]) is None
+
+
 def test_learn_minigrid_reads_config_overrides():
     parse = learn_minigrid.parse_override
     assert parse("k=5") == ("k", 5)
