@@ -69,9 +69,7 @@ def median_reached(reached: list[int | None]) -> float | None:
     never = sum(r is None for r in reached)
     if not reached or 2 * never >= len(reached):
         return None
-    steps = sorted(r for r in reached if r is not None) + [math.inf] * never
-    middle = len(steps) // 2
-    return steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
+    return float(np.median([math.inf if r is None else r for r in reached]))
 
 
 def return_curve(run_dir: Path) -> list[tuple[int, float]]:
