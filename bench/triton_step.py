@@ -213,11 +213,12 @@ def time_forward(device: str, T: int, B: int, repeats: int, warps: tuple[int, ..
     Triton kernels (once per warp count in ``warps``) and by the library's eager and compiled
     steps, each captured as one CUDA graph and replayed; the median of ``repeats`` replays."""
     core, inp, hs = setup(device, torch.float32, T, B)
+    slices = inp.slices()
 
     def library(compiled: bool):
         def step(states: list[Tensor], t: int) -> list[Tensor]:
             core.compile_steps = compiled
-            return core._step(t, states, inp, [])[0]
+            return core._step(slices[t], states, inp, [])[0]
 
         return step
 

@@ -59,6 +59,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,33 @@ class StepInputs:
     keep: Tensor | None  # (T, B) 0.0 where the state resets before step t
     one_element: bool
     dropout: bool
+
+    def slices(self) -> list[StepSlices]:
+        """Each step's slices of the sequence-wide tensors, cut with one ``unbind`` per tensor.
+        Indexing them step by step computes the same forward, but under autograd each index's
+        backward writes its step's gradient into zeros the size of the whole sequence: T such
+        tensors, which dominated training time on a set of 49 inputs (``--rims-spatial``)."""
+        T = self.keys.shape[0]
+        none = (None,) * T
+        return [
+            StepSlices(*parts)
+            for parts in zip(
+                self.keys.unbind(0),  # (T,B,heads,dk,N) -> T x (B,heads,dk,N)
+                none if self.value_gates is None else self.value_gates.unbind(1),  # (U,B,hN,G)
+                none if self.values is None else self.values.unbind(0),  # T x (B,heads,N,dv)
+                none if self.keep is None else self.keep.unbind(0),  # (T,B) -> T x (B,)
+                strict=True,
+            )
+        ]
+
+
+class StepSlices(NamedTuple):
+    """One step's slices of ``StepInputs``' sequence-wide tensors."""
+
+    keys: Tensor  # (B, heads, dk, N)
+    value_gates: Tensor | None  # (U, B, heads*N, G) on the fused path
+    values: Tensor | None  # (B, heads, N, dv) off the fused path
+    keep: Tensor | None  # (B,)
 
 
 _GATES = {"lstm": 4, "gru": 3}
@@ -327,8 +355,8 @@ class RIMs(nn.Module):
             out, hs, masks, nulls, attention = run_with_manual_backward(self, inp, hs)
         else:
             outputs, mask_list, null_list, attention_list = [], [], [], []
-            for t in range(T):
-                hs, mask, null, element_attention = self._step(t, hs, inp)
+            for at in inp.slices():
+                hs, mask, null, element_attention = self._step(at, hs, inp)
                 outputs.append(hs[0])
                 mask_list.append(mask)
                 null_list.append(null)
@@ -430,21 +458,15 @@ class RIMs(nn.Module):
         )
 
     def _step(
-        self, t: int, hs: list[Tensor], inp: StepInputs, saved: list[dict] | None = None
+        self, at: StepSlices, hs: list[Tensor], inp: StepInputs, saved: list[dict] | None = None
     ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
-        """Step ``t``: states ``(U, B, H)`` -> new states, mask and null attention ``(U, B)``,
-        and for a set of N > 1 elements the attention on each ``(U, B, N)`` (else None).
-        With ``saved``, the intermediates the hand-written backward needs are appended to it."""
+        """The step whose slices of ``inp`` are ``at``: states ``(U, B, H)`` -> new states, mask
+        and null attention ``(U, B)``, and for a set of N > 1 elements the attention on each
+        ``(U, B, N)`` (else None). With ``saved``, the intermediates the hand-written backward
+        needs are appended to it."""
         body = self._step_function(hs[0], inp, saved)
         out, mask, null, element_attention, intermediates = body(
-            self,
-            hs,
-            inp.keys[t],
-            None if inp.value_gates is None else inp.value_gates[:, t],
-            None if inp.values is None else inp.values[t],
-            None if inp.keep is None else inp.keep[t],
-            inp,
-            saved is not None,
+            self, hs, at.keys, at.value_gates, at.values, at.keep, inp, saved is not None
         )
         if saved is not None:
             saved.append(intermediates)
@@ -521,8 +543,10 @@ class RIMs(nn.Module):
         # Scores of the real elements; the null element's key is 0, so its score is exactly 0.
         if inp.one_element:  # dot products: (U,B,1,dk) * (B,1,dk) -> sum -> (U,B,1,1)
             scores = (query.view(U, B, 1, dk) * keys.view(B, 1, dk)).sum(-1, keepdim=True)
-        else:  # (U,B,heads,1,dk) @ (1,B,heads,dk,N) -> (U,B,heads,1,N) -> (U,B,heads,N)
-            scores = (query @ keys.unsqueeze(0)).squeeze(3)
+        else:  # batched over (B, heads), all RIMs' queries at once (broadcasting over U would
+            # copy the keys U times): (U,B,heads,1,dk) -> (B,heads,U,dk), @ (B,heads,dk,N)
+            # -> (B,heads,U,N) -> (U,B,heads,N)
+            scores = (query.squeeze(3).permute(1, 2, 0, 3) @ keys).permute(2, 0, 1, 3)
         probs = element_attention = None
         if inp.one_element:
             read = torch.sigmoid(scores)  # (U, B, 1, 1)
@@ -543,9 +567,10 @@ class RIMs(nn.Module):
         elif value_gates is not None:
             # (U,B,1,heads*N) @ (U,B,heads*N,G) -> (U,B,1,G) -> (U,B,G)
             gates_x = (read.reshape(U, B, 1, heads * N) @ value_gates).squeeze(2)
-        else:
-            # (U,B,heads,1,N) @ (1,B,heads,N,dv) -> (U,B,heads,1,dv) -> (U,B,heads*dv)
-            read_in = (read.unsqueeze(-2) @ values.unsqueeze(0)).view(U, B, heads * dv)
+        else:  # batched over (B, heads), as the scores: (U,B,heads,N) -> (B,heads,U,N),
+            # @ (B,heads,N,dv) -> (B,heads,U,dv) -> (U,B,heads,dv) -> (U,B,heads*dv)
+            read_in = (read.permute(1, 2, 0, 3) @ values).permute(2, 0, 1, 3)
+            read_in = read_in.reshape(U, B, heads * dv)
             gates_x = torch.bmm(read_in, self.input_gate_weight)  # -> (U, B, G)
         if inp.input_bias is not None:
             gates_x = gates_x + inp.input_bias

@@ -55,8 +55,8 @@ class RIMsSequence(torch.autograd.Function):
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
         outs, masks, nulls, attention = [], [], [], []
-        for t in range(keys.shape[0]):
-            hs, mask, null, element_attention = module._step(t, hs, inp, saved)
+        for at in inp.slices():
+            hs, mask, null, element_attention = module._step(at, hs, inp, saved)
             outs.append(hs[0])
             masks.append(mask)
             nulls.append(null)
