@@ -24,6 +24,9 @@ warm-up calls compile, so compiling is not in the figures). ``graphs`` rows (GPU
 each figure's forward (and backward) from CUDA graphs captured in the warm-up calls
 (``--rims-graphs``, ``policies/graphs.py``); ``triton`` runs each step as the hand-written
 Triton kernels of ``policies/triton_kernels.py`` (``--rims-triton``; GPU rows only).
+``rims-lstm set 49x64`` reads a set of 49 elements of 64 features a step (the 7x7 positions
+of the Atari CNN's feature map, ``--rims-spatial``; drop 0): the set's attention runs through
+autograd, not the hand-written backward, so it times that path.
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).
@@ -114,8 +117,17 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int) ->
     return statistics.median(times)
 
 
-def measure(core: nn.Module, T: int, B: int, device: torch.device, repeats: int) -> dict:
-    x = torch.randn(T, B, 512, device=device)
+SET_INPUTS = {"rims-lstm set 49x64": (49, 64)}
+"""Rows whose core reads a set: their (elements, features) per step instead of 512 features."""
+
+
+def measure(
+    core: nn.Module, T: int, B: int, device: torch.device, repeats: int,
+    elements: tuple[int, int] | None = None,
+) -> dict:  # fmt: skip
+    """Median times of ``core`` on random inputs ``(T, B, 512)``, or ``(T, B, N, D)`` for
+    ``elements`` ``(N, D)``."""
+    x = torch.randn(T, B, *(elements or (512,)), device=device)
     state = core.initial_state(B, device)
 
     def step() -> None:
@@ -206,6 +218,7 @@ def main() -> None:
         "rims-lstm drop 0 bf16": rims(dropout=0.0, bf16_matmuls=True),
         "rims-lstm drop 0 comp": rims(dropout=0.0, compile_steps=True),
         "rims-lstm d0 bf16 comp": rims(dropout=0.0, bf16_matmuls=True, compile_steps=True),
+        "rims-lstm set 49x64": RIMs(64, num_units=6, k=4, hidden_size=100, dropout=0.0),
         # CUDA graphs (--rims-graphs; on the CPU these rows would run the eager core)
         **(
             {
@@ -246,7 +259,7 @@ def main() -> None:
     def timed(n: str, B: int) -> dict:
         """Row ``n`` measured at batch size ``B``."""
         with tf32_cudnn_rnns(False) if n == FP32_LSTM else nullcontext():
-            return measure(cores[n].to(device).train(), T, B, device, repeats)
+            return measure(cores[n].to(device).train(), T, B, device, repeats, SET_INPUTS.get(n))
 
     with tf32_matmuls(args.tf32):
         for B in batches:
