@@ -141,6 +141,12 @@ class TrainConfig:
         "with --centre-features: multiply the centred features by a running factor that gives "
         "them the raw features' mean size (centring alone shrinks them, which slows learning)",
     )
+    selection_balance: float = option(
+        0.0,
+        "RIMs: weight of a load-balancing loss on the top-k selection (the Switch Transformer's) "
+        "that moves input attention from the RIMs active most to the others; trains through "
+        "autograd; 0: off, the paper's",
+    )
     mission: bool | None = option(
         None,
         "Minigrid: the policy reads the mission text (embedded words, a convolution over each "
@@ -426,6 +432,16 @@ def validate(c: TrainConfig) -> None:
         not c.centre_keep_size or c.centre_features,
         "--centre-keep-size rescales centred features; it needs --centre-features",
     )
+    _check(
+        math.isfinite(c.selection_balance) and c.selection_balance >= 0,
+        f"--selection-balance must be a finite number >= 0, got {c.selection_balance}",
+    )
+    if c.selection_balance:
+        _check(c.core == "rims", "--selection-balance needs --core rims")
+        _check(c.k < c.num_units, f"--selection-balance needs --k below --num-units={c.num_units}"
+               f" (with k={c.k} every RIM is always active)")  # fmt: skip
+        _check(not c.rims_triton, "--rims-triton: the kernels do not differentiate the selection "
+               "(--selection-balance trains through autograd)")  # fmt: skip
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
     _check(not c.rims_triton or c.core == "rims", "--rims-triton needs --core rims")
     if c.rims_triton and c.core == "rims":

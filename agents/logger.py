@@ -121,6 +121,8 @@ class RunLogger:
             w.add_scalar(f"losses/{name}", getattr(update, name), global_step)
         w.add_scalar("losses/explained_variance", update.explained_variance, global_step)
         w.add_scalar("losses/grad_norm", update.grad_norm, global_step)
+        if update.selection_balance is not None:
+            w.add_scalar("losses/selection_balance", update.selection_balance, global_step)
         w.add_scalar("perf/rollout_seconds", rollout.seconds, global_step)
         w.add_scalar("perf/update_seconds", update.seconds, global_step)
         if rollout.active_fraction is not None:

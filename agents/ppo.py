@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from agents.config import TrainConfig
 from agents.sampler import SequenceBatch, sequence_minibatches
+from agents.selection import balance_loss
 from agents.storage import RolloutStorage
 from policies.actor_critic import ActorCritic
 
@@ -26,6 +27,7 @@ class LossParts:
     entropy: Tensor
     approx_kl: Tensor
     clipfrac: Tensor
+    selection_balance: Tensor | None = None  # unweighted (--selection-balance), else None
 
 
 def ppo_loss(
@@ -80,6 +82,7 @@ class UpdateStats:
     explained_variance: float
     epochs: int
     seconds: float = 0.0  # wall time of the update (its end syncs with the device)
+    selection_balance: float | None = None  # the unweighted balance loss, where it is trained
 
     @property
     def finite(self) -> bool:
@@ -89,10 +92,11 @@ class UpdateStats:
 
 
 def minibatch_loss(policy: ActorCritic, batch: SequenceBatch, config: TrainConfig) -> LossParts:
-    """Replay ``batch``'s sequences through the policy from their start states; PPO loss."""
+    """Replay ``batch``'s sequences through the policy from their start states; PPO loss, plus
+    ``config.selection_balance`` times the selection's balance loss where that is not 0."""
     out = policy(batch.obs, batch.initial_state, batch.episode_starts)
     dist = out.distribution
-    return ppo_loss(
+    parts = ppo_loss(
         new_logprobs=dist.log_prob(batch.actions),
         old_logprobs=batch.old_logprobs,
         advantages=batch.advantages,
@@ -107,6 +111,14 @@ def minibatch_loss(policy: ActorCritic, batch: SequenceBatch, config: TrainConfi
         norm_adv=config.norm_adv,
         adv_std_floor=config.adv_std_floor,
     )
+    if config.selection_balance:
+        null = out.info.null_attention  # (T, B, U)
+        if null is None or not null.requires_grad:  # a core that does not differentiate it
+            raise RuntimeError("--selection-balance: the core's null attention has no gradient")
+        balance = balance_loss(out.info.mask, null, config.k)
+        parts.loss = parts.loss + config.selection_balance * balance
+        parts.selection_balance = balance
+    return parts
 
 
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
@@ -130,7 +142,7 @@ def ppo_update(
     over data-parallel ranks)."""
     started = time.perf_counter()
     policy.train()
-    sums = torch.zeros(6, device=advantages.device)
+    sums = torch.zeros(7, device=advantages.device)
     count = 0
     epochs = 0
     for _ in range(config.update_epochs):
@@ -146,17 +158,19 @@ def ppo_update(
                 after_backward()
             grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
+            balance = parts.selection_balance
             detached = (
-                parts.policy_loss, parts.value_loss, parts.entropy,
-                parts.approx_kl, parts.clipfrac, grad_norm,
+                parts.policy_loss, parts.value_loss, parts.entropy, parts.approx_kl,
+                parts.clipfrac, grad_norm, torch.zeros(()) if balance is None else balance,
             )  # fmt: skip
             sums += torch.stack([p.detach().float() for p in detached])
             count += 1
             kls.append(parts.approx_kl)
         if config.target_kl is not None and torch.stack(kls).mean() > config.target_kl:
             break
-    means = (sums / count).tolist()  # one host sync per update
+    *means, balance = (sums / count).tolist()  # one host sync per update
     variance = explained_variance(storage.values, returns)
     return UpdateStats(
-        *means, explained_variance=variance, epochs=epochs, seconds=time.perf_counter() - started
-    )
+        *means, explained_variance=variance, epochs=epochs, seconds=time.perf_counter() - started,
+        selection_balance=balance if config.selection_balance else None,
+    )  # fmt: skip

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
 SWITCH_MARGIN = 0.05  # a unit on (or off) in over 95% of the steps is not switched
 
 
@@ -29,3 +32,21 @@ def selection_line(switched: int, units: int, k: int) -> str | None:
         f"active on over {100 * (1 - SWITCH_MARGIN):.0f}% of its steps (--centre-features "
         "--centre-keep-size keeps selection switching; rims mechanisms RUN tells more)"
     )
+
+
+def balance_loss(mask: Tensor, null_attention: Tensor, k: int) -> Tensor:
+    """The Switch Transformer's load-balancing loss (Fedus et al., 2021) for RIMs' top-k
+    selection: ``U * sum_u f_u * p_u``. ``f_u`` is RIM u's share of the active slots over the
+    steps (``k`` a step; no gradient) and ``p_u`` its mean share of the RIMs' input attention,
+    ``(1 - null_u) / sum_v (1 - null_v)`` at each step. It is 1 where every RIM is active
+    equally often or every RIM attends equally, and its gradient moves input attention away
+    from the RIMs that are active most, so that the others take their turn.
+
+    mask: ``(..., U)`` bool, the active RIMs; null_attention: ``(..., U)``, differentiable.
+    """
+    U = mask.shape[-1]
+    active = mask.reshape(-1, U).to(null_attention.dtype)  # (..., U) -> (steps, U)
+    f = active.mean(0) / k  # (U,), sums to 1
+    attention = 1 - null_attention.reshape(-1, U)  # (..., U) -> (steps, U)
+    share = attention / attention.sum(-1, keepdim=True).clamp_min(torch.finfo(attention.dtype).tiny)
+    return U * (f.detach() * share.mean(0)).sum()
