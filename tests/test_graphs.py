@@ -299,3 +299,22 @@ def test_rims_graphs_does_not_split_a_plot_group(tmp_path):
         )
         labels.append(group_label(run))
     assert len(set(labels)) == 1
+
+
+def test_the_null_attentions_gradient_replays_as_eager_without_the_manual_backward():
+    """``--selection-balance`` differentiates the null attention (through autograd: the
+    hand-written backward is off); a replayed backward passes that gradient on as eager does."""
+    from agents.selection import balance_loss
+
+    core, graphs, captures = core_and_graphs()
+    core.manual_backward = False
+    for seed in (1, 2):  # the second call replays the first capture
+        x, state, starts = inputs(seed)
+        out, _, info = graphs(x, state, starts)
+        eager_out, _, eager_info = core._run(x, state, starts)
+        loss = balance_loss(info.mask, info.null_attention, core.k)
+        eager_loss = balance_loss(eager_info.mask, eager_info.null_attention, core.k)
+        grads = gradients(core, x, loss)
+        assert any(g.abs().sum() > 0 for g in grads)
+        assert_same(grads, gradients(core, x, eager_loss))
+    assert len(captures) == 1
