@@ -29,8 +29,9 @@ def selection_line(switched: int, units: int, k: int) -> str | None:
                 f"(each active on {share} of its steps)")  # fmt: skip
     return (
         f"RIMs selection switched none of {units} units in the last rollout: the same {k} were "
-        f"active on over {100 * (1 - SWITCH_MARGIN):.0f}% of its steps (--centre-features "
-        "--centre-keep-size keeps selection switching; rims mechanisms RUN tells more)"
+        f"active on over {100 * (1 - SWITCH_MARGIN):.0f}% of its steps (--selection-balance 0.1 "
+        "or --centre-features --centre-keep-size keep it switching; rims mechanisms RUN tells "
+        "more)"
     )
 
 

@@ -239,5 +239,6 @@ def test_memory_tasks_report_the_cue(tiny_runs):
 def test_the_training_summary_says_how_many_units_selection_switched():
     assert selection_line(2, 6, k=4).startswith("RIMs selection switched 2 of 6 units")
     fixed = selection_line(0, 6, k=4)
-    assert "none of 6" in fixed and "the same 4" in fixed and "--centre-features" in fixed
+    assert "none of 6" in fixed and "the same 4" in fixed
+    assert "--selection-balance" in fixed and "--centre-features" in fixed
     assert selection_line(0, 6, k=6) is None  # every RIM always active: nothing is selected
