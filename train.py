@@ -98,6 +98,26 @@ def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
     parser.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
                         help="which checkpoint of a run directory")  # fmt: skip
     parser.add_argument("--greedy", action="store_true", help="take the most likely action")
+    add_threads_flag(parser)
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--torch-threads`` for the commands that play episodes (``rims train`` has its own)."""
+    parser.add_argument(
+        "--torch-threads",
+        type=nonnegative_int,
+        default=0,
+        help="torch CPU threads (0: torch's default); give 1 to each of several jobs sharing "
+        "a machine, whose torch threads would otherwise busy-wait on each other's cores",
+    )
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--torch-threads`` of a command that plays episodes."""
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
 
 def add_plot_parser(commands) -> None:
@@ -508,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(given_flags(args, TrainConfig))
+        if args.command in ("eval", "record", "mechanisms"):
+            set_threads(args)
         if args.command == "eval":
             return run_eval(args)
         if args.command == "record":

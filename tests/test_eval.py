@@ -124,6 +124,18 @@ def test_eval_with_shift_on_the_training_env(two_runs, capsys):
     assert "size=6 noise=0.1" in capsys.readouterr().out
 
 
+def test_eval_takes_its_torch_threads(two_runs, monkeypatch, capsys):
+    """Several evaluations beside other jobs each take one thread (torch's threads busy-wait)."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["eval", str(two_runs[0]), "--episodes", "1", "--torch-threads", "1"]) == 0
+    assert calls == [1]
+    assert main(["eval", str(two_runs[0]), "--episodes", "1"]) == 0  # 0: torch's default
+    assert calls == [1]
+    assert exit_code(["eval", str(two_runs[0]), "--torch-threads", "-1"]) == 2
+    assert "--torch-threads" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
