@@ -161,7 +161,7 @@ def ppo_update(
             balance = parts.selection_balance
             detached = (
                 parts.policy_loss, parts.value_loss, parts.entropy, parts.approx_kl,
-                parts.clipfrac, grad_norm, torch.zeros(()) if balance is None else balance,
+                parts.clipfrac, grad_norm, grad_norm.new_zeros(()) if balance is None else balance,
             )  # fmt: skip
             sums += torch.stack([p.detach().float() for p in detached])
             count += 1
