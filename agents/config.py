@@ -144,8 +144,7 @@ class TrainConfig:
     selection_balance: float = option(
         0.0,
         "RIMs: weight of a load-balancing loss on the top-k selection (the Switch Transformer's) "
-        "that moves input attention from the RIMs active most to the others; trains through "
-        "autograd; 0: off, the paper's",
+        "that moves input attention from the RIMs active most to the others; 0: off, the paper's",
     )
     mission: bool | None = option(
         None,
@@ -440,8 +439,8 @@ def validate(c: TrainConfig) -> None:
         _check(c.core == "rims", "--selection-balance needs --core rims")
         _check(c.k < c.num_units, f"--selection-balance needs --k below --num-units={c.num_units}"
                f" (with k={c.k} every RIM is always active)")  # fmt: skip
-        _check(not c.rims_triton, "--rims-triton: the kernels do not differentiate the selection "
-               "(--selection-balance trains through autograd)")  # fmt: skip
+        _check(not c.rims_triton, "--rims-triton: the kernels do not differentiate the null "
+               "attention, which --selection-balance trains")  # fmt: skip
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
     _check(not c.rims_triton or c.core == "rims", "--rims-triton needs --core rims")
     if c.rims_triton and c.core == "rims":

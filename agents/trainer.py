@@ -114,8 +114,6 @@ def build_policy(config: TrainConfig, observation_space, action_space) -> ActorC
         policy.core.triton_steps = True
     if config.rims_graphs and config.core == "rims":  # the others run as they are
         policy.core.cuda_graphs = True
-    if config.selection_balance:  # validated: RIMs; the hand-written backward does not
-        policy.core.manual_backward = False  # differentiate the null attention, autograd does
     return policy
 
 

@@ -1,6 +1,7 @@
 """RIMs on a GPU computes what it computes on the CPU: run this on a lent GPU before timing.
 
-For both cells, in float64 on the device: the hand-written backward gives autograd's gradients;
+For both cells, in float64 on the device: the hand-written backward gives autograd's gradients
+(through the outputs and the null attention, which ``--selection-balance`` trains);
 outputs, masks and gradients match the CPU's; exactly k RIMs are active; inactive RIMs keep their
 state bit for bit; episode starts reset; with ``bf16_matmuls`` the device agrees with the CPU to
 bfloat16 precision; with ``compile_steps`` (Inductor's Triton kernels) and with
@@ -31,12 +32,13 @@ from policies.rims import RIMs
 
 def run(
     cell: str, device: str, manual: bool, bf16: bool = False, compiled: bool = False,
-    triton: bool = False,
+    triton: bool = False, null_term: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
     """float64, 4 of 6 active; or with ``bf16`` (bfloat16 products): float32, all 6 active, so
     rounding differences between devices cannot flip the selection. ``compiled``: each step
     through torch.compile (Triton kernels on a GPU); ``triton``: through the hand-written
-    Triton kernels, which must run (a fallback to the usual steps raises)."""
+    Triton kernels, which must run (a fallback to the usual steps raises). ``null_term``: the
+    loss weighs the null attention too (the Triton kernels' carries no gradient)."""
     torch.manual_seed(0)
     dtype = torch.float32 if bf16 else torch.float64
     core = RIMs(10, num_units=6, k=6 if bf16 else 4, hidden_size=8, cell=cell, input_key_size=16,
@@ -49,8 +51,12 @@ def run(
     starts[4, 2] = starts[0, 1] = True
     state = core.initial_state(5)
     out, _, info = core(x, state, starts)
-    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=device).view_as(out)).sum(
-    ).backward()  # fmt: skip
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype, device=device).view_as(out)).sum()
+    if null_term:
+        null = info.null_attention
+        loss = loss + (null * torch.linspace(1, -1, null.numel(), dtype=dtype, device=device)
+                       .view_as(null)).sum()  # fmt: skip
+    loss.backward()
     grads = [x.grad, *(p.grad for p in core.parameters())]
     if triton and core._triton_warned:
         raise RuntimeError(f"the Triton steps did not run: {sorted(core._triton_warned)}")
@@ -77,9 +83,12 @@ def graph_checks(cell: str, device: str, compiled: bool, check, triton: bool = F
         starts = (torch.rand(T, 5, generator=g) < 0.2).to(device)
         return x, state, starts
 
-    def loss(out, state):
+    def loss(out, state, info):
         w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
-        return (out * w).sum() + sum((s * s).sum() for s in state)
+        value = (out * w).sum() + sum((s * s).sum() for s in state)
+        if triton:  # the kernels' null attention carries no gradient
+            return value
+        return value + (info.null_attention * info.null_attention).sum()
 
     def grads(core, x, value):
         wrt = [x, *core.parameters()]
@@ -93,7 +102,7 @@ def graph_checks(cell: str, device: str, compiled: bool, check, triton: bool = F
     for step in range(3):
         x, state, starts = batch(step)
         (a, sa, ia), (b, sb, ib) = graphed(x, state, starts), eager(x, state, starts)
-        ga, gb = grads(graphed, x, loss(a, sa)), grads(eager, x, loss(b, sb))
+        ga, gb = grads(graphed, x, loss(a, sa, ia)), grads(eager, x, loss(b, sb, ib))
         ok &= close([a, *sa], [b, *sb]) and torch.equal(ia.mask, ib.mask) and close(ga, gb)
         with torch.no_grad():  # an SGD step on both: the replays must read the new weights
             for core, g in ((graphed, ga), (eager, gb)):
@@ -102,10 +111,10 @@ def graph_checks(cell: str, device: str, compiled: bool, check, triton: bool = F
     check(f"{tag}: graphed training steps == eager (float64, updates between)", ok)
     (x1, s1, st1), (x2, s2, st2) = batch(10), batch(11)
     a1, a2 = graphed(x1, s1, st1), graphed(x2, s2, st2)
-    g2, g1 = grads(graphed, x2, loss(*a2[:2])), grads(graphed, x1, loss(*a1[:2]))
+    g2, g1 = grads(graphed, x2, loss(*a2)), grads(graphed, x1, loss(*a1))
     e1, e2 = (
-        grads(eager, x1, loss(*eager(x1, s1, st1)[:2])),
-        grads(eager, x2, loss(*eager(x2, s2, st2)[:2])),
+        grads(eager, x1, loss(*eager(x1, s1, st1))),
+        grads(eager, x2, loss(*eager(x2, s2, st2))),
     )
     check(f"{tag}: graphed backwards out of order == eager", close(g1, e1) and close(g2, e2))
     graphed.eval(), eager.eval()
@@ -138,15 +147,17 @@ def compiled_checks(cell: str, device: str, eager: tuple, check) -> None:
     agrees_with_eager(f"{cell}: compiled steps", compiled, eager, check)
 
 
-def triton_checks(cell: str, device: str, eager: tuple, check) -> bool:
+def triton_checks(cell: str, device: str, check) -> bool:
     """Hand-written Triton steps (``--rims-triton``) compute the same function as the eager
-    ``run`` ``eager``, and, on CUDA, as graphs. Where they cannot run (no Triton; a CPU
-    without its interpreter) says why and returns False."""
+    steps (a loss without the null attention, whose gradient the kernels do not give), and, on
+    CUDA, as graphs. Where they cannot run (no Triton; a CPU without its interpreter) says why
+    and returns False."""
     problem = triton_steps.unavailable(torch.device(device))
     if problem is not None:
         print(f"skip {cell}: Triton steps ({problem})", flush=True)
         return False
-    kernels = run(cell, device, manual=True, triton=True)
+    eager = run(cell, device, manual=True, null_term=False)
+    kernels = run(cell, device, manual=True, triton=True, null_term=False)
     agrees_with_eager(f"{cell}: Triton steps", kernels, eager, check)
     if device.startswith("cuda"):
         graph_checks(cell, device, False, check, triton=True)
@@ -174,7 +185,7 @@ def main() -> int:
     print(f"device: {name}; torch {torch.__version__}")
     if args.only == "triton":
         for cell in ("lstm", "gru"):
-            if not triton_checks(cell, device, run(cell, device, manual=True), check):
+            if not triton_checks(cell, device, check):
                 return 2
         print(f"{failures} failure(s)")
         return 1 if failures else 0
@@ -203,7 +214,7 @@ def main() -> int:
         check(f"{cell}: device gradients == CPU gradients", close)
         check(f"{cell}: exactly k active", bool((dev_manual[1].sum(-1) == 4).all()))
         compiled_checks(cell, device, dev_manual, check)
-        triton_checks(cell, device, dev_manual, check)
+        triton_checks(cell, device, check)
         # bfloat16 products: the device agrees with the CPU and with itself (autograd) to
         # bfloat16 precision.
         runs16 = (("cpu", True), (device, True), (device, False))  # (device, manual backward)

@@ -9,7 +9,9 @@ steps at the end. Gradients to the precomputed inputs (keys, value-gate products
 scaled communication weight) flow on through autograd to the parameters and the input.
 
 Used only when ``RIMs._use_manual_backward`` says so (grad enabled, fused input path, no
-dropout); the tests check it against autograd in float64 for both cells. With
+dropout); the tests check it against autograd in float64 for both cells. The null attention is
+differentiated too, as autograd does (``--selection-balance`` trains it), except where the steps
+ran as Triton kernels: there it comes back without a gradient. With
 ``RIMs.bf16_matmuls`` the sequence-wide weight products take bfloat16 operands, as the forward's
 precompute does, and accumulate in the gradients' dtype.
 """
@@ -33,7 +35,8 @@ def run_with_manual_backward(
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor, Tensor | None]:
     """Forward of all steps. Returns out ``(T, U, B, H)``, the final states (U-major), masks and
     null attention ``(T, U, B)`` and the element attention ``(T, U, B, N)`` (None for one
-    element), differentiable through ``RIMsSequence`` (the last three are not)."""
+    element). The outputs, the states and (but from Triton kernels) the null attention are
+    differentiable through ``RIMsSequence``; the masks and the element attention are not."""
     lstm = module.cell == "lstm"
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
     out, c_last, masks, nulls, attention = RIMsSequence.apply(
@@ -66,16 +69,24 @@ class RIMsSequence(torch.autograd.Function):
         several = attention[0] is not None  # _step reports it for N > 1 elements only
         attention = torch.stack(attention) if several else None  # T x (U,B,N) -> (T,U,B,N)
         c_last = hs[1] if lstm else c0
-        ctx.mark_non_differentiable(masks, nulls, *([attention] if several else []))
+        # Gradients that nothing downstream produced come as None, not zeros: without
+        # --selection-balance the null attention's term then costs nothing.
+        ctx.set_materialize_grads(False)
+        by_kernels = saved[0].get("triton", False)  # the kernels do not differentiate the nulls
+        ctx.mark_non_differentiable(
+            masks, *([nulls] if by_kernels else []), *([attention] if several else [])
+        )
         return torch.stack(outs), c_last, masks, nulls, attention  # T x (U,B,H) -> (T,U,B,H)
 
     @staticmethod
-    def backward(ctx, d_out, d_c_last, _d_masks, _d_nulls, _d_attention):
+    def backward(ctx, d_out, d_c_last, _d_masks, d_nulls, _d_attention):
         m_, inp, steps = ctx.module, ctx.inp, ctx.steps
-        d_out = d_out.contiguous()  # (T, U, B, H); one layout for the (compiled) steps
         lstm = m_.cell == "lstm"
         T = len(steps)
-        U, B, _ = steps[0]["kept"].shape
+        U, B, H = steps[0]["kept"].shape
+        if d_out is None:  # only the final state (or the null attention) was used
+            d_out = steps[0]["kept"].new_zeros(T, U, B, H)
+        d_out = d_out.contiguous()  # (T, U, B, H); one layout for the (compiled) steps
         G = inp.value_gates.shape[-1]
         # The masks and the reads' slopes of all steps at once (small; one op each, not T).
         masks = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
@@ -114,7 +125,7 @@ class RIMsSequence(torch.autograd.Function):
             g = step_back(
                 m_, inp, s, weights_t, one, d_out[t], dh, dh_product, dc, mf_all[:, t],
                 None if read_slope is None else read_slope[:, t], inp.keys[t],
-                inp.value_gates[:, t], keep, keep_next,
+                inp.value_gates[:, t], keep, keep_next, None if d_nulls is None else d_nulls[t],
             )  # fmt: skip
             dh, dh_product, dc, keep_next = g.dh, g.dh_product, g.dc, keep
             kepts.append(s["kept"])
@@ -167,7 +178,7 @@ def step_backward(
     m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
     d_out: Tensor, dh: Tensor, dh_product: Tensor | None, dc: Tensor | None, mf: Tensor,
     read_slope: Tensor | None, keys: Tensor, value_gates: Tensor, keep: Tensor | None,
-    keep_next: Tensor | None,
+    keep_next: Tensor | None, d_null: Tensor | None = None,
 ) -> StepGrads:  # fmt: skip
     """One step of the reverse walk: from the gradients ``dh``, ``dc`` ``(U, B, H)`` reaching
     the state after the step (plus the step's output gradient ``d_out``), those reaching the
@@ -178,7 +189,8 @@ def step_backward(
     ``(B, heads, dk, N)``, value_gates ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's
     slices; keep_next ``(B,)`` the next step's reset, which ``dh`` has not been through yet
     (the returned ``dh`` has not been through ``keep`` either: the step before applies it, so
-    that it fuses into that step's first kernel; ``dc`` has). A pure function (compiled once for
+    that it fuses into that step's first kernel; ``dc`` has); d_null ``(U, B)`` the gradient
+    reaching the step's null attention, or None where none does. A pure function (compiled once for
     all steps with ``RIMs.compile_steps``)."""
     lstm = m_.cell == "lstm"
     U, B, _ = dh.shape
@@ -240,13 +252,19 @@ def step_backward(
     # --- input side: gates_x = read @ value_gates
     if inp.one_element:  # a dot product per RIM and row: (U,B,G) -> (U,B,1,1)
         d_read = (d_gx * value_gates.view(U, B, G)).sum(-1).view(U, B, 1, 1)
+        if d_null is not None:  # null = sigmoid(-score) = 1 - read
+            d_read = d_read - d_null.view(U, B, 1, 1)  # (U,B) -> (U,B,1,1)
         d_scores = d_read * read_slope  # (U, B, 1, 1)
         # products of scalars, no matmul: (U,B,1,1) x (1,B,1,dk) -> (U,B,1,dk)
         d_query = d_scores * keys.view(1, B, 1, dk)
     else:  # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
         d_read = (d_gx.unsqueeze(2) @ value_gates.transpose(-1, -2)).view(s["read"].shape)
-        p = s["probs"]  # (U, B, heads, 1+N); the null column gets no gradient
-        d_p = F.pad(d_read, (1, 0))
+        p = s["probs"]  # (U, B, heads, 1+N), the null first
+        if d_null is None:  # the null column gets no gradient
+            d_p = F.pad(d_read, (1, 0))  # (U,B,heads,N) -> (U,B,heads,1+N)
+        else:  # null = the null column's mean over heads: each head's gets d_null / heads
+            d_p_null = (d_null / heads).view(U, B, 1, 1).expand(U, B, heads, 1)  # (U,B)->(..,1)
+            d_p = torch.cat((d_p_null, d_read), dim=-1)  # -> (U, B, heads, 1+N)
         d_scores = (p * (d_p - (d_p * p).sum(-1, keepdim=True)))[..., 1:]
         # (U,B,heads,1,N) @ (1,B,heads,N,dk) -> (U,B,heads,1,dk)
         d_query = d_scores.unsqueeze(3) @ keys.transpose(-1, -2).unsqueeze(0)

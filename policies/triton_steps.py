@@ -169,13 +169,16 @@ def step_backward(
     m_: Any, inp: Any, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
     d_out: Tensor, dh: Tensor, dh_product: Tensor, dc: Tensor | None, mf: Tensor,
     read_slope: Tensor, keys: Tensor, value_gates: Tensor, keep: Tensor | None,
-    keep_next: Tensor | None,
+    keep_next: Tensor | None, d_null: Tensor | None = None,
 ) -> StepGrads:  # fmt: skip
     """``policies.rims_grad.step_backward`` by the kernels, with the same arguments, for a
     step that ``step`` ran (``s``, its intermediates). Like a compiled step it takes and
     returns ``dh`` without the state matmul's product ``dh_product`` ``(U, B, H)``; ``one``,
     ``mf`` and ``read_slope`` come from ``s`` here and are not read. ``dc`` is None for a
-    GRU."""
+    GRU. ``d_null`` is always None: the kernels' null attention has no gradient (see
+    ``policies.rims_grad.RIMsSequence``)."""
+    if d_null is not None:
+        raise RuntimeError("the Triton step kernels do not differentiate the null attention")
     w_state_t, w_comm_t, w_out_t = weights_t
     lstm, U, B, H, G, dk, ch, cdk, cdv = _sizes(m_, dh)
     new = dh.new_empty

@@ -12,7 +12,7 @@ import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from agents.checkpoint import load_policy
 from agents.mechanisms import inspect_mechanisms
 from agents.selection import switched_units
-from bench import core_speed, cuda_check, learn_minigrid, step_kernels, triton_step
+from bench import core_speed, cuda_check, learn_minigrid, step_kernels, triton_step, update_speed
 
 
 def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
@@ -277,3 +277,10 @@ def test_the_triton_step_script_times_each_warp_count_and_restores_the_library_s
         assert triton_steps.NUM_WARPS == before
     assert triton_step._kernel_rows((2, 8)) == [("triton, 2 warps", 2), ("triton, 8 warps", 8)]
     assert triton_step._kernel_rows(()) == [("triton kernels", None)]
+
+
+def test_update_speed_times_the_four_cases(capsys):
+    medians = update_speed.main(["--repeats", "1"])
+    assert len(medians) == 4 and all(seconds > 0 for seconds in medians.values())
+    printed = capsys.readouterr().out
+    assert "autograd, balance 0.1" in printed and "1.00x" in printed

@@ -301,13 +301,14 @@ def test_rims_graphs_does_not_split_a_plot_group(tmp_path):
     assert len(set(labels)) == 1
 
 
-def test_the_null_attentions_gradient_replays_as_eager_without_the_manual_backward():
-    """``--selection-balance`` differentiates the null attention (through autograd: the
-    hand-written backward is off); a replayed backward passes that gradient on as eager does."""
+@pytest.mark.parametrize("manual", [True, False])
+def test_the_null_attentions_gradient_replays_as_eager(manual):
+    """``--selection-balance`` differentiates the null attention (through the hand-written
+    backward or autograd); a replayed backward passes that gradient on as eager does."""
     from agents.selection import balance_loss
 
     core, graphs, captures = core_and_graphs()
-    core.manual_backward = False
+    core.manual_backward = manual
     for seed in (1, 2):  # the second call replays the first capture
         x, state, starts = inputs(seed)
         out, _, info = graphs(x, state, starts)

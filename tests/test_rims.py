@@ -414,7 +414,8 @@ def test_training_changes_only_through_used_paths():
 @pytest.mark.parametrize("comm_gate", [True, False])
 def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_starts, comm_gate):
     """The hand-written backward (policies.rims_grad) gives autograd's gradients for every
-    parameter, the input and the initial state."""
+    parameter, the input and the initial state, through the outputs, the final state and the
+    null attention (which --selection-balance trains)."""
     torch.manual_seed(3)
     x = torch.randn(7, 3, elements, 10, dtype=torch.float64)
     starts = torch.zeros(7, 3, dtype=torch.bool)
@@ -429,7 +430,9 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
         state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
         out, final, info = m(xr, state, starts if with_starts else None)
         weights = torch.randn_like(out)
+        null_weights = torch.randn_like(info.null_attention)
         loss = (out * weights).sum() + sum((f * f).sum() for f in final)
+        loss = loss + (info.null_attention * null_weights).sum()
         loss.backward()
         outs.append((out.detach(), info.mask))
         grads.append([xr.grad, *(s.grad for s in state), *(p.grad for p in m.parameters())])
@@ -467,6 +470,7 @@ def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads,
         state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
         out, final, info = m(xr, state, starts)
         loss = (out * torch.randn_like(out)).sum() + sum((f * f).sum() for f in final)
+        loss = loss + (info.null_attention * torch.randn_like(info.null_attention)).sum()
         loss.backward()
         grads = [xr.grad, *(s.grad for s in state), *(p.grad for p in m.parameters())]
         runs.append((out.detach(), info.mask, [f.detach() for f in final], grads))

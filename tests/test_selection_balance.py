@@ -47,7 +47,7 @@ def test_balance_loss_is_one_where_every_rim_attends_alike(k):
 
 def test_the_minibatch_loss_adds_the_weighted_balance_and_its_gradient_reaches_the_attention():
     config, policy, storage, adv, ret, _ = collect("rims", selection_balance=0.1)
-    assert not policy.core.manual_backward  # trained through autograd
+    assert policy.core.manual_backward  # the hand-written backward differentiates the null
     policy.train()
     plain = dataclasses.replace(config, selection_balance=0.0)
     for batch in sequence_minibatches(storage, adv, ret, config.num_minibatches):
@@ -62,11 +62,36 @@ def test_the_minibatch_loss_adds_the_weighted_balance_and_its_gradient_reaches_t
         assert key.abs().sum() > 0 and state.abs().sum() > 0
 
 
-def test_a_core_whose_null_attention_has_no_gradient_is_refused():
-    """The hand-written backward does not differentiate the null attention: a policy built
-    with it on would drop the balance loss's gradient silently; it raises instead."""
+def test_the_balance_gradient_of_the_hand_written_backward_is_autograds():
+    """The whole minibatch loss, differentiated through the core's hand-written backward and
+    through autograd, gives every parameter the same gradient (float32 rounding apart)."""
+    config, policy, storage, adv, ret, _ = collect("rims", selection_balance=1.0)
+    policy.train()
+    batch = next(iter(sequence_minibatches(storage, adv, ret, config.num_minibatches)))
+    grads = []
+    for manual in (True, False):
+        policy.core.manual_backward = manual
+        parts = minibatch_loss(policy, batch, config)
+        assert parts.selection_balance is not None
+        grads.append(torch.autograd.grad(parts.loss, list(policy.parameters()), allow_unused=True))
+    names = [name for name, _ in policy.named_parameters()]
+    for name, a, b in zip(names, *grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_core_whose_null_attention_has_no_gradient_is_refused(monkeypatch):
+    """A core that hands back its null attention without a gradient (the Triton kernels do)
+    would drop the balance loss's gradient silently; the loss raises instead."""
     config, policy, storage, adv, ret, _ = collect("rims", selection_balance=0.1)
-    policy.core.manual_backward = True
+    forward = policy.core.forward
+
+    def detached(*args, **kwargs):
+        out, state, info = forward(*args, **kwargs)
+        return out, state, dataclasses.replace(info, null_attention=info.null_attention.detach())
+
+    monkeypatch.setattr(policy.core, "forward", detached)
     policy.train()
     batch = next(iter(sequence_minibatches(storage, adv, ret, config.num_minibatches)))
     with pytest.raises(RuntimeError, match="null attention has no gradient"):
