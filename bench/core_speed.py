@@ -25,8 +25,8 @@ each figure's forward (and backward) from CUDA graphs captured in the warm-up ca
 (``--rims-graphs``, ``policies/graphs.py``); ``triton`` runs each step as the hand-written
 Triton kernels of ``policies/triton_kernels.py`` (``--rims-triton``; GPU rows only).
 ``rims-lstm set 49x64`` reads a set of 49 elements of 64 features a step (the 7x7 positions
-of the Atari CNN's feature map, ``--rims-spatial``; drop 0): the set's attention runs through
-autograd, not the hand-written backward, so it times that path.
+of the Atari CNN's feature map, ``--rims-spatial``; drop 0): each step reads the values (the
+products are not precomputed for so large a set), trained through the hand-written backward.
 ``--public-rims`` takes the ``RIM.py`` of a checkout of dido1998/Recurrent-Independent-Mechanisms
 (not shipped here) and times its ``RIMCell`` stepped over T at the same sizes (its communication
 value size is forced to the RIM size, 100).

@@ -81,7 +81,7 @@ def _resets(inp, t: int) -> tuple[Tensor | None, Tensor | None]:
 
 
 def triton_step_backward(
-    core: RIMs, inp, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], d_out: Tensor,
+    core: RIMs, inp, s: dict, weights_t: tuple[Tensor, Tensor, Tensor, None], d_out: Tensor,
     dh: Tensor, dh_product: Tensor, dc: Tensor, t: int,
 ) -> StepGrads:  # fmt: skip
     """``triton_steps.step_backward`` of step ``t``: ``dh`` comes without ``dh_product`` (the
@@ -143,10 +143,11 @@ def check(device: str, dtype: torch.dtype, starts: bool, T: int = 4, B: int = 5)
     return ok
 
 
-def weights_t(core: RIMs, inp) -> tuple[Tensor, Tensor, Tensor]:
-    """The transposed state, communication and output weights, as the backward takes them."""
+def weights_t(core: RIMs, inp) -> tuple[Tensor, Tensor, Tensor, None]:
+    """The transposed state, communication and output weights, as the backward takes them (and
+    None for the input-to-gate weight: the kernels read one element, the fused path)."""
     return (core.state_weight.transpose(1, 2), inp.comm_weight.transpose(1, 2),
-            core.comm_out.transpose(1, 2))  # fmt: skip
+            core.comm_out.transpose(1, 2), None)  # fmt: skip
 
 
 def check_backward(device: str, dtype: torch.dtype, starts: bool, T: int = 4, B: int = 5) -> bool:

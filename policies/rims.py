@@ -250,7 +250,7 @@ class RIMs(nn.Module):
         self.comm_gate = comm_gate
         self.fuse_input_gates_max = fuse_input_gates_max
         self.bf16_matmuls = bf16_matmuls
-        # Training on the fused path uses the hand-written backward of policies.rims_grad
+        # Training without dropout uses the hand-written backward of policies.rims_grad
         # (same function, fewer, larger kernels); set False to use autograd throughout.
         self.manual_backward = True
         self.compile_steps = compile_steps
@@ -384,12 +384,11 @@ class RIMs(nn.Module):
         return self.training and self.dropout > 0
 
     def _use_manual_backward(self, x: Tensor, hs: list[Tensor]) -> bool:
-        """The hand-written backward (``policies.rims_grad``) serves training on the fused path
-        without dropout; everything else (acting, dropout, large input sets) uses autograd.
-        x: ``(T, B, N, D)``; hs: the states."""
+        """The hand-written backward (``policies.rims_grad``) serves training without dropout;
+        acting and dropout use autograd. x: ``(T, B, N, D)``; hs: the states."""
         if not (self.manual_backward and torch.is_grad_enabled()):
             return False
-        if not self._fuses_input_gates(x.shape[2]) or self._attention_dropout_on():
+        if self._attention_dropout_on():
             return False
         return any(p.requires_grad for p in self.parameters()) or any(
             t.requires_grad for t in (x, *hs)
@@ -547,7 +546,7 @@ class RIMs(nn.Module):
             # copy the keys U times): (U,B,heads,1,dk) -> (B,heads,U,dk), @ (B,heads,dk,N)
             # -> (B,heads,U,N) -> (U,B,heads,N)
             scores = (query.squeeze(3).permute(1, 2, 0, 3) @ keys).permute(2, 0, 1, 3)
-        probs = element_attention = None
+        probs = element_attention = read_in = None
         if inp.one_element:
             read = torch.sigmoid(scores)  # (U, B, 1, 1)
             null_attention = torch.sigmoid(-scores).view(U, B)  # (U,B,1,1) -> (U,B)
@@ -583,7 +582,7 @@ class RIMs(nn.Module):
         intermediates = None
         if keep_intermediates:
             intermediates = dict(hs=hs, query=query, read=read, probs=probs, acts=acts, mask=m,
-                                 kept=kept[0], comm=comm_parts)  # fmt: skip
+                                 kept=kept[0], comm=comm_parts, read_in=read_in)  # fmt: skip
         return out, mask, null_attention, element_attention, intermediates
 
     def _selection_key(self, scores: Tensor) -> Tensor:

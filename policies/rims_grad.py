@@ -1,15 +1,18 @@
-"""A hand-written backward for the RIMs time loop (training on the fused input path).
+"""A hand-written backward for the RIMs time loop (training without attention dropout).
 
 Autograd records some 40 small nodes per RIMs step and accumulates every weight's gradient
 step by step; at recurrent-PPO sizes that bookkeeping, not arithmetic, dominates. Here the
 forward runs the very same ``RIMs._step`` without recording, keeping the intermediates the
 backward needs, and the backward walks the steps in reverse with the chain rule written out:
 the state-path gradients step by step, every weight's gradient in one batched matmul over all
-steps at the end. Gradients to the precomputed inputs (keys, value-gate products, biases, the
-scaled communication weight) flow on through autograd to the parameters and the input.
+steps at the end. Gradients to the precomputed inputs (keys, value-gate products or values,
+biases, the scaled communication weight) flow on through autograd to the parameters and the
+input.
 
-Used only when ``RIMs._use_manual_backward`` says so (grad enabled, fused input path, no
-dropout); the tests check it against autograd in float64 for both cells. The null attention is
+Used only when ``RIMs._use_manual_backward`` says so (grad enabled, no dropout), on both input
+paths: the fused one (value-gate products precomputed) and the one for larger sets (each step
+reads the values, then multiplies by the input-to-gate weight). The tests check it against
+autograd in float64 for both cells and both paths. The null attention is
 differentiated too, as autograd does (``--selection-balance`` trains it), except where the steps
 ran as Triton kernels: there it comes back without a gradient. With
 ``RIMs.bf16_matmuls`` the sequence-wide weight products take bfloat16 operands, as the forward's
@@ -40,8 +43,8 @@ def run_with_manual_backward(
     lstm = module.cell == "lstm"
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
     out, c_last, masks, nulls, attention = RIMsSequence.apply(
-        module, inp, inp.keys, inp.gate_values, module.input_gate_weight, inp.state_bias,
-        inp.input_bias, inp.comm_weight, module.state_weight, module.comm_out,
+        module, inp, inp.keys, inp.gate_values, inp.values, module.input_gate_weight,
+        inp.state_bias, inp.input_bias, inp.comm_weight, module.state_weight, module.comm_out,
         module.comm_out_bias, hs[0], c0,
     )  # fmt: skip
     states = [out[-1], c_last] if lstm else [out[-1]]
@@ -52,8 +55,9 @@ class RIMsSequence(torch.autograd.Function):
     """All steps of a RIMs forward; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, module, inp, keys, gate_values, input_gate_weight, state_bias, input_bias,
-                comm_weight, state_weight, comm_out, comm_out_bias, h0, c0):  # fmt: skip
+    def forward(ctx, module, inp, keys, gate_values, values, input_gate_weight, state_bias,
+                input_bias, comm_weight, state_weight, comm_out, comm_out_bias, h0,
+                c0):  # fmt: skip
         lstm = module.cell == "lstm"
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
@@ -84,10 +88,11 @@ class RIMsSequence(torch.autograd.Function):
         lstm = m_.cell == "lstm"
         T = len(steps)
         U, B, H = steps[0]["kept"].shape
+        fused = inp.value_gates is not None  # else each step read the values (a larger set)
         if d_out is None:  # only the final state (or the null attention) was used
             d_out = steps[0]["kept"].new_zeros(T, U, B, H)
         d_out = d_out.contiguous()  # (T, U, B, H); one layout for the (compiled) steps
-        G = inp.value_gates.shape[-1]
+        G = m_.input_gate_weight.shape[-1]
         # The masks and the reads' slopes of all steps at once (small; one op each, not T).
         masks = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)
         mf_all = masks.to(d_out.dtype)
@@ -108,14 +113,15 @@ class RIMsSequence(torch.autograd.Function):
         w_state_t = m_.state_weight.transpose(1, 2)  # (U, G+Q, H)
         w_comm_t = inp.comm_weight.transpose(1, 2)  # (U, 3-part, H)
         w_out_t = m_.comm_out.transpose(1, 2)  # (U, H or 2H with the gate, ch*cdv)
+        w_in_t = None if fused else m_.input_gate_weight.transpose(1, 2)  # (U, G, heads*dv)
         # Per-step factors of the weight gradients, summed in one matmul after the loop; and
         # the per-step gradients the value-gate products and the keys need, joined after it.
         h_ins, d_hqs, kepts, d_qkvs, reads_c, d_os = [], [], [], [], [], []
-        d_gxs, d_scores_all = [], []
+        d_gxs, d_scores_all, read_ins, d_read_ins = [], [], [], []
         step_back = _COMPILED_STEP_BACKWARD if m_.compile_steps else step_backward
         if by_kernels:
             step_back = triton_steps.step_backward
-        weights_t = (w_state_t, w_comm_t, w_out_t)
+        weights_t = (w_state_t, w_comm_t, w_out_t, w_in_t)
         # Each step hands back dh before its own episode-start reset; the step before applies
         # it (keep_next), where it fuses into that step's first kernel. Ones after the last.
         keep_next = None if inp.keep is None else torch.ones_like(inp.keep[0])
@@ -125,7 +131,8 @@ class RIMsSequence(torch.autograd.Function):
             g = step_back(
                 m_, inp, s, weights_t, one, d_out[t], dh, dh_product, dc, mf_all[:, t],
                 None if read_slope is None else read_slope[:, t], inp.keys[t],
-                inp.value_gates[:, t], keep, keep_next, None if d_nulls is None else d_nulls[t],
+                inp.value_gates[:, t] if fused else inp.values[t], keep, keep_next,
+                None if d_nulls is None else d_nulls[t],
             )  # fmt: skip
             dh, dh_product, dc, keep_next = g.dh, g.dh_product, g.dc, keep
             kepts.append(s["kept"])
@@ -136,6 +143,9 @@ class RIMsSequence(torch.autograd.Function):
             d_scores_all.append(g.d_scores)  # (U, B, heads, N)
             h_ins.append(s["hs"][0])
             d_hqs.append(g.d_hq)
+            if not fused:
+                read_ins.append(s["read_in"])
+                d_read_ins.append(g.d_read_in)
 
         low = m_.matmul_dtype(d_out.dtype)  # operands of the sequence-wide products
 
@@ -153,29 +163,39 @@ class RIMsSequence(torch.autograd.Function):
         d_comm_out_bias = d_o_all.sum(1, keepdim=True)  # (U, T*B, H or 2H) -> (U, 1, H or 2H)
         d_gx_all = torch.stack(d_gxs[::-1], dim=1)  # T x (U,B,G) -> (U,T,B,G), in time order
         d_input_bias = None if lstm else d_gx_all.sum((1, 2)).unsqueeze(1)  # -> (U, 1, G)
-        # keys[t,b,h,:,n] gets sum_u query[u,b,h] * d_scores[u,b,h,n]:
-        # (T,U,B,heads,dk,1) * (T,U,B,heads,1,N) -> sum over U -> (T,B,heads,dk,N)
-        queries = torch.stack([s["query"] for s in steps]).transpose(-1, -2)
-        d_keys = (queries * torch.stack(d_scores_all[::-1]).unsqueeze(-2)).sum(1)
-        d_gate_values, d_input_gate_weight = value_gate_grads(
-            reads.view(U, T * B, *reads.shape[3:]),  # (U,T,B,heads,N) -> (U,TB,heads,N)
-            d_gx_all.view(U, T * B, G),  # (U,T,B,G) -> (U,TB,G)
-            inp.gate_values, m_.input_gate_weight,
-            masks.view(U, T * B),  # (U,T,B,1) -> (U,TB)
-            compact=m_.state_weight.device.type == "cpu",
-        )  # fmt: skip
+        # keys[t,b,h,:,n] gets sum_u query[u,b,h,:] * d_scores[u,b,h,n], a matmul over U:
+        # T x (U,B,heads,1,dk) -> (T,U,B,heads,dk) -> (T,B,heads,dk,U), and
+        # T x (U,B,heads,N) -> (T,U,B,heads,N) -> (T,B,heads,U,N); -> (T,B,heads,dk,N)
+        queries = torch.stack([s["query"] for s in steps]).squeeze(4).permute(0, 2, 3, 4, 1)
+        d_keys = queries @ torch.stack(d_scores_all[::-1]).permute(0, 2, 3, 1, 4)
+        d_gate_values = d_values = None
+        if fused:
+            d_gate_values, d_input_gate_weight = value_gate_grads(
+                reads.view(U, T * B, *reads.shape[3:]),  # (U,T,B,heads,N) -> (U,TB,heads,N)
+                d_gx_all.view(U, T * B, G),  # (U,T,B,G) -> (U,TB,G)
+                inp.gate_values, m_.input_gate_weight,
+                masks.view(U, T * B),  # (U,T,B,1) -> (U,TB)
+                compact=m_.state_weight.device.type == "cpu",
+            )  # fmt: skip
+        else:  # gates_x = read_in @ W_in, read_in[u,b,h] = sum_n read[u,b,h,n] values[b,h,n]
+            d_input_gate_weight, _ = summed(read_ins, d_gxs)  # (U, heads*dv, G)
+            # values[t,b,h,n] gets sum_u read[u,t,b,h,n] * d_read_in[t][u,b,h], a matmul over U:
+            # (U,T,B,heads,N) -> (T,B,heads,N,U), T x (U,B,heads,dv) -> (T,B,heads,U,dv)
+            d_read_in = torch.stack(d_read_ins[::-1]).permute(0, 2, 3, 1, 4)
+            d_values = reads.permute(1, 2, 3, 4, 0) @ d_read_in  # -> (T,B,heads,N,dv)
         d_c0 = dc if lstm else None
         if dh_product is not None:
             dh = dh + dh_product
         if keep_next is not None:  # the first step's reset
             dh = dh * keep_next.view(1, B, 1)
-        return (None, None, d_keys, d_gate_values, d_input_gate_weight, d_state_bias,
+        return (None, None, d_keys, d_gate_values, d_values, d_input_gate_weight, d_state_bias,
                 d_input_bias, d_comm_weight, d_state_weight, d_comm_out, d_comm_out_bias, dh,
                 d_c0)  # fmt: skip
 
 
 def step_backward(
-    m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
+    m_: Any, inp: StepInputs, s: dict, weights_t: tuple[Tensor, Tensor, Tensor, Tensor | None],
+    one: Tensor,
     d_out: Tensor, dh: Tensor, dh_product: Tensor | None, dc: Tensor | None, mf: Tensor,
     read_slope: Tensor | None, keys: Tensor, value_gates: Tensor, keep: Tensor | None,
     keep_next: Tensor | None, d_null: Tensor | None = None,
@@ -184,20 +204,21 @@ def step_backward(
     the state after the step (plus the step's output gradient ``d_out``), those reaching the
     state before it (``dh_product``, where not None, is part of ``dh``: see ``StepGrads``).
     ``s`` is the step's saved intermediates; weights_t the transposed state,
-    communication and output (with the gate's beside it) weights; mf ``(U, B, 1)``
-    the mask as floats; read_slope ``(U, B, 1, 1)`` (one element) or None; keys
-    ``(B, heads, dk, N)``, value_gates ``(U, B, heads*N, G)`` and keep ``(B,)`` this step's
-    slices; keep_next ``(B,)`` the next step's reset, which ``dh`` has not been through yet
-    (the returned ``dh`` has not been through ``keep`` either: the step before applies it, so
-    that it fuses into that step's first kernel; ``dc`` has); d_null ``(U, B)`` the gradient
-    reaching the step's null attention, or None where none does. A pure function (compiled once for
-    all steps with ``RIMs.compile_steps``)."""
+    communication and output (with the gate's beside it) weights, and input-to-gate weight
+    ``(U, G, heads*dv)`` off the fused path (else None); mf ``(U, B, 1)`` the mask as floats;
+    read_slope ``(U, B, 1, 1)`` (one element) or None; keys ``(B, heads, dk, N)``,
+    value_gates (on the fused path ``(U, B, heads*N, G)``, else the values ``(B, heads, N,
+    dv)``) and keep ``(B,)`` this step's slices; keep_next ``(B,)`` the next step's reset,
+    which ``dh`` has not been through yet (the returned ``dh`` has not been through ``keep``
+    either: the step before applies it, so that it fuses into that step's first kernel; ``dc``
+    has); d_null ``(U, B)`` the gradient reaching the step's null attention, or None where none
+    does. A pure function (compiled once for all steps with ``RIMs.compile_steps``)."""
     lstm = m_.cell == "lstm"
     U, B, _ = dh.shape
     heads, dk = m_.input_heads, m_.input_key_size
     ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
-    G = value_gates.shape[-1]
-    w_state_t, w_comm_t, w_out_t = weights_t
+    w_state_t, w_comm_t, w_out_t, w_in_t = weights_t
+    G = w_state_t.shape[1] - heads * dk  # (U, G+Q, H), Q = heads*dk
     if dh_product is not None:
         dh = dh + dh_product
     dh = (dh if keep_next is None else dh * keep_next.view(1, B, 1)) + d_out
@@ -249,16 +270,25 @@ def step_backward(
         dh_in = dh_in + d_new * z
         d_gx = torch.cat((d_r_pre, d_z_pre, d_n), dim=-1)
         d_gh = torch.cat((d_r_pre, d_z_pre, d_n * r), dim=-1)
-    # --- input side: gates_x = read @ value_gates
-    if inp.one_element:  # a dot product per RIM and row: (U,B,G) -> (U,B,1,1)
+    # --- input side: gates_x = read @ value_gates, or read_in @ W_in with read_in = read @ values
+    d_read_in = None
+    if w_in_t is not None:  # (U,B,G) @ (U,G,heads*dv) -> (U,B,heads*dv) -> (U,B,heads,dv)
+        d_read_in = torch.bmm(d_gx, w_in_t).view(U, B, heads, -1)
+        # batched over (B, heads) as the forward: (B,heads,U,dv) @ (B,heads,dv,N)
+        # -> (B,heads,U,N) -> (U,B,heads,N)
+        d_read = (d_read_in.permute(1, 2, 0, 3) @ value_gates.transpose(-1, -2)).permute(
+            2, 0, 1, 3)  # fmt: skip
+    elif inp.one_element:  # a dot product per RIM and row: (U,B,G) -> (U,B,1,1)
         d_read = (d_gx * value_gates.view(U, B, G)).sum(-1).view(U, B, 1, 1)
+    else:  # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
+        d_read = (d_gx.unsqueeze(2) @ value_gates.transpose(-1, -2)).view(s["read"].shape)
+    if inp.one_element:
         if d_null is not None:  # null = sigmoid(-score) = 1 - read
             d_read = d_read - d_null.view(U, B, 1, 1)  # (U,B) -> (U,B,1,1)
         d_scores = d_read * read_slope  # (U, B, 1, 1)
         # products of scalars, no matmul: (U,B,1,1) x (1,B,1,dk) -> (U,B,1,dk)
         d_query = d_scores * keys.view(1, B, 1, dk)
-    else:  # (U,B,1,G) @ (U,B,G,heads*N) -> (U,B,1,heads*N) -> (U,B,heads,N)
-        d_read = (d_gx.unsqueeze(2) @ value_gates.transpose(-1, -2)).view(s["read"].shape)
+    else:
         p = s["probs"]  # (U, B, heads, 1+N), the null first
         if d_null is None:  # the null column gets no gradient
             d_p = F.pad(d_read, (1, 0))  # (U,B,heads,N) -> (U,B,heads,1+N)
@@ -281,7 +311,7 @@ def step_backward(
     # --- the episode-start reset at the top of the step (dh's is left to the step before)
     if keep is not None and lstm:
         dc_in = dc_in * keep.view(1, B, 1)
-    return StepGrads(dh_in, dh_product, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq)
+    return StepGrads(dh_in, dh_product, dc_in, d_qkv, d_o, d_gx, d_scores, d_hq, d_read_in)
 
 
 def _sigmoid_grad(grad: Tensor, y: Tensor) -> Tensor:

@@ -19,8 +19,9 @@ class StepGrads(NamedTuple):
     step before adds; else ``dh_product`` is None), and the step's factors of the weight
     gradients, joined after the loop: ``d_qkv`` ``(U, B, 3-part)``, ``d_o`` ``(U, B, H or
     2H)`` (the communication output map's pre-activation, with the gate's beside it), ``d_gx``
-    ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)`` and ``d_hq``
-    ``(U, B, G+Q)``."""
+    ``(U, B, G)`` (0 where a RIM was inactive), ``d_scores`` ``(U, B, heads, N)``, ``d_hq``
+    ``(U, B, G+Q)`` and, off the fused input path, ``d_read_in`` ``(U, B, heads, dv)`` (the
+    gradient of what each RIM read from the values; else None)."""
 
     dh: Tensor
     dh_product: Tensor | None
@@ -30,3 +31,4 @@ class StepGrads(NamedTuple):
     d_gx: Tensor
     d_scores: Tensor
     d_hq: Tensor
+    d_read_in: Tensor | None = None

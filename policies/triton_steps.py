@@ -166,7 +166,8 @@ def step(
 
 
 def step_backward(
-    m_: Any, inp: Any, s: dict, weights_t: tuple[Tensor, Tensor, Tensor], one: Tensor,
+    m_: Any, inp: Any, s: dict, weights_t: tuple[Tensor, Tensor, Tensor, Tensor | None],
+    one: Tensor,
     d_out: Tensor, dh: Tensor, dh_product: Tensor, dc: Tensor | None, mf: Tensor,
     read_slope: Tensor, keys: Tensor, value_gates: Tensor, keep: Tensor | None,
     keep_next: Tensor | None, d_null: Tensor | None = None,
@@ -179,7 +180,7 @@ def step_backward(
     ``policies.rims_grad.RIMsSequence``)."""
     if d_null is not None:
         raise RuntimeError("the Triton step kernels do not differentiate the null attention")
-    w_state_t, w_comm_t, w_out_t = weights_t
+    w_state_t, w_comm_t, w_out_t, _ = weights_t  # the kernels read one element: fused
     lstm, U, B, H, G, dk, ch, cdk, cdv = _sizes(m_, dh)
     new = dh.new_empty
     up, hp = next_pow2(U), next_pow2(H)

@@ -57,12 +57,14 @@ def test_matches_naive_reference_float64(cell, elements, heads, fuse, grad, comm
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("elements, heads", [(1, 1), (3, 2)])
-@pytest.mark.parametrize("fuse", [0, 100])  # autograd through the plain path; the manual backward
-def test_gradients_match_naive_reference_float64(cell, elements, heads, fuse):
+@pytest.mark.parametrize("fuse, manual", [(0, False), (0, True), (100, True)])
+def test_gradients_match_naive_reference_float64(cell, elements, heads, fuse, manual):
     """The gradients of the input and of every parameter are the naive reference's, on the
-    plain path (autograd through per-step slices of the precomputed keys and values) and on the
-    fused one (the hand-written backward)."""
+    plain path (each step reads the values) through autograd (per-step slices of the
+    precomputed keys and values) and through the hand-written backward, and on the fused path
+    (the hand-written backward)."""
     m = make_rims(cell, torch.float64, input_heads=heads, fuse_input_gates_max=fuse)
+    m.manual_backward = manual
     x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
     weights = torch.randn(6, 3, m.output_size, dtype=torch.float64)
     grads = []
@@ -409,13 +411,18 @@ def test_training_changes_only_through_used_paths():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2)])
+@pytest.mark.parametrize(
+    "elements, heads, fuse",  # fuse: fuse_input_gates_max; sets of more than 4 read the values
+    [(1, 1, 4), (2, 2, 4), (6, 1, 4), (3, 2, 4), (1, 1, 0)],
+)
 @pytest.mark.parametrize("with_starts", [False, True])
 @pytest.mark.parametrize("comm_gate", [True, False])
-def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_starts, comm_gate):
+def test_manual_backward_equals_autograd_float64(
+    cell, elements, heads, fuse, with_starts, comm_gate
+):
     """The hand-written backward (policies.rims_grad) gives autograd's gradients for every
     parameter, the input and the initial state, through the outputs, the final state and the
-    null attention (which --selection-balance trains)."""
+    null attention (which --selection-balance trains), on both input paths."""
     torch.manual_seed(3)
     x = torch.randn(7, 3, elements, 10, dtype=torch.float64)
     starts = torch.zeros(7, 3, dtype=torch.bool)
@@ -423,7 +430,9 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
         starts[3, 1] = starts[5, 0] = starts[0, 2] = True
     grads, outs = [], []
     for manual in (True, False):
-        m = make_rims(cell, torch.float64, input_heads=heads, k=3, comm_gate=comm_gate).train()
+        m = make_rims(cell, torch.float64, input_heads=heads, k=3, comm_gate=comm_gate,
+                      fuse_input_gates_max=fuse).train()  # fmt: skip
+        assert m._fuses_input_gates(elements) == (elements * heads <= fuse)
         m.dropout = 0.0
         m.manual_backward = manual
         xr = x.clone().requires_grad_()
@@ -448,15 +457,16 @@ def test_manual_backward_equals_autograd_float64(cell, elements, heads, with_sta
 
 
 @pytest.mark.parametrize(
-    "cell, elements, heads, comm_gate",
-    [(c, e, h, True) for c in CELLS for e, h in [(1, 1), (2, 2), (6, 1)]]
-    + [("lstm", 1, 1, False)],  # the linear communication output, compiled once
+    "cell, elements, heads, comm_gate, manual",
+    [(c, e, h, True, True) for c in CELLS for e, h in [(1, 1), (2, 2), (6, 1)]]
+    + [("lstm", 1, 1, False, True)]  # the linear communication output, compiled once
+    + [("gru", 6, 1, True, False)],  # autograd through each compiled step
 )
-def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads, comm_gate):
+def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads, comm_gate, manual):
     """compile_steps changes how each step runs, not what it computes: outputs, selection,
-    final states and every gradient match the eager autograd run. Up to 4 elements x heads the
-    gradients come from the hand-written backward's compiled steps; 6 elements take the unfused
-    path, differentiated by autograd through each compiled step."""
+    final states and every gradient match the eager autograd run. The gradients come from the
+    hand-written backward's compiled steps (on the fused path up to 4 elements x heads, on the
+    values path for 6), or from autograd through each compiled step."""
     torch.manual_seed(4)
     x = torch.randn(6, 3, elements, 10, dtype=torch.float64)
     starts = torch.zeros(6, 3, dtype=torch.bool)
@@ -465,7 +475,7 @@ def test_compiled_steps_compute_the_same_function_float64(cell, elements, heads,
     for compiled in (True, False):
         m = make_rims(cell, torch.float64, input_heads=heads, k=3, compile_steps=compiled,
                       comm_gate=comm_gate)  # fmt: skip
-        m.manual_backward = compiled  # the eager reference differentiates with autograd
+        m.manual_backward = compiled and manual  # the eager reference: autograd
         xr = x.clone().requires_grad_()
         state = tuple(torch.randn_like(s).requires_grad_() for s in m.initial_state(3))
         out, final, info = m(xr, state, starts)
@@ -505,12 +515,12 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("elements, heads", [(1, 1), (2, 2), (6, 1)])  # 6: the values path
 def test_bf16_matmuls_stay_within_bfloat16_precision_of_float32(cell, elements, heads):
     """bf16_matmuls only rounds the large products' operands: outputs and the gradients of both
     backwards stay within bfloat16 precision of the float32 core's (all RIMs active, so a
     rounded score cannot flip the selection), and the products really use bfloat16."""
-    x = torch.randn(2, 2, elements, 10)
+    x = torch.randn(2, 2, 1, 10)
     assert make_rims(bf16_matmuls=True)._prepare(x, None, True).gate_values.dtype == (
         torch.bfloat16
     )
@@ -545,6 +555,8 @@ def test_manual_backward_is_used_only_where_it_applies():
     m.eval()
     assert m._use_manual_backward(x, state)  # dropout is off in eval mode
     m.dropout, m.fuse_input_gates_max = 0.0, 0
+    assert m._use_manual_backward(x, state)  # also where each step reads the values
+    m.manual_backward = False
     assert not m._use_manual_backward(x, state)
 
 

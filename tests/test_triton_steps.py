@@ -247,7 +247,7 @@ def test_each_launch_gives_its_kernel_every_parameter_in_order(monkeypatch, cell
             core, hs, inp.keys[1], inp.value_gates[:, 1], None, keep, inp, True
         )
         weights = (core.state_weight.transpose(1, 2), inp.comm_weight.transpose(1, 2),
-                   core.comm_out.transpose(1, 2))  # fmt: skip
+                   core.comm_out.transpose(1, 2), None)  # fmt: skip
         dh = torch.zeros(6, B, 12)
         dc = dh.clone() if cell == "lstm" else None
         grads = triton_steps.step_backward(core, inp, saved, weights, None, dh, dh, dh, dc, None,
