@@ -79,9 +79,13 @@ def core_and_graphs(max_graphs: int = 16, **kwargs) -> tuple[RIMs, SequenceGraph
     return core, graphs, captures
 
 
-def inputs(seed: int, T: int = 6, B: int = 4) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+def inputs(
+    seed: int, T: int = 6, B: int = 4, elements: int | None = None
+) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """x ``(T, B, 7)``, or a set ``(T, B, elements, 7)``; states; episode starts."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, B, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    shape = (T, B, 7) if elements is None else (T, B, elements, 7)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
     state = tuple(torch.randn(B, 5, 6, generator=g, dtype=torch.float64) for _ in range(2))
     starts = torch.rand(T, B, generator=g) < 0.2
     return x, state, starts
@@ -107,10 +111,11 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_replayed_forward_and_backward_equal_eager(cell):
+@pytest.mark.parametrize("elements", [None, 6])  # 6: a set, whose steps read the values
+def test_replayed_forward_and_backward_equal_eager(cell, elements):
     core, graphs, captures = core_and_graphs(cell=cell)
     for seed in (1, 2, 3):  # the second and third calls replay the first capture
-        x, state, starts = inputs(seed)
+        x, state, starts = inputs(seed, elements=elements)
         state = state[: len(core.initial_state(1))]
         out, new, info = graphs(x, state, starts)
         eager_out, eager_new, eager_info = core._run(x, state, starts)
