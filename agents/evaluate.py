@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -83,8 +83,10 @@ class StepObserver(Protocol):
         each member of a mixture, with its shifts: episodes left unfinished are not
         continued)."""
 
-    def before_step(self, envs: VectorEnv, act: ActResult) -> None:
-        """``act`` was chosen for the envs' current observations; ``envs.step`` comes next."""
+    def before_step(self, envs: VectorEnv, act: ActResult, info: dict[str, Any]) -> None:
+        """``act`` was chosen for the envs' current observations; ``envs.step`` comes next.
+        ``info``: the vector info that came with those observations (from the reset or the
+        last step; e.g. ALE's ``lives``, one entry per env)."""
 
     def episode_end(self, env_index: int, counted: bool) -> None:
         """Env ``env_index``'s episode ended with the last step; ``counted``: it is one of the
@@ -141,7 +143,7 @@ def evaluate(
         with torch.random.fork_rng(devices=cuda_devices), closing(envs):
             torch.manual_seed(seed)
             with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
-                obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
+                obs, info = envs.reset(seed=seed + EVAL_SEED_OFFSET)
             if observer is not None:
                 observer.start(num_envs, shifts)
             obs_t = obs_to_tensors(obs, device)
@@ -150,7 +152,7 @@ def evaluate(
             while (done_count < quota).any():
                 act = policy.act(obs_t, state, starts, deterministic=deterministic)
                 if observer is not None:
-                    observer.before_step(envs, act)
+                    observer.before_step(envs, act, info)
                 with env_errors(env_id, shifts, "during evaluation", envs, CALL_SECONDS):
                     obs, _, terminated, truncated, info = envs.step(act.actions.cpu().numpy())
                 if "episode" in info:

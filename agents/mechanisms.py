@@ -2,7 +2,8 @@
 
 The policy plays evaluation episodes (``agents.evaluate``) while every step's top-k mask is
 recorded beside the situation it was chosen in: the action it led to, the quarter of the episode,
-on Minigrid what the agent carries and what it faces, and on memory tasks the cue to remember.
+on Minigrid what the agent carries and what it faces, on memory tasks the cue to remember, and
+on Atari the lives left.
 For each situation the report gives each mechanism's activation rate, and for each feature the
 mutual information between a mechanism being active and the feature's value, beside its chance
 level: the mean information after shuffling the feature over the steps, which is what a plug-in
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from gymnasium.vector import VectorEnv
@@ -81,7 +83,7 @@ class MechanismRecorder:
         self._pending = {i: [] for i in range(num_envs)}
         self._shift = shift_label(shifts)
 
-    def before_step(self, envs: VectorEnv, act: ActResult) -> None:
+    def before_step(self, envs: VectorEnv, act: ActResult, info: dict[str, Any]) -> None:
         if act.info.mask is None:
             raise ValueError("the policy's core reports no mechanisms (not RIMs)")
         masks = act.info.mask[0].cpu().numpy()  # (1, B, U) -> (B, U)
@@ -93,6 +95,7 @@ class MechanismRecorder:
                 situation["shift"] = self._shift
             if singles is not None:
                 situation |= situation_of(singles[i])
+            situation |= info_situation(info, i)
             pending.append((masks[i], situation))
 
     def episode_end(self, env_index: int, counted: bool) -> None:
@@ -113,6 +116,16 @@ def sub_envs(envs: VectorEnv) -> list | None:
     """The single envs of an in-process vector env (to read their state), else None (ALE's C++
     vector env)."""
     return getattr(envs.unwrapped, "envs", None)
+
+
+def info_situation(info: dict[str, Any], index: int) -> dict[str, str]:
+    """What the vector info of env ``index``'s current observation says of the situation: on
+    Atari the lives left (ALE reports them on both env paths); nothing where the info does not
+    say (Minigrid), or says it not for this env (a ``_lives`` mask)."""
+    lives, given = info.get("lives"), info.get("_lives")
+    if lives is None or (given is not None and not given[index]):
+        return {}
+    return {"lives": str(int(lives[index]))}
 
 
 def situation_of(env) -> dict[str, str]:

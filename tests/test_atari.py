@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from agents.checkpoint import load_policy
 from agents.config import resolve_config
+from agents.mechanisms import inspect_mechanisms
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from envs.atari import AtariSettings, fold_seed, make_atari_vector_env
 from envs.factory import make_env, make_vector_env
 from envs.shifts import ShiftError
+from envs.suites import SuiteRow
 from policies.actor_critic import ActorCritic, PolicySpec
 from tests.test_cli import exit_code
 from train import main
@@ -229,3 +232,15 @@ def test_spatial_rims_show_where_they_look(tmp_path):
     assert main(["train", *ATARI_TINY, "--rims-spatial", "--image-every", "1",
                  "--run-dir", str(run)]) == 0  # fmt: skip
     assert_attention_maps_shown(run, BREAKOUT)  # the Nature CNN's 7x7 positions
+
+
+@pytest.mark.parametrize("shifts", [(), (("mode", "0"),)])  # the fast path, the flavoured one
+def test_rims_mechanisms_on_atari_report_the_lives_left(tmp_path, shifts):
+    run = tmp_path / "run"
+    assert main(["train", *ATARI_TINY, "--core", "rims", "--run-dir", str(run)]) == 0
+    report = inspect_mechanisms(load_policy(run), SuiteRow(BREAKOUT, shifts), episodes=1,
+                                num_envs=1)  # fmt: skip
+    lives = next(feature for feature in report.features if feature.name == "lives")
+    # every step says how many of Breakout's five lives are left, the first steps all five
+    assert sum(lives.steps) == report.steps and "5" in lives.values
+    assert set(lives.values) <= {"1", "2", "3", "4", "5"}
