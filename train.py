@@ -348,7 +348,13 @@ def add_eval_parser(commands) -> None:
     ev.add_argument(
         "--pool-seeds", action="store_true",
         help="one column per config, not per run: runs that differ only in seed are pooled into "
-        "the mean over seeds with a 95%% bootstrap interval over seeds (JSON, CSV, plot too)",
+        "the mean over seeds with a 95%% interval over seeds (JSON, CSV, plot too)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--interval", choices=["bootstrap", "t"], default=None,
+        help="with --pool-seeds, the interval over seeds: the percentile bootstrap (default; "
+        "too narrow for few seeds) or Student's t (wider for few seeds, assumes their returns "
+        "roughly normal)",
     )  # fmt: skip
 
 
@@ -387,6 +393,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from envs.shifts import parse_shift
 
     check_suite_flags(args)
+    if args.interval and not args.pool_seeds:
+        raise ConfigError("--interval chooses the interval over seeds of --pool-seeds; add it")
     outputs = {
         "json": check_output(args.json, (".json",)),
         "csv": check_output(args.csv, (".csv",)),
@@ -411,7 +419,8 @@ def run_eval(args: argparse.Namespace) -> int:
         runs, rows, args.episodes, args.seed, deterministic=args.greedy, num_envs=args.num_envs
     )
     if args.pool_seeds:
-        table, writer = pooled.pool(runs, results), pooled  # one column per config
+        # one column per config
+        table, writer = pooled.pool(runs, results, args.interval or "bootstrap"), pooled
     else:
         table, writer = results, report  # one column per run
     print(writer.format_table(table))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,8 +181,10 @@ def read_pooled(path: Path) -> list[PooledRow]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not JSON ({err})") from None
     names = [f.name for f in fields(PooledRow)]
+    # fields with a default (``interval``) may be missing: files written before them
+    required = [f.name for f in fields(PooledRow) if f.default is MISSING]
     if not isinstance(data, list) or not all(
-        isinstance(d, dict) and set(names) <= set(d) for d in data
+        isinstance(d, dict) and set(required) <= set(d) for d in data
     ):
         raise ConfigError(f"{path}: not a 'rims eval --pool-seeds --json' file")
     rows = []
@@ -199,7 +201,8 @@ def read_pooled(path: Path) -> list[PooledRow]:
         ):
             raise ConfigError(f"{path}: run_returns of {d['config']!r} is not a list of numbers")
         rows.append(PooledRow(**{
-            **{n: d[n] for n in names}, "runs": tuple(d["runs"]), "run_returns": tuple(returns)
+            **{n: d[n] for n in names if n in d}, "runs": tuple(d["runs"]),
+            "run_returns": tuple(returns),
         }))  # fmt: skip
     return rows
 

@@ -1,8 +1,10 @@
 """``rims eval --pool-seeds``: the runs of one config (runs that differ only in seed and in
 settings that do not change what is learned) pooled into one column. Each run's mean return over
-its episodes is one sample; a cell is their mean over seeds with a 95% percentile-bootstrap
-interval over seeds (the interval rliable recommends for few runs; with few seeds it tends to be
-too narrow, so the number of seeds is shown beside it)."""
+its episodes is one sample; a cell is their mean over seeds with a 95% interval over seeds: by
+default the percentile bootstrap (the interval rliable recommends; with few seeds it tends to be
+too narrow, so the number of seeds is shown beside it), or with ``--interval t`` Student's t
+interval, which assumes the seeds' returns roughly normal and widens honestly for few seeds
+(with 3 seeds, mean +- 4.30 standard errors)."""
 
 from __future__ import annotations
 
@@ -18,17 +20,19 @@ from agents.groups import config_key, config_names
 from agents.report import EvalRow, aligned_table, bar_chart, write_json
 from agents.report import write_csv as write_rows_csv
 
-__all__ = ["FIELDS", "PooledRow", "bootstrap_ci", "percentile_interval", "check_one_run_a_seed",
-           "pool", "returns_by_config", "format_table", "write_json", "write_csv",
-           "plot"]  # fmt: skip
+__all__ = ["FIELDS", "INTERVALS", "PooledRow", "bootstrap_ci", "t_interval", "t_quantile",
+           "percentile_interval", "check_one_run_a_seed", "pool", "returns_by_config",
+           "format_table", "write_json", "write_csv", "plot"]  # fmt: skip
 
 FIELDS = (
     "config", "core", "env", "shift", "seeds", "episodes", "mean_return", "ci_low", "ci_high",
-    "min_return", "max_return", "success_rate",
+    "min_return", "max_return", "success_rate", "interval",
 )  # fmt: skip
 """The CSV's columns; JSON adds ``runs`` and ``run_returns`` (one per seed, in the same order)."""
 
 BOOTSTRAP_SAMPLES = 10_000
+INTERVALS = {"bootstrap": "bootstrap", "t": "Student's t"}
+"""``--interval`` choices: how a pooled cell's 95% interval over seeds is computed; its name."""
 
 
 @dataclass(frozen=True)
@@ -42,13 +46,14 @@ class PooledRow:
     seeds: int
     episodes: int  # a run's episodes
     mean_return: float  # mean over seeds of each run's mean return
-    ci_low: float | None  # 95% bootstrap interval of that mean over seeds; None for one seed
+    ci_low: float | None  # 95% interval of that mean over seeds (``interval``); None: one seed
     ci_high: float | None
     min_return: float  # the lowest run's mean return
     max_return: float
     success_rate: float | None  # mean over seeds, where the env defines success
     runs: tuple[str, ...]
     run_returns: tuple[float, ...]
+    interval: str = "bootstrap"  # how ci_low, ci_high were computed: a key of INTERVALS
 
 
 def bootstrap_ci(
@@ -63,6 +68,51 @@ def bootstrap_ci(
     draws = np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))
     means = x[draws].mean(axis=1)  # (samples, n) resampled values -> (samples,) means
     return percentile_interval(means, level)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student's t interval of the mean of ``values``: mean +- t * s / sqrt(n), with s the
+    sample standard deviation and t the two-sided ``level`` quantile with n - 1 degrees of
+    freedom; None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    x = np.asarray(values, dtype=float)
+    half = t_quantile(level, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The t with P(|T| <= t) = ``level`` for Student's T with ``df`` (>= 1) degrees of freedom
+    (12.706 for df 1 at 0.95, 1.960 in the limit): bisection on the exact distribution function
+    for integer degrees of freedom (Abramowitz and Stegun 26.7.3-4), so no SciPy."""
+    if not 0 < level < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0 < level < 1 and df >= 1, got {level}, {df}")
+    low, high = 0.0, 1.0
+    while _t_central(high, df) < level:
+        high *= 2
+    for _ in range(200):  # far past float precision
+        middle = (low + high) / 2
+        low, high = (middle, high) if _t_central(middle, df) < level else (low, middle)
+    return (low + high) / 2
+
+
+def _t_central(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's T with integer ``df``: with theta = atan(t / sqrt(df)), a sum
+    of powers of cos(theta) (Abramowitz and Stegun 26.7.3 for odd df, 26.7.4 for even)."""
+    theta = np.arctan(t / np.sqrt(df))
+    c2 = np.cos(theta) ** 2
+    if df % 2 == 1:  # (2/pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)]
+        term, total = 1.0, 0.0
+        for j in range(1, (df - 1) // 2 + 1):  # terms up to cos^(df-2), i.e. df - 3 past one
+            total += term
+            term *= c2 * (2 * j) / (2 * j + 1)
+        series = np.sin(theta) * np.cos(theta) * total if df > 1 else 0.0
+        return float(2 / np.pi * (theta + series))
+    term, total = 1.0, 0.0  # sin [1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...], up to cos^(df-2)
+    for j in range(1, df // 2 + 1):
+        total += term
+        term *= c2 * (2 * j - 1) / (2 * j)
+    return float(np.sin(theta) * total)
 
 
 def percentile_interval(statistics: np.ndarray, level: float) -> tuple[float, float]:
@@ -95,9 +145,15 @@ def check_one_run_a_seed(runs: Sequence[LoadedPolicy]) -> None:
             )
 
 
-def pool(runs: Sequence[LoadedPolicy], results: Sequence[EvalRow]) -> list[PooledRow]:
+def pool(
+    runs: Sequence[LoadedPolicy], results: Sequence[EvalRow], interval: str = "bootstrap"
+) -> list[PooledRow]:
     """``results`` (``evaluate_runs`` of ``runs``) pooled by config: one row per config and
-    env x shift, configs in the order their first run was given."""
+    env x shift, configs in the order their first run was given; each cell's interval over
+    seeds is ``interval``'s (a key of ``INTERVALS``)."""
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {sorted(INTERVALS)}, got {interval!r}")
+    interval_of = bootstrap_ci if interval == "bootstrap" else t_interval
     configs = {str(run.path): run.config.to_dict() for run in runs}
     names = config_names(list(configs.values()))
     groups: dict[tuple[str, str, str], list[EvalRow]] = {}
@@ -106,13 +162,13 @@ def pool(runs: Sequence[LoadedPolicy], results: Sequence[EvalRow]) -> list[Poole
     pooled = []
     for (key, env, shift), rows in groups.items():
         returns = [r.mean_return for r in rows]
-        ci = bootstrap_ci(returns)
+        ci = interval_of(returns)
         rates = [r.success_rate for r in rows]
         pooled.append(PooledRow(
             names[key], rows[0].core, env, shift, len(rows), rows[0].episodes,
             float(np.mean(returns)), None if ci is None else ci[0], None if ci is None else ci[1],
             min(returns), max(returns), None if None in rates else float(np.mean(rates)),
-            tuple(r.run for r in rows), tuple(returns),
+            tuple(r.run for r in rows), tuple(returns), interval,
         ))  # fmt: skip
     return pooled
 
@@ -135,9 +191,10 @@ def format_table(rows: Sequence[PooledRow]) -> str:
     for r in rows:
         texts.setdefault((r.env, r.shift), {})[column(r)] = text(r)
     episodes = sorted({r.episodes for r in rows})
+    kinds = " or ".join(INTERVALS.get(k, k) for k in dict.fromkeys(r.interval for r in rows))
     footer = (
         f"mean over seeds of each run's mean return ({'/'.join(map(str, episodes))} episodes a "
-        "run) [95% bootstrap interval over seeds; n/a: one seed]; % = mean success rate"
+        f"run) [95% {kinds} interval over seeds; n/a: one seed]; % = mean success rate"
     )
     return "\n".join([*aligned_table(columns, texts), footer])
 
@@ -149,7 +206,7 @@ def write_csv(rows: Sequence[PooledRow], path: Path) -> None:
 
 
 def plot(rows: Sequence[PooledRow], path: Path, title: str = "") -> None:
-    """Grouped bars: one group per env x shift, one colour per config, the bootstrap interval
+    """Grouped bars: one group per env x shift, one colour per config, the interval over seeds
     as error bars and each seed's mean return as a dot."""
     bars = {
         (column(r), (r.env, r.shift)): (
@@ -160,4 +217,5 @@ def plot(rows: Sequence[PooledRow], path: Path, title: str = "") -> None:
         )
         for r in rows
     }
-    bar_chart(bars, path, title, "mean return over seeds\n(95% bootstrap interval; dots: seeds)")
+    kinds = " or ".join(INTERVALS.get(k, k) for k in dict.fromkeys(r.interval for r in rows))
+    bar_chart(bars, path, title, f"mean return over seeds\n(95% {kinds} interval; dots: seeds)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.groups import config_key, config_names
-from agents.pooled import FIELDS, bootstrap_ci
+from agents.pooled import FIELDS, bootstrap_ci, t_interval, t_quantile
 from envs.memory import ENV_ID
 from tests.test_cli import TINY, exit_code
 from train import main
@@ -32,6 +32,30 @@ def test_bootstrap_interval_matches_the_normal_one_for_many_values():
     assert low == pytest.approx(values.mean() - half, abs=0.15 * half)
     assert high == pytest.approx(values.mean() + half, abs=0.15 * half)
     assert bootstrap_ci(values) == (low, high)  # a fixed resampling seed: reproducible
+
+
+@pytest.mark.parametrize(
+    "level, df, table",  # the tables' two-sided quantiles
+    [(0.95, 1, 12.706), (0.95, 2, 4.303), (0.95, 4, 2.776), (0.95, 9, 2.262), (0.95, 30, 2.042),
+     (0.99, 3, 5.841), (0.90, 6, 1.943)],
+)  # fmt: skip
+def test_t_quantiles_are_the_tables(level, df, table):
+    assert t_quantile(level, df) == pytest.approx(table, abs=5e-4)
+
+
+def test_t_interval_by_hand_and_wider_than_the_bootstrap_for_few_seeds():
+    # mean 2, s = 1, three values: 2 -+ 4.303 / sqrt(3)
+    low, high = t_interval([1.0, 2.0, 3.0])
+    assert (low, high) == pytest.approx((2 - 4.3027 / 3**0.5, 2 + 4.3027 / 3**0.5), abs=1e-4)
+    b_low, b_high = bootstrap_ci([1.0, 2.0, 3.0])
+    assert low < b_low and b_high < high
+    assert t_interval([0.4]) is None
+    # many values: close to the normal interval, as the bootstrap is
+    values = np.random.default_rng(3).normal(0.4, 0.2, size=400)
+    half = 1.966 * values.std(ddof=1) / np.sqrt(len(values))  # t(0.975, 399) = 1.9660
+    assert t_interval(values) == pytest.approx(
+        (values.mean() - half, values.mean() + half), rel=1e-4
+    )
 
 
 def test_configs_are_named_by_what_tells_them_apart():
@@ -109,6 +133,22 @@ def test_pooled_eval_is_the_mean_over_seeds_of_each_runs_eval(cue_runs, tmp_path
     assert "rims > lstm" in comparison and "[n/a]" in comparison  # one LSTM seed
     assert main(["compare", str(tmp_path / "p.json")]) == 0
     assert capsys.readouterr().out == comparison
+
+
+def test_pooled_eval_with_t_intervals(cue_runs, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    args = ["eval", *cue_runs, "--episodes", "20", "--seed", "3", "--pool-seeds"]
+    assert main([*args, "--interval", "t", "--json", str(out)]) == 0
+    assert "Student's t interval" in capsys.readouterr().out
+    rims = next(r for r in json.loads(out.read_text()) if r["config"] == "rims")
+    assert rims["interval"] == "t"
+    assert (rims["ci_low"], rims["ci_high"]) == pytest.approx(t_interval(rims["run_returns"]))
+    assert main(["compare", str(out)]) == 0  # rims compare reads the file as any other
+    capsys.readouterr()
+    assert exit_code(["eval", cue_runs[0], "--interval", "t"]) == 2  # without --pool-seeds
+    err = capsys.readouterr().err.strip()
+    assert "--interval chooses the interval over seeds of --pool-seeds" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_a_seed_given_twice_is_refused(cue_runs, capsys):
