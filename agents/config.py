@@ -439,8 +439,6 @@ def validate(c: TrainConfig) -> None:
         _check(c.core == "rims", "--selection-balance needs --core rims")
         _check(c.k < c.num_units, f"--selection-balance needs --k below --num-units={c.num_units}"
                f" (with k={c.k} every RIM is always active)")  # fmt: skip
-        _check(not c.rims_triton, "--rims-triton: the kernels do not differentiate the null "
-               "attention, which --selection-balance trains")  # fmt: skip
     _check(not c.rims_compile or c.core == "rims", "--rims-compile needs --core rims")
     _check(not c.rims_triton or c.core == "rims", "--rims-triton needs --core rims")
     if c.rims_triton and c.core == "rims":

@@ -32,13 +32,13 @@ from policies.rims import RIMs
 
 def run(
     cell: str, device: str, manual: bool, bf16: bool = False, compiled: bool = False,
-    triton: bool = False, null_term: bool = True,
+    triton: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
     """float64, 4 of 6 active; or with ``bf16`` (bfloat16 products): float32, all 6 active, so
     rounding differences between devices cannot flip the selection. ``compiled``: each step
     through torch.compile (Triton kernels on a GPU); ``triton``: through the hand-written
-    Triton kernels, which must run (a fallback to the usual steps raises). ``null_term``: the
-    loss weighs the null attention too (the Triton kernels' carries no gradient)."""
+    Triton kernels, which must run (a fallback to the usual steps raises). The loss weighs the
+    outputs and the null attention."""
     torch.manual_seed(0)
     dtype = torch.float32 if bf16 else torch.float64
     core = RIMs(10, num_units=6, k=6 if bf16 else 4, hidden_size=8, cell=cell, input_key_size=16,
@@ -52,10 +52,9 @@ def run(
     state = core.initial_state(5)
     out, _, info = core(x, state, starts)
     loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype, device=device).view_as(out)).sum()
-    if null_term:
-        null = info.null_attention
-        loss = loss + (null * torch.linspace(1, -1, null.numel(), dtype=dtype, device=device)
-                       .view_as(null)).sum()  # fmt: skip
+    null = info.null_attention
+    loss = loss + (null * torch.linspace(1, -1, null.numel(), dtype=dtype, device=device)
+                   .view_as(null)).sum()  # fmt: skip
     loss.backward()
     grads = [x.grad, *(p.grad for p in core.parameters())]
     if triton and core._triton_warned:
@@ -86,8 +85,6 @@ def graph_checks(cell: str, device: str, compiled: bool, check, triton: bool = F
     def loss(out, state, info):
         w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
         value = (out * w).sum() + sum((s * s).sum() for s in state)
-        if triton:  # the kernels' null attention carries no gradient
-            return value
         return value + (info.null_attention * info.null_attention).sum()
 
     def grads(core, x, value):
@@ -149,15 +146,14 @@ def compiled_checks(cell: str, device: str, eager: tuple, check) -> None:
 
 def triton_checks(cell: str, device: str, check) -> bool:
     """Hand-written Triton steps (``--rims-triton``) compute the same function as the eager
-    steps (a loss without the null attention, whose gradient the kernels do not give), and, on
-    CUDA, as graphs. Where they cannot run (no Triton; a CPU without its interpreter) says why
-    and returns False."""
+    steps, and, on CUDA, as graphs. Where they cannot run (no Triton; a CPU without its
+    interpreter) says why and returns False."""
     problem = triton_steps.unavailable(torch.device(device))
     if problem is not None:
         print(f"skip {cell}: Triton steps ({problem})", flush=True)
         return False
-    eager = run(cell, device, manual=True, null_term=False)
-    kernels = run(cell, device, manual=True, triton=True, null_term=False)
+    eager = run(cell, device, manual=True)
+    kernels = run(cell, device, manual=True, triton=True)
     agrees_with_eager(f"{cell}: Triton steps", kernels, eager, check)
     if device.startswith("cuda"):
         graph_checks(cell, device, False, check, triton=True)

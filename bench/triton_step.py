@@ -379,7 +379,7 @@ def aot(arch: int) -> bool:
         U=U, H=H, K=core.k, DK=dk, CH=core.comm_heads, CDK=core.comm_key_size,
         CDV=core.comm_value_size, UP=triton_steps.next_pow2(U), HP=triton_steps.next_pow2(H),
         DKP=triton_steps.next_pow2(dk), CDKP=triton_steps.next_pow2(core.comm_key_size),
-        CDVP=triton_steps.next_pow2(core.comm_value_size), HAS_KEEP=True,
+        CDVP=triton_steps.next_pow2(core.comm_value_size), HAS_KEEP=True, HAS_NULL=False,
     )  # fmt: skip
     cells = {"lstm": dict(LSTM=True, G=4 * H, GATE=True),
              "gru": dict(LSTM=False, G=3 * H, GATE=True),

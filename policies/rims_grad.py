@@ -13,8 +13,7 @@ Used only when ``RIMs._use_manual_backward`` says so (grad enabled, no dropout),
 paths: the fused one (value-gate products precomputed) and the one for larger sets (each step
 reads the values, then multiplies by the input-to-gate weight). The tests check it against
 autograd in float64 for both cells and both paths. The null attention is
-differentiated too, as autograd does (``--selection-balance`` trains it), except where the steps
-ran as Triton kernels: there it comes back without a gradient. With
+differentiated too, as autograd does (``--selection-balance`` trains it). With
 ``RIMs.bf16_matmuls`` the sequence-wide weight products take bfloat16 operands, as the forward's
 precompute does, and accumulate in the gradients' dtype.
 """
@@ -38,8 +37,8 @@ def run_with_manual_backward(
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor, Tensor | None]:
     """Forward of all steps. Returns out ``(T, U, B, H)``, the final states (U-major), masks and
     null attention ``(T, U, B)`` and the element attention ``(T, U, B, N)`` (None for one
-    element). The outputs, the states and (but from Triton kernels) the null attention are
-    differentiable through ``RIMsSequence``; the masks and the element attention are not."""
+    element). The outputs, the states and the null attention are differentiable through
+    ``RIMsSequence``; the masks and the element attention are not."""
     lstm = module.cell == "lstm"
     c0 = hs[1] if lstm else hs[0].new_zeros(0)
     out, c_last, masks, nulls, attention = RIMsSequence.apply(
@@ -76,10 +75,7 @@ class RIMsSequence(torch.autograd.Function):
         # Gradients that nothing downstream produced come as None, not zeros: without
         # --selection-balance the null attention's term then costs nothing.
         ctx.set_materialize_grads(False)
-        by_kernels = saved[0].get("triton", False)  # the kernels do not differentiate the nulls
-        ctx.mark_non_differentiable(
-            masks, *([nulls] if by_kernels else []), *([attention] if several else [])
-        )
+        ctx.mark_non_differentiable(masks, *([attention] if several else []))
         return torch.stack(outs), c_last, masks, nulls, attention  # T x (U,B,H) -> (T,U,B,H)
 
     @staticmethod
@@ -92,6 +88,8 @@ class RIMsSequence(torch.autograd.Function):
         if d_out is None:  # only the final state (or the null attention) was used
             d_out = steps[0]["kept"].new_zeros(T, U, B, H)
         d_out = d_out.contiguous()  # (T, U, B, H); one layout for the (compiled) steps
+        if d_nulls is not None:  # (T, U, B), often a transpose's gradient: the kernels' layout
+            d_nulls = d_nulls.contiguous()
         G = m_.input_gate_weight.shape[-1]
         # The masks and the reads' slopes of all steps at once (small; one op each, not T).
         masks = torch.stack([s["mask"] for s in steps], dim=1)  # T x (U,B,1) -> (U,T,B,1)

@@ -312,9 +312,10 @@ def attention_grad_kernel(
 
 @triton.jit
 def cell_grad_kernel(
-    dh_total, kept_product, mask, dc, acts, state_in, value_gates, read, keys, keep,
+    dh_total, kept_product, mask, dc, acts, state_in, value_gates, read, keys, keep, d_null,
     dh_in, dc_in, d_hq, d_gx, d_scores, vg_stride_u, vg_stride_b, B,
-    HAS_KEEP: tl.constexpr, LSTM: tl.constexpr, U: tl.constexpr, H: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_NULL: tl.constexpr, LSTM: tl.constexpr, U: tl.constexpr,
+    H: tl.constexpr,
     G: tl.constexpr, DK: tl.constexpr, UP: tl.constexpr, HP: tl.constexpr, DKP: tl.constexpr,
 ):  # fmt: skip
     """Backward, one batch row: from the gradient of the kept state (``dh_total`` plus the
@@ -323,7 +324,8 @@ def cell_grad_kernel(
     matmul gives; ``dc_in`` through the reset), of the state products and the query, d_hq
     ``(U, B, G+DK)``, of the input attention's scores ``(U, B)`` and, for a GRU, of the input
     side's gates, d_gx ``(U, B, G)`` (an LSTM's are d_hq's first G columns). state_in: the
-    reset c (LSTM) or h (GRU) ``(U, B, H)``. Without LSTM the c pointers are not used."""
+    reset c (LSTM) or h (GRU) ``(U, B, H)``. Without LSTM the c pointers are not used. With
+    HAS_NULL, d_null ``(U, B)`` is the gradient reaching the null attention (1 - read)."""
     b = tl.program_id(0)
     GQ: tl.constexpr = G + DK
     u = tl.arange(0, UP)
@@ -381,6 +383,8 @@ def cell_grad_kernel(
     d_read += tl.sum(d_2 * tl.load(value_gates + vg + 2 * H, mask=ok, other=0.0), axis=1)
     tl.store(d_hq + row + hh[None, :], d_0, mask=ok)
     tl.store(d_hq + row + H + hh[None, :], d_1, mask=ok)
+    if HAS_NULL:  # null = 1 - read: its gradient reaches the read with the opposite sign
+        d_read -= tl.load(d_null + u * B + b, mask=u < U, other=0.0)
     rd = tl.load(read + u * B + b, mask=u < U, other=0.0)
     d_score = d_read * rd * (1.0 - rd)  # (UP,)
     key = tl.load(keys + b * DK + d, mask=d < DK, other=0.0)

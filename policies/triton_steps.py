@@ -176,10 +176,7 @@ def step_backward(
     step that ``step`` ran (``s``, its intermediates). Like a compiled step it takes and
     returns ``dh`` without the state matmul's product ``dh_product`` ``(U, B, H)``; ``one``,
     ``mf`` and ``read_slope`` come from ``s`` here and are not read. ``dc`` is None for a
-    GRU. ``d_null`` is always None: the kernels' null attention has no gradient (see
-    ``policies.rims_grad.RIMsSequence``)."""
-    if d_null is not None:
-        raise RuntimeError("the Triton step kernels do not differentiate the null attention")
+    GRU. ``d_null`` ``(U, B)``, contiguous, or None."""
     w_state_t, w_comm_t, w_out_t, _ = weights_t  # the kernels read one element: fused
     lstm, U, B, H, G, dk, ch, cdk, cdv = _sizes(m_, dh)
     new = dh.new_empty
@@ -206,12 +203,13 @@ def step_backward(
     # an LSTM's c gradients, or a GRU's own input-gate gradients (dh's buffers stand in for
     # what the kernel does not touch)
     dc, dc_in, d_gx = (dc, new(U, B, H), dh) if lstm else (dh, dh, new(U, B, G))
-    # keys (B,1,dk,1) -> (B,dk); dh stands in for an absent keep, as in ``step``
+    # keys (B,1,dk,1) -> (B,dk); dh stands in for an absent keep or d_null, as in ``step``
     kernels.cell_grad_kernel[(B,)](
         dh_total, kept_product, s["mask"], dc, s["acts_all"], s["hs"][-1], value_gates,
-        read, keys.reshape(B, dk), dh if keep is None else keep, dh_in, dc_in, d_hq, d_gx,
-        d_scores, value_gates.stride(0), value_gates.stride(1), B, keep is not None, lstm,
-        U, H, G, dk, up, hp, next_pow2(dk),
+        read, keys.reshape(B, dk), dh if keep is None else keep,
+        dh if d_null is None else d_null, dh_in, dc_in, d_hq, d_gx, d_scores,
+        value_gates.stride(0), value_gates.stride(1), B, keep is not None, d_null is not None,
+        lstm, U, H, G, dk, up, hp, next_pow2(dk),
         num_warps=NUM_WARPS["cell_grad_kernel"],
     )  # fmt: skip
     dh_product = torch.bmm(d_hq, w_state_t)  # (U,B,G+dk) @ (U,G+dk,H) -> (U,B,H)

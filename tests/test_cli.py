@@ -280,7 +280,6 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--selection-balance", "-0.1"], "--selection-balance must be a finite number >= 0"),
         (["--core", "lstm", "--selection-balance", "0.1"], "--selection-balance needs --core rims"),
         (["--k", "6", "--selection-balance", "0.1"], "--selection-balance needs --k below"),
-        (["--rims-triton", "--selection-balance", "0.1"], "kernels do not differentiate the null"),
         (["--core", "lstm", "--rims-triton"], "--rims-triton needs --core rims"),
         (["--rims-triton", "--input-heads", "2"], "--rims-triton: the kernels implement one input"),
         (["--rims-triton", "--attention-dropout", "0.1"], "no attention dropout, not 0.1"),

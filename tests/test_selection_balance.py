@@ -82,7 +82,7 @@ def test_the_balance_gradient_of_the_hand_written_backward_is_autograds():
 
 
 def test_a_core_whose_null_attention_has_no_gradient_is_refused(monkeypatch):
-    """A core that hands back its null attention without a gradient (the Triton kernels do)
+    """A core that hands back its null attention without a gradient (a core of one's own)
     would drop the balance loss's gradient silently; the loss raises instead."""
     config, policy, storage, adv, ret, _ = collect("rims", selection_balance=0.1)
     forward = policy.core.forward

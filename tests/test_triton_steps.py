@@ -54,7 +54,8 @@ def test_the_kernels_run_on_cuda_and_on_a_cpu_only_in_the_interpreter(monkeypatc
 def _train_step(core: RIMs, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """A forward and backward over a short sequence with episode starts: the output, the
     final state (h, and c for an LSTM), the mask, and every gradient (parameters, input,
-    initial state)."""
+    initial state) of a loss that weighs the outputs, the final state and the null attention
+    (which --selection-balance trains)."""
     gen = torch.Generator().manual_seed(seed)
     T, B = 5, 3
     x = torch.randn(T, B, core.input_size, generator=gen, dtype=torch.float64)
@@ -64,7 +65,9 @@ def _train_step(core: RIMs, seed: int = 0) -> tuple[torch.Tensor, ...]:
     starts = torch.rand(T, B, generator=gen) < 0.3
     out, final, info = core(x, state, starts)
     weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    ((out * weights).sum() + (final[-1] ** 2).sum()).backward()
+    null_weights = torch.randn(info.null_attention.shape, generator=gen, dtype=torch.float64)
+    loss = (out * weights).sum() + (final[-1] ** 2).sum()
+    (loss + (info.null_attention * null_weights).sum()).backward()
     grads = [p.grad for p in core.parameters()] + [x.grad, *(s.grad for s in state)]
     return (out.detach(), *(s.detach() for s in final), info.mask, *grads)
 
