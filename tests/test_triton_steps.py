@@ -169,15 +169,16 @@ def test_rims_through_the_kernels_compute_the_same_function_in_the_interpreter()
 
 
 @pytest.mark.skipif(triton_steps.kernels is None, reason="needs Triton (its interpreter on a CPU)")
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_path, cell):
+@pytest.mark.parametrize("cell, balance", [("lstm", "0"), ("gru", "0"), ("lstm", "0.1")])
+def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_path, cell, balance):
     """``rims train --rims-triton`` end to end in the interpreter (acting on 2 envs, training
     on 8-step chunks, episode starts, two updates), with a fallback made an error: every loss
-    it logs equals the eager run's to float32 rounding."""
+    it logs equals the eager run's to float32 rounding; with ``--selection-balance`` too."""
     from agents.curves import read_curve
 
     tiny = ["--num-envs", "2", "--num-steps", "16", "--bptt", "8", "--num-minibatches", "2",
-            "--update-epochs", "1", "--total-steps", "64", "--no-progress", "--cell", cell]  # fmt: skip
+            "--update-epochs", "1", "--total-steps", "64", "--no-progress", "--cell", cell,
+            "--selection-balance", balance]  # fmt: skip
     root = Path(__file__).resolve().parents[1]
     for name, flags, extra in (("kernels", ["--rims-triton"], {triton_steps.INTERPRETER: "1"}),
                                ("eager", [], {})):  # fmt: skip
@@ -188,6 +189,7 @@ def test_rims_train_through_the_kernels_learns_what_the_eager_steps_learn(tmp_pa
                               timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
     tags = ["losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm"]
+    tags += ["losses/selection_balance"] if balance != "0" else []
     for tag in tags:
         _, got = read_curve(tmp_path / "kernels", tag)
         _, expected = read_curve(tmp_path / "eager", tag)
