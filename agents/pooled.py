@@ -173,6 +173,12 @@ def pool(
     return pooled
 
 
+def interval_names(rows: Sequence[PooledRow]) -> str:
+    """The names of the intervals ``rows`` hold, in their first order: "bootstrap", "Student's
+    t", or both joined by "or" (rows read from files of either kind)."""
+    return " or ".join(INTERVALS.get(k, k) for k in dict.fromkeys(r.interval for r in rows))
+
+
 def column(row: PooledRow) -> str:
     return f"{row.config} ({row.seeds} seed{'s' if row.seeds != 1 else ''})"
 
@@ -191,10 +197,10 @@ def format_table(rows: Sequence[PooledRow]) -> str:
     for r in rows:
         texts.setdefault((r.env, r.shift), {})[column(r)] = text(r)
     episodes = sorted({r.episodes for r in rows})
-    kinds = " or ".join(INTERVALS.get(k, k) for k in dict.fromkeys(r.interval for r in rows))
     footer = (
         f"mean over seeds of each run's mean return ({'/'.join(map(str, episodes))} episodes a "
-        f"run) [95% {kinds} interval over seeds; n/a: one seed]; % = mean success rate"
+        f"run) [95% {interval_names(rows)} interval over seeds; n/a: one seed]; % = mean "
+        "success rate"
     )
     return "\n".join([*aligned_table(columns, texts), footer])
 
@@ -217,5 +223,5 @@ def plot(rows: Sequence[PooledRow], path: Path, title: str = "") -> None:
         )
         for r in rows
     }
-    kinds = " or ".join(INTERVALS.get(k, k) for k in dict.fromkeys(r.interval for r in rows))
+    kinds = interval_names(rows)
     bar_chart(bars, path, title, f"mean return over seeds\n(95% {kinds} interval; dots: seeds)")
