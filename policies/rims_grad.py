@@ -216,7 +216,7 @@ def step_backward(
     heads, dk = m_.input_heads, m_.input_key_size
     ch, cdk, cdv = m_.comm_heads, m_.comm_key_size, m_.comm_value_size
     w_state_t, w_comm_t, w_out_t, w_in_t = weights_t
-    G = w_state_t.shape[1] - heads * dk  # (U, G+Q, H), Q = heads*dk
+    G = m_.input_gate_weight.shape[-1]
     if dh_product is not None:
         dh = dh + dh_product
     dh = (dh if keep_next is None else dh * keep_next.view(1, B, 1)) + d_out
