@@ -7,7 +7,8 @@ single update can pass it by luck: the first rollout's few finished episodes are
 successful ones), the final last-100 training return, the evaluation return, wall time and
 steps/s; then how many runs of each core reached 0.9. With ``--jobs 1`` (default) runs go one
 after the other so they do not share the CPU; ``--jobs N`` runs N at once, each on one torch
-thread (results are the same learning process, rounded differently).
+thread (results are the same learning process, rounded differently). Its workers stop when it
+does, however it is killed: each stops its run after the step, with a checkpoint.
 
     python bench/learn_minigrid.py                       # rims and lstm, seed 1, 300k steps
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --total-steps 300000
@@ -23,7 +24,10 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
+import signal
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -95,6 +99,27 @@ def parse_override(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         parsed = value
     return key.replace("-", "_"), parsed
+
+
+def stop_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
+    """Worker initializer: once process ``parent`` is gone (killed, so that this worker was
+    handed to another parent), end this worker with SIGTERM. A run in progress handles it as it
+    does Ctrl-C (it stops after its step, with a checkpoint); once its handler is gone, a second
+    SIGTERM ends the process, which would otherwise wait for work forever. Without this a pool's
+    workers train on for the rest of their runs after the sweep that started them has died."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        signalled = None
+        while True:  # a run's handler once, then (or at once, outside a run) the default
+            handler = signal.getsignal(signal.SIGTERM)
+            if handler != signalled:
+                signalled = handler
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(poll_seconds)
+
+    threading.Thread(target=watch, name="stop-when-orphaned", daemon=True).start()
 
 
 def core_fields(core: str) -> dict[str, object]:
@@ -200,7 +225,10 @@ def main() -> None:
             runs = [train_and_evaluate(*job) for job in jobs]
         else:  # fresh interpreters: no torch thread pool or compile state shared with this one
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                args.jobs, mp_context=context, initializer=stop_when_orphaned,
+                initargs=(os.getpid(),),
+            ) as pool:  # fmt: skip
                 runs = list(pool.map(train_and_evaluate, *zip(*jobs)))
     except TrainingStopped as stop:  # a signal: the finished runs' lines are printed above
         parser.exit(stop.exit_code, f"learn_minigrid: a run stopped early: {stop}\n")

@@ -3,7 +3,12 @@ the learning bench's criterion."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +128,67 @@ def test_learn_minigrid_records_a_diverged_run_instead_of_ending_the_sweep(tmp_p
     loaded = load_policy(tmp_path / "run")
     report = inspect_mechanisms(loaded, loaded.config.train_row, episodes=2, seed=1)
     assert run.switched == len(switched_units(report.rates)) > 0
+
+
+# A sweep killed outright while its one worker is in a run (a stand-in that stops, as the
+# trainer does, on SIGTERM). The run must be stopped through its handler, then the worker end.
+KILLED_SWEEP = """
+import multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from bench.learn_minigrid import stop_when_orphaned
+busy, stopped = sys.argv[1:]
+RUN = f'''
+import pathlib, time
+from agents.trainer import StopSignals
+with StopSignals() as signals:
+    pathlib.Path({busy!r}).touch()
+    while signals.received is None:
+        time.sleep(0.01)
+pathlib.Path({stopped!r}).touch()
+'''
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                           initializer=stop_when_orphaned, initargs=(os.getpid(), 0.05))
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(exec, RUN)
+while not Path(busy).exists():
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def process_state(pid: int) -> str | None:
+    """Linux: a process's state letter (``Z`` a zombie), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_learn_minigrid_workers_stop_when_the_sweep_is_killed(tmp_path):
+    """Killing learn_minigrid.py's process alone must not leave its workers training."""
+    root = Path(__file__).resolve().parents[1]
+    out, err = tmp_path / "out", tmp_path / "err"  # files: the worker holds no pipe of ours
+    with out.open("w") as stdout, err.open("w") as stderr:
+        code = subprocess.run(
+            [sys.executable, "-c", KILLED_SWEEP, str(tmp_path / "busy"), str(tmp_path / "stopped")],
+            cwd=root,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=120,
+        ).returncode
+    assert code == -signal.SIGKILL, err.read_text()
+    worker = int(out.read_text().split()[0])
+    try:
+        deadline = time.monotonic() + 30  # the task alone would keep it 600 s
+        while process_state(worker) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_state(worker) in (None, "Z"), "the orphaned worker is still running"
+        assert (tmp_path / "stopped").exists()  # the run stopped as on Ctrl-C, not killed
+    finally:
+        if process_state(worker) not in (None, "Z"):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_step_kernels_counts_the_launches_of_triton_and_cpp_code():
