@@ -131,6 +131,11 @@ class StepSlices(NamedTuple):
 _GATES = {"lstm": 4, "gru": 3}
 
 
+# What runs one step, given ``_step_body``'s arguments: -> states, mask, null attention,
+# attention on a set's elements (or None), and the backward's intermediates (or None).
+StepBody = Callable[..., tuple[list[Tensor], Tensor, Tensor, Tensor | None, dict | None]]
+
+
 def _uniform_(tensor: Tensor, fan_in: int) -> Tensor:
     """PyTorch's default ``nn.Linear`` / ``nn.LSTM`` init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
@@ -355,8 +360,9 @@ class RIMs(nn.Module):
             out, hs, masks, nulls, attention = run_with_manual_backward(self, inp, hs)
         else:
             outputs, mask_list, null_list, attention_list = [], [], [], []
+            body = self._step_function(hs[0], inp, saving=False)
             for at in inp.slices():
-                hs, mask, null, element_attention = self._step(at, hs, inp)
+                hs, mask, null, element_attention = self._step(at, hs, inp, body=body)
                 outputs.append(hs[0])
                 mask_list.append(mask)
                 null_list.append(null)
@@ -457,13 +463,20 @@ class RIMs(nn.Module):
         )
 
     def _step(
-        self, at: StepSlices, hs: list[Tensor], inp: StepInputs, saved: list[dict] | None = None
+        self,
+        at: StepSlices,
+        hs: list[Tensor],
+        inp: StepInputs,
+        saved: list[dict] | None = None,
+        body: StepBody | None = None,
     ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
         """The step whose slices of ``inp`` are ``at``: states ``(U, B, H)`` -> new states, mask
         and null attention ``(U, B)``, and for a set of N > 1 elements the attention on each
         ``(U, B, N)`` (else None). With ``saved``, the intermediates the hand-written backward
-        needs are appended to it."""
-        body = self._step_function(hs[0], inp, saved)
+        needs are appended to it. ``body``: what runs it, as ``_step_function`` chooses for the
+        sequence (chosen here if not given)."""
+        if body is None:
+            body = self._step_function(hs[0], inp, saved is not None)
         out, mask, null, element_attention, intermediates = body(
             self, hs, at.keys, at.value_gates, at.values, at.keep, inp, saved is not None
         )
@@ -471,21 +484,21 @@ class RIMs(nn.Module):
             saved.append(intermediates)
         return out, mask, null, element_attention
 
-    def _step_function(
-        self, state: Tensor, inp: StepInputs, saved: list[dict] | None
-    ) -> Callable[..., tuple[list[Tensor], Tensor, Tensor, Tensor | None, dict | None]]:
-        """What runs a step with ``_step_body``'s arguments: the Triton kernels, the compiled
-        step, or ``_step_body`` itself. ``state``: a state ``(U, B, H)``."""
+    def _step_function(self, state: Tensor, inp: StepInputs, saving: bool) -> StepBody:
+        """What runs every step of a sequence with ``_step_body``'s arguments: the Triton
+        kernels, the compiled step, or ``_step_body`` itself. Nothing it reads changes between
+        the steps of one call, so a call chooses once. ``state``: a state ``(U, B, H)``;
+        ``saving``: the steps keep the hand-written backward's intermediates."""
         # Inside a caller's compiled region (a compiled acting step) dynamo traces the body.
         compiling = torch.compiler.is_compiling()
         if self.triton_steps and not compiling:
-            problem = self._triton_problem(state, inp, saved is not None)
+            problem = self._triton_problem(state, inp, saving)
             if problem is None:
                 return triton_steps.step
             if problem not in self._triton_warned:
                 self._triton_warned.add(problem)
                 message = triton_steps.fallback_message(problem, self.compile_steps)
-                warnings.warn(f"RIMs triton_steps: {message}", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"RIMs triton_steps: {message}", RuntimeWarning, stacklevel=3)
         return _COMPILED_STEP if self.compile_steps and not compiling else RIMs._step_body
 
     def _triton_problem(self, state: Tensor, inp: StepInputs, saving: bool) -> str | None:

@@ -61,8 +61,9 @@ class RIMsSequence(torch.autograd.Function):
         hs = [h0, c0] if lstm else [h0]
         saved: list[dict] = []
         outs, masks, nulls, attention = [], [], [], []
+        body = module._step_function(h0, inp, saving=True)
         for at in inp.slices():
-            hs, mask, null, element_attention = module._step(at, hs, inp, saved)
+            hs, mask, null, element_attention = module._step(at, hs, inp, saved, body)
             outs.append(hs[0])
             masks.append(mask)
             nulls.append(null)
