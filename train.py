@@ -167,7 +167,8 @@ def add_mechanisms_parser(commands) -> None:
         help="which RIMs are active in which situations",
         description="Play evaluation episodes of a RIMs run and report, for every situation "
         "(the action taken, the quarter of the episode; on Minigrid what the agent carries and "
-        "what it faces; on memory tasks the cue; on a mixture, the member), how often each "
+        "what it faces; on memory tasks the cue; on Atari the lives left, and in Breakout and "
+        "Pong the ball's place and way; on a mixture, the member), how often each "
         "mechanism was active, and the mutual information between each mechanism's activity "
         "and each feature beside its chance level.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -114,26 +114,30 @@ def evaluate(
     shifts: Sequence[tuple[str, str]] = (),
     env_kwargs: dict | None = None,
     observer: StepObserver | None = None,
+    single_envs: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``env_id`` (with ``shifts``) with ``policy``, sampling its
     actions unless ``deterministic``. The torch RNGs (the CPU's and the policy's device's) are
     seeded from ``seed`` and restored after, as is the policy's train/eval mode, so that an
     evaluation during training leaves the training as it was. A mixture's episodes are split
     evenly over its members (the first members get one more where they do not divide), each
-    member evaluated with the same seed. ``observer`` sees every step."""
+    member evaluated with the same seed. ``observer`` sees every step; ``single_envs``: Atari
+    plays in single Gymnasium envs whose state an observer can read (the flavoured path, whose
+    observations are the fast path's), not in ALE's C++ vector env."""
     members = combinations(shifts)
     if len(members) > 1:
         counts = split_evenly(episodes, len(members))
         return EvalResult.joined([
             evaluate(policy, env_id, count, seed, num_envs, deterministic, member, env_kwargs,
-                     observer)
+                     observer, single_envs)
             for member, count in zip(members, counts) if count > 0
         ])  # fmt: skip
     device = next(policy.parameters()).device
     num_envs = max(1, min(num_envs, episodes))
     quota = np.array(split_evenly(episodes, num_envs))
     done_count = np.zeros(num_envs, dtype=int)
-    envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs, shifts=shifts)
+    envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs, shifts=shifts,
+                           atari_path="flavoured" if single_envs else "auto")  # fmt: skip
     was_training = policy.training
     policy.eval()
     returns: list[float] = []

@@ -3,7 +3,7 @@
 The policy plays evaluation episodes (``agents.evaluate``) while every step's top-k mask is
 recorded beside the situation it was chosen in: the action it led to, the quarter of the episode,
 on Minigrid what the agent carries and what it faces, on memory tasks the cue to remember, and
-on Atari the lives left.
+on Atari the lives left, and in Breakout and Pong where the ball is and which way it moves.
 For each situation the report gives each mechanism's activation rate, and for each feature the
 mutual information between a mechanism being active and the feature's value, beside its chance
 level: the mean information after shuffling the feature over the steps, which is what a plug-in
@@ -26,7 +26,8 @@ from agents.evaluate import evaluate
 from agents.record import action_name
 from agents.report import aligned_table, env_kwargs_for
 from agents.selection import SWITCH_MARGIN, switched_units
-from envs.factory import make_env
+from envs import atari_ram
+from envs.factory import env_family, make_env
 from envs.mixture import combinations
 from envs.shifts import shift_label
 from envs.suites import SuiteRow
@@ -78,10 +79,12 @@ class MechanismRecorder:
         self.situations: list[dict[str, str]] = []
         self._pending: dict[int, list[tuple[np.ndarray, dict[str, str]]]] = {}
         self._shift = ""
+        self._scenes: dict[int, atari_ram.Scene] = {}  # each env's last step's, this episode
 
     def start(self, num_envs: int, shifts: Sequence[tuple[str, str]]) -> None:
         self._pending = {i: [] for i in range(num_envs)}
         self._shift = shift_label(shifts)
+        self._scenes = {}
 
     def before_step(self, envs: VectorEnv, act: ActResult, info: dict[str, Any]) -> None:
         if act.info.mask is None:
@@ -95,11 +98,16 @@ class MechanismRecorder:
                 situation["shift"] = self._shift
             if singles is not None:
                 situation |= situation_of(singles[i])
+                scene = scene_of(singles[i])
+                if scene is not None:
+                    situation |= ball_situation(scene, self._scenes.get(i))
+                    self._scenes[i] = scene
             situation |= info_situation(info, i)
             pending.append((masks[i], situation))
 
     def episode_end(self, env_index: int, counted: bool) -> None:
         steps, self._pending[env_index] = self._pending[env_index], []
+        self._scenes.pop(env_index, None)
         if not counted:
             return
         seen = "no"
@@ -137,6 +145,43 @@ def situation_of(env) -> dict[str, str]:
     if callable(getattr(inner, "situation", None)):
         found |= inner.situation()
     return found
+
+
+def scene_of(env) -> atari_ram.Scene | None:
+    """The ball and paddle of an Atari env whose RAM ``envs.atari_ram`` reads, else None."""
+    inner = env.unwrapped
+    ale, spec = getattr(inner, "ale", None), getattr(inner, "spec", None)
+    if ale is None or spec is None or not atari_ram.has_scene(atari_ram.game_of(spec.id)):
+        return None
+    return atari_ram.scene(atari_ram.game_of(spec.id), ale.getRAM())
+
+
+BALL_FEATURES = ("ball", "ball from paddle", "ball moving")
+NEAR_PADDLE = 30  # pixels above Breakout's paddle in which the ball is "near the paddle"
+
+
+def ball_situation(now: atari_ram.Scene, before: atari_ram.Scene | None) -> dict[str, str]:
+    """Where the ball is and which way it moves (against ``before``, the same episode's last
+    step, None on its first), relative to our paddle. Breakout: near the bricks, mid-field or
+    near the paddle; left of the paddle, over it or right of it; up or down. Pong: in their half
+    or ours; above the paddle, level with it or below it; toward us or away."""
+    if now.ball is None:
+        return dict.fromkeys(BALL_FEATURES, "not in play")
+    x, y = now.ball
+    first, last = now.paddle
+    previous = None if before is None else before.ball
+    if now.game == "breakout":
+        top = atari_ram.BREAKOUT_PADDLE_TOP - NEAR_PADDLE
+        where = ("near the bricks" if y < atari_ram.BREAKOUT_BRICKS_END
+                 else "mid-field" if y < top else "near the paddle")  # fmt: skip
+        side = "left of it" if x < first else "right of it" if x > last else "over it"
+        ways, along, then = ("down", "up"), y, None if previous is None else previous[1]
+    else:
+        where = "our half" if x >= atari_ram.PONG_MIDDLE else "their half"
+        side = "above it" if y < first else "below it" if y > last else "level with it"
+        ways, along, then = ("toward us", "away"), x, None if previous is None else previous[0]
+    moving = "unknown" if then is None or then == along else ways[0] if along > then else ways[1]
+    return dict(zip(BALL_FEATURES, (where, side, moving)))
 
 
 def minigrid_situation(grid_env) -> dict[str, str]:
@@ -227,9 +272,11 @@ def inspect_mechanisms(
     names = [action_name(env, a) for a in range(loaded.policy.num_actions)]
     env.close()
     recorder = MechanismRecorder(names, mixture=len(combinations(row.shifts)) > 1)
+    # Atari's ball is read from the emulators' RAM, which ALE's C++ vector env does not show.
+    single = env_family(row.env) == "atari" and atari_ram.has_scene(atari_ram.game_of(row.env))
     evaluate(
         loaded.policy, row.env, episodes, seed, num_envs, deterministic, row.shifts, kwargs,
-        recorder,
+        recorder, single,
     )  # fmt: skip
     masks = np.stack(recorder.masks)  # N x (U,) -> (N, U)
     keep = steps_where(recorder.situations, where)

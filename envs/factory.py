@@ -119,20 +119,22 @@ def make_vector_env(
     env_kwargs: dict[str, Any] | None = None,
     shifts: Shifts = (),
     timeout: float | None = None,
+    atari_path: str = "auto",
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` (sync or subprocess-async), ``SAME_STEP`` autoreset,
     episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i.
     ``timeout``: async only, seconds a worker may take per step or reset (None: no limit).
-    Atari uses ``make_atari_vector_env``, except for a mixture: its members are single envs of
-    the flavoured path (``make_env``) in a Gymnasium vector env, since ALE's C++ vector env
-    plays one setting."""
+    Atari uses ``make_atari_vector_env`` (``atari_path`` is its ``path``: ``"flavoured"`` for
+    single Gymnasium envs whose state can be read), except for a mixture: its members are
+    single envs of the flavoured path (``make_env``) in a Gymnasium vector env, since ALE's C++
+    vector env plays one setting."""
     kwargs = dict(env_kwargs or {})
     shifts = tuple(shifts)
     probe_resets(env_id, shifts, kwargs)  # fail here in one line, not inside a worker
     if env_family(env_id) == "atari" and len(combinations(shifts)) == 1:
         effect = shift_effect(env_id, "atari", shifts)
         settings = atari_settings(env_id, {**kwargs, **effect.env_kwargs})
-        envs = make_atari_vector_env(env_id, num_envs, settings, asynchronous, timeout=timeout)
+        envs = make_atari_vector_env(env_id, num_envs, settings, asynchronous, atari_path, timeout)
         return RecordEpisodeStatistics(envs)
 
     def make_one() -> gym.Env:

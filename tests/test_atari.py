@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from agents.checkpoint import load_policy
 from agents.config import resolve_config
-from agents.mechanisms import inspect_mechanisms
+from agents.mechanisms import BALL_FEATURES, ball_situation, inspect_mechanisms
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
+from envs import atari_ram
 from envs.atari import AtariSettings, fold_seed, make_atari_vector_env
 from envs.factory import make_env, make_vector_env
 from envs.shifts import ShiftError
@@ -235,12 +237,109 @@ def test_spatial_rims_show_where_they_look(tmp_path):
 
 
 @pytest.mark.parametrize("shifts", [(), (("mode", "0"),)])  # the fast path, the flavoured one
-def test_rims_mechanisms_on_atari_report_the_lives_left(tmp_path, shifts):
+def test_rims_mechanisms_on_atari_report_the_lives_left_and_the_ball(tmp_path, shifts):
     run = tmp_path / "run"
     assert main(["train", *ATARI_TINY, "--core", "rims", "--run-dir", str(run)]) == 0
     report = inspect_mechanisms(load_policy(run), SuiteRow(BREAKOUT, shifts), episodes=1,
                                 num_envs=1)  # fmt: skip
-    lives = next(feature for feature in report.features if feature.name == "lives")
+    features = {feature.name: feature for feature in report.features}
+    lives = features["lives"]
     # every step says how many of Breakout's five lives are left, the first steps all five
     assert sum(lives.steps) == report.steps and "5" in lives.values
     assert set(lives.values) <= {"1", "2", "3", "4", "5"}
+    # Every step places the ball (read from RAM: single envs even where training used ALE's
+    # vector env); an untrained agent misses it.
+    ball, side, moving = (features[name] for name in BALL_FEATURES)
+    assert sum(ball.steps) == sum(side.steps) == sum(moving.steps) == report.steps
+    assert set(ball.values) <= {"near the bricks", "mid-field", "near the paddle", "not in play"}
+    assert {"mid-field", "not in play"} <= set(ball.values)
+    assert set(side.values) <= {"left of it", "over it", "right of it", "not in play"}
+    # The ball falls from each serve; its way is unknown on the serve's first step (the step
+    # before had no ball in play).
+    assert {"down", "not in play", "unknown"} <= set(moving.values)
+    assert set(moving.values) <= {"up", "down", "not in play", "unknown"}
+
+
+def test_ball_situation_places_the_ball_against_the_paddle():
+    breakout = atari_ram.Scene("breakout", (50.0, 170.5), (40, 55))
+    before = atari_ram.Scene("breakout", (48.0, 166.5), (40, 55))
+    assert ball_situation(breakout, before) == {
+        "ball": "near the paddle",
+        "ball from paddle": "over it",
+        "ball moving": "down",
+    }
+    rising = atari_ram.Scene("breakout", (30.0, 80.5), (40, 55))
+    assert ball_situation(rising, atari_ram.Scene("breakout", (32.0, 84.5), (40, 55))) == {
+        "ball": "near the bricks",
+        "ball from paddle": "left of it",
+        "ball moving": "up",
+    }
+    assert ball_situation(atari_ram.Scene("breakout", (60.0, 120.0), (40, 55)), None) == {
+        "ball": "mid-field",
+        "ball from paddle": "right of it",
+        "ball moving": "unknown",
+    }
+    pong = atari_ram.Scene("pong", (100.5, 50.5), (60, 75))
+    assert ball_situation(pong, atari_ram.Scene("pong", (96.5, 52.5), (60, 75))) == {
+        "ball": "our half",
+        "ball from paddle": "above it",
+        "ball moving": "toward us",
+    }
+    assert ball_situation(atari_ram.Scene("pong", (20.5, 70.5), (60, 75)), pong) == {
+        "ball": "their half",
+        "ball from paddle": "level with it",
+        "ball moving": "away",
+    }
+    out = atari_ram.Scene("pong", None, (60, 75))
+    assert ball_situation(out, pong) == dict.fromkeys(BALL_FEATURES, "not in play")
+
+
+# Each game's ball and paddle colours; the rows where the ball is told apart from the rest (not
+# among Breakout's bricks or beside its paddle); the columns where our paddle is alone.
+SCREENS = {
+    "breakout": ((200, 72, 72), (200, 72, 72), slice(94, 188), (slice(189, 194), slice(8, 152))),
+    "pong": ((236, 236, 236), (92, 186, 92), slice(34, 194), (slice(34, 194), slice(140, 144))),
+}
+
+
+@pytest.mark.parametrize("game", ["breakout", "pong"])
+def test_ram_scene_is_where_the_screen_shows_the_ball_and_paddle(game):
+    """AtariARI's addresses and the offsets to pixels, against rendered frames: random play,
+    one emulator frame a step, FIRE now and then to serve."""
+    ball_colour, paddle_colour, ball_rows, (paddle_rows, paddle_cols) = SCREENS[game]
+    env = gym.make(f"ALE/{game.capitalize()}-v5", frameskip=1, repeat_action_probability=0.0)
+    env.reset(seed=0)
+    ale, rng = env.unwrapped.ale, np.random.default_rng(0)
+    balls = paddles = in_play = 0
+    for t in range(1500):
+        action = 1 if t % 100 == 0 else int(rng.integers(env.action_space.n))
+        frame, _, terminated, truncated, _ = env.step(action)
+        seen = atari_ram.scene(game, ale.getRAM())
+        ys, xs = np.nonzero(np.all(frame[ball_rows] == ball_colour, axis=-1))
+        if seen.ball is not None:
+            in_play += 1
+            x, y = seen.ball
+            if len(xs) and ball_rows.start + 2 <= y <= ball_rows.stop - 2:
+                balls += 1  # the ball's pixels centre on the RAM's ball, to a pixel
+                assert abs(xs.mean() - x) <= 1.0 and abs(ys.mean() + ball_rows.start - y) <= 1.5
+        else:
+            assert not len(xs) or game == "breakout"  # Breakout's passed ball still shows
+        rows, cols = np.nonzero(np.all(frame[paddle_rows, paddle_cols] == paddle_colour, axis=-1))
+        first, last = seen.paddle
+        inside = paddle_cols if game == "breakout" else paddle_rows
+        if not (len(rows) and inside.start <= first and last < inside.stop):
+            pass  # not drawn (Pong's first frames), partly behind Breakout's walls (red there
+            # too) or cut by Pong's field
+        elif game == "breakout":  # the paddle's columns, exactly (at full width, 16)
+            runs = np.split(np.unique(cols), np.flatnonzero(np.diff(np.unique(cols)) > 1) + 1)
+            widest = max(runs, key=len) + paddle_cols.start  # not the 2 of a ball passing by
+            assert (widest[0], widest[-1]) == (first, last)
+            paddles += 1
+        else:
+            top, bottom = rows.min() + paddle_rows.start, rows.max() + paddle_rows.start
+            assert 0 <= bottom - last <= 1 and 0 <= top - first <= 1  # drawn a row lower at times
+            paddles += 1
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    assert balls > 500 and paddles > 500 and in_play > balls // 2
