@@ -17,6 +17,8 @@ Minigrid
                        valid (object, colour, state) triple; P=0 is the identity.
     ``view=N``         the agent's view is N x N (odd, >= 3); only a policy whose encoder accepts
                        that view size can be evaluated on it.
+    ``max_steps=N``    an episode is cut (truncated) after N steps, whatever the grid's size
+                       (Minigrid's ``max_steps``); the reward for success, 1 - 0.9 t / N, follows.
 
 Atari
     ``mode=M``, ``difficulty=D``  an ALE game flavour (Machado et al., 2018); the flavoured path
@@ -203,6 +205,13 @@ def _apply_view(env_id: str, value: str, effect: ShiftEffect) -> None:
     effect.env_kwargs["agent_view_size"] = view  # Minigrid sizes the image space from it
 
 
+def _apply_max_steps(env_id: str, value: str, effect: ShiftEffect) -> None:
+    steps = _int_at_least("max_steps", 1)(value)
+    if "max_steps" not in _constructor_args(env_id):
+        raise ShiftError(f"shift max_steps does not apply to {env_id} (it sets its own limit)")
+    effect.env_kwargs["max_steps"] = steps
+
+
 def _atari_flavour(env_id: str, key: str, values: list[int]) -> None:
     from envs.atari import available_flavours
 
@@ -249,6 +258,7 @@ SHIFTS: dict[str, ShiftKind] = {
             _apply_noise,
         ),
         ShiftKind("view", ("minigrid",), "agent view size (odd)", _apply_view),
+        ShiftKind("max_steps", ("minigrid",), "steps before an episode is cut", _apply_max_steps),
         ShiftKind("mode", ("atari",), "ALE game mode", _apply_mode),
         ShiftKind("difficulty", ("atari",), "ALE game difficulty", _apply_difficulty),
         ShiftKind("sticky", ("atari",), "repeat-action probability", _apply_sticky),

@@ -63,6 +63,18 @@ def test_view_changes_the_view_size():
     assert obs["image"].shape == (9, 9, 3)
 
 
+def test_max_steps_cuts_episodes_whatever_the_size():
+    env, _ = first_obs(shifts=[("size", "16"), ("max_steps", "20")])
+    assert env.unwrapped.max_steps == 20  # not DoorKey's 10 x 16^2
+    for step in range(1, 21):
+        _, reward, terminated, truncated, _ = env.step(0)  # turning in place never succeeds
+        assert not terminated and truncated == (step == 20) and reward == 0
+    # Success pays 1 - 0.9 t / N: the same path is worth less under a shorter limit.
+    assert env.unwrapped._reward() == pytest.approx(1 - 0.9 * 20 / 20)
+    with pytest.raises(ShiftError, match="max_steps does not apply to MiniGrid-ObstructedMaze"):
+        make_env("MiniGrid-ObstructedMaze-1Dl-v0", shifts=[("max_steps", "50")])
+
+
 def test_distractors_where_the_family_has_them():
     env, _ = first_obs("MiniGrid-Fetch-5x5-N2-v0", shifts=[("distractors", "4")])
     objects = [o for o in env.unwrapped.grid.grid if o is not None and o.type in ("key", "ball")]
@@ -80,6 +92,7 @@ def test_distractors_where_the_family_has_them():
         (("noise", "1.5"), "noise takes a probability in [0, 1]"),
         (("colors", "invert"), "colors takes 'permute'"),
         (("view", "4"), "view takes an odd integer"),
+        (("max_steps", "0"), "max_steps takes an integer >= 1"),
     ],
 )
 def test_bad_shifts_are_clear(shift, message):
