@@ -260,38 +260,23 @@ def test_rims_mechanisms_on_atari_report_the_lives_left_and_the_ball(tmp_path, s
     assert set(moving.values) <= {"up", "down", "not in play", "unknown"}
 
 
-def test_ball_situation_places_the_ball_against_the_paddle():
-    breakout = atari_ram.Scene("breakout", (50.0, 170.5), (40, 55))
-    before = atari_ram.Scene("breakout", (48.0, 166.5), (40, 55))
-    assert ball_situation(breakout, before) == {
-        "ball": "near the paddle",
-        "ball from paddle": "over it",
-        "ball moving": "down",
-    }
-    rising = atari_ram.Scene("breakout", (30.0, 80.5), (40, 55))
-    assert ball_situation(rising, atari_ram.Scene("breakout", (32.0, 84.5), (40, 55))) == {
-        "ball": "near the bricks",
-        "ball from paddle": "left of it",
-        "ball moving": "up",
-    }
-    assert ball_situation(atari_ram.Scene("breakout", (60.0, 120.0), (40, 55)), None) == {
-        "ball": "mid-field",
-        "ball from paddle": "right of it",
-        "ball moving": "unknown",
-    }
-    pong = atari_ram.Scene("pong", (100.5, 50.5), (60, 75))
-    assert ball_situation(pong, atari_ram.Scene("pong", (96.5, 52.5), (60, 75))) == {
-        "ball": "our half",
-        "ball from paddle": "above it",
-        "ball moving": "toward us",
-    }
-    assert ball_situation(atari_ram.Scene("pong", (20.5, 70.5), (60, 75)), pong) == {
-        "ball": "their half",
-        "ball from paddle": "level with it",
-        "ball moving": "away",
-    }
-    out = atari_ram.Scene("pong", None, (60, 75))
-    assert ball_situation(out, pong) == dict.fromkeys(BALL_FEATURES, "not in play")
+@pytest.mark.parametrize(
+    "game, now, before, expected",
+    [  # the paddle spans 40-55 in Breakout (columns), 60-75 in Pong (rows)
+        ("breakout", (50.0, 170.5), (48.0, 166.5), ("near the paddle", "over it", "down")),
+        ("breakout", (30.0, 80.5), (32.0, 84.5), ("near the bricks", "left of it", "up")),
+        ("breakout", (60.0, 120.0), None, ("mid-field", "right of it", "unknown")),
+        ("pong", (100.5, 50.5), (96.5, 52.5), ("our half", "above it", "toward us")),
+        ("pong", (20.5, 70.5), (24.5, 70.5), ("their half", "level with it", "away")),
+        ("pong", (20.5, 90.5), (20.5, 86.5), ("their half", "below it", "unknown")),
+        ("pong", None, (20.5, 70.5), ("not in play",) * 3),
+    ],
+)  # fmt: skip
+def test_ball_situation_places_the_ball_against_the_paddle(game, now, before, expected):
+    paddle = (40, 55) if game == "breakout" else (60, 75)
+    then = None if before is None else atari_ram.Scene(game, before, paddle)
+    situation = ball_situation(atari_ram.Scene(game, now, paddle), then)
+    assert situation == dict(zip(BALL_FEATURES, expected))
 
 
 # Each game's ball and paddle colours; the rows where the ball is told apart from the rest (not
