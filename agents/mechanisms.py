@@ -151,9 +151,10 @@ def scene_of(env) -> atari_ram.Scene | None:
     """The ball and paddle of an Atari env whose RAM ``envs.atari_ram`` reads, else None."""
     inner = env.unwrapped
     ale, spec = getattr(inner, "ale", None), getattr(inner, "spec", None)
-    if ale is None or spec is None or not atari_ram.has_scene(atari_ram.game_of(spec.id)):
+    game = None if spec is None else atari_ram.game_of(spec.id)
+    if ale is None or game is None or not atari_ram.has_scene(game):
         return None
-    return atari_ram.scene(atari_ram.game_of(spec.id), ale.getRAM())
+    return atari_ram.scene(game, ale.getRAM())
 
 
 BALL_FEATURES = ("ball", "ball from paddle", "ball moving")

@@ -3,7 +3,7 @@
 The addresses are AtariARI's annotations (Anand et al. 2019, "Unsupervised State Representation
 Learning in Atari", ``atariari/benchmark/ram_annotations.py``). The offsets that turn them into
 pixels of the 210 x 160 screen were measured against ale-py's rendered frames; a test checks
-them on fresh frames. The ball is "not in play" before a serve and once it has passed the paddle.
+them on fresh frames. The ball is "not in play" before a serve and once it has passed a paddle.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ BREAKOUT_OUT = 185  # Breakout's ball y (RAM) from which the ball has passed the
 BREAKOUT_BRICKS_END = 93  # the first row below the bricks
 BREAKOUT_PADDLE_TOP = 189  # the paddle's top row
 PONG_MIDDLE = 80  # the column between the halves; ours (the right paddle's) is the right one
+PONG_BETWEEN = (16, 143)  # the columns from the opponent's paddle to the back of ours
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def scene(game: str, ram: np.ndarray) -> Scene:
     if game == "pong":
         x, y = ram[_PONG_BALL_X], ram[_PONG_BALL_Y]
         bottom = ram[_PONG_PADDLE] + 1
-        ball = (x - 48.5, y - 12.5) if y > 0 else None
+        ball = (x - 48.5, y - 12.5)
+        if y == 0 or not PONG_BETWEEN[0] <= ball[0] <= PONG_BETWEEN[1]:
+            ball = None  # not served yet, or a point is won
         return Scene(game, ball, (bottom - PADDLE_LENGTH + 1, bottom))
     raise ValueError(f"no RAM annotations for {game!r} (known: breakout, pong)")
