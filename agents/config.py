@@ -67,7 +67,8 @@ class TrainConfig:
     env_timeout: float = option(
         600.0,
         "seconds an env may take per step or reset before the run stops with a checkpoint "
-        "(async workers; inline envs where the main thread runs them) (0: wait forever)",
+        "(async workers are ended; inline envs are stopped where they run Python code) "
+        "(0: wait forever)",
     )
     num_steps: int = option(128, "steps per env per rollout (the rollout is num_steps x num_envs)")
     num_minibatches: int = option(4, "minibatches per epoch")

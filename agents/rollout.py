@@ -51,7 +51,8 @@ class RolloutCollector:
         episodic_life: where the env reports ``lives``, a lost life ends the value target
         (terminated for GAE) while the episode, and the core's memory, go on.
         env_seconds: where the envs run in this process, a step or reset that takes longer
-        raises ``TimeLimitReached`` (on the main thread; an async env times its workers)."""
+        raises ``TimeLimitReached`` (``envs.probe.time_limit``; an async env times its
+        workers)."""
         self.envs, self.policy, self.storage, self.device = envs, policy, storage, device
         self.clip_rewards, self.episodic_life = clip_rewards, episodic_life
         self.env_seconds = env_seconds

@@ -219,8 +219,8 @@ def env_errors(
     """Turn an exception that the block's env calls raise (a level the env cannot make, a
     crashed simulator) into ``env_failure``'s one-line ``EnvError``. With ``seconds``, a block
     that runs longer (a level generator that never finds room) is stopped and reported the same
-    way, where ``env`` runs in this process (``env_module``) and the call is on the main
-    thread (``envs.probe.time_limit``); elsewhere it runs without a limit."""
+    way, where ``env`` runs in this process (``env_module``; ``envs.probe.time_limit``);
+    envs in other processes are timed by their vector env."""
     try:
         with in_process_limit(env, seconds):
             yield

@@ -9,6 +9,7 @@ one). ``envs.factory.probe_resets`` uses these to turn each into one line.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import sys
 import threading
@@ -23,19 +24,42 @@ class TimeLimitReached(Exception):
     """The block under ``time_limit`` ran past its limit."""
 
 
+_limits = threading.local()  # the limit of the block a thread runs under ``time_limit``
+
+
+class _LimitPassed(TimeLimitReached):
+    """What a watcher thread raises in the thread it watches: Python makes the exception from
+    its class there, with no arguments, so the message comes from that thread's limit."""
+
+    def __init__(self) -> None:
+        super().__init__(f"still running after {_limits.seconds:g} s")
+
+
+def _alarm_available() -> bool:
+    """``SIGALRM`` can time this thread: it is the main one, on a system with interval timers."""
+    return threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise ``TimeLimitReached`` inside the block once it has run ``seconds`` (wall clock).
 
-    Uses ``SIGALRM``, so it limits only code on the main thread that returns to Python now and
-    then (a level generator's loop does); elsewhere the block runs without a limit. A timer
-    already set (pytest-timeout's) is put back afterwards with the time it has left."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "setitimer"
-    ):
-        yield
-        return
+    It stops code that returns to Python now and then (a level generator's loop does). On the
+    main thread of a system with interval timers it uses ``SIGALRM``, which also ends a wait in
+    a system call; a timer already set (pytest-timeout's) is put back afterwards with the time it
+    has left. Elsewhere (another thread, Windows) a watcher thread raises the exception in the
+    block's thread (``PyThreadState_SetAsyncExc``), which takes effect when that thread next
+    runs Python code."""
+    if _alarm_available():
+        with _alarm(seconds):
+            yield
+    else:
+        with _watched(seconds):
+            yield
 
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
     def on_alarm(signum: int, frame: object) -> None:
         raise TimeLimitReached(f"still running after {seconds:g} s")
 
@@ -50,6 +74,28 @@ def time_limit(seconds: float) -> Iterator[None]:
         if previous_delay > 0:
             left = previous_delay - (time.monotonic() - started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), previous_interval)
+
+
+@contextmanager
+def _watched(seconds: float) -> Iterator[None]:
+    target = ctypes.c_ulong(threading.get_ident())
+    finished = threading.Event()
+
+    def watch() -> None:
+        if not finished.wait(seconds):
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(_LimitPassed))
+
+    outer, _limits.seconds = getattr(_limits, "seconds", None), seconds
+    watcher = threading.Thread(target=watch, name="time-limit", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        watcher.join()
+        # A limit passed just as the block ended must not surface later: withdraw it.
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(target, None)
+        _limits.seconds = outer
 
 
 def failure_summary(err: BaseException, module: str | None = None, limit: int = 200) -> str:

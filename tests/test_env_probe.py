@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 
 import pytest
@@ -111,6 +112,52 @@ def test_time_limit_puts_back_an_outer_timer():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def endless_loop_under(seconds: float) -> str:
+    """Run an endless Python loop under ``time_limit``; what stopped it."""
+    try:
+        with time_limit(seconds):
+            while True:
+                pass
+    except TimeLimitReached as err:
+        return str(err)
+
+
+def run_in_thread(fn, *args):
+    """``fn(*args)`` on another thread; its result (the test fails if it does not end)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(fn(*args)), daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the limit did not stop the block"
+    return result[0]
+
+
+def test_time_limit_stops_a_loop_off_the_main_thread():
+    # SIGALRM reaches only the main thread; a watcher thread raises in the block's thread.
+    assert run_in_thread(endless_loop_under, 0.05) == "still running after 0.05 s"
+
+
+@pytest.mark.timeout(30)  # a limit that fails would loop for ever on this thread
+def test_time_limit_without_interval_timers_uses_the_watcher(monkeypatch):
+    # Windows has no setitimer: the main thread is watched by a thread too.
+    monkeypatch.setattr("envs.probe._alarm_available", lambda: False)
+    previous = signal.getsignal(signal.SIGALRM)
+    assert endless_loop_under(0.05) == "still running after 0.05 s"
+    assert signal.getsignal(signal.SIGALRM) is previous  # no alarm was armed
+
+
+def test_a_block_that_ends_in_time_leaves_no_exception_behind():
+    def in_time_then_busy() -> str:
+        with time_limit(0.05):
+            pass  # ends long before the limit
+        deadline = time.monotonic() + 0.2  # then runs Python code past the limit
+        while time.monotonic() < deadline:
+            pass
+        return "ran on"
+
+    assert run_in_thread(in_time_then_busy) == "ran on"
 
 
 def test_a_level_that_fails_mid_evaluation_is_one_line(runs, capsys):
