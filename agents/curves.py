@@ -118,6 +118,15 @@ def run_groups(runs: Sequence[Path]) -> tuple[dict[Path, str], dict[str, str]]:
     return labels, names
 
 
+def step_label(steps: float) -> str:
+    """An axis label for a step count: ``400`` -> ``"400"``, ``150000`` -> ``"150k"``,
+    ``1500000`` -> ``"1.5M"`` (full counts of six or more digits run into each other)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(steps) >= scale:
+            return f"{steps / scale:.4g}{suffix}"
+    return f"{steps:.4g}"
+
+
 def plot_curves(
     runs: Sequence[Path], out: Path, tags: Sequence[str] = ("charts/episodic_return",)
 ) -> dict:
@@ -129,6 +138,7 @@ def plot_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     loaded = _load(runs)
     tags = _expand_tags(loaded, tags)
@@ -158,6 +168,7 @@ def plot_curves(
             ax.plot(grid, values.mean(0), color=colours[label], label=legend)
             ax.fill_between(grid, values.min(0), values.max(0), alpha=0.2, color=colours[label])
         ax.set_xlabel("agent steps")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: step_label(x)))
         if len(panels) == 1:
             ax.set_ylabel(tag)
         else:

@@ -14,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.checkpoint import load_policy
-from agents.curves import expand_tags, scalar_tags
+from agents.curves import expand_tags, scalar_tags, step_label
 from agents.record import (
     ACTIVE,
     INACTIVE,
@@ -153,6 +153,11 @@ def test_plot_pools_seeds_of_one_config(runs, tmp_path, capsys):
     assert f"rims on {ENV_ID}: 2 run(s)" in text and f"lstm on {ENV_ID}: 1 run(s)" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert exit_code(["plot", str(runs["rims1"]), "--tag", "no/such", "--out", str(out)]) == 2
+
+
+def test_plot_labels_steps_short_enough_not_to_run_together():
+    labels = [step_label(x) for x in (0, 400, 50_000, 150_000, 1_500_000, 10_000_000, 2.5e9)]
+    assert labels == ["0", "400", "50k", "150k", "1.5M", "10M", "2.5G"]
 
 
 def test_plot_leaves_out_a_run_with_no_episode_yet(runs, tmp_path, capsys):
