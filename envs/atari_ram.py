@@ -15,7 +15,9 @@ import numpy as np
 # Breakout: ball x and y, paddle x (its left edge). Pong: ball x and y, our (right) paddle's y.
 _BREAKOUT_BALL_X, _BREAKOUT_BALL_Y, _BREAKOUT_PADDLE = 99, 101, 72
 _PONG_BALL_X, _PONG_BALL_Y, _PONG_PADDLE = 49, 54, 51
-PADDLE_LENGTH = 16  # pixels, along the paddle's axis, in both games (Breakout's at full width)
+# Pixels along the paddle's axis, in both games. Breakout halves its paddle once the ball has
+# reached the top wall; the span read then is still 16 wide (the annotations give no width).
+PADDLE_LENGTH = 16
 BREAKOUT_OUT = 185  # Breakout's ball y (RAM) from which the ball has passed the paddle
 # Screen rows and columns (pixels) the situations of agents.mechanisms are drawn by.
 BREAKOUT_BRICKS_END = 93  # the first row below the bricks
