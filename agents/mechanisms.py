@@ -27,6 +27,7 @@ from agents.record import action_name
 from agents.report import aligned_table, env_kwargs_for
 from agents.selection import SWITCH_MARGIN, switched_units
 from envs import atari_ram
+from envs.atari import game_of
 from envs.factory import env_family, make_env
 from envs.mixture import combinations
 from envs.shifts import shift_label
@@ -151,10 +152,10 @@ def scene_of(env) -> atari_ram.Scene | None:
     """The ball and paddle of an Atari env whose RAM ``envs.atari_ram`` reads, else None."""
     inner = env.unwrapped
     ale, spec = getattr(inner, "ale", None), getattr(inner, "spec", None)
-    game = None if spec is None else atari_ram.game_of(spec.id)
-    if ale is None or game is None or not atari_ram.has_scene(game):
+    if ale is None or spec is None:  # not an ALE env
         return None
-    return atari_ram.scene(game, ale.getRAM())
+    game = game_of(spec.id)
+    return atari_ram.scene(game, ale.getRAM()) if atari_ram.has_scene(game) else None
 
 
 BALL_FEATURES = ("ball", "ball from paddle", "ball moving")
@@ -274,7 +275,7 @@ def inspect_mechanisms(
     env.close()
     recorder = MechanismRecorder(names, mixture=len(combinations(row.shifts)) > 1)
     # Atari's ball is read from the emulators' RAM, which ALE's C++ vector env does not show.
-    single = env_family(row.env) == "atari" and atari_ram.has_scene(atari_ram.game_of(row.env))
+    single = env_family(row.env) == "atari" and atari_ram.has_scene(game_of(row.env))
     evaluate(
         loaded.policy, row.env, episodes, seed, num_envs, deterministic, row.shifts, kwargs,
         recorder, single,

@@ -38,13 +38,8 @@ class Scene:
     paddle: tuple[int, int]
 
 
-def game_of(env_id: str) -> str:
-    """``"ALE/Breakout-v5"`` -> ``"breakout"``."""
-    return env_id.removeprefix("ALE/").split("-")[0].lower()
-
-
 def has_scene(game: str) -> bool:
-    """Whether ``scene`` reads this game (``game_of``'s name)."""
+    """Whether ``scene`` reads this game (ale-py's ROM name: ``envs.atari.game_of``)."""
     return game in ("breakout", "pong")
 
 
