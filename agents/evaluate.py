@@ -115,6 +115,7 @@ def evaluate(
     env_kwargs: dict | None = None,
     observer: StepObserver | None = None,
     single_envs: bool = False,
+    keep_batch: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``env_id`` (with ``shifts``) with ``policy``, sampling its
     actions unless ``deterministic``. The torch RNGs (the CPU's and the policy's device's) are
@@ -123,17 +124,20 @@ def evaluate(
     evenly over its members (the first members get one more where they do not divide), each
     member evaluated with the same seed. ``observer`` sees every step; ``single_envs``: Atari
     plays in single Gymnasium envs whose state an observer can read (the flavoured path, whose
-    observations are the fast path's), not in ALE's C++ vector env."""
+    observations are the fast path's), not in ALE's C++ vector env. ``keep_batch``: play
+    ``num_envs`` envs even where fewer episodes are asked (the extra envs' episodes are not
+    counted), so that a policy whose steps are compiled or captured for the training batch is
+    not compiled again for a smaller one (a mixture's members, a rank's share)."""
     members = combinations(shifts)
     if len(members) > 1:
         counts = split_evenly(episodes, len(members))
         return EvalResult.joined([
             evaluate(policy, env_id, count, seed, num_envs, deterministic, member, env_kwargs,
-                     observer, single_envs)
+                     observer, single_envs, keep_batch)
             for member, count in zip(members, counts) if count > 0
         ])  # fmt: skip
     device = next(policy.parameters()).device
-    num_envs = max(1, min(num_envs, episodes))
+    num_envs = max(1, num_envs if keep_batch else min(num_envs, episodes))
     quota = np.array(split_evenly(episodes, num_envs))
     done_count = np.zeros(num_envs, dtype=int)
     envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs, shifts=shifts,

@@ -10,6 +10,7 @@ import torch
 
 from agents.evaluate import evaluate
 from agents.report import FIELDS
+from agents.training_eval import keeps_batch
 from envs.factory import make_env
 from envs.memory import ENV_ID
 from policies.actor_critic import ActorCritic, PolicySpec
@@ -49,6 +50,50 @@ def test_evaluate_runs_a_quota_per_env_and_is_deterministic_for_a_seed():
     torch.manual_seed(0)
     evaluate(policy, ENV_ID, episodes=2, seed=1, num_envs=2)
     assert torch.equal(torch.rand(1), expected)
+
+
+def _batches_acted(policy: ActorCritic, monkeypatch) -> list[int]:
+    """The batch size of every ``policy.act`` call from now on."""
+    batches: list[int] = []
+    act = policy.act
+
+    def counting_act(obs, state, starts, deterministic=False):
+        batches.append(int(starts.shape[0]))
+        return act(obs, state, starts, deterministic=deterministic)
+
+    monkeypatch.setattr(policy, "act", counting_act)
+    return batches
+
+
+def test_keep_batch_acts_at_the_given_batch_and_counts_the_same_episodes(monkeypatch):
+    env = make_env(ENV_ID)
+    policy = ActorCritic(env.observation_space, 2, PolicySpec(hidden_size=4, num_units=3, k=2))
+    batches = _batches_acted(policy, monkeypatch)
+    small = evaluate(policy, ENV_ID, episodes=3, seed=5, num_envs=5, deterministic=True)
+    assert set(batches) == {3}
+    batches.clear()
+    kept = evaluate(policy, ENV_ID, episodes=3, seed=5, num_envs=5, deterministic=True,
+                    keep_batch=True)  # fmt: skip
+    assert set(batches) == {5}
+    # The same three episodes (envs 0-2 draw the same levels; greedy actions do not depend on
+    # the batch): the extra envs play but are not counted.
+    assert kept.episodes == 3 and kept.returns == small.returns and kept.lengths == small.lengths
+    # A mixture's members, one episode each, keep it too.
+    grid = make_env(DOORKEY)
+    policy = ActorCritic(grid.observation_space, 7, PolicySpec(hidden_size=4, num_units=3, k=2))
+    batches = _batches_acted(policy, monkeypatch)
+    mixed = evaluate(policy, DOORKEY, episodes=2, num_envs=4, shifts=[("size", "5,6")],
+                     keep_batch=True)  # fmt: skip
+    assert mixed.episodes == 2 and set(batches) == {4}
+
+
+def test_evaluation_during_training_keeps_the_batch_only_for_compiled_or_captured_steps():
+    env = make_env(ENV_ID)
+    policy = ActorCritic(env.observation_space, 2, PolicySpec(hidden_size=4, num_units=3, k=2))
+    policy.core.cuda_graphs = True  # RIMs' default; on the CPU nothing is captured
+    assert not keeps_batch(policy)
+    policy.compile_act = True
+    assert keeps_batch(policy)
 
 
 def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys):
