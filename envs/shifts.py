@@ -19,6 +19,9 @@ Minigrid
                        that view size can be evaluated on it.
     ``max_steps=N``    an episode is cut (truncated) after N steps, whatever the grid's size
                        (Minigrid's ``max_steps``); the reward for success, 1 - 0.9 t / N, follows.
+    ``start_dir=D``    every episode starts with the agent facing D (Minigrid's ``agent_dir``:
+                       0 east, 1 south, 2 west, 3 north) where the level put it, in place of the
+                       direction the level drew or fixed; ``start_dir=0,2`` draws one of the two.
 
 Atari
     ``mode=M``, ``difficulty=D``  an ALE game flavour (Machado et al., 2018); the flavoured path
@@ -157,6 +160,23 @@ class CellNoise(gym.ObservationWrapper):
 # --- the registry ---------------------------------------------------------------------------
 
 
+class StartFacing(gym.Wrapper):
+    """Every level is generated with the agent turned to ``direction`` (Minigrid's
+    ``agent_dir``) once the level has placed it, so the first observation (built after the
+    level, through every wrapper) is the view that way; nothing else about the level changes."""
+
+    def __init__(self, env: gym.Env, direction: int) -> None:
+        super().__init__(env)
+        grid_env = env.unwrapped
+        generate = grid_env._gen_grid
+
+        def generate_facing(width: int, height: int) -> None:
+            generate(width, height)
+            grid_env.agent_dir = direction
+
+        grid_env._gen_grid = generate_facing
+
+
 @dataclass(frozen=True)
 class ShiftKind:
     key: str
@@ -212,6 +232,14 @@ def _apply_max_steps(env_id: str, value: str, effect: ShiftEffect) -> None:
     effect.env_kwargs["max_steps"] = steps
 
 
+def _apply_start_dir(env_id: str, value: str, effect: ShiftEffect) -> None:
+    direction = _int_at_least("start_dir", 0)(value)
+    if direction > 3:
+        raise ShiftError(f"shift start_dir takes 0 (east), 1 (south), 2 (west) or 3 (north), "
+                         f"got {value!r}")  # fmt: skip
+    effect.wrappers.append(lambda env: StartFacing(env, direction))
+
+
 def _atari_flavour(env_id: str, key: str, values: list[int]) -> None:
     from envs.atari import available_flavours
 
@@ -259,6 +287,9 @@ SHIFTS: dict[str, ShiftKind] = {
         ),
         ShiftKind("view", ("minigrid",), "agent view size (odd)", _apply_view),
         ShiftKind("max_steps", ("minigrid",), "steps before an episode is cut", _apply_max_steps),
+        ShiftKind(
+            "start_dir", ("minigrid",), "direction the agent faces at the start", _apply_start_dir
+        ),
         ShiftKind("mode", ("atari",), "ALE game mode", _apply_mode),
         ShiftKind("difficulty", ("atari",), "ALE game difficulty", _apply_difficulty),
         ShiftKind("sticky", ("atari",), "repeat-action probability", _apply_sticky),

@@ -75,6 +75,29 @@ def test_max_steps_cuts_episodes_whatever_the_size():
         make_env("MiniGrid-ObstructedMaze-1Dl-v0", shifts=[("max_steps", "50")])
 
 
+def test_start_dir_turns_the_agent_where_the_level_put_it():
+    memory = "MiniGrid-MemoryS7-v0"  # the level always faces the agent east (0)
+    plain = make_env(memory)
+    for seed in range(4):
+        env, obs = first_obs(memory, shifts=[("start_dir", "2"), ("noise", "0")], seed=seed)
+        assert obs["direction"] == env.unwrapped.agent_dir == 2
+        # The same level and place as turning twice from the usual start: the first view is
+        # the one that way (the cue of the start room is then in front).
+        plain.reset(seed=seed)
+        turned, *_ = plain.step(0)
+        turned, *_ = plain.step(0)
+        assert tuple(env.unwrapped.agent_pos) == tuple(plain.unwrapped.agent_pos)
+        assert np.array_equal(obs["image"], turned["image"])
+    # DoorKey draws the direction; the shift fixes it, and a list of values draws among them.
+    assert {
+        int(first_obs(shifts=[("start_dir", "3")], seed=s)[1]["direction"]) for s in range(8)
+    } == {3}
+    mixed = make_env(memory, shifts=[("start_dir", "0,2")])
+    assert {int(mixed.reset(seed=s)[0]["direction"]) for s in range(16)} == {0, 2}
+    with pytest.raises(ShiftError, match="start_dir takes 0 .east., 1 .south., 2 .west. or 3"):
+        make_env(memory, shifts=[("start_dir", "4")])
+
+
 def test_distractors_where_the_family_has_them():
     env, _ = first_obs("MiniGrid-Fetch-5x5-N2-v0", shifts=[("distractors", "4")])
     objects = [o for o in env.unwrapped.grid.grid if o is not None and o.type in ("key", "ball")]
