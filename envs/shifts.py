@@ -19,6 +19,9 @@ Minigrid
                        that view size can be evaluated on it.
     ``max_steps=N``    an episode is cut (truncated) after N steps, whatever the grid's size
                        (Minigrid's ``max_steps``); the reward for success, 1 - 0.9 t / N, follows.
+    ``sides=fixed``    Memory: the key is always at the upper end of the split and the ball at
+                       the lower (the cue is still drawn), so the cue alone names the side; the
+                       task without its exclusive-or. ``sides=random`` is the env's own draw.
     ``start_dir=D``    every episode starts with the agent facing D (Minigrid's ``agent_dir``:
                        0 east, 1 south, 2 west, 3 north) where the level put it, in place of the
                        direction the level drew or fixed; ``start_dir=0,2`` draws one of the two.
@@ -160,21 +163,49 @@ class CellNoise(gym.ObservationWrapper):
 # --- the registry ---------------------------------------------------------------------------
 
 
-class StartFacing(gym.Wrapper):
-    """Every level is generated with the agent turned to ``direction`` (Minigrid's
-    ``agent_dir``) once the level has placed it, so the first observation (built after the
-    level, through every wrapper) is the view that way; nothing else about the level changes."""
+class LevelEdit(gym.Wrapper):
+    """Changes every Minigrid level once it is generated (``edit``), before the first
+    observation is built from it, so that observation comes through every wrapper as usual."""
 
-    def __init__(self, env: gym.Env, direction: int) -> None:
+    def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         grid_env = env.unwrapped
         generate = grid_env._gen_grid
 
-        def generate_facing(width: int, height: int) -> None:
+        def generate_and_edit(width: int, height: int) -> None:
             generate(width, height)
-            grid_env.agent_dir = direction
+            self.edit(grid_env, height)
 
-        grid_env._gen_grid = generate_facing
+        grid_env._gen_grid = generate_and_edit
+
+    def edit(self, grid_env: Any, height: int) -> None:
+        raise NotImplementedError
+
+
+class StartFacing(LevelEdit):
+    """The agent is turned to ``direction`` (Minigrid's ``agent_dir``) where the level put it;
+    nothing else about the level changes."""
+
+    def __init__(self, env: gym.Env, direction: int) -> None:
+        self.direction = direction
+        super().__init__(env)
+
+    def edit(self, grid_env: Any, height: int) -> None:
+        grid_env.agent_dir = self.direction
+
+
+class FixedSides(LevelEdit):
+    """Memory: the key is always at the upper end of the split and the ball at the lower (the
+    start room's cue is still drawn), so the side to choose follows the cue alone."""
+
+    def edit(self, grid_env: Any, height: int) -> None:
+        x = grid_env.success_pos[0]  # both ends of the split are in this column
+        upper, lower = (x, height // 2 - 2), (x, height // 2 + 2)
+        top, bottom = grid_env.grid.get(*upper), grid_env.grid.get(*lower)
+        if top.type != "key":
+            grid_env.grid.set(*upper, bottom)
+            grid_env.grid.set(*lower, top)
+            grid_env.success_pos, grid_env.failure_pos = grid_env.failure_pos, grid_env.success_pos
 
 
 @dataclass(frozen=True)
@@ -240,6 +271,18 @@ def _apply_start_dir(env_id: str, value: str, effect: ShiftEffect) -> None:
     effect.wrappers.append(lambda env: StartFacing(env, direction))
 
 
+def _apply_sides(env_id: str, value: str, effect: ShiftEffect) -> None:
+    from minigrid.envs import MemoryEnv
+
+    creator = load_env_creator(gym.spec(env_id).entry_point)
+    if not (inspect.isclass(creator) and issubclass(creator, MemoryEnv)):
+        raise ShiftError(f"shift sides applies to the Memory envs only, not {env_id}")
+    if value not in ("fixed", "random"):
+        raise ShiftError(f"shift sides takes 'fixed' or 'random', got {value!r}")
+    if value == "fixed":
+        effect.wrappers.append(FixedSides)
+
+
 def _atari_flavour(env_id: str, key: str, values: list[int]) -> None:
     from envs.atari import available_flavours
 
@@ -287,6 +330,9 @@ SHIFTS: dict[str, ShiftKind] = {
         ),
         ShiftKind("view", ("minigrid",), "agent view size (odd)", _apply_view),
         ShiftKind("max_steps", ("minigrid",), "steps before an episode is cut", _apply_max_steps),
+        ShiftKind(
+            "sides", ("minigrid",), "Memory: 'fixed' (key up, ball down) or 'random'", _apply_sides
+        ),
         ShiftKind(
             "start_dir", ("minigrid",), "direction the agent faces at the start", _apply_start_dir
         ),

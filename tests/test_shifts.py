@@ -98,6 +98,30 @@ def test_start_dir_turns_the_agent_where_the_level_put_it():
         make_env(memory, shifts=[("start_dir", "4")])
 
 
+def test_sides_fixed_puts_the_key_up_and_pays_for_the_cue_alone():
+    memory = "MiniGrid-MemoryS7-v0"
+    cues = set()
+    for seed in range(12):
+        env, _ = first_obs(memory, shifts=[("sides", "fixed")], seed=seed)
+        grid_env = env.unwrapped
+        cue = grid_env.grid.get(1, 2).type  # the start room's object
+        assert (grid_env.grid.get(5, 1).type, grid_env.grid.get(5, 5).type) == ("key", "ball")
+        # From the split, facing north: a step up ends the episode, paid iff the cue is the key.
+        grid_env.agent_pos, grid_env.agent_dir = np.array((5, 3)), 3
+        _, reward, terminated, _, _ = env.step(2)
+        assert terminated and (reward > 0) == (cue == "key")
+        cues.add(cue)
+    assert cues == {"key", "ball"}  # the cue is still drawn
+    # random is the env's own draw: both orders occur.
+    orders = {
+        first_obs(memory, shifts=[("sides", "random")], seed=s)[0].unwrapped.grid.get(5, 1).type
+        for s in range(12)
+    }
+    assert orders == {"key", "ball"}
+    with pytest.raises(ShiftError, match="sides applies to the Memory envs only"):
+        make_env(DOORKEY, shifts=[("sides", "fixed")])
+
+
 def test_distractors_where_the_family_has_them():
     env, _ = first_obs("MiniGrid-Fetch-5x5-N2-v0", shifts=[("distractors", "4")])
     objects = [o for o in env.unwrapped.grid.grid if o is not None and o.type in ("key", "ball")]
