@@ -264,10 +264,10 @@ def _apply_max_steps(env_id: str, value: str, effect: ShiftEffect) -> None:
 
 
 def _apply_start_dir(env_id: str, value: str, effect: ShiftEffect) -> None:
-    direction = _int_at_least("start_dir", 0)(value)
-    if direction > 3:
+    if value not in ("0", "1", "2", "3"):
         raise ShiftError(f"shift start_dir takes 0 (east), 1 (south), 2 (west) or 3 (north), "
                          f"got {value!r}")  # fmt: skip
+    direction = int(value)
     effect.wrappers.append(lambda env: StartFacing(env, direction))
 
 

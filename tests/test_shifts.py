@@ -96,6 +96,8 @@ def test_start_dir_turns_the_agent_where_the_level_put_it():
     assert {int(mixed.reset(seed=s)[0]["direction"]) for s in range(16)} == {0, 2}
     with pytest.raises(ShiftError, match="start_dir takes 0 .east., 1 .south., 2 .west. or 3"):
         make_env(memory, shifts=[("start_dir", "4")])
+    with pytest.raises(ShiftError, match="start_dir takes 0 .east."):
+        make_env(memory, shifts=[("start_dir", "north")])
 
 
 def test_sides_fixed_puts_the_key_up_and_pays_for_the_cue_alone():
