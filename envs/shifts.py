@@ -160,9 +160,6 @@ class CellNoise(gym.ObservationWrapper):
         return {**observation, "image": image}
 
 
-# --- the registry ---------------------------------------------------------------------------
-
-
 class LevelEdit(gym.Wrapper):
     """Changes every Minigrid level once it is generated (``edit``), before the first
     observation is built from it, so that observation comes through every wrapper as usual."""
@@ -206,6 +203,9 @@ class FixedSides(LevelEdit):
             grid_env.grid.set(*upper, bottom)
             grid_env.grid.set(*lower, top)
             grid_env.success_pos, grid_env.failure_pos = grid_env.failure_pos, grid_env.success_pos
+
+
+# --- the registry ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
