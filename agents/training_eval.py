@@ -132,7 +132,8 @@ class TrainingEvaluator:
                     played = evaluate(
                         policy, row.env, share, seed=config.seed + world.rank * config.num_envs,
                         num_envs=config.num_envs, shifts=row.shifts,
-                        env_kwargs=env_kwargs_for(config, row.env), keep_batch=keeps_batch(policy),
+                        env_kwargs=env_kwargs_for(config, row.env),
+                        keep_batch=policy.builds_per_batch,
                     )  # fmt: skip
                 except EnvError as err:
                     failure = err
@@ -146,15 +147,6 @@ class TrainingEvaluator:
             lengths = gather_lists(played.lengths, world)
             results.append(RowResult(target, EvalResult.of(row.env, returns, lengths)))
         return results
-
-
-def keeps_batch(policy: ActorCritic) -> bool:
-    """Whether evaluations should act at the training batch size: the policy's acting step is
-    compiled (``--rims-compile``) or its core replays CUDA graphs, each built per batch size, so
-    that a smaller batch (a mixture's member, a rank's share of the episodes) would build them
-    again."""
-    replays = getattr(policy.core, "cuda_graphs", False) and next(policy.parameters()).is_cuda
-    return policy.compile_act or replays
 
 
 def summary_line(step: int, results: list[RowResult], seconds: float) -> str:

@@ -165,6 +165,17 @@ class ActorCritic(nn.Module):
         # Acting steps through torch.compile (a speed setting, not part of the spec).
         self.compile_act = False
 
+    def replays_graphs(self, device: torch.device) -> bool:
+        """Whether the core replays CUDA graphs (captured once per input shape) for inputs on
+        ``device``."""
+        return getattr(self.core, "cuda_graphs", False) and device.type == "cuda"
+
+    @property
+    def builds_per_batch(self) -> bool:
+        """Whether acting runs code built for each batch size: a compiled acting step
+        (``--rims-compile``) or a core replaying CUDA graphs; a new batch size builds it again."""
+        return self.compile_act or self.replays_graphs(next(self.parameters()).device)
+
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.core.initial_state(batch_size, device)
 
@@ -188,7 +199,7 @@ class ActorCritic(nn.Module):
     ) -> ActResult:
         """One step. obs: dict of ``(B, ...)``; episode_starts ``(B,)`` bool."""
         # A core that replays CUDA graphs here is replayed, not traced into a compiled step.
-        replays = getattr(self.core, "cuda_graphs", False) and episode_starts.is_cuda
+        replays = self.replays_graphs(episode_starts.device)
         step = _COMPILED_ACT if self.compile_act and not replays else ActorCritic._act_tensors
         r = step(self, obs, state, episode_starts, deterministic)
         info = CoreInfo(r.mask, r.null_attention, r.input_attention)

@@ -10,7 +10,6 @@ import torch
 
 from agents.evaluate import evaluate
 from agents.report import FIELDS
-from agents.training_eval import keeps_batch
 from envs.factory import make_env
 from envs.memory import ENV_ID
 from policies.actor_critic import ActorCritic, PolicySpec
@@ -91,9 +90,9 @@ def test_evaluation_during_training_keeps_the_batch_only_for_compiled_or_capture
     env = make_env(ENV_ID)
     policy = ActorCritic(env.observation_space, 2, PolicySpec(hidden_size=4, num_units=3, k=2))
     policy.core.cuda_graphs = True  # RIMs' default; on the CPU nothing is captured
-    assert not keeps_batch(policy)
+    assert not policy.builds_per_batch
     policy.compile_act = True
-    assert keeps_batch(policy)
+    assert policy.builds_per_batch
 
 
 def test_eval_suite_table_json_csv_plot_for_two_runs(two_runs, tmp_path, capsys):
