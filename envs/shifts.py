@@ -107,9 +107,14 @@ def _probability(key: str) -> Callable[[str], float]:
     return parse
 
 
+def _env_creator(env_id: str) -> Callable[..., gym.Env]:
+    """The class (or function) the env id is registered to build."""
+    return load_env_creator(gym.spec(env_id).entry_point)
+
+
 def _constructor_args(env_id: str) -> set[str]:
     """Names the env's constructor takes (beyond ``**kwargs`` passed to MiniGridEnv)."""
-    creator = load_env_creator(gym.spec(env_id).entry_point)
+    creator = _env_creator(env_id)
     target = creator.__init__ if inspect.isclass(creator) else creator
     return set(inspect.signature(target).parameters)
 
@@ -274,7 +279,7 @@ def _apply_start_dir(env_id: str, value: str, effect: ShiftEffect) -> None:
 def _apply_sides(env_id: str, value: str, effect: ShiftEffect) -> None:
     from minigrid.envs import MemoryEnv
 
-    creator = load_env_creator(gym.spec(env_id).entry_point)
+    creator = _env_creator(env_id)
     if not (inspect.isclass(creator) and issubclass(creator, MemoryEnv)):
         raise ShiftError(f"shift sides applies to the Memory envs only, not {env_id}")
     if value not in ("fixed", "random"):
