@@ -84,7 +84,8 @@ class MinigridEncoder(nn.Module):
             if self.mission is not None:
                 self.mission_to_cells = nn.Linear(MissionEncoder.size, feature_size)
             return
-        if min(height, width) < 7:  # 2x2 conv, 2x2 pool, 2x2 conv, 2x2 conv: 7 -> 6 -> 3 -> 2 -> 1
+        # The pooled CNN: 2x2 conv, 2x2 pool, 2x2 conv, 2x2 conv take 7 -> 6 -> 3 -> 2 -> 1.
+        if not cells and min(height, width) < 7:
             raise ValueError(
                 f"the Minigrid CNN reads views of 7 x 7 cells or more, not {height} x {width} "
                 "(--encoder minigrid-cells reads any size)"

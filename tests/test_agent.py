@@ -197,6 +197,24 @@ def test_minigrid_spatial_encoder_gives_one_element_per_view_cell():
     env.close()
 
 
+def test_minigrid_cells_encoder_reads_views_the_pooled_cnn_cannot():
+    """The pooled CNN needs a 7 x 7 view; the cells encoder keeps the view's size, so it reads
+    a 5 x 5 or a 3 x 3 view (``--shift view=5 --encoder minigrid-cells``)."""
+    from envs.factory import make_env
+    from policies.encoders import make_encoder
+
+    for view in (5, 3):
+        env = make_env("MiniGrid-DoorKey-5x5-v0", shifts=[("view", str(view))])
+        obs, _ = env.reset(seed=0)
+        env.close()
+        with pytest.raises(ValueError, match="7 x 7 cells or more"):
+            make_encoder(env.observation_space, 16)
+        encoder = make_encoder(env.observation_space, 16, kind="minigrid-cells")
+        batch = {k: torch.as_tensor(v)[None, None] for k, v in obs.items()}  # (1, 1, ...)
+        assert encoder(batch).shape == (1, 1, 16)
+        assert encoder.linear.in_features == view * view * 16 + 4
+
+
 def test_minigrid_encoder_reads_each_code_as_one_channel():
     """The CNN sees a multi-hot per cell: one channel for each of the object, colour and state
     codes (offset into disjoint ranges), exactly what summed per-code one-hots give."""
