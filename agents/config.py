@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.flags import option, type_mismatch
+from agents.schedule import Schedule, ScheduleError
 from envs.factory import check_env_id, env_family
 from envs.mission import missions_vary
 from envs.mixture import combinations
@@ -42,6 +43,13 @@ class TrainConfig:
         "train on the env shifted: KEY=VALUE as rims eval --shift takes it (repeatable); several "
         "values (size=5,6,7) make each episode draw one of them (not on Atari)",
         metavar="KEY=VALUE",
+    )
+    shift_schedule: str | None = option(
+        None,
+        "the share of episodes played with --shift as a piecewise-linear schedule over the "
+        "run's steps, STEP:SHARE,... (0:1,500000:1,1000000:0 moves to the unshifted env over "
+        "the second half million steps); the other episodes are unshifted (none: all shifted)",
+        metavar="STEP:SHARE,...",
     )
     core: str = option("rims", "recurrent core of the policy", CORES)
     total_steps: int = option(
@@ -220,6 +228,11 @@ class TrainConfig:
     def train_shifts(self) -> tuple[tuple[str, str], ...]:
         """``shift`` parsed: ``(("size", "5,6"),)``."""
         return tuple(parse_shift(text) for text in self.shift)
+
+    @property
+    def share_schedule(self) -> Schedule | None:
+        """``shift_schedule`` parsed (None without one)."""
+        return None if self.shift_schedule is None else Schedule.parse(self.shift_schedule)
 
     @property
     def train_row(self) -> SuiteRow:
@@ -489,6 +502,12 @@ def validate(c: TrainConfig) -> None:
             shift_effect(c.env, c.family, combination)
     except ShiftError as err:
         raise ConfigError(f"--shift: {err}") from None
+    if c.shift_schedule is not None:
+        _check(bool(c.shift), "--shift-schedule needs --shift (the shifts it shares out)")
+        try:
+            Schedule.parse(c.shift_schedule)
+        except ScheduleError as err:
+            raise ConfigError(f"--shift-schedule {err}") from None
     _check(
         not c.mission or c.family == "minigrid",
         f"--mission reads Minigrid's mission text; {c.env} has none",

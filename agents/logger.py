@@ -160,6 +160,12 @@ class RunLogger:
         if size_factor is not None:
             self.writer.add_scalar("features/size_factor", size_factor, global_step)
 
+    def log_shift_share(self, global_step: int, share: float) -> None:
+        """With ``--shift-schedule``: ``charts/shift_share``, the share of episodes drawn
+        shifted during the rollout that ended at ``global_step``."""
+        if self.writer is not None:
+            self.writer.add_scalar("charts/shift_share", share, global_step)
+
     def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
         """Each row's ``eval/.../return``, ``success_rate`` (where defined) and ``length``, the
         mean over the shifted rows as ``eval/shifted_return``, the time it took as

@@ -135,7 +135,9 @@ def check_policy_fits(config: TrainConfig) -> list[EvalTarget]:
     policy on the CPU, so it draws from the global RNGs."""
     shifts = config.train_shifts
     probe_resets(config.env, shifts, config.env_kwargs())  # EnvError if it cannot reset
-    env = make_env(config.env, shifts=shifts, **config.env_kwargs())
+    # With --shift-schedule the unshifted env is built too: it must fit the same spaces.
+    share = None if config.share_schedule is None else 1.0
+    env = make_env(config.env, shifts=shifts, shift_share=share, **config.env_kwargs())
     try:
         policy = build_policy(config, env.observation_space, env.action_space)
     except ValueError as err:
@@ -293,8 +295,10 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed + 1_009 * world.rank)  # ranks sample different actions
+    schedule = config.share_schedule
     envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs(),
-                           config.train_shifts, config.env_timeout or None)  # fmt: skip
+                           config.train_shifts, config.env_timeout or None,
+                           shift_share=None if schedule is None else schedule(0))  # fmt: skip
     try:
         with (
             StopSignals() as signals,
@@ -444,6 +448,16 @@ class Trainer:
             self.world.world_size, self.world.is_main, identical, self.logger.last_selection,
         )  # fmt: skip
 
+    def share_shifts(self) -> float | None:
+        """With ``--shift-schedule``: the share of shifted episodes at this step, which the
+        envs draw their next episodes with (None without a schedule)."""
+        schedule = self.config.share_schedule
+        if schedule is None:
+            return None
+        share = schedule(self.global_step)
+        self.collector.envs.unwrapped.call("set_shift_share", share)  # each env, in each worker
+        return share
+
     def one_update(self) -> bool:
         """Collect a rollout and learn from it. False if a stop was requested during the rollout
         (then nothing is learned from it and the policy is the one of the last update)."""
@@ -454,6 +468,7 @@ class Trainer:
             lr *= 1.0 - (update - 1) / self.num_updates
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        share = self.share_shifts()
         try:
             collected = self.collector.collect(should_stop=self.stop_requested)
         except Exception as err:  # a crashed env (e.g. an async worker that raised or died)
@@ -500,6 +515,8 @@ class Trainer:
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)
         self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
+        if share is not None:
+            self.logger.log_shift_share(self.global_step, share)
         if centring is not None:
             factor = float(centring.scale) if centring.keep_size else None
             self.logger.log_features(self.global_step, mean_to_spread(moments), factor)

@@ -58,9 +58,13 @@ class ShiftMixture(gym.Wrapper):
             self._draws = np.random.default_rng(seed)
             streams = np.random.SeedSequence(seed).spawn(len(self.members))
             self._member_seeds = {i: int(s.generate_state(1)[0]) for i, s in enumerate(streams)}
-        drawn = int(self._draws.integers(len(self.members)))
+        drawn = self._draw()
         self.env = self.members[drawn]
         return self.env.reset(seed=self._member_seeds.pop(drawn, None), options=options)
+
+    def _draw(self) -> int:
+        """The index of the member the next episode is played in."""
+        return int(self._draws.integers(len(self.members)))
 
     @property
     def label(self) -> str:
@@ -70,3 +74,26 @@ class ShiftMixture(gym.Wrapper):
     def close(self) -> None:
         for member in self.members:
             member.close()
+
+
+UNSHIFTED = "unshifted"  # the label of ``ShiftShare``'s unshifted member
+
+
+class ShiftShare(ShiftMixture):
+    """The env with its shifts (itself perhaps a mixture) and without: each reset plays the
+    shifted one with probability ``share``. ``set_shift_share`` changes it between episodes, so
+    that a run can move from shifted levels to the env's own (a curriculum:
+    ``--shift-schedule``)."""
+
+    def __init__(self, shifted: gym.Env, unshifted: gym.Env, label: str, share: float) -> None:
+        super().__init__([shifted, unshifted], [label, UNSHIFTED])
+        self.set_shift_share(share)
+
+    def set_shift_share(self, share: float) -> None:
+        """Episodes drawn from now on are shifted with probability ``share`` (in [0, 1])."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"a share of shifted episodes is in [0, 1], got {share}")
+        self.share = share
+
+    def _draw(self) -> int:
+        return 0 if self._draws.random() < self.share else 1

@@ -1,4 +1,5 @@
-"""Shifts with several values (``size=5,6,8``): mixtures of levels to train and evaluate on."""
+"""Shifts with several values (``size=5,6,8``): mixtures of levels to train and evaluate on; and
+``--shift-schedule``: a share of shifted episodes that changes over a run."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from agents.checkpoint import load_policy
 from agents.config import resolve_config
 from agents.evaluate import evaluate
 from agents.record import fit
+from agents.schedule import Schedule, ScheduleError
 from agents.training_eval import eval_targets
 from envs.factory import make_env, make_vector_env
-from envs.mixture import combinations
+from envs.mixture import UNSHIFTED, ShiftShare, combinations
 from envs.shifts import ShiftError
 from policies.actor_critic import ActorCritic, PolicySpec
-from tests.test_cli import TINY, exit_code
+from tests.test_cli import TINY, exit_code, scalars
 from train import main
 
 DOORKEY = "MiniGrid-DoorKey-5x5-v0"
@@ -167,3 +169,107 @@ def test_evaluation_during_training_starts_with_the_training_shifts(tmp_path):
         "eval/unshifted/return",
         "eval/size=7/return",
     ]
+
+
+# --- a share of shifted episodes (--shift-schedule) ---------------------------------------------
+
+
+def test_a_schedule_interpolates_between_its_points_and_holds_past_them():
+    schedule = Schedule.parse("100:1, 300:0.5,1_000:0")
+    assert schedule.steps == (100, 300, 1000) and schedule.values == (1.0, 0.5, 0.0)
+    at = [schedule(step) for step in (0, 100, 200, 300, 650, 1000, 5000)]
+    assert at == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+    assert Schedule.parse("0:0.3")(10**9) == pytest.approx(0.3)
+    for bad in ("", "100", "1:x", "-1:0.5", "5:1.5", "5:nan", "a:1", "1:1,"):
+        with pytest.raises(ScheduleError, match="STEP:VALUE"):
+            Schedule.parse(bad)
+    with pytest.raises(ScheduleError, match="must increase"):
+        Schedule.parse("0:1,500:0.5,500:0")
+
+
+def played_shifts(env: ShiftShare, resets: int, seed: int | None) -> list[str]:
+    """The label of the member each of ``resets`` episodes was played in: the shifts, or
+    ``unshifted``."""
+    labels = []
+    for i in range(resets):
+        env.reset(seed=seed if i == 0 else None)
+        labels.append(env.label)
+    return labels
+
+
+def test_a_share_of_episodes_is_shifted_and_can_change_between_episodes():
+    env = make_env(DOORKEY, shifts=[("size", "6")], shift_share=1.0)
+    assert isinstance(env, ShiftShare)
+    assert set(played_shifts(env, 50, seed=0)) == {"size=6"}
+    assert env.unwrapped.width == 6
+    env.set_shift_share(0.0)
+    assert set(played_shifts(env, 50, seed=None)) == {UNSHIFTED}
+    assert env.unwrapped.width == 5
+    env.set_shift_share(0.25)
+    counts = Counter(played_shifts(env, 400, seed=3))
+    assert 60 < counts["size=6"] < 140  # about 100 of 400
+    # A seed fixes the draws, as in a mixture; the shifted member may be a mixture itself.
+    assert played_shifts(env, 400, seed=3) == played_shifts(env, 400, seed=3)
+    mixed = make_env(DOORKEY, shifts=[("size", "6,7")], shift_share=0.5)
+    assert set(played_shifts(mixed, 100, seed=1)) == {"size=6,7", UNSHIFTED}
+    assert {mixed.unwrapped.width for _ in range(60) if mixed.reset()} == {5, 6, 7}
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        env.set_shift_share(1.5)
+    # Both members are built: the unshifted one must fit the shifted one's spaces.
+    with pytest.raises(ShiftError, match="view=9 and unshifted do not"):
+        make_env(DOORKEY, shifts=[("view", "9")], shift_share=1.0)
+
+
+def test_a_vector_env_shares_out_the_share_it_is_given():
+    envs = make_vector_env(DOORKEY, 3, shifts=[("size", "16")], shift_share=1.0)
+    try:
+        envs.reset(seed=0)
+        assert {env.unwrapped.width for env in envs.unwrapped.envs} == {16}
+        envs.unwrapped.call("set_shift_share", 0.0)  # what the trainer calls
+        envs.reset(seed=1)
+        assert {env.unwrapped.width for env in envs.unwrapped.envs} == {5}
+    finally:
+        envs.close()
+
+
+def test_a_run_follows_its_schedule_and_a_resumed_run_picks_it_up(tmp_path, monkeypatch):
+    given: list[float] = []
+    set_share = ShiftShare.set_shift_share
+
+    def recorded(self: ShiftShare, share: float) -> None:
+        given.append(share)
+        set_share(self, share)
+
+    monkeypatch.setattr(ShiftShare, "set_shift_share", recorded)
+    run = tmp_path / "scheduled"
+    flags = ["--shift", "size=6", "--shift-schedule", "0:1,64:0", "--run-dir", str(run), *TINY]
+    assert main(["train", "--total-steps", "64", *flags]) == 0  # 2 updates of 32 steps
+    # The envs are built with the share at step 0, then every env (2) is given the share at
+    # each update's start: 1 at step 0, 0.5 at step 32.
+    assert given[-4:] == [1.0, 1.0, 0.5, 0.5] and set(given[:-4]) == {1.0}
+    assert [(e.step, e.value) for e in scalars(run)["charts/shift_share"]] == [(32, 1.0), (64, 0.5)]
+    given.clear()
+    assert main(["train", "--resume", "--total-steps", "96", *flags]) == 0
+    assert given[-2:] == [0.0, 0.0]  # the third update starts at step 64
+    assert scalars(run)["charts/shift_share"][-1].value == 0.0
+    assert json.loads((run / "config.json").read_text())["shift_schedule"] == "0:1,64:0"
+    # It is learned: a resumed run may not change it.
+    changed = ["--shift-schedule", "0:1", "--total-steps", "128"]
+    assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shift-schedule", "0:1"], "--shift-schedule needs --shift"),
+        (["--shift", "size=6", "--shift-schedule", "0:2"], "a value in [0, 1], got '0:2'"),
+        (["--shift", "size=6", "--shift-schedule", "9:1,5:0"], "steps must increase"),
+        (["--shift", "view=9", "--shift-schedule", "0:1"], "view=9 and unshifted do not"),
+    ],
+)
+def test_a_bad_schedule_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
+    run = tmp_path / "bad"
+    assert exit_code(["train", *flags, "--run-dir", str(run), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not run.exists()

@@ -1,0 +1,49 @@
+"""Piecewise-linear schedules over a run's steps, written ``STEP:VALUE,STEP:VALUE,...``
+(``--shift-schedule 0:1,500000:1,1000000:0``): the value at a step is interpolated linearly
+between the points around it and held constant before the first point and after the last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ScheduleError(ValueError):
+    """A schedule that does not parse, or whose steps or values are out of range; one line."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Points ``(step, value)`` with steps strictly increasing."""
+
+    steps: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, text: str, low: float = 0.0, high: float = 1.0) -> Schedule:
+        """``"0:1,500000:0"`` -> ``Schedule((0, 500000), (1.0, 0.0))``; ``ScheduleError`` unless
+        every point is ``STEP:VALUE`` with an integer step >= 0 above the last and a value in
+        ``[low, high]``."""
+        steps: list[int] = []
+        values: list[float] = []
+        for point in text.split(","):
+            step_text, sep, value_text = point.strip().partition(":")
+            try:
+                step, value = int(step_text.replace("_", "")), float(value_text)
+            except ValueError:
+                step, value = -1, float("nan")
+            if not sep or step < 0 or not low <= value <= high:
+                raise ScheduleError(
+                    f"takes points STEP:VALUE with an integer step >= 0 and a value in "
+                    f"[{low:g}, {high:g}], got {point.strip()!r}"
+                )
+            if steps and step <= steps[-1]:
+                raise ScheduleError(f"steps must increase from point to point, got {text!r}")
+            steps.append(step)
+            values.append(value)
+        return cls(tuple(steps), tuple(values))
+
+    def __call__(self, step: int) -> float:
+        """The value at ``step``."""
+        return float(np.interp(step, self.steps, self.values))
