@@ -6,6 +6,8 @@ version. It holds the full training config, so it alone rebuilds the policy and 
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,23 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
     return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
+def _load_failure(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words: torch's own
+    messages open with paragraphs of advice (load it unsafely, allowlist the class) that a
+    rims-rl user must not follow, and name the one fact that matters further down."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # the class or function it would call
+        if found:
+            return f"it holds a Python object, {found[1]}, not only weights; not loaded"
+        return "not a torch checkpoint file"
+    if isinstance(err, EOFError) or "failed finding central directory" in text:
+        return "the file ends early: truncated or still being written"
+    if "not a ZIP archive" in text:
+        return "not a torch checkpoint file"
+    return _first_line(err)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely; raise ``CheckpointError`` with one line on any problem."""
     path = Path(path)
@@ -45,7 +64,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or objects that are not plain weights
         raise CheckpointError(
-            f"{path} is not a readable rims-rl checkpoint ({_first_line(err)})"
+            f"{path} is not a readable rims-rl checkpoint ({_load_failure(err)})"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a rims-rl checkpoint")
