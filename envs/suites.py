@@ -115,7 +115,9 @@ def load_suite(spec: str) -> Suite:
         )
     try:
         suites = _parse_suites(json.loads(Path(path).read_text()), path)
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise ShiftError(f"{path}: cannot read it ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a PNG given for the JSON, say
         raise ShiftError(f"{path} is not valid JSON ({err})") from None
     if name:
         if name not in suites:

@@ -182,6 +182,9 @@ def test_builtin_and_user_suites(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ShiftError, match="not valid JSON"):
         load_suite(str(path))
+    path.write_bytes(b"\x89PNG\r\n")  # a plot given where the suite was meant
+    with pytest.raises(ShiftError, match="not valid JSON"):
+        load_suite(str(path))
     path.write_text(json.dumps({"x": {"rows": [{"shifts": []}]}}))
     with pytest.raises(ShiftError, match="each row needs an 'env' id"):
         load_suite(str(path))
