@@ -16,6 +16,13 @@ does, however it is killed: each stops its run after the step, with a checkpoint
     python bench/learn_minigrid.py --cores rims --seeds 1 2 3 --set k=5 --set ent_coef=0.01
     python bench/learn_minigrid.py --env MiniGrid-Fetch-5x5-N2-v0 --cores rims --seeds 1 2 \
         --total-steps 800000 --jobs 2 --set mission=false    # the mission unread
+    python bench/learn_minigrid.py --env MiniGrid-MemoryS7-v0 --seeds $(seq 1 10) --jobs 2 \
+        --total-steps 1000000 --episodes 200 --eval-unshifted \
+        --set 'shift=["sides=fixed,random", "start_dir=0,2"]' \
+        --set shift_schedule=0:1,400000:1,900000:0           # MemoryS7's curriculum
+
+Runs evaluate on their training env with its shifts; ``--eval-unshifted`` evaluates on the env
+alone, what a curriculum of shifts is for.
 """
 
 from __future__ import annotations
@@ -129,10 +136,11 @@ def core_fields(core: str) -> dict[str, object]:
 
 def train_and_evaluate(
     env: str, core: str, seed: int, total_steps: int, episodes: int, run_dir: Path, threads: int,
-    overrides: dict[str, object],
+    overrides: dict[str, object], eval_unshifted: bool = False,
 ) -> Run:  # fmt: skip
     """One run: ``core`` is a ``--core`` name, or ``rims-compile`` for rims with
-    ``--rims-compile``; ``threads`` 0 keeps torch's default; ``overrides`` are config fields."""
+    ``--rims-compile``; ``threads`` 0 keeps torch's default; ``overrides`` are config fields;
+    ``eval_unshifted``: evaluate on ``env`` without the run's training shifts."""
     from agents.checkpoint import load_policy
     from agents.config import resolve_config
     from agents.evaluate import evaluate
@@ -169,7 +177,8 @@ def train_and_evaluate(
         # RIMs: which units the evaluation's steps switch (rims mechanisms' 5-95% rule).
         names = [str(a) for a in range(policy.num_actions)]
         recorder = MechanismRecorder(names) if rims else None
-        evaluated = evaluate(policy, env, episodes, seed=seed, shifts=loaded.config.train_shifts,
+        shifts = () if eval_unshifted else loaded.config.train_shifts
+        evaluated = evaluate(policy, env, episodes, seed=seed, shifts=shifts,
                              env_kwargs=loaded.config.env_kwargs(),
                              observer=recorder).mean_return  # fmt: skip
         if recorder is not None:
@@ -197,6 +206,10 @@ def main() -> None:
         help="a config field for every run (e.g. k=5, learning_rate=5e-4); repeatable",
     )  # fmt: skip
     parser.add_argument("--out", default=None, help="run dirs go here (default: a temp dir)")
+    parser.add_argument(
+        "--eval-unshifted", action="store_true",
+        help="evaluate on --env without the runs' training shifts (--set shift=...)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
@@ -214,10 +227,11 @@ def main() -> None:
     threads = 1 if args.jobs > 1 else 0
     common = (args.total_steps, args.episodes)
     jobs = [
-        (args.env, core, seed, *common, root / f"{core}_s{seed}", threads, overrides)
+        (args.env, core, seed, *common, root / f"{core}_s{seed}", threads, overrides,
+         args.eval_unshifted)
         for core in args.cores
         for seed in args.seeds
-    ]
+    ]  # fmt: skip
     from agents.trainer import TrainingStopped
 
     try:
@@ -233,7 +247,9 @@ def main() -> None:
     except TrainingStopped as stop:  # a signal: the finished runs' lines are printed above
         parser.exit(stop.exit_code, f"learn_minigrid: a run stopped early: {stop}\n")
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
-    print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}; run dirs in {root}")
+    evaluated = "; evaluated unshifted" if args.eval_unshifted else ""
+    print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}{evaluated}; "
+          f"run dirs in {root}")  # fmt: skip
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
           f"{'wall s':>8}{'steps/s':>9}{'switched':>10}")  # fmt: skip
     for r in runs:
