@@ -43,14 +43,13 @@ def _load_failure(err: BaseException) -> str:
     messages open with paragraphs of advice (load it unsafely, allowlist the class) that a
     rims-rl user must not follow, and name the one fact that matters further down."""
     text = str(err)
-    if isinstance(err, pickle.UnpicklingError):
-        found = re.search(r"GLOBAL ([\w.]+)", text)  # the class or function it would call
-        if found:
-            return f"it holds a Python object, {found[1]}, not only weights; not loaded"
-        return "not a torch checkpoint file"
+    unpickling = isinstance(err, pickle.UnpicklingError)
+    found = re.search(r"GLOBAL ([\w.]+)", text) if unpickling else None  # what it would call
+    if found:
+        return f"it holds a Python object, {found[1]}, not only weights; not loaded"
     if isinstance(err, EOFError) or "failed finding central directory" in text:
         return "the file ends early: truncated or still being written"
-    if "not a ZIP archive" in text:
+    if unpickling or "not a ZIP archive" in text:
         return "not a torch checkpoint file"
     return _first_line(err)
 

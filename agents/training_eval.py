@@ -22,6 +22,7 @@ from agents.distributed import Distributed, any_rank, gather_lists
 from agents.evaluate import EvalResult, evaluate
 from agents.report import check_row_fits, env_kwargs_for
 from envs.factory import EnvError
+from envs.mixture import UNSHIFTED
 from envs.suites import GENERATED, SuiteRow, suite_rows
 from policies.actor_critic import ActorCritic
 
@@ -87,7 +88,7 @@ def eval_targets(
                 print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
                 continue
         # A run trained on shifts names the unshifted training env too (its name is "").
-        name = "" if row == own else tag_name(row, config.env) or "unshifted"
+        name = "" if row == own else tag_name(row, config.env) or UNSHIFTED
         targets.append(EvalTarget(row, name))
     return targets
 

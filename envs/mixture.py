@@ -76,7 +76,8 @@ class ShiftMixture(gym.Wrapper):
             member.close()
 
 
-UNSHIFTED = "unshifted"  # the label of ``ShiftShare``'s unshifted member
+UNSHIFTED = "unshifted"  # the name of an env without shifts beside shifted ones (ShiftShare's
+# member; the tag of a suite's unshifted row in evaluation during training)
 
 
 class ShiftShare(ShiftMixture):
