@@ -11,7 +11,6 @@ B are resampled on their own, as rliable does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from agents.pooled import (
     returns_by_config,
 )
 from agents.report import bar_chart
+from envs.jsonfile import NotJson, read_json
 
 ALL_ROWS = "mean over rows"
 """The env name of a comparison that averages every row both configs were evaluated on."""
@@ -175,10 +175,10 @@ def read_pooled(path: Path) -> list[PooledRow]:
     """The rows of a ``rims eval --pool-seeds --json`` file; ``ConfigError`` naming the file
     where it is not one."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read it ({err.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except NotJson as err:
         raise ConfigError(f"{path}: not JSON ({err})") from None
     names = [f.name for f in fields(PooledRow)]
     # fields with a default (``interval``) may be missing: files written before them

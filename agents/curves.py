@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.checkpoint import CheckpointError
 from agents.groups import config_key, config_names
+from envs.jsonfile import NotJson, read_json
 
 
 class RunScalars:
@@ -96,8 +96,8 @@ def _expand_tags(loaded: Loaded, patterns: Sequence[str]) -> list[str]:
 def run_config(run_dir: Path) -> dict | None:
     """The run's ``config.json``, or None where it has none (or an unreadable one)."""
     try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_json(run_dir / "config.json")
+    except (FileNotFoundError, NotJson):
         return None
 
 

@@ -39,6 +39,7 @@ from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
 from agents.training_eval import EvalTarget, TrainingEvaluator, eval_targets
 from envs.factory import env_module, make_env, make_vector_env, probe_resets
+from envs.jsonfile import NotJson, read_json
 from envs.probe import TimeLimitReached, failure_summary
 from policies import triton_steps
 from policies.actor_critic import ActorCritic
@@ -97,10 +98,10 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     """The config a run directory was started with."""
     path = run_dir / CONFIG_FILE
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir} holds no {CONFIG_FILE}; nothing to resume") from None
-    except json.JSONDecodeError as err:
+    except NotJson as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from None
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs.jsonfile import NotJson, read_json
 from envs.shifts import ShiftError, parse_shift, shift_label
 
 BUILTIN = Path(__file__).with_name("suites.json")
@@ -114,10 +115,10 @@ def load_suite(spec: str) -> Suite:
             f"unknown suite {spec!r}; built-in suites: {', '.join(builtins)} (or a JSON file)"
         )
     try:
-        suites = _parse_suites(json.loads(Path(path).read_text()), path)
+        suites = _parse_suites(read_json(path), path)
     except OSError as err:
         raise ShiftError(f"{path}: cannot read it ({err.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a PNG given for the JSON, say
+    except NotJson as err:  # a PNG given for the JSON, say
         raise ShiftError(f"{path} is not valid JSON ({err})") from None
     if name:
         if name not in suites:

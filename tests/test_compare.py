@@ -88,6 +88,11 @@ def text(path, content: str) -> str:
     return str(path)
 
 
+def binary(path, content: bytes) -> str:
+    path.write_bytes(content)
+    return str(path)
+
+
 def test_rims_compare_reads_pooled_files_and_writes_json_and_csv(tmp_path, capsys):
     first = write(tmp_path / "a.json", ROWS[:2])
     second = write(tmp_path / "b.json", ROWS[2:4])
@@ -134,6 +139,7 @@ def test_labels_tell_apart_files_whose_configs_share_a_name(tmp_path, capsys):
          "no two configs were evaluated on a common env x shift"),
         (lambda d: [str(d / "missing.json")], "cannot read it"),
         (lambda d: [text(d / "a.json", "[{")], "not JSON"),
+        (lambda d: [binary(d / "a.json", b"\x89PNG\r\n")], "not JSON"),  # a plot given for it
         (lambda d: [text(d / "a.json", '[{"config": "rims"}]')],
          "not a 'rims eval --pool-seeds --json' file"),
         (lambda d: [text(d / "a.json", json.dumps([{**asdict(ROWS[0]), "run_returns": []}]))],

@@ -106,6 +106,22 @@ def test_checkpoint_crafted_to_run_code_is_refused_and_does_not_run(tmp_path, ca
     assert not marker.exists()
 
 
+def test_a_config_json_that_is_not_text_is_one_line_or_a_group_of_its_own(tmp_path, capsys):
+    """A run's config.json overwritten with bytes that are not UTF-8 (a PNG saved over it): a
+    resume says so in one line, and ``rims plot`` groups the run by its folder's name, as it
+    does a config that does not parse."""
+    from agents.curves import group_label
+
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 0
+    capsys.readouterr()
+    (run / "config.json").write_bytes(b"\x89PNG\r\n")
+    assert exit_code(["train", "--run-dir", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json is not valid JSON" in err and len(err.splitlines()) == 1
+    assert group_label(run) == "run"
+
+
 def test_truncated_wrong_version_and_foreign_checkpoints(tmp_path):
     good = tmp_path / "good.pt"
     save_checkpoint(good, {"model": {"w": torch.ones(1000)}})
