@@ -86,8 +86,11 @@ def add_record_parser(commands) -> None:
 def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
     """The flags ``eval`` and ``record`` share: where and how the checkpoint plays."""
     parser.add_argument("--env", default=None, help="env id; none: the run's training env")
-    parser.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE",
-                        help="a shift (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--shift", action="append", default=[], metavar="KEY=VALUE",
+        help="a shift (repeatable); with neither --env nor --shift, the run's own shifts (none "
+        "where its --shift-schedule ends at 0)",
+    )  # fmt: skip
     parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes")
     parser.add_argument(
         "--seed",
@@ -195,9 +198,10 @@ def played_row(
     config: TrainConfig, env: str | None, shifts: tuple[tuple[str, str], ...]
 ) -> SuiteRow:
     """What ``eval`` and ``record`` play for a run without ``--suite``: ``env`` (default: the
-    run's) with exactly ``shifts``; with neither, the run's training env with its ``--shift``."""
+    run's) with exactly ``shifts``; with neither, the run's target (its training env with its
+    ``--shift``, or without where its ``--shift-schedule`` ends at 0)."""
     if env is None and not shifts:
-        return config.train_row
+        return config.target_row
     return SuiteRow(env or config.env, shifts)
 
 

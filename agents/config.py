@@ -48,7 +48,8 @@ class TrainConfig:
         None,
         "the share of episodes played with --shift as a piecewise-linear schedule over the "
         "run's steps, STEP:SHARE,... (0:1,500000:1,1000000:0 moves to the unshifted env over "
-        "the second half million steps); the other episodes are unshifted (none: all shifted)",
+        "the second half million steps); the other episodes are unshifted (none: all shifted). "
+        "One that ends at 0 makes the unshifted env what eval/return and rims eval RUN play",
         metavar="STEP:SHARE,...",
     )
     core: str = option("rims", "recurrent core of the policy", CORES)
@@ -203,7 +204,8 @@ class TrainConfig:
     eval_every: int = option(
         0,
         "evaluate the policy every this many updates (and after the last) on the training env "
-        "and --eval-suite's rows, logged as eval/... (0: never)",
+        "(eval/return, which chooses best.pt) and --eval-suite's rows, logged as eval/... "
+        "(0: never)",
     )
     eval_episodes: int = option(32, "episodes per env and shift in each --eval-every evaluation")
     eval_suite: str | None = option(
@@ -239,6 +241,18 @@ class TrainConfig:
         """What the run trains on: its env with its shifts (a mixture where a shift lists
         several values)."""
         return SuiteRow(self.env, self.train_shifts)
+
+    @property
+    def target_row(self) -> SuiteRow:
+        """What the run learns to play, and what evaluation plays unless told otherwise
+        (``eval/return``, ``rims eval RUN``): ``train_row``, or the env alone where
+        ``--shift-schedule`` ends at a share of 0, a curriculum that moves the run onto the
+        env's own levels. A schedule that ends above 0 still trains on its shifts to the end,
+        and they stay the target."""
+        schedule = self.share_schedule
+        if schedule is not None and schedule.values[-1] == 0:
+            return SuiteRow(self.env, ())
+        return self.train_row
 
     @property
     def batch_size(self) -> int:

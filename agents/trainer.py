@@ -412,13 +412,13 @@ class Trainer:
 
     def evaluate_if_due(self, update: int) -> None:
         """Evaluate after ``update`` where ``--eval-every`` says so; an evaluation of the
-        training env that beats the best so far is written as ``best.pt``."""
+        run's target that beats the best so far is written as ``best.pt``."""
         if not self.evaluator.due(update, self.num_updates):
             return
         tick = time.perf_counter()
         results = self.evaluator.evaluate(self.policy, should_stop=self.stop_requested)
         self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
-        own = [r.result.mean_return for r in results if r.target.is_training_env]
+        own = [r.result.mean_return for r in results if r.target.is_target]
         if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
             self.best_eval_return = own[0]
             self.save_best()
@@ -526,6 +526,6 @@ class Trainer:
             mean = self.logger.mean_recent_return
             improved = mean is not None and (self.best_return is None or mean > self.best_return)
             self.best_return = mean if improved else self.best_return
-            # With evaluations of the training env, they choose best.pt (above) instead.
-            self.save(best=improved and not self.evaluator.evaluates_training_env)
+            # With evaluations of the run's target, they choose best.pt (above) instead.
+            self.save(best=improved and not self.evaluator.evaluates_target)
         return True

@@ -30,19 +30,19 @@ from policies.actor_critic import ActorCritic
 @dataclass(frozen=True)
 class EvalTarget:
     """One env x shift row and the name its scalars are logged under: ``eval/<name>/return``,
-    or ``eval/return`` where the name is empty (the training env itself)."""
+    or ``eval/return`` where the name is empty (the run's target, ``TrainConfig.target_row``)."""
 
     row: SuiteRow
     name: str
 
     @property
-    def is_training_env(self) -> bool:
-        """The training env itself, with the run's ``--shift`` (its scores choose
-        ``best.pt``)."""
+    def is_target(self) -> bool:
+        """The run's target: its training env with its ``--shift``, or without where its
+        ``--shift-schedule`` ends at 0 (its scores choose ``best.pt``)."""
         return not self.name
 
     def tag(self, metric: str) -> str:
-        return f"eval/{metric}" if self.is_training_env else f"eval/{self.name}/{metric}"
+        return f"eval/{metric}" if self.is_target else f"eval/{self.name}/{metric}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def tag_name(row: SuiteRow, training_env: str) -> str:
 def eval_targets(
     config: TrainConfig, observation_space: Dict, num_actions: int
 ) -> list[EvalTarget]:
-    """What ``config``'s ``--eval-every`` evaluates: the training env (with its ``--shift``),
+    """What ``config``'s ``--eval-every`` evaluates: the run's target (``target_row``), then its
+    training env with its ``--shift`` where that is not the target (a schedule that ends at 0),
     then each row of ``--eval-suite`` (``$RUN`` is the training env's id, unshifted; a row given
     twice counts once; the unshifted env of a run trained on shifts is named ``unshifted``).
     ``observation_space`` and ``num_actions`` are the policy's, built for the training env. Every
@@ -72,13 +73,13 @@ def eval_targets(
     does."""
     if not config.eval_every:
         return []
-    own = config.train_row
-    rows = [own]
+    own = config.target_row
+    rows = [own, config.train_row]  # the same row but where a schedule ends at 0
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]
     targets = []
     for row in dict.fromkeys(rows):
-        if row != own:  # the training env itself was checked when the policy was built for it
+        if row not in (own, config.train_row):  # checked when the policy was built for them
             try:
                 check_row_fits(row, env_kwargs_for(config, row.env), observation_space,
                                num_actions, "the policy")  # fmt: skip
@@ -87,7 +88,7 @@ def eval_targets(
                     raise EnvError(f"--eval-suite: {err}") from None
                 print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
                 continue
-        # A run trained on shifts names the unshifted training env too (its name is "").
+        # The target's name is ""; the unshifted env, whose label is empty, is named so too.
         name = "" if row == own else tag_name(row, config.env) or UNSHIFTED
         targets.append(EvalTarget(row, name))
     return targets
@@ -106,9 +107,9 @@ class TrainingEvaluator:
         self.targets = list(targets)
 
     @property
-    def evaluates_training_env(self) -> bool:
-        """Whether the training env itself is still evaluated (it chooses ``best.pt`` then)."""
-        return any(target.is_training_env for target in self.targets)
+    def evaluates_target(self) -> bool:
+        """Whether the run's target is still evaluated (it chooses ``best.pt`` then)."""
+        return any(target.is_target for target in self.targets)
 
     def due(self, update: int, last_update: int) -> bool:
         every = self.config.eval_every
@@ -166,6 +167,6 @@ def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
 
 
 def mean_shifted_return(results: list[RowResult]) -> float | None:
-    """Mean return over the rows other than the training env itself (None if there are none)."""
-    shifted = [r.result.mean_return for r in results if not r.target.is_training_env]
+    """Mean return over the rows other than the run's target (None if there are none)."""
+    shifted = [r.result.mean_return for r in results if not r.target.is_target]
     return fmean(shifted) if shifted else None

@@ -263,6 +263,41 @@ def test_a_run_follows_its_schedule_and_a_resumed_run_picks_it_up(tmp_path, monk
 
 
 @pytest.mark.parametrize(
+    ("schedule", "labels"),
+    [
+        (None, [("size=6", "")]),
+        ("0:1,1000:0.5", [("size=6", "")]),  # ends on the shifts, in part
+        ("0:1,1000:0", [("", ""), ("size=6", "size=6")]),  # ends on the env's own levels
+    ],
+)
+def test_the_target_is_where_the_schedule_ends(schedule, labels):
+    config = resolve_config({"shift": ("size=6",), "shift_schedule": schedule, "eval_every": 1})
+    env = make_env(config.env, shifts=config.train_shifts)
+    targets = eval_targets(config, env.observation_space, int(env.action_space.n))
+    env.close()
+    assert [(t.row.label, t.name) for t in targets] == labels
+    assert targets[0].row == config.target_row and targets[0].tag("return") == "eval/return"
+
+
+def test_a_run_that_ends_unshifted_is_evaluated_unshifted(tmp_path, capsys):
+    run = tmp_path / "faded"
+    flags = ["--shift", "size=6", "--shift-schedule", "0:1,32:0", "--eval-every", "1"]
+    argv = ["train", *flags, "--eval-episodes", "2", "--total-steps", "64", "--run-dir", str(run)]
+    assert main([*argv, *TINY]) == 0
+    logged = scalars(run)
+    # eval/return (which chooses best.pt) is the unshifted env; the shifts are followed too.
+    assert len(logged["eval/return"]) == len(logged["eval/size=6/return"]) == 2
+    assert "eval/shifted_return" in logged
+    assert (run / "checkpoints" / "best.pt").exists()
+    capsys.readouterr()
+    # rims eval plays the target by default, and the shifts when given.
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
+    assert "size=6" not in capsys.readouterr().out
+    assert main(["eval", str(run), "--shift", "size=6", "--episodes", "2"]) == 0
+    assert "size=6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--shift-schedule", "0:1"], "--shift-schedule needs --shift"),
