@@ -481,7 +481,7 @@ def validate(c: TrainConfig) -> None:
     _check(
         c.num_sequences % c.num_minibatches == 0,
         f"--num-minibatches={c.num_minibatches} must divide the {c.num_sequences} training "
-        f"sequences per rollout (num_envs x num_steps / bptt)",
+        f"sequence{'s' if c.num_sequences != 1 else ''} per rollout (num_envs x num_steps / bptt)",
     )
     _check(c.learning_rate > 0, f"--learning-rate must be > 0, got {c.learning_rate}")
     _check(0 < c.gamma <= 1, f"--gamma must be in (0, 1], got {c.gamma}")
