@@ -21,8 +21,9 @@ does, however it is killed: each stops its run after the step, with a checkpoint
         --set 'shift=["sides=fixed,random", "start_dir=0,2"]' \
         --set shift_schedule=0:1,400000:1,900000:0           # MemoryS7's curriculum
 
-Runs evaluate on their training env with its shifts; ``--eval-unshifted`` evaluates on the env
-alone, what a curriculum of shifts is for.
+Runs evaluate on their target: the training env with its shifts, or without them where a
+``shift_schedule`` ends at 0. ``--eval-unshifted`` evaluates on the env alone whatever the
+schedule, what a fixed curriculum of shifts is for.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def train_and_evaluate(
 ) -> Run:  # fmt: skip
     """One run: ``core`` is a ``--core`` name, or ``rims-compile`` for rims with
     ``--rims-compile``; ``threads`` 0 keeps torch's default; ``overrides`` are config fields;
-    ``eval_unshifted``: evaluate on ``env`` without the run's training shifts."""
+    ``eval_unshifted``: evaluate on ``env`` without the run's training shifts (else on the run's
+    target, ``TrainConfig.target_row``)."""
     from agents.checkpoint import load_policy
     from agents.config import resolve_config
     from agents.evaluate import evaluate
@@ -177,7 +179,7 @@ def train_and_evaluate(
         # RIMs: which units the evaluation's steps switch (rims mechanisms' 5-95% rule).
         names = [str(a) for a in range(policy.num_actions)]
         recorder = MechanismRecorder(names) if rims else None
-        shifts = () if eval_unshifted else loaded.config.train_shifts
+        shifts = () if eval_unshifted else loaded.config.target_row.shifts
         evaluated = evaluate(policy, env, episodes, seed=seed, shifts=shifts,
                              env_kwargs=loaded.config.env_kwargs(),
                              observer=recorder).mean_return  # fmt: skip

@@ -111,7 +111,7 @@ def test_learn_minigrid_reads_config_overrides():
             parse(bad)
 
 
-def test_learn_minigrid_evaluates_on_the_training_shifts_or_without_them(tmp_path, monkeypatch):
+def test_learn_minigrid_evaluates_each_runs_target_or_the_env_alone(tmp_path, monkeypatch):
     import agents.evaluate
 
     played = []
@@ -123,15 +123,16 @@ def test_learn_minigrid_evaluates_on_the_training_shifts_or_without_them(tmp_pat
 
     monkeypatch.setattr(agents.evaluate, "evaluate", recorded)
     tiny = dict(num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1, hidden_size=4,
-                num_units=3, k=2, feature_size=8, shift=("size=6",),
-                shift_schedule="0:1,32:0")  # fmt: skip
-    for unshifted in (False, True):
+                num_units=3, k=2, feature_size=8, shift=("size=6",))  # fmt: skip
+    # The shifts; none where the schedule ends at 0 (the run's target); none when told.
+    cases = [(None, False), ("0:1,32:0", False), ("0:1,32:0.5", True)]
+    for i, (schedule, unshifted) in enumerate(cases):
         run = learn_minigrid.train_and_evaluate(
-            "MiniGrid-DoorKey-5x5-v0", "lstm", 1, 64, 2, tmp_path / f"u{unshifted}", 1, tiny,
-            eval_unshifted=unshifted,
+            "MiniGrid-DoorKey-5x5-v0", "lstm", 1, 64, 2, tmp_path / f"r{i}", 1,
+            {**tiny, "shift_schedule": schedule}, eval_unshifted=unshifted,
         )  # fmt: skip
         assert 0.0 <= run.eval_return <= 1.0
-    assert played == [(("size", "6"),), ()]
+    assert played == [(("size", "6"),), (), ()]
 
 
 def test_learn_minigrid_records_a_diverged_run_instead_of_ending_the_sweep(tmp_path):
