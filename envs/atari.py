@@ -31,6 +31,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from envs.watched import vector_env
 
 gym.register_envs(ale_py)
+# Warnings and errors only: ALE's banner on stderr would come before a command's one-line error.
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
 
 SCREEN = 84
 

@@ -354,6 +354,16 @@ def test_script_exit_codes_in_a_real_process(tmp_path):
     )  # fmt: skip
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
     assert "Traceback" not in missing.stderr
+    # An Atari env is made before this error: ALE's banner (written once a process, by C++ to
+    # the file descriptor, so only a fresh process shows it) must not come before the line.
+    atari = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--env", "ALE/Pong-v5", "--encoder",
+         "minigrid-cells", "--run-dir", str(tmp_path / "pong")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert atari.returncode == 2
+    assert atari.stderr.startswith("rims: error: the policy does not fit ALE/Pong-v5")
+    assert len(atari.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
