@@ -74,7 +74,7 @@ def eval_targets(
     if not config.eval_every:
         return []
     own = config.target_row
-    rows = [own, config.train_row]  # the same row but where a schedule ends at 0
+    rows = [own, config.train_row]  # one row, unless a schedule ends at 0
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]
     targets = []
@@ -88,7 +88,7 @@ def eval_targets(
                     raise EnvError(f"--eval-suite: {err}") from None
                 print(f"rims: --eval-suite leaves out {row.label}: {err}", file=sys.stderr)
                 continue
-        # The target's name is ""; the unshifted env, whose label is empty, is named so too.
+        # The target is named ""; another row without shifts (the unshifted env) "unshifted".
         name = "" if row == own else tag_name(row, config.env) or UNSHIFTED
         targets.append(EvalTarget(row, name))
     return targets
