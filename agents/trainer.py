@@ -169,6 +169,7 @@ def checkpoint_payload(
         "mean_recent_return": mean_return,
         "best_return": best_return,
         "best_eval_return": best_eval_return,
+        "best_eval_shifts": config.target_row.label,  # what best_eval_return was measured on
         **capture_rng_states(),
     }
 
@@ -371,7 +372,11 @@ class Trainer:
                 seed_everything(config.seed + 1_009 * world.rank + 7_919 * resumed["update"])
             self.global_step, self.update = resumed["global_step"], resumed["update"]
             self.best_return = resumed["best_return"]
-            self.best_eval_return = resumed.get("best_eval_return")  # absent before --eval-every
+            # Absent before --eval-every. A checkpoint from before target_row measured it on the
+            # training shifts; where the target is now the env alone, it does not compare.
+            measured_on = resumed.get("best_eval_shifts", config.train_row.label)
+            if measured_on == config.target_row.label:
+                self.best_eval_return = resumed.get("best_eval_return")
         self.storage = RolloutStorage(
             config.num_steps, config.num_envs, envs.single_observation_space,
             self.policy.initial_state(config.num_envs, device), config.sequence_length, device,

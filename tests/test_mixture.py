@@ -9,6 +9,7 @@ from collections import Counter
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from agents.checkpoint import load_policy
 from agents.config import resolve_config
@@ -260,6 +261,30 @@ def test_a_run_follows_its_schedule_and_a_resumed_run_picks_it_up(tmp_path, monk
     # It is learned: a resumed run may not change it.
     changed = ["--shift-schedule", "0:1", "--total-steps", "128"]
     assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
+
+
+@pytest.mark.parametrize(("saved_by", "kept"), [("this version", True), ("an older one", False)])
+def test_a_resumed_run_keeps_its_best_evaluation_only_if_it_was_of_the_target(
+    tmp_path, saved_by, kept
+):
+    """Checkpoints written before a schedule ending at 0 made the env alone the target hold a
+    best evaluation of the shifts, which a resumed run must not compare with its target's."""
+    run = tmp_path / "faded"
+    flags = ["--shift", "size=6", "--shift-schedule", "0:1,32:0", "--eval-every", "1"]
+    flags += ["--eval-episodes", "2", "--run-dir", str(run), *TINY]
+    assert main(["train", "--total-steps", "64", *flags]) == 0
+    latest, best = run / "checkpoints" / "latest.pt", run / "checkpoints" / "best.pt"
+    best_before = torch.load(best, weights_only=True)["global_step"]
+    payload = torch.load(latest, weights_only=True)
+    assert payload["best_eval_shifts"] == ""  # the env alone
+    payload["best_eval_return"] = 2.0  # more than MiniGrid pays: nothing beats it
+    if saved_by == "an older one":
+        del payload["best_eval_shifts"]
+    torch.save(payload, latest)
+    assert main(["train", "--resume", "--total-steps", "96", *flags]) == 0
+    after = torch.load(best, weights_only=True)
+    assert after["global_step"] == (best_before if kept else 96)
+    assert (torch.load(latest, weights_only=True)["best_eval_return"] == 2.0) == kept
 
 
 @pytest.mark.parametrize(
