@@ -59,6 +59,7 @@ class Run(NamedTuple):
     steps_per_second: float  # nan for a run that stopped early
     stopped: str | None = None  # why the run stopped early (NaNs), None if it finished
     switched: int | None = None  # RIMs units top-k switched over the evaluation; None: not RIMs
+    eval_success: float | None = None  # the evaluation's success rate; None: the env has none
 
 
 def first_sustained_step(
@@ -172,7 +173,7 @@ def train_and_evaluate(
     else:
         final, sps = (curve[-1][1] if curve else 0.0), float("nan")
     saved = (run_dir / "checkpoints" / "latest.pt").exists()  # none if the first update failed
-    evaluated, switched = float("nan"), None
+    evaluated, switched, success = float("nan"), None, None
     if saved:  # the run's env settings and shifts (the mission's words, --set shift=...)
         loaded = load_policy(run_dir)
         policy, rims = loaded.policy, config.core == "rims"
@@ -180,13 +181,13 @@ def train_and_evaluate(
         names = [str(a) for a in range(policy.num_actions)]
         recorder = MechanismRecorder(names) if rims else None
         shifts = () if eval_unshifted else loaded.config.target_row.shifts
-        evaluated = evaluate(policy, env, episodes, seed=seed, shifts=shifts,
-                             env_kwargs=loaded.config.env_kwargs(),
-                             observer=recorder).mean_return  # fmt: skip
+        played = evaluate(policy, env, episodes, seed=seed, shifts=shifts,
+                          env_kwargs=loaded.config.env_kwargs(), observer=recorder)  # fmt: skip
+        evaluated, success = played.mean_return, played.success_rate
         if recorder is not None:
             switched = len(switched_units(np.stack(recorder.masks).mean(0).tolist()))
     run = Run(core, seed, first_sustained_step(curve), final, evaluated, wall, sps, stopped,
-              switched)  # fmt: skip
+              switched, success)  # fmt: skip
     print(f"done {core} seed {seed}: reached {run.reached}, final {run.train_return:.3f}"
           + (f"; stopped early: {stopped}" if stopped else ""), flush=True)  # fmt: skip
     return run
@@ -253,11 +254,12 @@ def main() -> None:
     print(f"\n{args.env}, {args.total_steps:,} steps, default config{changed}{evaluated}; "
           f"run dirs in {root}")  # fmt: skip
     print(f"{'core':<13}{'seed':>5}{'step >= 0.9':>13}{'train ret':>11}{'eval ret':>10}"
-          f"{'wall s':>8}{'steps/s':>9}{'switched':>10}")  # fmt: skip
+          f"{'success':>9}{'wall s':>8}{'steps/s':>9}{'switched':>10}")  # fmt: skip
     for r in runs:
+        success = "-" if r.eval_success is None else f"{r.eval_success:.0%}"
         print(
             f"{r.core:<13}{r.seed:>5}{r.reached if r.reached is not None else 'never':>13}"
-            f"{r.train_return:>11.3f}{r.eval_return:>10.3f}{r.wall_seconds:>8.0f}"
+            f"{r.train_return:>11.3f}{r.eval_return:>10.3f}{success:>9}{r.wall_seconds:>8.0f}"
             f"{r.steps_per_second:>9.0f}{'-' if r.switched is None else r.switched:>10}"
         )
     print(

@@ -114,12 +114,13 @@ def test_learn_minigrid_reads_config_overrides():
 def test_learn_minigrid_evaluates_each_runs_target_or_the_env_alone(tmp_path, monkeypatch):
     import agents.evaluate
 
-    played = []
+    played, results = [], []
     evaluate = agents.evaluate.evaluate
 
     def recorded(*args, **kwargs):
         played.append(tuple(kwargs["shifts"]))
-        return evaluate(*args, **kwargs)
+        results.append(evaluate(*args, **kwargs))
+        return results[-1]
 
     monkeypatch.setattr(agents.evaluate, "evaluate", recorded)
     tiny = dict(num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1, hidden_size=4,
@@ -132,6 +133,9 @@ def test_learn_minigrid_evaluates_each_runs_target_or_the_env_alone(tmp_path, mo
             {**tiny, "shift_schedule": schedule}, eval_unshifted=unshifted,
         )  # fmt: skip
         assert 0.0 <= run.eval_return <= 1.0
+        # MiniGrid defines success (a positive return): the share of the episodes that got one
+        positive = [r > 0 for r in results[-1].returns]
+        assert run.eval_success == pytest.approx(sum(positive) / len(positive))
     assert played == [(("size", "6"),), (), ()]
 
 
@@ -147,6 +151,7 @@ def test_learn_minigrid_records_a_diverged_run_instead_of_ending_the_sweep(tmp_p
     assert run.stopped is not None and "NaN/inf in update 3" in run.stopped
     assert run.reached is None and run.steps_per_second != run.steps_per_second  # nan
     assert 0.0 <= run.eval_return <= 1.0  # the update-2 checkpoint, on fresh (finite) episodes
+    assert run.eval_success is None  # a test env, which defines no success
     # The units switched over that evaluation are those rims mechanisms finds in its episodes
     # (two here: 0.25 and 0.75 of the steps).
     loaded = load_policy(tmp_path / "run")
