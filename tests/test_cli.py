@@ -100,8 +100,13 @@ def test_resume_continues_the_step_counter_and_curves(tmp_path):
     )
     assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "128"]) == 0
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 128
-    steps = [e.step for e in scalars(run)["charts/SPS"]]
-    assert steps == [32, 64, 96, 128]
+    logged = scalars(run)
+    assert [e.step for e in logged["charts/SPS"]] == [32, 64, 96, 128]
+    # The learning rate anneals linearly to 0 at the total in force: update u of n gets
+    # lr * (1 - (u - 1) / n), so extending 2 updates to 4 takes it from lr / 2 on, not from lr.
+    lr = json.loads((run / "config.json").read_text())["learning_rate"]
+    expected = [lr, lr / 2, lr / 2, lr / 4]
+    assert [e.value for e in logged["charts/learning_rate"]] == pytest.approx(expected)
     # The resumed run's event file sorts after the first one even within the same second
     # (TensorBoard reads files in name order), so its purge marker and curve come last.
     first, resumed = sorted(run.glob("events.out.tfevents.*"))
