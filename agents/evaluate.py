@@ -29,26 +29,38 @@ EVAL_SEED_OFFSET = 1_000_000_007  # training seeds env i with seed + i; evaluati
 
 @dataclass
 class EvalResult:
-    """Per-episode returns and lengths; successes where the env defines success."""
+    """Per-episode returns and lengths; successes where the env defines success; which
+    episodes were truncated (cut by the env's step limit, not ended by the task) where known."""
 
     returns: list[float]
     lengths: list[int]
     successes: list[bool] | None = None
+    truncated: list[bool] | None = None
 
     @classmethod
-    def of(cls, env_id: str, returns: list[float], lengths: list[int]) -> EvalResult:
+    def of(
+        cls, env_id: str, returns: list[float], lengths: list[int],
+        truncated: list[bool] | None = None,
+    ) -> EvalResult:  # fmt: skip
         """The episodes' returns and lengths, with successes where ``env_id`` defines them."""
         success = [success_of(env_id, r) for r in returns]
-        return cls(returns, lengths, None if None in success else [bool(s) for s in success])
+        successes = None if None in success else [bool(s) for s in success]
+        return cls(returns, lengths, successes, truncated)
 
     @classmethod
     def joined(cls, parts: Sequence[EvalResult]) -> EvalResult:
         """The episodes of ``parts``, one after another."""
-        successes = [p.successes for p in parts]
+
+        def join(lists: list[list[bool] | None]) -> list[bool] | None:
+            if any(part is None for part in lists):
+                return None
+            return [x for part in lists if part is not None for x in part]
+
         return cls(
             [r for p in parts for r in p.returns],
             [n for p in parts for n in p.lengths],
-            None if None in successes else [s for part in successes for s in part],
+            join([p.successes for p in parts]),
+            join([p.truncated for p in parts]),
         )
 
     @property
@@ -69,6 +81,11 @@ class EvalResult:
     @property
     def success_rate(self) -> float | None:
         return None if self.successes is None else float(np.mean(self.successes))
+
+    @property
+    def truncated_rate(self) -> float | None:
+        """The share of episodes cut by the env's step limit; None where not recorded."""
+        return None if self.truncated is None else float(np.mean(self.truncated))
 
     @property
     def mean_length(self) -> float:
@@ -146,6 +163,7 @@ def evaluate(
     policy.eval()
     returns: list[float] = []
     lengths: list[int] = []
+    truncations: list[bool] = []
     try:
         cuda_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices), closing(envs):
@@ -169,6 +187,8 @@ def evaluate(
                         if counted:
                             returns.append(float(info["episode"]["r"][i]))
                             lengths.append(int(info["episode"]["l"][i]))
+                            # an episode that also ended by the task's rules was not cut short
+                            truncations.append(bool(truncated[i] and not terminated[i]))
                         if observer is not None:
                             observer.episode_end(int(i), counted)
                         done_count[i] += 1
@@ -177,4 +197,4 @@ def evaluate(
                 starts = torch.as_tensor(terminated | truncated, device=device)
     finally:
         policy.train(was_training)
-    return EvalResult.of(env_id, returns, lengths)
+    return EvalResult.of(env_id, returns, lengths, truncations)

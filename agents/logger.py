@@ -167,7 +167,8 @@ class RunLogger:
             self.writer.add_scalar("charts/shift_share", share, global_step)
 
     def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
-        """Each row's ``eval/.../return``, ``success_rate`` (where defined) and ``length``, the
+        """Each row's ``eval/.../return``, ``success_rate`` (where defined), ``length`` and
+        ``truncated_rate`` (the share of episodes cut by the env's step limit), the
         mean over the shifted rows as ``eval/shifted_return``, the time it took as
         ``perf/eval_seconds``, and one line on the terminal."""
         if self.writer is None or not results:
@@ -176,6 +177,9 @@ class RunLogger:
         for r in results:
             self.writer.add_scalar(r.target.tag("return"), r.result.mean_return, global_step)
             self.writer.add_scalar(r.target.tag("length"), r.result.mean_length, global_step)
+            if r.result.truncated_rate is not None:
+                cut = r.result.truncated_rate
+                self.writer.add_scalar(r.target.tag("truncated_rate"), cut, global_step)
             if r.result.success_rate is not None:
                 rate = r.result.success_rate
                 self.writer.add_scalar(r.target.tag("success_rate"), rate, global_step)

@@ -20,7 +20,7 @@ from envs.suites import SuiteRow
 
 FIELDS = (
     "run", "checkpoint", "core", "env", "shift", "episodes", "mean_return", "ci95",
-    "success_rate", "mean_length",
+    "success_rate", "mean_length", "truncated_rate",
 )  # fmt: skip
 
 
@@ -38,6 +38,7 @@ class EvalRow:
     ci95: float | None  # None for one episode
     success_rate: float | None
     mean_length: float
+    truncated_rate: float | None = None  # the share of episodes cut by the env's step limit
 
 
 def env_kwargs_for(config: TrainConfig, env_id: str) -> dict:
@@ -148,7 +149,8 @@ def evaluate_runs(
                          env_kwargs=env_kwargs_for(run.config, row.env))  # fmt: skip
             results.append(
                 EvalRow(label, str(run.path), run.config.core, row.env, row.label,
-                        r.episodes, r.mean_return, r.ci95, r.success_rate, r.mean_length)
+                        r.episodes, r.mean_return, r.ci95, r.success_rate, r.mean_length,
+                        r.truncated_rate)
             )  # fmt: skip
             if progress:
                 print(f"  {label} | {row.env} {row.label}: {r.mean_return:.3f}", flush=True)
@@ -156,13 +158,15 @@ def evaluate_runs(
 
 
 def format_table(results: Sequence[EvalRow]) -> str:
-    """Rows env x shift, one column per run: ``mean ± ci95`` and the success rate."""
+    """Rows env x shift, one column per run: ``mean ± ci95``, the success rate, and the share
+    of episodes truncated where there are any."""
     cell = {(r.run, r.env, r.shift): r for r in results}
 
     def text(r: EvalRow) -> str:
         success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
         ci = "n/a" if r.ci95 is None else f"{r.ci95:.3f}"  # n/a: one episode
-        return f"{r.mean_return:.3f} ± {ci}{success}"
+        cut = f" ({100 * r.truncated_rate:.0f}% cut)" if r.truncated_rate else ""
+        return f"{r.mean_return:.3f} ± {ci}{success}{cut}"
 
     runs = list(dict.fromkeys(r.run for r in results))
     keys = list(dict.fromkeys((r.env, r.shift) for r in results))
@@ -171,7 +175,9 @@ def format_table(results: Sequence[EvalRow]) -> str:
     footer = (
         f"mean return ± 95% CI over {'/'.join(map(str, episodes))} episodes; "
         "% = success rate where the env defines one"
-    )
+        + ("; cut: episodes truncated by the env's step limit" if any(
+            r.truncated_rate for r in results) else "")
+    )  # fmt: skip
     return "\n".join([*aligned_table(runs, texts), footer])
 
 

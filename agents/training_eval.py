@@ -147,7 +147,8 @@ class TrainingEvaluator:
                 continue
             returns = gather_lists(played.returns, world)
             lengths = gather_lists(played.lengths, world)
-            results.append(RowResult(target, EvalResult.of(row.env, returns, lengths)))
+            truncated = gather_lists(played.truncated or [], world)
+            results.append(RowResult(target, EvalResult.of(row.env, returns, lengths, truncated)))
         return results
 
 

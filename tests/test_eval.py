@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.evaluate import evaluate
-from agents.report import FIELDS
+from agents.report import FIELDS, EvalRow, format_table
 from envs.factory import make_env
 from envs.memory import ENV_ID
 from policies.actor_critic import ActorCritic, PolicySpec
@@ -49,6 +49,38 @@ def test_evaluate_runs_a_quota_per_env_and_is_deterministic_for_a_seed():
     torch.manual_seed(0)
     evaluate(policy, ENV_ID, episodes=2, seed=1, num_envs=2)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_evaluate_tells_episodes_cut_by_the_step_limit_from_those_the_task_ended():
+    # An untrained policy: on DoorKey an episode ends only at the goal (a success) or at the
+    # step limit; on the cue task every episode ends by the task's rules.
+    limit = make_env(DOORKEY).unwrapped.max_steps
+    door = evaluate(policy_for(DOORKEY), DOORKEY, episodes=6, seed=0, num_envs=6)
+    assert door.truncated is not None and door.successes is not None
+    assert door.truncated == [not s for s in door.successes]
+    assert all((n == limit) == cut for n, cut in zip(door.lengths, door.truncated))
+    assert door.truncated_rate == pytest.approx(1 - door.success_rate)
+    assert any(door.truncated)  # an untrained policy rarely finds the key, door and goal
+    cue = evaluate(policy_for(ENV_ID), ENV_ID, episodes=4, seed=0, num_envs=2)
+    assert cue.truncated == [False] * 4 and cue.truncated_rate == 0.0
+
+
+def policy_for(env_id: str) -> ActorCritic:
+    env = make_env(env_id)
+    return ActorCritic(env.observation_space, int(env.action_space.n), PolicySpec(hidden_size=4))
+
+
+def test_the_table_shows_truncated_episodes_only_where_there_are_some():
+    row = dict(run="r", checkpoint="c", core="rims", env=DOORKEY, episodes=4, mean_return=0.5,
+               ci95=0.1, success_rate=0.5, mean_length=9.0)  # fmt: skip
+    table = format_table([EvalRow(**row, shift="", truncated_rate=0.0),
+                          EvalRow(**row, shift="size=6", truncated_rate=0.25)])  # fmt: skip
+    lines = table.splitlines()
+    assert lines[2].endswith("0.500 ± 0.100  50%")  # the unshifted row: none cut
+    assert lines[3].endswith("0.500 ± 0.100  50% (25% cut)")
+    assert lines[-1].endswith("cut: episodes truncated by the env's step limit")
+    plain = format_table([EvalRow(**row, shift="", truncated_rate=None)])
+    assert "cut" not in plain
 
 
 def _batches_acted(policy: ActorCritic, monkeypatch) -> list[int]:

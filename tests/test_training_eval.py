@@ -40,7 +40,8 @@ def test_evaluating_during_training_changes_nothing_the_run_learns(tmp_path, cap
     assert torch.equal(plain["torch_rng"], after["torch_rng"])
     # 3 updates of 32 steps: evaluated after updates 2 and 3 (the last), the $RUN row once.
     logged = scalars(watched)
-    for tag in ("eval/return", "eval/success_rate", "eval/length", "eval/size=6/return",
+    for tag in ("eval/return", "eval/success_rate", "eval/length", "eval/truncated_rate",
+                "eval/size=6/return",
                 "eval/shifted_return", "perf/eval_seconds"):  # fmt: skip
         assert [s.step for s in logged[tag]] == [64, 96], tag
     assert not any(tag.startswith("eval") for tag in scalars(tmp_path / "plain"))
