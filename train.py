@@ -169,7 +169,8 @@ def add_mechanisms_parser(commands) -> None:
         "mechanisms",
         help="which RIMs are active in which situations",
         description="Play evaluation episodes of a RIMs run and report, for every situation "
-        "(the action taken, the quarter of the episode; on Minigrid what the agent carries and "
+        "(the action taken, the quarter of the episode, how the episode ended: success, "
+        "failure, ended or cut by the step limit; on Minigrid what the agent carries and "
         "what it faces; on memory tasks the cue; on Atari the lives left, and in Breakout and "
         "Pong the ball's place and way; on a mixture, the member), how often each "
         "mechanism was active, and the mutual information between each mechanism's activity "

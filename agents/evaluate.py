@@ -105,9 +105,10 @@ class StepObserver(Protocol):
         ``info``: the vector info that came with those observations (from the reset or the
         last step; e.g. ALE's ``lives``, one entry per env)."""
 
-    def episode_end(self, env_index: int, counted: bool) -> None:
+    def episode_end(self, env_index: int, counted: bool, outcome: str) -> None:
         """Env ``env_index``'s episode ended with the last step; ``counted``: it is one of the
-        evaluation's episodes (not one past its env's quota)."""
+        evaluation's episodes (not one past its env's quota); ``outcome``: how it ended
+        (``outcome_of``)."""
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -118,6 +119,18 @@ def split_evenly(total: int, parts: int) -> list[int]:
 def success_of(env_id: str, episode_return: float) -> bool | None:
     """Minigrid pays a positive reward only for reaching the goal; other envs define none."""
     return episode_return > 0 if env_family(env_id) == "minigrid" else None
+
+
+OUTCOMES = ("success", "failure", "ended", "cut")
+
+
+def outcome_of(env_id: str, episode_return: float, cut: bool) -> str:
+    """How an episode ended: ``cut`` by the env's step limit, else ``success`` or ``failure``
+    where the env defines success, ``ended`` where it does not."""
+    if cut:
+        return "cut"
+    success = success_of(env_id, episode_return)
+    return "ended" if success is None else "success" if success else "failure"
 
 
 @torch.no_grad()
@@ -184,13 +197,16 @@ def evaluate(
                 if "episode" in info:
                     for i in np.flatnonzero(info["_episode"]):
                         counted = bool(done_count[i] < quota[i])
+                        episode_return = float(info["episode"]["r"][i])
+                        # an episode that also ended by the task's rules was not cut short
+                        cut = bool(truncated[i] and not terminated[i])
                         if counted:
-                            returns.append(float(info["episode"]["r"][i]))
+                            returns.append(episode_return)
                             lengths.append(int(info["episode"]["l"][i]))
-                            # an episode that also ended by the task's rules was not cut short
-                            truncations.append(bool(truncated[i] and not terminated[i]))
+                            truncations.append(cut)
                         if observer is not None:
-                            observer.episode_end(int(i), counted)
+                            outcome = outcome_of(env_id, episode_return, cut)
+                            observer.episode_end(int(i), counted, outcome)
                         done_count[i] += 1
                 obs_t = obs_to_tensors(obs, device)
                 state = act.state

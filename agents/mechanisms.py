@@ -2,8 +2,9 @@
 
 The policy plays evaluation episodes (``agents.evaluate``) while every step's top-k mask is
 recorded beside the situation it was chosen in: the action it led to, the quarter of the episode,
-on Minigrid what the agent carries and what it faces, on memory tasks the cue to remember, and
-on Atari the lives left, and in Breakout and Pong where the ball is and which way it moves.
+how the episode ended (``agents.evaluate.outcome_of``), on Minigrid what the agent carries and
+what it faces, on memory tasks the cue to remember, and on Atari the lives left, and in Breakout
+and Pong where the ball is and which way it moves.
 For each situation the report gives each mechanism's activation rate, and for each feature the
 mutual information between a mechanism being active and the feature's value, beside its chance
 level: the mean information after shuffling the feature over the steps, which is what a plug-in
@@ -106,7 +107,7 @@ class MechanismRecorder:
             situation |= info_situation(info, i)
             pending.append((masks[i], situation))
 
-    def episode_end(self, env_index: int, counted: bool) -> None:
+    def episode_end(self, env_index: int, counted: bool, outcome: str) -> None:
         steps, self._pending[env_index] = self._pending[env_index], []
         self._scenes.pop(env_index, None)
         if not counted:
@@ -114,7 +115,8 @@ class MechanismRecorder:
         seen = "no"
         for t, (mask, situation) in enumerate(steps):
             self.masks.append(mask)
-            situation = {**situation, "phase": PHASES[4 * t // len(steps)]}
+            # every step of the episode is labelled with how the episode ended
+            situation = {**situation, "phase": PHASES[4 * t // len(steps)], "outcome": outcome}
             if "cue in view" in situation:  # a memory task: has the cue been in view yet?
                 seen = "yes" if situation["cue in view"] == "yes" else seen
                 situation["cue seen so far"] = seen

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from agents.checkpoint import load_policy
 from agents.config import ConfigError
-from agents.evaluate import evaluate
+from agents.evaluate import evaluate, outcome_of
 from agents.mechanisms import (
     PHASES,
     MechanismRecorder,
@@ -128,13 +129,22 @@ def test_every_counted_step_is_reported_with_its_situation(tiny_runs):
     assert report.units == 3 and report.k == 2
     assert sum(report.rates) == pytest.approx(2)
     features = {f.name: f for f in report.features}
-    assert set(features) == {"action", "shift", "carrying", "facing", "direction", "phase"}
+    assert set(features) == {
+        "action", "shift", "carrying", "facing", "direction", "phase", "outcome"
+    }  # fmt: skip
     for f in features.values():
         assert sum(f.steps) == report.steps
         assert all(sum(rates) == pytest.approx(2) for rates in f.rates)
     # The mixture's members are stratified: 3 episodes on 5x5, 2 on 6x6.
     shift = dict(zip(features["shift"].values, features["shift"].steps))
     assert shift == {"size=5": sum(played.lengths[:3]), "size=6": sum(played.lengths[3:])}
+    # Every step carries how its episode ended: DoorKey ends at the goal or is cut at its limit.
+    outcome = dict(zip(features["outcome"].values, features["outcome"].steps))
+    expected: Counter[str] = Counter()
+    for length, success, cut in zip(played.lengths, played.successes, played.truncated):
+        assert success != cut
+        expected["success" if success else "cut"] += length
+    assert outcome == dict(expected)
     # An untrained policy rarely picks up the key within its steps, but it starts without one.
     assert "nothing" in features["carrying"].values
 
@@ -148,7 +158,7 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     [saved] = json.loads(out.read_text())
     assert saved["episodes"] == 3 and len(saved["rates"]) == 3
     names = [f["name"] for f in saved["features"]]
-    assert names == ["action", "carrying", "facing", "direction", "phase"]
+    assert names == ["action", "carrying", "facing", "direction", "phase", "outcome"]
     # A suite: one line of rates a row, and every row's full report in the JSON.
     suite = tmp_path / "suite.json"
     rows = [{"env": "$RUN"}, {"env": "$RUN", "shifts": ["size=6"]}]
@@ -218,20 +228,24 @@ def test_memory_tasks_report_the_cue(tiny_runs):
     policy = load_policy(tiny_runs["rims"]).policy
     played = evaluate(policy, "MiniGrid-MemoryS7-v0", 6, seed=0, num_envs=2, observer=recorder)
     start = 0
-    for length in played.lengths:  # the recorder keeps the episodes in the order they count
+    for j, length in enumerate(played.lengths):  # the episodes in the order they count
         episode = recorder.situations[start : start + length]
         start += length
         seen = "no"
         for situation in episode:
             seen = "yes" if situation["cue in view"] == "yes" else seen
             assert situation["cue seen so far"] == seen
+        # how it ended, on each of its steps: a wrong choice ends MemoryS7 as a failure
+        ended = outcome_of("MiniGrid-MemoryS7-v0", played.returns[j], played.truncated[j])
+        assert {situation["outcome"] for situation in episode} == {ended}
     assert start == len(recorder.situations)
     views = {s["cue in view"] for s in recorder.situations}
     assert views == {"yes", "no"}  # an untrained policy turns round now and then
     # An env may name its own features: the cue task's cue, on every step of its episode.
     report = inspect_mechanisms(load_policy(tiny_runs["cue"]), SuiteRow(CUE_TASK, ()), 8, seed=1)
     features = {f.name: f for f in report.features}
-    assert set(features) == {"action", "phase", "cue"}
+    assert set(features) == {"action", "phase", "cue", "outcome"}
+    assert features["outcome"].values == ("ended",)  # no success defined, never cut
     assert set(features["cue"].values) == {"0", "1"}
     assert all(steps % 6 == 0 for steps in features["cue"].steps)  # whole 6-step episodes
 
