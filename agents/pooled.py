@@ -26,7 +26,7 @@ __all__ = ["FIELDS", "INTERVALS", "PooledRow", "bootstrap_ci", "t_interval", "t_
 
 FIELDS = (
     "config", "core", "env", "shift", "seeds", "episodes", "mean_return", "ci_low", "ci_high",
-    "min_return", "max_return", "success_rate", "interval",
+    "min_return", "max_return", "success_rate", "interval", "truncated_rate",
 )  # fmt: skip
 """The CSV's columns; JSON adds ``runs`` and ``run_returns`` (one per seed, in the same order)."""
 
@@ -54,6 +54,7 @@ class PooledRow:
     runs: tuple[str, ...]
     run_returns: tuple[float, ...]
     interval: str = "bootstrap"  # how ci_low, ci_high were computed: a key of INTERVALS
+    truncated_rate: float | None = None  # mean over seeds of the share cut by the step limit
 
 
 def bootstrap_ci(
@@ -164,11 +165,13 @@ def pool(
         returns = [r.mean_return for r in rows]
         ci = interval_of(returns)
         rates = [r.success_rate for r in rows]
+        cuts = [r.truncated_rate for r in rows]
         pooled.append(PooledRow(
             names[key], rows[0].core, env, shift, len(rows), rows[0].episodes,
             float(np.mean(returns)), None if ci is None else ci[0], None if ci is None else ci[1],
             min(returns), max(returns), None if None in rates else float(np.mean(rates)),
             tuple(r.run for r in rows), tuple(returns), interval,
+            None if None in cuts else float(np.mean(cuts)),
         ))  # fmt: skip
     return pooled
 
@@ -184,13 +187,14 @@ def column(row: PooledRow) -> str:
 
 
 def format_table(rows: Sequence[PooledRow]) -> str:
-    """Rows env x shift, one column per config: the mean over seeds, its interval and the mean
-    success rate."""
+    """Rows env x shift, one column per config: the mean over seeds, its interval, the mean
+    success rate, and the mean share of episodes truncated where there are any."""
 
     def text(r: PooledRow) -> str:
         ci = "[n/a]" if r.ci_low is None else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
         success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
-        return f"{r.mean_return:.3f} {ci}{success}"
+        cut = f" ({100 * r.truncated_rate:.0f}% cut)" if r.truncated_rate else ""
+        return f"{r.mean_return:.3f} {ci}{success}{cut}"
 
     columns = list(dict.fromkeys(column(r) for r in rows))
     texts: dict[tuple[str, str], dict[str, str]] = {}
@@ -201,7 +205,9 @@ def format_table(rows: Sequence[PooledRow]) -> str:
         f"mean over seeds of each run's mean return ({'/'.join(map(str, episodes))} episodes a "
         f"run) [95% {interval_names(rows)} interval over seeds; n/a: one seed]; % = mean "
         "success rate"
-    )
+        + ("; cut: episodes truncated by the env's step limit" if any(
+            r.truncated_rate for r in rows) else "")
+    )  # fmt: skip
     return "\n".join([*aligned_table(columns, texts), footer])
 
 

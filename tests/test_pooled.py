@@ -8,8 +8,17 @@ import json
 import numpy as np
 import pytest
 
+from agents.compare import read_pooled
 from agents.groups import config_key, config_names
-from agents.pooled import FIELDS, bootstrap_ci, t_interval, t_quantile
+from agents.pooled import (
+    FIELDS,
+    PooledRow,
+    bootstrap_ci,
+    format_table,
+    t_interval,
+    t_quantile,
+    write_json,
+)
 from envs.memory import ENV_ID
 from tests.test_cli import TINY, exit_code
 from train import main
@@ -125,6 +134,7 @@ def test_pooled_eval_is_the_mean_over_seeds_of_each_runs_eval(cue_runs, tmp_path
     assert lstm["run_returns"] == [per_run["lstm_s1"]] and lstm["ci_low"] is None
     assert "[n/a]" in table  # the LSTM's single seed
     assert rims["episodes"] == 20 and rims["success_rate"] is None  # the cue task has none
+    assert rims["truncated_rate"] == 0.0 and "cut" not in table  # nor a step limit it reaches
     with (tmp_path / "p.csv").open() as f:
         assert tuple(csv.DictReader(f).fieldnames) == FIELDS
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -155,3 +165,21 @@ def test_a_seed_given_twice_is_refused(cue_runs, capsys):
     assert exit_code(["eval", cue_runs[0], cue_runs[1], cue_runs[0], "--pool-seeds"]) == 2
     err = capsys.readouterr().err.strip()
     assert "one config with seed 1; give each seed once" in err and len(err.splitlines()) == 1
+
+
+def test_pooled_cells_show_truncated_episodes_and_older_files_read_without_them(tmp_path):
+    row = PooledRow("rims", "rims", "MiniGrid-MemoryS7-v0", "size=21", 2, 64, 0.5, 0.4, 0.6,
+                    0.4, 0.6, 0.5, ("a", "b"), (0.4, 0.6), "bootstrap", 0.125)  # fmt: skip
+    table = format_table([row])
+    assert "0.500 [0.400, 0.600]  50% (12% cut)" in table
+    assert table.endswith("cut: episodes truncated by the env's step limit")
+    path = tmp_path / "p.json"
+    write_json([row], path)
+    assert read_pooled(path) == [row]
+    # A file written before the field (or before "interval") reads as not recorded.
+    [saved] = json.loads(path.read_text())
+    del saved["truncated_rate"], saved["interval"]
+    path.write_text(json.dumps([saved]))
+    [old] = read_pooled(path)
+    assert old.truncated_rate is None and old.interval == "bootstrap"
+    assert "cut" not in format_table([old])
