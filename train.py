@@ -185,8 +185,9 @@ def add_mechanisms_parser(commands) -> None:
     )  # fmt: skip
     mech.add_argument(
         "--where", action="append", default=[], metavar="FEATURE=VALUE",
-        help="report only the steps in this situation (repeatable), e.g. "
-        "--where 'phase=4th quarter' --where cue=key",
+        help="report only the steps in this situation (repeatable: all features, any of a "
+        "feature's values), e.g. --where 'phase=4th quarter' --where outcome=success "
+        "--where outcome=failure",
     )  # fmt: skip
     mech.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
     mech.add_argument("--device", default="cpu", help="cpu, cuda or auto")

@@ -68,7 +68,7 @@ class MechanismReport:
     k: int
     rates: tuple[float, ...]  # [unit]: P(active) over the steps reported
     features: tuple[FeatureStats, ...]
-    where: tuple[str, ...] = ()  # the steps reported: those with these feature=value
+    where: tuple[str, ...] = ()  # the steps reported: "feature=value" or "feature=a or b"
 
 
 class MechanismRecorder:
@@ -290,22 +290,34 @@ def inspect_mechanisms(
     )  # fmt: skip
 
 
+def conditions(where: Sequence[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    """``where``'s values grouped by feature, in the order given: a feature named more than
+    once admits any of its values."""
+    grouped: dict[str, tuple[str, ...]] = {}
+    for feature, value in where:
+        values = grouped.get(feature, ())
+        grouped[feature] = values if value in values else (*values, value)
+    return grouped
+
+
 def steps_where(
     situations: Sequence[dict[str, str]], where: Sequence[tuple[str, str]]
 ) -> list[int]:
-    """The indices of the steps whose situation has every ``(feature, value)`` of ``where``;
-    ``ConfigError`` naming the features or values there are where a condition matches none."""
+    """The indices of the steps whose situation has, for every feature of ``where``, one of the
+    values given for it (``[("outcome", "success"), ("outcome", "failure"), ("cue", "key")]``:
+    the key-cue steps of the episodes that ended either way); ``ConfigError`` naming the
+    features or values there are where a condition matches none."""
     keep = list(range(len(situations)))
-    for feature, value in where:
+    for feature, values in conditions(where).items():
         seen = {s[feature] for s in situations if feature in s}
         if not seen:
             known = ", ".join(dict.fromkeys(k for s in situations for k in s))
             raise ConfigError(f"--where {feature}: no such feature here (features: {known})")
-        keep = [i for i in keep if situations[i].get(feature) == value]
+        keep = [i for i in keep if situations[i].get(feature) in values]
         if not keep:
-            values = ", ".join(sorted(seen))
             raise ConfigError(
-                f"--where {feature}={value}: no step left (values of {feature}: {values})"
+                f"--where {feature}={' or '.join(values)}: no step left (values of {feature}: "
+                f"{', '.join(sorted(seen))})"
             )
     return keep
 
@@ -316,13 +328,15 @@ def make_report(
     where: Sequence[tuple[str, str]] = (),
 ) -> MechanismReport:  # fmt: skip
     """The rates and informations of recorded steps (``inspect_mechanisms``); ``where`` names
-    the condition they were chosen by, and its features are left out (each has one value)."""
-    fixed = {feature for feature, _ in where}
+    the condition they were chosen by, and a feature it fixes to one value is left out."""
+    grouped = conditions(where)
+    fixed = {feature for feature, values in grouped.items() if len(values) == 1}
     names = [n for n in dict.fromkeys(key for s in situations for key in s) if n not in fixed]
     features = tuple(feature_stats(n, masks, [s[n] for s in situations]) for n in names)
     return MechanismReport(
         run, env, shift, episodes, len(masks), masks.shape[1], k,
-        tuple(masks.mean(0).tolist()), features, tuple(f"{f}={v}" for f, v in where),
+        tuple(masks.mean(0).tolist()), features,
+        tuple(f"{f}={' or '.join(values)}" for f, values in grouped.items()),
     )  # fmt: skip
 
 

@@ -96,6 +96,12 @@ def test_where_keeps_the_steps_in_a_situation_and_names_what_there_is():
     assert steps_where(situations, [("phase", "4th quarter")]) == [1, 2]
     assert steps_where(situations, [("phase", "4th quarter"), ("cue", "key")]) == [2]
     assert steps_where(situations, []) == [0, 1, 2]
+    # A feature named twice admits either value; each feature must still match.
+    assert steps_where(situations, [("cue", "key"), ("cue", "ball")]) == [0, 1, 2]
+    either = [("cue", "key"), ("phase", "4th quarter"), ("cue", "ball")]
+    assert steps_where(situations, either) == [1, 2]
+    with pytest.raises(ConfigError, match=r"--where cue=box or bag: no step left"):
+        steps_where(situations, [("cue", "box"), ("cue", "bag")])
     with pytest.raises(ConfigError, match=r"--where colour: no such feature here \(features: cue"):
         steps_where(situations, [("colour", "red")])
     with pytest.raises(ConfigError, match=r"no step left \(values of cue: ball, key\)"):
@@ -157,6 +163,7 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     assert "2 of 3 mechanisms active a step" in text and "information (bits)" in text
     [saved] = json.loads(out.read_text())
     assert saved["episodes"] == 3 and len(saved["rates"]) == 3
+    all_steps = saved["steps"]
     names = [f["name"] for f in saved["features"]]
     assert names == ["action", "carrying", "facing", "direction", "phase", "outcome"]
     # A suite: one line of rates a row, and every row's full report in the JSON.
@@ -195,6 +202,14 @@ def test_rims_mechanisms_command_writes_json_and_refuses_other_cores(tiny_runs, 
     [where] = json.loads(out.read_text())
     assert where["where"] == ["carrying=nothing"] and where["steps"] > 0
     assert "carrying" not in [f["name"] for f in where["features"]]
+    # Two values of one feature: the steps of either, and the feature stays in the report.
+    assert main(["mechanisms", run, "--episodes", "3", "--where", "outcome=cut", "--where",
+                 "outcome=success", "--json", str(out)]) == 0  # fmt: skip
+    assert "steps where outcome=cut or success" in capsys.readouterr().out
+    [either] = json.loads(out.read_text())
+    assert either["where"] == ["outcome=cut or success"]
+    assert either["steps"] == all_steps  # DoorKey's episodes end in one of the two
+    assert "outcome" in [f["name"] for f in either["features"]]
     for bad in ("carrying", "carrying=a ball"):
         assert exit_code(["mechanisms", run, "--episodes", "1", "--where", bad]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
