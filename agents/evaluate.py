@@ -121,9 +121,6 @@ def success_of(env_id: str, episode_return: float) -> bool | None:
     return episode_return > 0 if env_family(env_id) == "minigrid" else None
 
 
-OUTCOMES = ("success", "failure", "ended", "cut")
-
-
 def outcome_of(env_id: str, episode_return: float, cut: bool) -> str:
     """How an episode ended: ``cut`` by the env's step limit, else ``success`` or ``failure``
     where the env defines success, ``ended`` where it does not."""
