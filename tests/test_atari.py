@@ -9,6 +9,7 @@ import torch
 
 from agents.checkpoint import load_policy
 from agents.config import resolve_config
+from agents.evaluate import evaluate
 from agents.mechanisms import BALL_FEATURES, ball_situation, inspect_mechanisms
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
@@ -55,6 +56,18 @@ def test_fast_and_flavoured_paths_agree():
         assert np.array_equal(ra, rb) and np.array_equal(ta, tb) and np.array_equal(tra, trb)
     fast.close()
     slow.close()
+
+
+@pytest.mark.parametrize("single_envs", [False, True])
+def test_evaluation_counts_episodes_cut_at_the_frame_cap_on_both_paths(single_envs):
+    # 400 emulator frames (100 steps of 4) end no game of Pong: every episode is cut.
+    kwargs = {"max_episode_frames": 400}
+    env = make_env("ALE/Pong-v5", **kwargs)
+    policy = ActorCritic(env.observation_space, int(env.action_space.n), PolicySpec(hidden_size=8))
+    env.close()
+    played = evaluate(policy, "ALE/Pong-v5", 2, seed=0, num_envs=2, env_kwargs=kwargs,
+                      single_envs=single_envs)  # fmt: skip
+    assert played.truncated == [True, True] and max(played.lengths) <= 100
 
 
 def test_flavoured_env_with_mode_and_difficulty():
