@@ -17,7 +17,7 @@ import numpy as np
 from agents.checkpoint import LoadedPolicy
 from agents.config import ConfigError
 from agents.groups import config_key, config_names
-from agents.report import EvalRow, aligned_table, bar_chart, write_json
+from agents.report import EvalRow, aligned_table, bar_chart, cut_note, cut_text, write_json
 from agents.report import write_csv as write_rows_csv
 
 __all__ = ["FIELDS", "INTERVALS", "PooledRow", "bootstrap_ci", "t_interval", "t_quantile",
@@ -193,8 +193,7 @@ def format_table(rows: Sequence[PooledRow]) -> str:
     def text(r: PooledRow) -> str:
         ci = "[n/a]" if r.ci_low is None else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
         success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
-        cut = f" ({100 * r.truncated_rate:.0f}% cut)" if r.truncated_rate else ""
-        return f"{r.mean_return:.3f} {ci}{success}{cut}"
+        return f"{r.mean_return:.3f} {ci}{success}{cut_text(r.truncated_rate)}"
 
     columns = list(dict.fromkeys(column(r) for r in rows))
     texts: dict[tuple[str, str], dict[str, str]] = {}
@@ -205,9 +204,7 @@ def format_table(rows: Sequence[PooledRow]) -> str:
         f"mean over seeds of each run's mean return ({'/'.join(map(str, episodes))} episodes a "
         f"run) [95% {interval_names(rows)} interval over seeds; n/a: one seed]; % = mean "
         "success rate"
-        + ("; cut: episodes truncated by the env's step limit" if any(
-            r.truncated_rate for r in rows) else "")
-    )  # fmt: skip
+    ) + cut_note([r.truncated_rate for r in rows])
     return "\n".join([*aligned_table(columns, texts), footer])
 
 

@@ -157,6 +157,16 @@ def evaluate_runs(
     return results
 
 
+def cut_text(truncated_rate: float | None) -> str:
+    """A cell's `` (8% cut)``: the share of episodes cut by the step limit, none where none were."""
+    return f" ({100 * truncated_rate:.0f}% cut)" if truncated_rate else ""
+
+
+def cut_note(rates: Sequence[float | None]) -> str:
+    """The footer's note on what ``cut`` means, where a cell shows it (any rate above 0)."""
+    return "; cut: episodes truncated by the env's step limit" if any(rates) else ""
+
+
 def format_table(results: Sequence[EvalRow]) -> str:
     """Rows env x shift, one column per run: ``mean ± ci95``, the success rate, and the share
     of episodes truncated where there are any."""
@@ -165,8 +175,7 @@ def format_table(results: Sequence[EvalRow]) -> str:
     def text(r: EvalRow) -> str:
         success = "" if r.success_rate is None else f" {100 * r.success_rate:3.0f}%"
         ci = "n/a" if r.ci95 is None else f"{r.ci95:.3f}"  # n/a: one episode
-        cut = f" ({100 * r.truncated_rate:.0f}% cut)" if r.truncated_rate else ""
-        return f"{r.mean_return:.3f} ± {ci}{success}{cut}"
+        return f"{r.mean_return:.3f} ± {ci}{success}{cut_text(r.truncated_rate)}"
 
     runs = list(dict.fromkeys(r.run for r in results))
     keys = list(dict.fromkeys((r.env, r.shift) for r in results))
@@ -175,9 +184,7 @@ def format_table(results: Sequence[EvalRow]) -> str:
     footer = (
         f"mean return ± 95% CI over {'/'.join(map(str, episodes))} episodes; "
         "% = success rate where the env defines one"
-        + ("; cut: episodes truncated by the env's step limit" if any(
-            r.truncated_rate for r in results) else "")
-    )  # fmt: skip
+    ) + cut_note([r.truncated_rate for r in results])
     return "\n".join([*aligned_table(runs, texts), footer])
 
 
