@@ -154,12 +154,15 @@ class TrainingEvaluator:
 
 def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
     """``eval at step 40,960 (32 episodes a row, 3.1 s): return 0.912 (100%) | size=8 0.551
-    (58%) | ...`` (success rates where the env defines them)."""
+    (58%, 12% cut) | ...``: success rates where the env defines them, and the share of episodes
+    cut by the env's step limit where any were."""
 
     def text(r: RowResult) -> str:
-        rate = r.result.success_rate
-        success = "" if rate is None else f" ({100 * rate:.0f}%)"
-        return f"{r.target.name or 'return'} {r.result.mean_return:.3f}{success}"
+        success, cut = r.result.success_rate, r.result.truncated_rate
+        notes = [] if success is None else [f"{100 * success:.0f}%"]
+        notes += [f"{100 * cut:.0f}% cut"] if cut else []
+        notes_text = f" ({', '.join(notes)})" if notes else ""
+        return f"{r.target.name or 'return'} {r.result.mean_return:.3f}{notes_text}"
 
     episodes = min(r.result.episodes for r in results)
     count = f"{episodes} episode{'s' if episodes != 1 else ''} a row"

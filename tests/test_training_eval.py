@@ -11,8 +11,15 @@ import torch
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from agents.checkpoint import load_checkpoint
 from agents.config import resolve_config
-from agents.evaluate import evaluate
-from agents.training_eval import TrainingEvaluator, eval_targets, tag_name
+from agents.evaluate import EvalResult, evaluate
+from agents.training_eval import (
+    EvalTarget,
+    RowResult,
+    TrainingEvaluator,
+    eval_targets,
+    summary_line,
+    tag_name,
+)
 from envs.factory import make_env
 from envs.suites import SuiteRow
 from policies.actor_critic import ActorCritic, PolicySpec
@@ -152,6 +159,28 @@ def test_tag_names():
     # A slash would open a TensorBoard group of its own; spaces are not for tags.
     atari = SuiteRow("ALE/Pong-v5", (("mode", "1"), ("difficulty", "0")))
     assert tag_name(atari, "ALE/Breakout-v5") == "ALE_Pong-v5:mode=1,difficulty=0"
+
+
+def test_the_summary_line_shows_success_and_the_cut_share_where_there_are_any():
+    doorkey = "MiniGrid-DoorKey-5x5-v0"  # success: a positive return
+    target = EvalTarget(SuiteRow(doorkey), "")
+    shifted = EvalTarget(SuiteRow(doorkey, (("size", "8"),)), "size=8")
+    cue = EvalTarget(SuiteRow("rims/CueMemory-v0"), "rims/CueMemory-v0")  # no success defined
+    results = [
+        RowResult(target, EvalResult.of(doorkey, [0.9, 0.8], [10, 20], [False, False])),
+        # One success, and the failure cut by the step limit.
+        RowResult(shifted, EvalResult.of(doorkey, [0.5, 0.0], [40, 250], [False, True])),
+        RowResult(cue, EvalResult.of("rims/CueMemory-v0", [1.0, -1.0, 1.0, 1.0], [3] * 4,
+                                     [False, False, False, True])),  # fmt: skip
+    ]
+    line = summary_line(1024, results, 2.04)
+    assert line == (
+        "eval at step 1,024 (2 episodes a row, 2.0 s): return 0.850 (100%) | "
+        "size=8 0.250 (50%, 50% cut) | rims/CueMemory-v0 0.500 (25% cut)"
+    )
+    # Where truncation was not recorded, nothing is said of it.
+    unknown = RowResult(cue, EvalResult.of("rims/CueMemory-v0", [1.0], [3]))
+    assert summary_line(0, [unknown], 0.0).endswith(": rims/CueMemory-v0 1.000")
 
 
 def test_evaluate_leaves_the_policy_mode_and_the_rng_as_they_were():
