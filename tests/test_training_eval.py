@@ -170,13 +170,13 @@ def test_the_summary_line_shows_success_and_the_cut_share_where_there_are_any():
         RowResult(target, EvalResult.of(doorkey, [0.9, 0.8], [10, 20], [False, False])),
         # One success, and the failure cut by the step limit.
         RowResult(shifted, EvalResult.of(doorkey, [0.5, 0.0], [40, 250], [False, True])),
-        RowResult(cue, EvalResult.of("rims/CueMemory-v0", [1.0, -1.0, 1.0, 1.0], [3] * 4,
-                                     [False, False, False, True])),  # fmt: skip
+        # Two right choices, one wrong, and an episode cut before any.
+        RowResult(cue, EvalResult.of(cue.row.env, [1, -1, 1, 0], [3] * 4, [False] * 3 + [True])),
     ]
     line = summary_line(1024, results, 2.04)
     assert line == (
         "eval at step 1,024 (2 episodes a row, 2.0 s): return 0.850 (100%) | "
-        "size=8 0.250 (50%, 50% cut) | rims/CueMemory-v0 0.500 (25% cut)"
+        "size=8 0.250 (50%, 50% cut) | rims/CueMemory-v0 0.250 (25% cut)"
     )
     # Where truncation was not recorded, nothing is said of it.
     unknown = RowResult(cue, EvalResult.of("rims/CueMemory-v0", [1.0], [3]))
