@@ -169,7 +169,7 @@ class RunLogger:
     def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
         """Each row's ``eval/.../return``, ``success_rate`` (where defined), ``length`` and
         ``truncated_rate`` (the share of episodes cut by the env's step limit), the
-        mean over the shifted rows as ``eval/shifted_return``, the time it took as
+        mean over the rows other than the target as ``eval/shifted_return``, the time it took as
         ``perf/eval_seconds``, and one line on the terminal."""
         if self.writer is None or not results:
             return

@@ -62,10 +62,11 @@ def tag_name(row: SuiteRow, training_env: str) -> str:
 def eval_targets(
     config: TrainConfig, observation_space: Dict, num_actions: int
 ) -> list[EvalTarget]:
-    """What ``config``'s ``--eval-every`` evaluates: the run's target (``target_row``), then its
-    training env with its ``--shift`` where that is not the target (a schedule that ends at 0),
-    then each row of ``--eval-suite`` (``$RUN`` is the training env's id, unshifted; a row given
-    twice counts once; the unshifted env of a run trained on shifts is named ``unshifted``).
+    """What ``config``'s ``--eval-every`` evaluates: the run's target (``target_row``), then the
+    other part of what it trains on where a ``--shift-schedule`` shares its episodes out (the
+    env with its ``--shift`` where the schedule ends at 0, else the env alone), then each row of
+    ``--eval-suite`` (``$RUN`` is the training env's id, unshifted; a row given twice counts
+    once; the unshifted env of a run trained on shifts is named ``unshifted``).
     ``observation_space`` and ``num_actions`` are the policy's, built for the training env. Every
     other row is checked as ``rims eval`` checks it (its levels can be made, its observations and
     actions fit the policy): ``EnvError`` names the first that does not, except that rows of the
@@ -73,13 +74,15 @@ def eval_targets(
     does."""
     if not config.eval_every:
         return []
-    own = config.target_row
-    rows = [own, config.train_row]  # one row, unless a schedule ends at 0
+    own, trained = config.target_row, [config.train_row]
+    if config.share_schedule is not None:  # its other episodes are unshifted
+        trained.append(SuiteRow(config.env))
+    rows = [own, *trained]  # one row without a schedule; the target's row comes once
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]
     targets = []
     for row in dict.fromkeys(rows):
-        if row not in (own, config.train_row):  # checked when the policy was built for them
+        if row not in trained:  # checked when the policy was built for them (and the target)
             try:
                 check_row_fits(row, env_kwargs_for(config, row.env), observation_space,
                                num_actions, "the policy")  # fmt: skip

@@ -22,6 +22,7 @@ from envs.mixture import UNSHIFTED, ShiftShare, combinations
 from envs.shifts import ShiftError
 from policies.actor_critic import ActorCritic, PolicySpec
 from tests.test_cli import TINY, exit_code, scalars
+from tests.test_training_eval import suite_file
 from train import main
 
 DOORKEY = "MiniGrid-DoorKey-5x5-v0"
@@ -291,7 +292,9 @@ def test_a_resumed_run_keeps_its_best_evaluation_only_if_it_was_of_the_target(
     ("schedule", "labels"),
     [
         (None, [("size=6", "")]),
-        ("0:1,1000:0.5", [("size=6", "")]),  # ends on the shifts, in part
+        # Ends on the shifts, in part; the unshifted part of training is followed too.
+        ("0:1,1000:0.5", [("size=6", ""), ("", "unshifted")]),
+        ("0:0,1000:1", [("size=6", ""), ("", "unshifted")]),  # starts unshifted
         ("0:1,1000:0", [("", ""), ("size=6", "size=6")]),  # ends on the env's own levels
     ],
 )
@@ -320,6 +323,20 @@ def test_a_run_that_ends_unshifted_is_evaluated_unshifted(tmp_path, capsys):
     assert "size=6" not in capsys.readouterr().out
     assert main(["eval", str(run), "--shift", "size=6", "--episodes", "2"]) == 0
     assert "size=6" in capsys.readouterr().out
+
+
+def test_a_run_that_ends_in_part_shifted_follows_both_parts(tmp_path):
+    run = tmp_path / "half"
+    flags = ["--shift", "size=6", "--shift-schedule", "0:1,32:0.5", "--eval-every", "1"]
+    suite = suite_file(tmp_path, {"env": "$RUN", "shifts": ["size=7"]})
+    argv = ["train", *flags, "--eval-episodes", "2", "--total-steps", "64", "--run-dir", str(run)]
+    assert main([*argv, "--eval-suite", suite, *TINY]) == 0
+    logged = scalars(run)
+    evaluated = sorted(t.removesuffix("/return") for t in logged if t.endswith("/return"))
+    assert evaluated == ["eval", "eval/size=7", "eval/unshifted"]
+    unshifted, other = logged["eval/unshifted/return"], logged["eval/size=7/return"]
+    expected = [(a.value + b.value) / 2 for a, b in zip(unshifted, other)]
+    assert [e.value for e in logged["eval/shifted_return"]] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
