@@ -510,7 +510,7 @@ def config_for_train(given: dict) -> TrainConfig:
 
 def run_train(given: dict) -> int:
     config = config_for_train(given)
-    from agents.trainer import TrainingStopped, train  # imported late: `rims --help` stays fast
+    from agents.trainer import CHECKPOINT_DIR, TrainingStopped, train  # late: `--help` stays fast
 
     try:
         result = train(config)
@@ -531,6 +531,11 @@ def run_train(given: dict) -> int:
     line = None if result.selection is None else selection_line(*result.selection, k=config.k)
     if line is not None:
         print(line)
+    best = result.best_evaluation
+    if best is not None:
+        at = "" if best.step is None else f" at step {best.step:,}"
+        path = result.run_dir / CHECKPOINT_DIR / "best.pt"
+        print(f"best eval/return {best.mean_return:.3f}{at}: {path}")
     return 0
 
 

@@ -50,6 +50,26 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
+@dataclass(frozen=True)
+class BestEvaluation:
+    """The best evaluation of a run's target so far (``eval/return``), which ``best.pt``
+    holds; its step is None where a checkpoint from before it was recorded was resumed."""
+
+    mean_return: float
+    step: int | None
+
+
+def resumed_best_evaluation(resumed: dict[str, Any], config: TrainConfig) -> BestEvaluation | None:
+    """The best evaluation a checkpoint holds, where it was of ``config``'s target. Absent
+    before ``--eval-every``; a checkpoint from before ``target_row`` measured it on the
+    training shifts, which do not compare where the target is now the env alone."""
+    measured_on = resumed.get("best_eval_shifts", config.train_row.label)
+    best = resumed.get("best_eval_return")
+    if best is None or measured_on != config.target_row.label:
+        return None
+    return BestEvaluation(best, resumed.get("best_eval_step"))
+
+
 @dataclass
 class TrainResult:
     """Where a finished (or resumed-and-finished) run stands."""
@@ -64,6 +84,7 @@ class TrainResult:
     parameters_identical: bool = True  # all ranks ended with the same parameters
     # RIMs: (units selection switched, units) in the last update's rollout; None otherwise
     selection: tuple[int, int] | None = None
+    best_evaluation: BestEvaluation | None = None  # with --eval-every: what best.pt holds
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,7 +177,7 @@ def checkpoint_payload(
     update: int,
     mean_return: float | None,
     best_return: float | None,
-    best_eval_return: float | None = None,
+    best_evaluation: BestEvaluation | None = None,
 ) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
@@ -168,7 +189,8 @@ def checkpoint_payload(
         "update": update,
         "mean_recent_return": mean_return,
         "best_return": best_return,
-        "best_eval_return": best_eval_return,
+        "best_eval_return": None if best_evaluation is None else best_evaluation.mean_return,
+        "best_eval_step": None if best_evaluation is None else best_evaluation.step,
         "best_eval_shifts": config.target_row.label,  # what best_eval_return was measured on
         **capture_rng_states(),
     }
@@ -274,9 +296,10 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             if world.is_main:
                 print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing "
                       "to do (pass a larger --total-steps to extend it)")  # fmt: skip
+            best = resumed_best_evaluation(resumed, config)
             return TrainResult(run_dir, resumed["global_step"], resumed["update"],
                                resumed["mean_recent_return"], 0.0, world.world_size,
-                               world.is_main)  # fmt: skip
+                               world.is_main, best_evaluation=best)  # fmt: skip
     replaces = resumed is None and world.is_main and holds_run(run_dir)
     if replaces and not config.overwrite:
         raise ConfigError(
@@ -362,7 +385,7 @@ class Trainer:
             self.policy.parameters(), lr=config.learning_rate, eps=1e-5
         )
         self.global_step, self.update, self.best_return = 0, 0, None
-        self.best_eval_return: float | None = None
+        self.best_evaluation: BestEvaluation | None = None
         if resumed is not None:
             self.policy.load_state_dict(resumed["model"])
             self.optimizer.load_state_dict(resumed["optimizer"])
@@ -372,11 +395,7 @@ class Trainer:
                 seed_everything(config.seed + 1_009 * world.rank + 7_919 * resumed["update"])
             self.global_step, self.update = resumed["global_step"], resumed["update"]
             self.best_return = resumed["best_return"]
-            # Absent before --eval-every. A checkpoint from before target_row measured it on the
-            # training shifts; where the target is now the env alone, it does not compare.
-            measured_on = resumed.get("best_eval_shifts", config.train_row.label)
-            if measured_on == config.target_row.label:
-                self.best_eval_return = resumed.get("best_eval_return")
+            self.best_evaluation = resumed_best_evaluation(resumed, config)
         self.storage = RolloutStorage(
             config.num_steps, config.num_envs, envs.single_observation_space,
             self.policy.initial_state(config.num_envs, device), config.sequence_length, device,
@@ -401,7 +420,7 @@ class Trainer:
     def _payload(self) -> dict[str, Any]:
         return checkpoint_payload(
             self.config, self.policy, self.optimizer, self.global_step, self.update,
-            self.logger.mean_recent_return, self.best_return, self.best_eval_return,
+            self.logger.mean_recent_return, self.best_return, self.best_evaluation,
         )  # fmt: skip
 
     def save(self, best: bool = False) -> Path:
@@ -424,8 +443,9 @@ class Trainer:
         results = self.evaluator.evaluate(self.policy, should_stop=self.stop_requested)
         self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
         own = [r.result.mean_return for r in results if r.target.is_target]
-        if own and (self.best_eval_return is None or own[0] > self.best_eval_return):
-            self.best_eval_return = own[0]
+        best = self.best_evaluation
+        if own and (best is None or own[0] > best.mean_return):
+            self.best_evaluation = BestEvaluation(own[0], self.global_step)
             self.save_best()
 
     def stop_requested(self) -> bool:
@@ -452,6 +472,7 @@ class Trainer:
         return TrainResult(
             self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds,
             self.world.world_size, self.world.is_main, identical, self.logger.last_selection,
+            self.best_evaluation,
         )  # fmt: skip
 
     def share_shifts(self) -> float | None:

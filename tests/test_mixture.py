@@ -264,9 +264,12 @@ def test_a_run_follows_its_schedule_and_a_resumed_run_picks_it_up(tmp_path, monk
     assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
 
 
-@pytest.mark.parametrize(("saved_by", "kept"), [("this version", True), ("an older one", False)])
+@pytest.mark.parametrize(
+    ("saved_by", "kept"),
+    [("this version", True), ("one without the step", True), ("an older one", False)],
+)
 def test_a_resumed_run_keeps_its_best_evaluation_only_if_it_was_of_the_target(
-    tmp_path, saved_by, kept
+    tmp_path, capsys, saved_by, kept
 ):
     """Checkpoints written before a schedule ending at 0 made the env alone the target hold a
     best evaluation of the shifts, which a resumed run must not compare with its target's."""
@@ -278,14 +281,26 @@ def test_a_resumed_run_keeps_its_best_evaluation_only_if_it_was_of_the_target(
     best_before = torch.load(best, weights_only=True)["global_step"]
     payload = torch.load(latest, weights_only=True)
     assert payload["best_eval_shifts"] == ""  # the env alone
+    assert payload["best_eval_step"] == best_before
     payload["best_eval_return"] = 2.0  # more than MiniGrid pays: nothing beats it
+    if saved_by != "this version":
+        del payload["best_eval_step"]
     if saved_by == "an older one":
         del payload["best_eval_shifts"]
     torch.save(payload, latest)
+    capsys.readouterr()
     assert main(["train", "--resume", "--total-steps", "96", *flags]) == 0
     after = torch.load(best, weights_only=True)
     assert after["global_step"] == (best_before if kept else 96)
     assert (torch.load(latest, weights_only=True)["best_eval_return"] == 2.0) == kept
+    # The run's last line names what best.pt holds.
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    if saved_by == "this version":
+        assert last == f"best eval/return 2.000 at step {best_before}: {best}"
+    elif kept:  # the step is not known
+        assert last == f"best eval/return 2.000: {best}"
+    else:
+        assert last == f"best eval/return {after['best_eval_return']:.3f} at step 96: {best}"
 
 
 @pytest.mark.parametrize(

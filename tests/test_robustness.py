@@ -82,9 +82,14 @@ def test_second_sigint_exits_at_once(tmp_path):
 
 def test_resuming_a_finished_run_says_so(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    flags = ["--eval-every", "1", "--eval-episodes", "1"]
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *flags, *TINY]) == 0
+    finished = capsys.readouterr().out.strip().splitlines()[-1]
+    assert finished.startswith("best eval/return ") and " at step 32: " in finished
     assert main(["train", "--resume", "--run-dir", str(run)]) == 0
-    assert "already finished its 32 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already finished its 32 steps" in out
+    assert out.strip().splitlines()[-1] == finished  # still names what best.pt holds
 
 
 def test_checkpoint_crafted_to_run_code_is_refused_and_does_not_run(tmp_path, capsys):
