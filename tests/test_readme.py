@@ -2,7 +2,7 @@
 its ``bash`` blocks parses with today's flags, and every ``rims train`` line (but ``--help`` and
 ``--resume``, which read a run) makes a valid config for a known env id and names only known
 shift keys and suites, so that a renamed flag or a tightened check cannot leave the README
-showing a command that fails."""
+showing a command that fails; and its Python example runs as it stands."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents.config import TrainConfig, resolve_config
 from agents.flags import given_flags
 from envs.factory import check_env_id
 from envs.shifts import SHIFTS
-from train import COMMANDS, build_parser, builtin_suite_names
+from tests.test_cli import TINY
+from train import COMMANDS, build_parser, builtin_suite_names, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -71,3 +73,27 @@ def test_a_readme_command_parses_and_a_training_config_is_valid(command):
         if not given.get("resume"):
             config = resolve_config(given)  # a ConfigError fails the test
             check_env_id(config.env)
+
+
+def python_block(first_line: str) -> str:
+    """The README's ``python`` block that begins with ``first_line``."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_the_readme_python_example_runs_on_a_trained_run(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "runs" / "my_run"
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    monkeypatch.chdir(tmp_path)  # the block names the run relative to here
+    capsys.readouterr()
+    namespace: dict = {}
+    exec(compile(python_block("# A trained policy in your own loop"), "README", "exec"), namespace)
+    # It stepped a RIMs policy and evaluated it as rims eval would.
+    assert namespace["active"].shape == (4, 3) and namespace["active"].dtype == torch.bool
+    result = namespace["result"]
+    assert result.episodes == 16 and len(result.truncated) == 16
+    printed = capsys.readouterr().out.split()
+    assert [float(x) for x in printed] == [
+        result.mean_return, result.success_rate, result.truncated_rate
+    ]  # fmt: skip
