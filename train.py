@@ -242,12 +242,9 @@ def run_record(args: argparse.Namespace) -> int:
 
 
 def run_mechanisms(args: argparse.Namespace) -> int:
-    import json
-    from dataclasses import asdict
-
     from agents.checkpoint import load_policy
     from agents.mechanisms import format_report, format_rows, inspect_mechanisms
-    from agents.report import check_compatible
+    from agents.report import check_compatible, write_json
     from agents.trainer import resolve_device
     from envs.factory import check_env_id, env_label
     from envs.shifts import parse_shift
@@ -282,7 +279,7 @@ def run_mechanisms(args: argparse.Namespace) -> int:
         raise ConfigError("--where matched no step of any row")
     print(format_report(reports[0]) if len(rows) == 1 else format_rows(reports))
     if out:
-        out.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
+        write_json(reports, out)
     return 0
 
 
@@ -570,6 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`rims eval ... | head`): no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
         return 141
+    except OSError as err:  # a full disk, a file not permitted, while writing or reading
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rims: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     return 2
 
 

@@ -19,9 +19,13 @@ def _umask() -> int:
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write to; on success it is
     fsynced and renamed to ``path`` (readers see the old file or the new one, never a part);
-    on failure it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    on failure it is removed. An ``OSError`` (a full disk, no permission) names ``path``, not
+    the temporary file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
     os.close(fd)
     tmp = Path(name)
@@ -30,6 +34,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -6,6 +6,7 @@ version. It holds the full training config, so it alone rebuilds the policy and 
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 from dataclasses import dataclass
@@ -26,9 +27,16 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename, fsync of the dir)."""
-    with atomic_output(Path(path)) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename, fsync of the dir).
+    ``CheckpointError`` (one line, the file at ``path`` as it was) where it cannot be written:
+    a full disk, no permission."""
+    buffer = io.BytesIO()  # serialised first: torch.save on a full disk says only "unexpected
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)  # pos"; write() says why
+    try:
+        with atomic_output(Path(path)) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:

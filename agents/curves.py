@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.atomic import atomic_output
 from agents.checkpoint import CheckpointError
 from agents.groups import config_key, config_names
 from envs.jsonfile import NotJson, read_json
@@ -178,7 +179,8 @@ def plot_curves(
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return seeds
 

@@ -8,7 +8,10 @@ attention on the null) and a mechanisms x time history of the last steps.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import shutil
 import textwrap
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
@@ -266,18 +269,62 @@ def record_episodes(loaded: LoadedPolicy, playback: Playback) -> Recording:
 def write_video(frames: Iterable[np.ndarray], path: Path, fps: int) -> int:
     """Write ``.gif`` or ``.mp4`` atomically (no partial file is ever left at ``path``) and
     return the number of frames. An ``.mp4`` is encoded as the frames come, in constant
-    memory; a ``.gif`` is assembled from all of them at the end (Pillow's GIF writer holds
-    them: about 0.7 MB an Atari frame)."""
+    memory, and checked whole before it is renamed into place (ffmpeg reports a full disk
+    only on its stderr); a ``.gif`` is assembled from all of them at the end, in memory
+    (Pillow's GIF writer holds them: about 0.7 MB an Atari frame), then written. ``OSError``
+    (naming ``path``) where it cannot be written."""
     import imageio.v2 as imageio
 
     count = 0
     with atomic_output(path) as tmp:
-        if path.suffix.lower() == ".gif":
-            options = dict(mode="I", duration=1000.0 / fps, loop=0)
+        gif = path.suffix.lower() == ".gif"
+        if gif:
+            target: Path | io.BytesIO = io.BytesIO()
+            options = dict(format="GIF", mode="I", duration=1000.0 / fps, loop=0)
         else:
-            options = dict(fps=fps, codec="libx264", quality=8, macro_block_size=16)
-        with imageio.get_writer(tmp, **options) as writer:
-            for frame in frames:
-                writer.append_data(frame)
-                count += 1
+            target = tmp
+            options = dict(fps=fps, codec="libx264", quality=8, macro_block_size=16,
+                           ffmpeg_log_level="quiet")  # fmt: skip
+        try:
+            with imageio.get_writer(target, **options) as writer:
+                for frame in frames:
+                    writer.append_data(frame)
+                    count += 1
+        except OSError as err:  # ffmpeg died: imageio's message is ffmpeg's command and log
+            if gif:
+                raise
+            raise ffmpeg_failure(path) from err
+        if isinstance(target, io.BytesIO):
+            tmp.write_bytes(target.getbuffer())
+        elif not mp4_is_whole(tmp):
+            raise ffmpeg_failure(path)
     return count
+
+
+def ffmpeg_failure(path: Path) -> OSError:
+    """The one-line error of an ``.mp4`` that ffmpeg could not finish (its own log is off)."""
+    free = shutil.disk_usage(path.parent).free
+    why = f"ffmpeg could not finish the video ({free:,} bytes free on its disk)"
+    return OSError(errno.EIO, why, str(path))
+
+
+def mp4_is_whole(path: Path) -> bool:
+    """Whether ``path`` is a sequence of complete top-level MP4 boxes that includes the
+    ``moov`` index, which ffmpeg writes last: a file cut short by a full disk is not."""
+    size, offset, boxes = path.stat().st_size, 0, set()
+    with path.open("rb") as f:
+        while offset < size:
+            f.seek(offset)
+            header = f.read(16)
+            if len(header) < 8:
+                return False
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1:  # a 64-bit length follows the type
+                length = int.from_bytes(header[8:16], "big") if len(header) == 16 else 0
+            elif length == 0:  # the box runs to the end of the file
+                length = size - offset
+            if length < 8 or offset + length > size:
+                return False
+            boxes.add(kind)
+            offset += length
+    return b"moov" in boxes

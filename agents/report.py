@@ -12,6 +12,7 @@ from typing import Any
 
 from gymnasium.spaces import Dict
 
+from agents.atomic import atomic_output
 from agents.checkpoint import LoadedPolicy
 from agents.config import TrainConfig
 from agents.evaluate import evaluate
@@ -209,13 +210,16 @@ def aligned_table(
 
 
 def write_json(rows: Sequence[Any], path: Path) -> None:
-    """Rows (dataclasses: ``EvalRow``, ``agents.pooled.PooledRow``) as a JSON list."""
-    path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    """Rows (dataclasses: ``EvalRow``, ``agents.pooled.PooledRow``, ``MechanismReport``) as a
+    JSON list, written atomically (as are the CSV and the plots: a failed write leaves the file
+    as it was)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
 
 
 def write_csv(rows: Sequence[Any], path: Path, fields: Sequence[str] = FIELDS) -> None:
     """Rows (dataclasses) as CSV with the columns ``fields`` (other fields are left out)."""
-    with path.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
@@ -270,5 +274,6 @@ def bar_chart(
     ax.set_title(title or "evaluation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

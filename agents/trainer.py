@@ -9,12 +9,15 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agents.atomic import atomic_output
 from agents.checkpoint import CheckpointError, load_latest, save_checkpoint
 from agents.config import ConfigError, TrainConfig, check_device_name
 from agents.distributed import (
@@ -199,9 +202,10 @@ def checkpoint_payload(
 class CheckpointWriter:
     """``checkpoints/latest.pt``, ``best.pt`` and the last N ``step_*.pt`` of a run."""
 
-    def __init__(self, run_dir: Path, keep: int) -> None:
+    def __init__(self, run_dir: Path, keep: int, latest_step: int | None = None) -> None:
         self.dir = run_dir / CHECKPOINT_DIR
         self.keep = keep
+        self.latest_step = latest_step  # the step latest.pt holds (None: none written)
 
     def write_best(self, payload: dict[str, Any]) -> None:
         save_checkpoint(self.dir / "best.pt", payload)
@@ -209,6 +213,7 @@ class CheckpointWriter:
     def write(self, payload: dict[str, Any], best: bool) -> Path:
         step_path = self.dir / f"step_{payload['global_step']:012d}.pt"
         save_checkpoint(self.dir / "latest.pt", payload)
+        self.latest_step = payload["global_step"]
         if self.keep:
             save_checkpoint(step_path, payload)
             for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
@@ -311,10 +316,12 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
         clear_run(run_dir)
     if world.is_main:
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            with atomic_output(run_dir / CONFIG_FILE) as tmp:  # no part of it on a full disk
+                tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         except OSError as err:
-            raise ConfigError(f"cannot write the run directory {run_dir}: {err}") from None
+            raise ConfigError(
+                f"cannot write the run directory {run_dir}: {err.strerror or err}"
+            ) from None
     barrier(world)
 
     if config.torch_threads:
@@ -413,7 +420,8 @@ class Trainer:
             run_dir, self.num_updates * self.steps_per_update, self.global_step,
             config.progress, config.image_every, enabled=world.is_main,
         )  # fmt: skip
-        self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints)
+        resumed_step = None if resumed is None else resumed["global_step"]
+        self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints, resumed_step)
         self.generator = torch.Generator()
         self.evaluator = TrainingEvaluator(config, eval_targets or [], world)
 
@@ -427,12 +435,28 @@ class Trainer:
         """Write ``latest.pt`` and a numbered checkpoint, and ``best.pt`` too if ``best``."""
         if not self.world.is_main:
             return self.checkpoints.dir / "latest.pt"
-        return self.checkpoints.write(self._payload(), best=best)
+        with self.stop_if_unwritable():
+            return self.checkpoints.write(self._payload(), best=best)
 
     def save_best(self) -> None:
         """Write ``best.pt`` alone."""
         if self.world.is_main:
-            self.checkpoints.write_best(self._payload())
+            with self.stop_if_unwritable():
+                self.checkpoints.write_best(self._payload())
+
+    @contextmanager
+    def stop_if_unwritable(self) -> Iterator[None]:
+        """A checkpoint that cannot be written (a full disk) stops the run with one line that
+        names the one that holds its progress: ``latest.pt``, written first, and atomically."""
+        try:
+            yield
+        except CheckpointError as err:
+            step = self.checkpoints.latest_step
+            latest = self.checkpoints.dir / "latest.pt"
+            kept = "no checkpoint was written" if step is None else f"{latest} holds step {step:,}"
+            raise TrainingStopped(
+                f"{err}; the run stopped at step {self.global_step:,} and {kept}", 1
+            ) from None
 
     def evaluate_if_due(self, update: int) -> None:
         """Evaluate after ``update`` where ``--eval-every`` says so; an evaluation of the

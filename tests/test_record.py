@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from agents.record import (
     Playback,
     StepView,
     draw_panel,
+    mp4_is_whole,
     record_episodes,
     strip_geometry,
 )
@@ -60,6 +62,64 @@ def test_mp4_decodes_to_the_expected_frames(runs, tmp_path):
     assert main(["record", str(runs["lstm1"]), "--out", str(out), "--episodes", "1"]) == 0
     with imageio.get_reader(out) as reader:
         assert reader.count_frames() == 7
+
+
+def test_mp4_is_whole_tells_a_finished_video_from_one_cut_short(runs, tmp_path):
+    out = tmp_path / "cue.mp4"
+    assert main(["record", str(runs["lstm1"]), "--out", str(out), "--episodes", "1"]) == 0
+    data = out.read_bytes()
+    assert mp4_is_whole(out)
+    cut = tmp_path / "cut.mp4"
+    for end in (4, 8, len(data) // 2, len(data) - 1):  # a disk that filled up part way
+        cut.write_bytes(data[:end])
+        assert not mp4_is_whole(cut), end
+    # Whole boxes without the moov index (ffmpeg writes it last): not a finished video.
+    moov = data.index(b"moov") - 4
+    cut.write_bytes(data[:moov])
+    assert not mp4_is_whole(cut)
+
+
+@pytest.mark.parametrize("how", ["gif", "mp4", "mp4 cut quietly"])
+def test_a_video_that_cannot_be_written_is_one_line_and_leaves_no_file(
+    runs, tmp_path, monkeypatch, capsys, how
+):
+    suffix = f".{how[:3]}"
+    out = tmp_path / f"cue{suffix}"
+    real_bytes, real_writer = Path.write_bytes, imageio.get_writer
+
+    def full_disk(path: Path, data) -> int:  # a GIF is written from memory in one go
+        real_bytes(path, bytes(data)[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def dying_ffmpeg(target, **options):  # ffmpeg's pipe breaks part way, as on a full disk
+        writer = real_writer(target, **options)
+        writer.append_data = lambda frame: (_ for _ in ()).throw(
+            OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\n...")
+        )
+        return writer
+
+    class CutWriter:  # ffmpeg ends as if all went well, its file cut short (its log is off)
+        def __init__(self, target, **options) -> None:
+            self.target, self.writer = target, real_writer(target, **options)
+            self.append_data = self.writer.append_data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.writer.close()
+            data = Path(self.target).read_bytes()
+            real_bytes(Path(self.target), data[: len(data) // 2])
+
+    replaced = {"gif": (Path, "write_bytes", full_disk),
+                "mp4": (imageio, "get_writer", dying_ffmpeg),
+                "mp4 cut quietly": (imageio, "get_writer", CutWriter)}  # fmt: skip
+    monkeypatch.setattr(*replaced[how])
+    assert main(["record", str(runs["lstm1"]), "--out", str(out), "--episodes", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    why = "No space left on device" if suffix == ".gif" else "ffmpeg could not finish the video"
+    assert err.startswith(f"rims: error: {out}: {why}") and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []  # neither the video nor a temporary file
 
 
 def test_max_steps_cuts_each_episode_and_says_so(runs, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -184,6 +185,105 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     latest = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert latest["update"] == 2
     assert all(v.isfinite().all() for v in latest["model"].values())
+
+
+def full_disk_after(monkeypatch, writes: int) -> None:
+    """Let ``writes`` more files be written, then fail every write as a full disk does."""
+    left = [writes]
+    real = Path.write_bytes
+
+    def write_bytes(path: Path, data) -> int:
+        if left[0] <= 0:
+            real(path, bytes(data)[:10])  # part of it, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        left[0] -= 1
+        return real(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_file_as_it_was(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, {"global_step": 1})
+    full_disk_after(monkeypatch, 0)
+    with pytest.raises(CheckpointError) as err:
+        save_checkpoint(path, {"global_step": 2})
+    assert str(err.value) == f"cannot write {path}: No space left on device"
+    monkeypatch.undo()
+    assert load_checkpoint(path)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("writes", "kept"), [(0, None), (2, 32)])
+def test_a_full_disk_stops_the_run_with_a_line_naming_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys, writes, kept
+):
+    """Each update writes latest.pt, then a numbered checkpoint: two writes an update."""
+    run = tmp_path / "run"
+    full_disk_after(monkeypatch, writes)
+    assert main(["train", "--run-dir", str(run), "--total-steps", "96", *TINY]) == 1
+    err = capsys.readouterr().err.strip()
+    latest = run / "checkpoints" / "latest.pt"
+    assert err.startswith(f"rims: cannot write {latest}: No space left on device; ")
+    assert len(err.splitlines()) == 1
+    monkeypatch.undo()
+    if kept is None:
+        assert err.endswith("the run stopped at step 32 and no checkpoint was written")
+        assert not latest.exists()
+    else:
+        assert err.endswith(f"the run stopped at step 64 and {latest} holds step 32")
+        assert load_checkpoint(latest)["global_step"] == kept
+        # The run goes on from there once there is room.
+        assert main(["train", "--resume", "--run-dir", str(run)]) == 0
+        assert load_checkpoint(latest)["global_step"] == 96
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "name"),
+    [
+        ("eval", "--json", "rows.json"),
+        ("eval", "--csv", "rows.csv"),
+        ("eval", "--plot", "rows.png"),
+        ("mechanisms", "--json", "units.json"),
+        ("plot", "--out", "curve.png"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_one_line_and_leaves_the_old_file(
+    tmp_path, monkeypatch, capsys, command, flag, name
+):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 0
+    out = tmp_path / name
+    out.write_text("an earlier output")
+    real_text, real_open = Path.write_text, Path.open
+
+    def full_disk(path: Path) -> None:  # part of the output, then the disk is full
+        with real_open(path, "w") as f:
+            f.write("par")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write_text(path: Path, *args, **kwargs):
+        return full_disk(path) if path.parent == tmp_path else real_text(path, *args, **kwargs)
+
+    def open_(path: Path, mode: str = "r", *args, **kwargs):  # the CSV is written through open
+        if path.parent == tmp_path and "w" in mode:
+            full_disk(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(Path, "open", open_)
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, path, **k: full_disk(path))
+    extra = {"eval": ["--episodes", "1"], "mechanisms": ["--episodes", "1"],
+             "plot": ["--tag", "losses/entropy"]}[command]  # fmt: skip
+    capsys.readouterr()
+    assert main([command, str(run), *extra, flag, str(out)]) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert err == f"rims: error: {out}: No space left on device"
+    assert out.read_text() == "an earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "run"])  # no temp file
 
 
 @pytest.mark.filterwarnings("ignore:.*(Worker|Traceback|Raising the last):UserWarning")
