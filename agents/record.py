@@ -293,7 +293,7 @@ def write_video(frames: Iterable[np.ndarray], path: Path, fps: int) -> int:
         except OSError as err:  # ffmpeg died: imageio's message is ffmpeg's command and log
             if gif:
                 raise
-            raise ffmpeg_failure(path) from err
+            raise ffmpeg_failure(path, str(err).strip().split("\n")[0]) from err
         if isinstance(target, io.BytesIO):
             tmp.write_bytes(target.getbuffer())
         elif not mp4_is_whole(tmp):
@@ -301,11 +301,12 @@ def write_video(frames: Iterable[np.ndarray], path: Path, fps: int) -> int:
     return count
 
 
-def ffmpeg_failure(path: Path) -> OSError:
-    """The one-line error of an ``.mp4`` that ffmpeg could not finish (its own log is off)."""
+def ffmpeg_failure(path: Path, reason: str = "") -> OSError:
+    """The one-line error of an ``.mp4`` that ffmpeg could not finish (its own log is off):
+    ``reason`` (the first line of imageio's error, where there was one) and the space left."""
     free = shutil.disk_usage(path.parent).free
-    why = f"ffmpeg could not finish the video ({free:,} bytes free on its disk)"
-    return OSError(errno.EIO, why, str(path))
+    why = f"ffmpeg could not finish the video ({reason + '; ' if reason else ''}{free:,} bytes "
+    return OSError(errno.EIO, why + "free on its disk)", str(path))
 
 
 def mp4_is_whole(path: Path) -> bool:
