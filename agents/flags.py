@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -42,9 +43,10 @@ def base_type(annotation: Any) -> tuple[type, bool]:
 def type_mismatch(instance: Any) -> tuple[str, str] | None:
     """The first field of a dataclass instance that does not hold its annotated type, as
     ``("norm_adv", "must be true or false, got 'False'")``; None when all do (None is fine where
-    the field is optional, an int where a float is wanted). Configs built in code or read from
-    JSON skip argparse, and a string "False" in a bool field would silently mean True."""
-    wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    the field is optional, an int where a float is wanted; a float must be finite: no setting
+    means anything at inf or nan). Configs built in code or read from JSON skip argparse, and a
+    string "False" in a bool field would silently mean True."""
+    wanted = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     for f in dataclasses.fields(instance):
         kind, optional = base_type(f.type)
         value = getattr(instance, f.name)
@@ -57,7 +59,7 @@ def type_mismatch(instance: Any) -> tuple[str, str] | None:
         if isinstance(value, bool):
             ok = kind is bool
         elif kind is float:
-            ok = isinstance(value, (int, float))
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
         else:
             ok = isinstance(value, kind)
         if not ok:

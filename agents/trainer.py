@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import sys
@@ -288,8 +289,32 @@ def train(config: TrainConfig) -> TrainResult:
     world = init_distributed(device)
     try:
         return _train(config, local_device(device, world), world)
+    except (MemoryError, RuntimeError) as err:
+        why = out_of_memory(err)
+        if why is None:
+            raise
+        raise TrainingStopped(
+            f"out of memory: {why}; a smaller --hidden-size, --num-units, --feature-size, "
+            "--num-envs or --num-steps needs less",
+            1,
+        ) from None
     finally:
         shutdown(world)
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """What could not be allocated, where ``err`` is a failed allocation (Python's
+    ``MemoryError``, torch's CPU allocator's ``RuntimeError``, CUDA's ``OutOfMemoryError``);
+    None for any other error."""
+    text = str(err)
+    cpu = isinstance(err, RuntimeError) and "can't allocate memory" in text
+    if not (cpu or isinstance(err, (MemoryError, torch.OutOfMemoryError))):
+        return None
+    asked = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGT]?i?B)", text)
+    if asked is None:
+        return "an allocation failed"
+    size = f"{int(asked[1]):,} bytes" if asked[1] else asked[2]
+    return f"{size} could not be allocated"
 
 
 def _train(config: TrainConfig, device: torch.device, world: Distributed) -> TrainResult:
@@ -451,12 +476,17 @@ class Trainer:
         try:
             yield
         except CheckpointError as err:
-            step = self.checkpoints.latest_step
-            latest = self.checkpoints.dir / "latest.pt"
-            kept = "no checkpoint was written" if step is None else f"{latest} holds step {step:,}"
             raise TrainingStopped(
-                f"{err}; the run stopped at step {self.global_step:,} and {kept}", 1
+                f"{err}; the run stopped at step {self.global_step:,} and {self.last_checkpoint()}",
+                1,
             ) from None
+
+    def last_checkpoint(self) -> str:
+        """``runs/x/checkpoints/latest.pt holds step 4,096``, or that none was written (on the
+        main process: other ranks write none)."""
+        step = self.checkpoints.latest_step
+        latest = self.checkpoints.dir / "latest.pt"
+        return "no checkpoint was written" if step is None else f"{latest} holds step {step:,}"
 
     def evaluate_if_due(self, update: int) -> None:
         """Evaluate after ``update`` where ``--eval-every`` says so; an evaluation of the
@@ -553,8 +583,8 @@ class Trainer:
         if not (stats.finite and all_finite(self.policy.parameters())):
             raise TrainingStopped(
                 f"the loss or the parameters became NaN/inf in update {update} (step "
-                f"{self.global_step + self.steps_per_update:,}); the last good checkpoint is "
-                f"{self.checkpoints.dir / 'latest.pt'}; --detect-anomaly helps find where",
+                f"{self.global_step + self.steps_per_update:,}); {self.last_checkpoint()}; "
+                "--detect-anomaly helps find where",
                 1,
             )
         centring = self.policy.centring

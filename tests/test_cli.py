@@ -275,7 +275,9 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--bptt", "5"], "--num-steps=128 must be a multiple of --bptt=5"),
         (["--env-timeout", "-1"], "--env-timeout must be >= 0"),
         (["--adv-std-floor", "-0.1"], "--adv-std-floor must be a finite number >= 0"),
-        (["--adv-std-floor", "nan"], "--adv-std-floor must be a finite number >= 0"),
+        (["--adv-std-floor", "nan"], "--adv-std-floor must be a finite number, got nan"),
+        (["--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),
+        (["--env-timeout", "inf"], "--env-timeout must be a finite number, got inf"),
         (["--env", "CartPole-v1", "--rims-spatial"], "the policy does not fit CartPole-v1"),
         (["--encoder", "nature"], "the policy does not fit MiniGrid-DoorKey-5x5-v0"),
         (["--core", "transformer"], "invalid choice"),
@@ -376,8 +378,9 @@ def test_script_exit_codes_in_a_real_process(tmp_path):
     [
         ({"norm_adv": "False"}, "--norm-adv must be true or false, got 'False'"),
         ({"num_envs": True}, "--num-envs must be an integer, got True"),
-        ({"learning_rate": "1e-3"}, "--learning-rate must be a number, got '1e-3'"),
-        ({"target_kl": "none"}, "--target-kl must be a number, got 'none'"),
+        ({"learning_rate": "1e-3"}, "--learning-rate must be a finite number, got '1e-3'"),
+        ({"target_kl": "none"}, "--target-kl must be a finite number, got 'none'"),
+        ({"gamma": float("nan")}, "--gamma must be a finite number, got nan"),
         ({"cell": 3}, "--cell must be a string, got 3"),
     ],
 )

@@ -18,7 +18,7 @@ import torch
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from agents.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from agents.config import resolve_config
-from agents.trainer import TrainingStopped, train
+from agents.trainer import TrainingStopped, out_of_memory, train
 from tests.test_cli import ROOT, TINY, exit_code, scalars
 from train import main
 
@@ -179,6 +179,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingStopped, match="NaN/inf in update 3") as stop:
         train(small_config(run, env="rims-test/NaNReward-v0"))
     assert stop.value.exit_code == 1
+    assert f"; {run / 'checkpoints' / 'latest.pt'} holds step 64; " in str(stop.value)
     # The stop crosses process boundaries intact (a benchmark's process pool unpickles it).
     copied = pickle.loads(pickle.dumps(stop.value))
     assert (str(copied), copied.exit_code) == (str(stop.value), 1)
@@ -284,6 +285,39 @@ def test_an_output_that_cannot_be_written_is_one_line_and_leaves_the_old_file(
     assert err == f"rims: error: {out}: No space left on device"
     assert out.read_text() == "an earlier output"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "run"])  # no temp file
+
+
+CPU_ALLOCATOR = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 96000768000000 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "why"),
+    [
+        (RuntimeError(CPU_ALLOCATOR), "96,000,768,000,000 bytes could not be allocated"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; ...)"),
+         "20.00 GiB could not be allocated"),
+        (MemoryError(), "an allocation failed"),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),  # not memory
+    ],
+)  # fmt: skip
+def test_out_of_memory_tells_a_failed_allocation_from_other_errors(error, why):
+    assert out_of_memory(error) == why
+
+
+def test_a_policy_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    def too_large(*args, **kwargs):
+        raise RuntimeError(CPU_ALLOCATOR)
+
+    monkeypatch.setattr("agents.trainer.build_policy", too_large)
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rims: out of memory: 96,000,768,000,000 bytes could not be allocated; ")
+    assert len(err.splitlines()) == 1
+    assert not run.exists()  # found before anything was written
 
 
 @pytest.mark.filterwarnings("ignore:.*(Worker|Traceback|Raising the last):UserWarning")
