@@ -363,14 +363,18 @@ def add_eval_parser(commands) -> None:
 
 
 def check_output(path: str | None, suffixes: tuple[str, ...]) -> Path | None:
-    """An output path whose folder exists and whose extension is one of ``suffixes``."""
+    """An output path whose folder exists, that is not a folder itself, and whose extension is
+    one of ``suffixes`` (checked before any work, so that a long evaluation is not lost)."""
     if path is None:
         return None
     out = Path(path)
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{path}: the extension must be one of {', '.join(suffixes)}")
     if not out.parent.is_dir():
-        raise ConfigError(f"{path}: folder {out.parent} does not exist")
+        what = "is not a folder" if out.parent.exists() else "does not exist"
+        raise ConfigError(f"{path}: folder {out.parent} {what}")
+    if out.is_dir():
+        raise ConfigError(f"{path} is a folder")
     return out
 
 

@@ -234,6 +234,21 @@ def test_eval_bad_input_is_one_line(two_runs, extra, message, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_an_output_under_a_file_or_onto_a_folder_is_refused_before_evaluating(
+    two_runs, tmp_path, capsys
+):
+    notes, folder = tmp_path / "notes", tmp_path / "rows.json"
+    notes.write_text("a file")
+    folder.mkdir()
+    expected = {
+        notes / "r.json": f"{notes / 'r.json'}: folder {notes} is not a folder",
+        folder: f"{folder} is a folder",
+    }
+    for out, message in expected.items():
+        assert exit_code(["eval", str(two_runs[0]), "--episodes", "1", "--json", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"rims: error: {message}"
+
+
 def test_missing_and_corrupt_checkpoints_are_one_line(tmp_path, capsys):
     assert exit_code(["eval", str(tmp_path / "nothing")]) == 2
     assert "no run directory or checkpoint file" in capsys.readouterr().err
