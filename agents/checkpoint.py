@@ -30,8 +30,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (temp file, fsync, rename, fsync of the dir).
     ``CheckpointError`` (one line, the file at ``path`` as it was) where it cannot be written:
     a full disk, no permission."""
-    buffer = io.BytesIO()  # serialised first: torch.save on a full disk says only "unexpected
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)  # pos"; write() says why
+    # Serialised in memory first: torch.save on a full disk says only "unexpected pos"; the
+    # file's write says why.
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     try:
         with atomic_output(Path(path)) as tmp:
             tmp.write_bytes(buffer.getbuffer())

@@ -305,8 +305,9 @@ def ffmpeg_failure(path: Path, reason: str = "") -> OSError:
     """The one-line error of an ``.mp4`` that ffmpeg could not finish (its own log is off):
     ``reason`` (the first line of imageio's error, where there was one) and the space left."""
     free = shutil.disk_usage(path.parent).free
-    why = f"ffmpeg could not finish the video ({reason + '; ' if reason else ''}{free:,} bytes "
-    return OSError(errno.EIO, why + "free on its disk)", str(path))
+    detail = f"{reason}; " if reason else ""
+    why = f"ffmpeg could not finish the video ({detail}{free:,} bytes free on its disk)"
+    return OSError(errno.EIO, why, str(path))
 
 
 def mp4_is_whole(path: Path) -> bool:
