@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from agents.checkpoint import CheckpointError, LoadedPolicy
 from agents.config import (
@@ -37,10 +38,40 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def version_text() -> str:
+    """``rims-rl 0.1.0 (torch 2.13.0+cpu, gymnasium 1.2.0, ...)``: what a bug report needs, read
+    from the installed packages' metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    others = ", ".join(f"{name} {of(name)}" for name in DEPENDENCIES)
+    return f"rims-rl {of('rims-rl')} ({others}; Python {sys.version.split()[0]})"
+
+
+DEPENDENCIES = ("torch", "gymnasium", "minigrid", "ale-py", "stable-baselines3")
+
+
+class PrintVersion(argparse.Action):
+    """``--version``: ``version_text()`` on one line (argparse's own action wraps it)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="rims", description="Recurrent Independent Mechanisms for reinforcement learning."
     )
+    parser.add_argument("--version", action=PrintVersion, help="show the versions and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     train = commands.add_parser(
         "train",
@@ -578,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-COMMANDS = ("train", "eval", "record", "plot", "compare", "mechanisms", "-h", "--help")
+COMMANDS = ("train", "eval", "record", "plot", "compare", "mechanisms", "-h", "--help", "--version")
 
 
 def script_main() -> int:

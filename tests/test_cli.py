@@ -462,3 +462,22 @@ def test_help_names_the_presets_that_set_a_flag(capsys):
     assert "(default: 0.01; minigrid 0.02; gym 0.0; atari 0.01)" in text  # --ent-coef
     assert "(default: 0; minigrid 32)" in text  # --bptt
     assert "frames stacked per observation (1: memory is the core's) (default: 1)" in text
+
+
+def test_version_names_the_packages_a_bug_report_needs(capsys, monkeypatch):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    (line,) = capsys.readouterr().out.splitlines()  # one line, however narrow the terminal
+    assert line.startswith("rims-rl ")
+    assert f"torch {version('torch')}, gymnasium {version('gymnasium')}, " in line
+    assert f"; Python {sys.version.split()[0]})" in line
+    # python train.py --version is the same, not `train --version`.
+    monkeypatch.setattr(sys, "argv", ["train.py", "--version"])
+    from train import script_main
+
+    with pytest.raises(SystemExit):
+        script_main()
+    assert capsys.readouterr().out.strip() == line
