@@ -15,6 +15,7 @@ from typing import Any
 
 from agents.checkpoint import CheckpointError, LoadedPolicy
 from agents.config import (
+    HELP_SECTIONS,
     NOT_LEARNED,
     PRESETS,
     ConfigError,
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_flags(train, TrainConfig, PRESETS)
+    add_flags(train, TrainConfig, PRESETS, HELP_SECTIONS)
     add_eval_parser(commands)
     add_record_parser(commands)
     add_plot_parser(commands)

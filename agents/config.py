@@ -350,6 +350,19 @@ flags change float rounding at most): a resumed run may change them, and ``rims 
 runs that differ only in them and the seed. ``total_steps`` is one so that a run can be
 extended when resumed and runs of different lengths pooled."""
 
+HELP_SECTIONS: dict[str, str] = {
+    "env": "run",
+    "num_envs": "rollout and PPO",
+    "feature_size": "policy (every core)",
+    "num_units": "RIMs (--core rims)",
+    "encoder": "observations, features and the selection",
+    "rims_bf16": "speed (RIMs)",
+    "frame_stack": "Atari and rewards",
+    "checkpoint_every": "logging, checkpoints, evaluation, threads",
+}
+"""The first ``TrainConfig`` field of each run of fields, and the title ``rims train --help``
+shows above the run (the fields' order in the class is the order in the help)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The field defaults plus 32-step chunks make the Minigrid preset (solves DoorKey-5x5 on a
     # laptop CPU). RIMs' hard top-k can flip which mechanisms are active after a small weight

@@ -86,11 +86,16 @@ def add_flags(
     parser: argparse.ArgumentParser,
     config_cls: type,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
+    sections: Mapping[str, str] | None = None,
 ) -> None:
     """Add one flag per field of ``config_cls``; defaults are suppressed (absent if not given).
-    ``presets`` maps a preset's name to the fields it sets, for the help lines."""
+    ``presets`` maps a preset's name to the fields it sets, for the help lines; ``sections``
+    maps the first field of each run of fields to the title ``--help`` shows above them."""
+    group: Any = parser
     for f in dataclasses.fields(config_cls):
-        _add_flag(parser, f, presets or {})
+        if sections and f.name in sections:
+            group = parser.add_argument_group(sections[f.name])
+        _add_flag(group, f, presets or {})
 
 
 def _add_flag(

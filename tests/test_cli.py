@@ -481,3 +481,23 @@ def test_version_names_the_packages_a_bug_report_needs(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         script_main()
     assert capsys.readouterr().out.strip() == line
+
+
+def test_train_help_groups_the_flags_in_sections(capsys):
+    from agents.config import HELP_SECTIONS, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    section, under = None, {}
+    for line in capsys.readouterr().out.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            section = line[:-1]
+        elif line.startswith("  --") and section is not None:
+            under[line.split()[0].rstrip(",")] = section
+    assert list(dict.fromkeys(under.values())) == list(HELP_SECTIONS.values())
+    # Every field has its flag, in the section that the last section start before it names.
+    current = None
+    for field in dataclasses.fields(TrainConfig):
+        current = HELP_SECTIONS.get(field.name, current)
+        assert under["--" + field.name.replace("_", "-")] == current, field.name
+    assert under["--k"] == "RIMs (--core rims)" and under["--frame-stack"] == "Atari and rewards"
