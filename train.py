@@ -16,8 +16,10 @@ from typing import Any
 from agents.checkpoint import CheckpointError, LoadedPolicy
 from agents.config import (
     HELP_SECTIONS,
+    MAX_SEED,
     NOT_LEARNED,
     PRESETS,
+    SEED_RANGE,
     ConfigError,
     TrainConfig,
     resolve_config,
@@ -126,7 +128,7 @@ def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
     parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes")
     parser.add_argument(
         "--seed",
-        type=nonnegative_int,
+        type=seed_int,
         default=0,
         help="seed of the episodes and actions (disjoint from training)",
     )
@@ -342,15 +344,16 @@ def builtin_suite_names() -> list[str]:
     return list(builtin_suites())
 
 
-def int_at_least(low: int, wanted: str) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low``, else "expected {wanted}, got '...'"."""
+def int_at_least(low: int, wanted: str, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (and <= ``high``), else "expected {wanted}, got
+    '...'"."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = low - 1
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
@@ -359,6 +362,7 @@ def int_at_least(low: int, wanted: str) -> Callable[[str], int]:
 
 positive_int = int_at_least(1, "a positive integer")
 nonnegative_int = int_at_least(0, "an integer >= 0")
+seed_int = int_at_least(0, f"an integer in {SEED_RANGE}", MAX_SEED)
 
 
 def add_eval_parser(commands) -> None:

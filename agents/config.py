@@ -350,6 +350,9 @@ flags change float rounding at most): a resumed run may change them, and ``rims 
 runs that differ only in them and the seed. ``total_steps`` is one so that a run can be
 extended when resumed and runs of different lengths pooled."""
 
+MAX_SEED = 2**62  # torch seeds are int64: a seed plus the offsets added to it must fit
+SEED_RANGE = "0..2^62"
+
 HELP_SECTIONS: dict[str, str] = {
     "env": "run",
     "num_envs": "rollout and PPO",
@@ -445,7 +448,7 @@ def validate(c: TrainConfig) -> None:
     for name in positive:  # integers already (the type check above)
         value = getattr(c, name)
         _check(value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    _check(c.seed >= 0, f"--seed must be an integer >= 0, got {c.seed}")
+    _check(0 <= c.seed <= MAX_SEED, f"--seed must be an integer in {SEED_RANGE}, got {c.seed}")
     _check(c.core in CORES, f"--core must be one of {', '.join(CORES)}, got {c.core!r}")
     _check(c.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {c.cell!r}")
     _check(

@@ -292,7 +292,8 @@ def test_overwrite_starts_afresh(tmp_path):
         (["--rims-triton", "--attention-dropout", "0.1"], "no attention dropout, not 0.1"),
         (["--rims-triton", "--rims-spatial"], "read one input element, not a set"),
         (["--learning-rate", "fast"], "--learning-rate takes a number"),
-        (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+        (["--seed", "-1"], "--seed must be an integer in 0..2^62, got -1"),
+        (["--seed", str(2**64)], f"--seed must be an integer in 0..2^62, got {2**64}"),
         (["--frame-stack", "4"], "--frame-stack applies to Atari envs only, not MiniGrid-Door"),
         (["--env", "CartPole-v1", "--sticky-actions", "0"], "--sticky-actions applies to Atari"),
         (["--episodic-life"], "--episodic-life applies to Atari envs only"),
@@ -313,17 +314,19 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing is written before the config is valid
 
 
-def test_any_seed_from_zero_up_trains_and_eval_and_record_refuse_negative_ones(tmp_path, capsys):
+def test_seeds_up_to_2_62_train_and_eval_and_record_refuse_others(tmp_path, capsys):
     # NumPy's legacy generator refuses seeds of 2**32 and more: such a seed once ended in a
     # traceback.
     run = tmp_path / "run"
     assert main(["train", "--seed", str(2**40), "--total-steps", "32", "--run-dir", str(run),
                  *TINY]) == 0  # fmt: skip
     for command in (["eval", str(run)], ["record", str(run), "--out", str(tmp_path / "x.gif")]):
-        capsys.readouterr()
-        assert exit_code([*command, "--seed", "-1"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "--seed: expected an integer >= 0, got '-1'" in err and len(err.splitlines()) == 1
+        for seed in ("-1", str(2**64)):  # torch's seeds are int64: 2**64 was a traceback
+            capsys.readouterr()
+            assert exit_code([*command, "--seed", seed]) == 2
+            err = capsys.readouterr().err.strip()
+            assert f"--seed: expected an integer in 0..2^62, got '{seed}'" in err
+            assert len(err.splitlines()) == 1
     assert not (tmp_path / "x.gif").exists()
 
 
