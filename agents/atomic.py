@@ -15,6 +15,11 @@ def _umask() -> int:
     return mask
 
 
+def naming(path: Path, err: OSError) -> OSError:
+    """``err`` (its errno and reason) about ``path`` rather than the temporary file."""
+    return OSError(err.errno, err.strerror or str(err), str(path))
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write to; on success it is
@@ -25,7 +30,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     except OSError as err:
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise naming(path, err) from err
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
     os.close(fd)
     tmp = Path(name)
@@ -36,7 +41,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise naming(path, err) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

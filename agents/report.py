@@ -158,9 +158,15 @@ def evaluate_runs(
     return results
 
 
+def cut_share(truncated_rate: float | None) -> str:
+    """``8% cut``: the share of episodes cut by the step limit; empty where none were."""
+    return f"{100 * truncated_rate:.0f}% cut" if truncated_rate else ""
+
+
 def cut_text(truncated_rate: float | None) -> str:
-    """A cell's `` (8% cut)``: the share of episodes cut by the step limit, none where none were."""
-    return f" ({100 * truncated_rate:.0f}% cut)" if truncated_rate else ""
+    """A cell's `` (8% cut)`` (``cut_share``), none where none were."""
+    share = cut_share(truncated_rate)
+    return f" ({share})" if share else ""
 
 
 def cut_note(rates: Sequence[float | None]) -> str:

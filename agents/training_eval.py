@@ -20,7 +20,7 @@ from gymnasium.spaces import Dict
 from agents.config import TrainConfig
 from agents.distributed import Distributed, any_rank, gather_lists
 from agents.evaluate import EvalResult, evaluate
-from agents.report import check_row_fits, env_kwargs_for
+from agents.report import check_row_fits, cut_share, env_kwargs_for
 from envs.factory import EnvError
 from envs.mixture import UNSHIFTED
 from envs.suites import GENERATED, SuiteRow, suite_rows
@@ -161,9 +161,10 @@ def summary_line(step: int, results: list[RowResult], seconds: float) -> str:
     cut by the env's step limit where any were."""
 
     def text(r: RowResult) -> str:
-        success, cut = r.result.success_rate, r.result.truncated_rate
+        success = r.result.success_rate
         notes = [] if success is None else [f"{100 * success:.0f}%"]
-        notes += [f"{100 * cut:.0f}% cut"] if cut else []
+        cut = cut_share(r.result.truncated_rate)
+        notes += [cut] if cut else []
         notes_text = f" ({', '.join(notes)})" if notes else ""
         return f"{r.target.name or 'return'} {r.result.mean_return:.3f}{notes_text}"
 
