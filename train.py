@@ -118,7 +118,8 @@ def add_record_parser(commands) -> None:
 
 
 def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
-    """The flags ``eval`` and ``record`` share: where and how the checkpoint plays."""
+    """The flags ``eval``, ``record`` and ``mechanisms`` share: where and how the checkpoint
+    plays."""
     parser.add_argument("--env", default=None, help="env id; none: the run's training env")
     parser.add_argument(
         "--shift", action="append", default=[], metavar="KEY=VALUE",
@@ -135,6 +136,7 @@ def add_playing_flags(parser: argparse.ArgumentParser, episodes: int) -> None:
     parser.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
                         help="which checkpoint of a run directory")  # fmt: skip
     parser.add_argument("--greedy", action="store_true", help="take the most likely action")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     add_threads_flag(parser)
 
 
@@ -224,7 +226,6 @@ def add_mechanisms_parser(commands) -> None:
         "--where outcome=failure",
     )  # fmt: skip
     mech.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
-    mech.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     mech.add_argument(
         "--json", default=None, metavar="FILE", help="write the reports (a list, one a row) as JSON"
     )
@@ -247,11 +248,12 @@ def run_record(args: argparse.Namespace) -> int:
     from agents.checkpoint import load_policy
     from agents.record import SUFFIXES, Playback, play_episodes, write_video
     from agents.report import check_compatible
+    from agents.trainer import resolve_device
     from envs.factory import check_env_id
     from envs.shifts import parse_shift
 
     out = check_output(args.out, SUFFIXES)
-    loaded = load_policy(args.run, args.checkpoint)
+    loaded = load_policy(args.run, args.checkpoint, resolve_device(args.device))
     if args.env:
         check_env_id(args.env)
     row = played_row(loaded.config, args.env, tuple(parse_shift(s) for s in args.shift))
@@ -381,7 +383,6 @@ def add_eval_parser(commands) -> None:
     add_playing_flags(ev, episodes=100)
     ev.add_argument("--suite", default=None, help="a built-in suite name or a suite JSON file")
     ev.add_argument("--num-envs", type=positive_int, default=16, help="parallel envs")
-    ev.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ev.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON")
     ev.add_argument("--csv", default=None, metavar="FILE", help="write the rows as CSV")
     ev.add_argument("--plot", default=None, metavar="FILE.png", help="grouped bar chart")

@@ -205,11 +205,12 @@ def play_episodes(
     env_kwargs = env_kwargs_for(loaded.config, env_id)
     probe_resets(env_id, shifts, env_kwargs)  # one line, not a traceback, if it cannot reset
     env = make_env(env_id, render_mode="rgb_array", shifts=shifts, **env_kwargs)
-    rng_state = torch.get_rng_state()
-    torch.manual_seed(seed)
     history: list[np.ndarray] = []
     canvas: tuple[int, int] | None = None  # the first frame's size, kept by every frame
-    try:
+    cuda_devices = [device] if device.type == "cuda" else []
+    # The torch RNGs the actions draw from (the CPU's and the policy's GPU's) are restored after.
+    with torch.random.fork_rng(devices=cuda_devices), closing(env):
+        torch.manual_seed(seed)
         for episode in range(playback.episodes):
             with env_errors(env_id, shifts, "during recording", env, CALL_SECONDS):
                 obs, _ = env.reset(seed=seed + episode)
@@ -249,9 +250,6 @@ def play_episodes(
                 total += float(reward)
                 step += 1
                 done = terminated or truncated
-    finally:
-        env.close()
-        torch.set_rng_state(rng_state)
 
 
 def record_episodes(loaded: LoadedPolicy, playback: Playback) -> Recording:

@@ -12,6 +12,7 @@ import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.checkpoint import load_policy
@@ -199,6 +200,29 @@ def test_recording_a_pygame_env_prints_no_display_error(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr.lower(), done.stderr
     assert (tmp_path / "c.gif").exists()
+
+
+def test_record_takes_a_device_and_leaves_the_torch_rng_as_it_was(runs, tmp_path, capsys):
+    loaded = load_policy(runs["rims1"])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    record_episodes(loaded, Playback(ENV_ID, episodes=2, seed=4))
+    assert torch.equal(torch.get_rng_state(), before)  # the actions drew from a forked RNG
+    plain, on_cpu = tmp_path / "plain.gif", tmp_path / "cpu.gif"
+    assert main(["record", str(runs["rims1"]), "--out", str(plain), "--episodes", "2"]) == 0
+    argv = ["record", str(runs["rims1"]), "--out", str(on_cpu), "--episodes", "2"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert np.array_equal(iio.imread(plain, index=None), iio.imread(on_cpu, index=None))
+    capsys.readouterr()
+    bad = tmp_path / "bad.gif"
+    assert exit_code(["record", str(runs["rims1"]), "--out", str(bad), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device must be auto, cpu, cuda or cuda:N, got 'gpu'" in err
+    assert len(err.splitlines()) == 1 and not bad.exists()
+    if not torch.cuda.is_available():
+        assert exit_code(["record", str(runs["rims1"]), "--out", str(bad), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "sees no CUDA device" in err and len(err.splitlines()) == 1 and not bad.exists()
 
 
 def test_record_missing_checkpoint(tmp_path, capsys):
