@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import torch
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -57,6 +62,51 @@ def wait_for_newer_event_file(run_dir: Path) -> None:
         time.sleep(0.05)
 
 
+class EventsUnwritable(Exception):
+    """TensorBoard's event file could not be written (a full disk); the message is one line."""
+
+
+def quiet_event_writer_threads() -> None:
+    """Keep Python from printing a traceback when TensorBoard's writer thread fails. The thread
+    keeps its exception, and the writer raises it again in the thread that logs next, where
+    ``RunLogger`` turns it into ``EventsUnwritable``. Other threads' errors print as before."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_event_writers", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    hook.quiets_event_writers = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+Params = ParamSpec("Params")
+Returned = TypeVar("Returned")
+
+
+def writes_events(
+    method: Callable[Concatenate[RunLogger, Params], Returned],
+) -> Callable[Concatenate[RunLogger, Params], Returned]:
+    """A ``RunLogger`` method whose writes may fail: an ``OSError`` of the event file (raised
+    by the writer, or kept by its thread and raised at the next write) becomes one
+    ``EventsUnwritable`` line naming the run folder, and the writer is dropped."""
+
+    @functools.wraps(method)
+    def logged(self: RunLogger, *args: Params.args, **kwargs: Params.kwargs) -> Returned:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as err:
+            self.writer = None  # it cannot write; closing it would raise the same error again
+            why = err.strerror or str(err)
+            raise EventsUnwritable(
+                f"cannot write the TensorBoard events in {self.run_dir}: {why}"
+            ) from None
+
+    return logged
+
+
 class RunLogger:
     """Writes ``charts/*``, ``losses/*``, ``perf/*`` (where an update's time went), ``rims/*``,
     with ``--centre-features`` ``features/*`` and with ``--eval-every`` ``eval/*`` scalars; shows
@@ -73,6 +123,7 @@ class RunLogger:
     ) -> None:
         """``enabled=False`` (data-parallel ranks other than 0) keeps the returns for the mean
         but writes nothing and shows no bar."""
+        self.run_dir = run_dir
         self.image_every = image_every
         self.updates = 0
         self.enabled = enabled
@@ -80,6 +131,8 @@ class RunLogger:
         # so resumed curves continue from the checkpoint's step without overlaps.
         if enabled and start_step:
             wait_for_newer_event_file(run_dir)
+        if enabled:
+            quiet_event_writer_threads()
         self.writer = (
             SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
             if enabled
@@ -98,6 +151,7 @@ class RunLogger:
         """Mean return of the last 100 finished training episodes (None before the first)."""
         return float(np.mean(self.recent_returns)) if self.recent_returns else None
 
+    @writes_events
     def log_update(
         self,
         global_step: int,
@@ -148,6 +202,7 @@ class RunLogger:
         )
         self.bar.update(steps_this_update)
 
+    @writes_events
     def log_features(
         self, global_step: int, mean_to_spread: float, size_factor: float | None
     ) -> None:
@@ -160,12 +215,14 @@ class RunLogger:
         if size_factor is not None:
             self.writer.add_scalar("features/size_factor", size_factor, global_step)
 
+    @writes_events
     def log_shift_share(self, global_step: int, share: float) -> None:
         """With ``--shift-schedule``: ``charts/shift_share``, the share of episodes drawn
         shifted during the rollout that ended at ``global_step``."""
         if self.writer is not None:
             self.writer.add_scalar("charts/shift_share", share, global_step)
 
+    @writes_events
     def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
         """Each row's ``eval/.../return``, ``success_rate`` (where defined), ``length`` and
         ``truncated_rate`` (the share of episodes cut by the env's step limit), the
@@ -188,8 +245,11 @@ class RunLogger:
             self.writer.add_scalar("eval/shifted_return", shifted, global_step)
         self.bar.write(summary_line(global_step, results, seconds))  # above the bar, if any
 
+    @writes_events
     def close(self) -> None:
+        """Close the bar and the writer; the writer's flush raises an error its thread kept."""
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
+            self.writer.flush()
             self.writer.close()

@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from agents.distributed import (
     shutdown,
 )
 from agents.gae import compute_gae
-from agents.logger import RunLogger
+from agents.logger import EventsUnwritable, RunLogger
 from agents.ppo import ppo_update
 from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
@@ -508,11 +508,19 @@ class Trainer:
     def run(self) -> TrainResult:
         started = time.perf_counter()
         try:
-            while self.update < self.num_updates:
-                if not self.one_update():
-                    break
-        finally:
-            self.logger.close()
+            try:
+                while self.update < self.num_updates:
+                    if not self.one_update():
+                        break
+            finally:
+                self.logger.close()
+        except EventsUnwritable as err:  # a full disk: keep the last update if it still fits
+            with suppress(TrainingStopped):  # it did not fit: the line says what latest.pt holds
+                self.save()
+            raise TrainingStopped(
+                f"{err}; the run stopped at step {self.global_step:,} and {self.last_checkpoint()}",
+                1,
+            ) from None
         identical = parameters_identical(self.policy, self.world)
         if self.signals.received is not None:
             name = signal.Signals(self.signals.received).name

@@ -5,19 +5,24 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from agents.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from agents.config import resolve_config
+from agents.logger import quiet_event_writer_threads
 from agents.trainer import TrainingStopped, out_of_memory, train
 from tests.test_cli import ROOT, TINY, exit_code, scalars
 from train import main
@@ -239,6 +244,60 @@ def test_a_full_disk_stops_the_run_with_a_line_naming_the_last_checkpoint(
         # The run goes on from there once there is room.
         assert main(["train", "--resume", "--run-dir", str(run)]) == 0
         assert load_checkpoint(latest)["global_step"] == 96
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_event_writes_that_fail_stop_the_run_keeping_its_progress(tmp_path, monkeypatch, capsys):
+    """TensorBoard writes from its own thread; its full disk surfaces at the next write."""
+    left = [6]  # records written before the disk is full
+    real = RecordWriter.write
+
+    def write(writer: RecordWriter, data: bytes) -> None:
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        left[0] -= 1
+        real(writer, data)
+
+    monkeypatch.setattr(RecordWriter, "write", write)
+    run = tmp_path / "run"
+    argv = ["train", "--run-dir", str(run), "--total-steps", "96", *TINY]
+    assert main([*argv, "--checkpoint-every", "10"]) == 1
+    err = capsys.readouterr().err.strip()
+    latest = run / "checkpoints" / "latest.pt"
+    stopped = re.fullmatch(
+        f"rims: cannot write the TensorBoard events in {re.escape(str(run))}: No space left on "
+        f"device; the run stopped at step (\\d+) and {re.escape(str(latest))} holds step (\\d+)",
+        err,
+    )  # one line, no thread's traceback: the checkpoint holds the step it stopped at
+    assert stopped and stopped[1] == stopped[2], err
+    assert load_checkpoint(latest)["global_step"] == int(stopped[1])
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--run-dir", str(run)]) == 0
+    assert load_checkpoint(latest)["global_step"] == 96
+
+
+def test_only_tensorboards_writer_threads_are_kept_from_printing_a_traceback(monkeypatch):
+    seen: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.thread.name))
+    quiet_event_writer_threads()
+    hook = threading.excepthook
+    quiet_event_writer_threads()  # once is enough: the hook is not wrapped twice
+    assert threading.excepthook is hook
+
+    class Failing:
+        def write(self, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    records: queue.Queue = queue.Queue()
+    records.put(b"an event")
+    writer = _AsyncWriterThread(records, Failing(), flush_secs=120)
+    writer.start()
+    writer.join()
+    assert isinstance(writer.exception, OSError)  # kept, for the writer to raise again
+    other = threading.Thread(target=lambda: 1 / 0, name="other")
+    other.start()
+    other.join()
+    assert seen == ["other"]
 
 
 @pytest.mark.parametrize(
