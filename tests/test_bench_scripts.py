@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,17 @@ import tests.faulty_envs  # noqa: F401  (registers rims-test/* envs)
 from agents.checkpoint import load_policy
 from agents.mechanisms import inspect_mechanisms
 from agents.selection import switched_units
-from bench import core_speed, cuda_check, learn_minigrid, step_kernels, triton_step, update_speed
+from bench import (
+    core_speed,
+    cuda_check,
+    cue_probe,
+    learn_minigrid,
+    step_kernels,
+    triton_step,
+    update_speed,
+)
+from tests.test_cli import TINY
+from train import main
 
 
 def test_cuda_check_passes_against_the_cpu(monkeypatch, capsys):
@@ -379,3 +390,44 @@ def test_update_speed_times_the_four_cases(capsys):
     assert len(medians) == 4 and all(seconds > 0 for seconds in medians.values())
     printed = capsys.readouterr().out
     assert "autograd, balance 0.1" in printed and "1.00x" in printed
+
+
+def test_the_cue_probe_reads_a_written_cue_and_not_noise():
+    rng = np.random.default_rng(0)
+    cues = rng.integers(0, 2, 400)
+    noise = rng.normal(size=(400, 30))
+    written = noise.copy()
+    written[:, 7] += 3.0 * (2 * cues - 1)  # one direction holds the cue
+    fitted = cue_probe.fit_probe(written[:200], cues[:200])
+    assert cue_probe.balanced_accuracy(fitted.predict(written[200:]), cues[200:]) > 0.95
+    fitted = cue_probe.fit_probe(noise[:200], cues[:200])
+    assert abs(cue_probe.balanced_accuracy(fitted.predict(noise[200:]), cues[200:]) - 0.5) < 0.15
+    # balanced over the cues: a probe that always says "key" scores 0.5 however many keys
+    lopsided = np.array([0] * 90 + [1] * 30)
+    assert cue_probe.balanced_accuracy(np.zeros(120, dtype=np.int64), lopsided) == 0.5
+    assert cue_probe.balanced_accuracy(np.zeros(40, dtype=np.int64), lopsided[-40:]) is None
+
+
+def test_the_cue_probe_picks_each_mechanisms_state_and_reports_a_run(tmp_path, capsys):
+    run = tmp_path / "memory"
+    assert main(["train", "--env", "MiniGrid-MemoryS7-v0", "--total-steps", "32",
+                 "--run-dir", str(run), *TINY]) == 0  # fmt: skip
+    loaded = load_policy(run)
+    core = loaded.policy.core
+    h, c = (torch.randn(1, core.num_units, core.hidden_size) for _ in range(2))
+    flat = torch.cat([h.flatten(1), c.flatten(1)], 1)[0].numpy()  # as the recorder keeps it
+    columns = cue_probe.unit_columns(loaded)
+    assert len(columns) == core.num_units
+    for u, picked in enumerate(columns):
+        assert np.array_equal(flat[picked], torch.cat([h[0, u], c[0, u]]).numpy())
+    episodes = cue_probe.record(loaded, 7, 8, seed=0)
+    assert len(episodes) == 8
+    for episode in episodes:
+        assert len(episode.states) == len(episode.distances)
+        assert all(d >= 0 for d in episode.distances)  # never past the junction's column
+        assert 1 <= episode.start <= 4  # size 7: the hallway ends in column 4
+        assert episode.outcome in ("success", "failure", "cut")
+    capsys.readouterr()
+    cue_probe.report(loaded, [7], 8, seed=0)
+    out = capsys.readouterr().out
+    assert "memory (rims), 8 episodes a size:" in out and "u0" in out
