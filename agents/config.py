@@ -437,6 +437,15 @@ def check_device_name(name: str) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Raise ``ConfigError`` (one line, naming the flag) for any impossible setting."""
+    validate_sizes(c)
+    validate_core(c)
+    validate_ppo(c)
+    validate_run(c)
+    validate_env(c)
+
+
+def validate_sizes(c: TrainConfig) -> None:
+    """Every field of its type, and the counts and sizes positive; the seed in range."""
     if (mismatch := type_mismatch(c)) is not None:
         name, problem = mismatch
         raise ConfigError(f"--{name.replace('_', '-')} {problem}")
@@ -449,23 +458,21 @@ def validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         _check(value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     _check(0 <= c.seed <= MAX_SEED, f"--seed must be an integer in {SEED_RANGE}, got {c.seed}")
-    _check(c.core in CORES, f"--core must be one of {', '.join(CORES)}, got {c.core!r}")
-    _check(c.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {c.cell!r}")
     _check(
         c.input_value_size is None or c.input_value_size >= 1,
         f"--input-value-size must be a positive integer or none, got {c.input_value_size!r}",
     )
+
+
+def validate_core(c: TrainConfig) -> None:
+    """The core, its cell, and the flags that only some cores take."""
+    _check(c.core in CORES, f"--core must be one of {', '.join(CORES)}, got {c.core!r}")
+    _check(c.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {c.cell!r}")
     if c.core == "rims":
         _check(
             1 <= c.k <= c.num_units,
             f"--k must be in 1..num_units={c.num_units}, got {c.k}",
         )
-    _check(c.bptt >= 0, f"--bptt must be >= 0, got {c.bptt}")
-    _check(c.frame_stack >= 1, f"--frame-stack must be a positive integer, got {c.frame_stack}")
-    _check(c.max_episode_frames >= 1, "--max-episode-frames must be a positive integer")
-    _check(
-        0 <= c.sticky_actions <= 1, f"--sticky-actions must be in [0, 1], got {c.sticky_actions}"
-    )
     _check(
         not c.rims_spatial or c.core == "rims",
         "--rims-spatial needs --core rims (LSTM/GRU read one flat vector)",
@@ -489,6 +496,11 @@ def validate(c: TrainConfig) -> None:
         problem = triton_unsupported(c.input_heads, c.attention_dropout)
         _check(problem is None, f"--rims-triton: {problem}")
         _check(not c.rims_spatial, "--rims-triton: the kernels read one input element, not a set")
+
+
+def validate_ppo(c: TrainConfig) -> None:
+    """The rollout's split into training sequences and minibatches, and PPO's coefficients."""
+    _check(c.bptt >= 0, f"--bptt must be >= 0, got {c.bptt}")
     _check(
         c.num_steps % c.sequence_length == 0,
         f"--num-steps={c.num_steps} must be a multiple of --bptt={c.bptt} "
@@ -514,6 +526,10 @@ def validate(c: TrainConfig) -> None:
         f"--attention-dropout must be in [0, 1), got {c.attention_dropout}",
     )
     _check(c.target_kl is None or c.target_kl > 0, "--target-kl must be > 0 or none")
+
+
+def validate_run(c: TrainConfig) -> None:
+    """Checkpoints, logging, evaluation during training, threads, device, resume."""
     _check(c.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0")
     _check(c.image_every >= 0, "--image-every must be >= 0")
     _check(c.eval_every >= 0, f"--eval-every must be >= 0, got {c.eval_every}")
@@ -526,6 +542,15 @@ def validate(c: TrainConfig) -> None:
     _check(c.env_timeout >= 0, f"--env-timeout must be >= 0, got {c.env_timeout}")
     check_device_name(c.device)
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
+
+
+def validate_env(c: TrainConfig) -> None:
+    """The env id, its shifts and schedule, and the flags that only some envs take."""
+    _check(c.frame_stack >= 1, f"--frame-stack must be a positive integer, got {c.frame_stack}")
+    _check(c.max_episode_frames >= 1, "--max-episode-frames must be a positive integer")
+    _check(
+        0 <= c.sticky_actions <= 1, f"--sticky-actions must be in [0, 1], got {c.sticky_actions}"
+    )
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
     try:
         for combination in combinations(c.train_shifts):
