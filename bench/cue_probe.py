@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.checkpoint import LoadedPolicy, load_policy  # noqa: E402
+from agents.checkpoint import CheckpointError, LoadedPolicy, load_policy  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.mechanisms import sub_envs  # noqa: E402
 from agents.report import env_kwargs_for  # noqa: E402
@@ -188,11 +188,11 @@ def unit_columns(loaded: LoadedPolicy) -> list[np.ndarray] | None:
 
 
 def record(loaded: LoadedPolicy, size: int, episodes: int, seed: int) -> list[Episode]:
-    """``episodes`` episodes of MemoryS7 at ``size`` x ``size``, actions sampled as ``rims
-    eval`` samples them."""
+    """``episodes`` episodes of the run's memory env at ``size`` x ``size``, actions sampled as
+    ``rims eval`` samples them."""
     recorder = StateRecorder()
-    env_id = "MiniGrid-MemoryS7-v0"
-    shifts = () if size == 7 else (("size", str(size)),)
+    env_id = loaded.config.env
+    shifts = (("size", str(size)),)
     evaluate(loaded.policy, env_id, episodes, seed, 16, shifts=shifts,
              env_kwargs=env_kwargs_for(loaded.config, env_id), observer=recorder)  # fmt: skip
     return recorder.episodes
@@ -275,8 +275,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for run in args.runs:
-        report(load_policy(run), args.sizes, args.episodes, args.seed)
+    try:
+        runs = [load_policy(run) for run in args.runs]
+    except CheckpointError as err:
+        print(f"cue_probe: {err}", file=sys.stderr)
+        return 2
+    for loaded in runs:
+        if not loaded.config.env.startswith("MiniGrid-Memory"):
+            print(f"cue_probe: {loaded.label} was trained on {loaded.config.env}, not on a "
+                  "MiniGrid-Memory env", file=sys.stderr)  # fmt: skip
+            return 2
+    for loaded in runs:
+        report(loaded, args.sizes, args.episodes, args.seed)
     return 0
 
 

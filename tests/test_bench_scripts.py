@@ -431,3 +431,17 @@ def test_the_cue_probe_picks_each_mechanisms_state_and_reports_a_run(tmp_path, c
     cue_probe.report(loaded, [7], 8, seed=0)
     out = capsys.readouterr().out
     assert "memory (rims), 8 episodes a size:" in out and "u0" in out
+
+
+def test_the_cue_probe_refuses_a_run_of_another_env_in_one_line(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "doorkey"
+    assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    capsys.readouterr()
+    for argv, message in (
+        ([str(run)], "was trained on MiniGrid-DoorKey-5x5-v0, not on a MiniGrid-Memory env"),
+        ([str(tmp_path / "none")], "no run directory or checkpoint file"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["cue_probe.py", *argv])
+        assert cue_probe.main() == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
