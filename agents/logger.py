@@ -99,12 +99,15 @@ def writes_events(
             return method(self, *args, **kwargs)
         except OSError as err:
             self.writer = None  # it cannot write; closing it would raise the same error again
-            why = err.strerror or str(err)
-            raise EventsUnwritable(
-                f"cannot write the TensorBoard events in {self.run_dir}: {why}"
-            ) from None
+            raise events_unwritable(self.run_dir, err) from None
 
     return logged
+
+
+def events_unwritable(run_dir: Path, err: OSError) -> EventsUnwritable:
+    return EventsUnwritable(
+        f"cannot write the TensorBoard events in {run_dir}: {err.strerror or err}"
+    )
 
 
 class RunLogger:
@@ -133,11 +136,14 @@ class RunLogger:
             wait_for_newer_event_file(run_dir)
         if enabled:
             quiet_event_writer_threads()
-        self.writer = (
-            SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
-            if enabled
-            else None
-        )
+        try:  # the writer writes its file's first record at once
+            self.writer = (
+                SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
+                if enabled
+                else None
+            )
+        except OSError as err:
+            raise events_unwritable(run_dir, err) from None
         self.recent_returns: deque[float] = deque(maxlen=100)
         # RIMs: (units switched, units) in the last update's rollout; None for other cores.
         self.last_selection: tuple[int, int] | None = None

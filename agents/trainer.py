@@ -362,7 +362,14 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             torch.autograd.set_detect_anomaly(config.detect_anomaly),
             tf32_matmuls(config.tf32),
         ):
-            trainer = Trainer(config, envs, device, run_dir, resumed, signals, world, targets)
+            try:
+                trainer = Trainer(config, envs, device, run_dir, resumed, signals, world, targets)
+            except EventsUnwritable as err:  # the event file could not be started
+                kept = "no checkpoint was written" if resumed is None else (
+                    f"{run_dir / CHECKPOINT_DIR / 'latest.pt'} still holds step "
+                    f"{resumed['global_step']:,}"
+                )  # fmt: skip
+                raise TrainingStopped(f"{err}; nothing was trained and {kept}", 1) from None
             return trainer.run()
     finally:
         close_envs(envs)

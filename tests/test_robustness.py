@@ -246,10 +246,9 @@ def test_a_full_disk_stops_the_run_with_a_line_naming_the_last_checkpoint(
         assert load_checkpoint(latest)["global_step"] == 96
 
 
-@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
-def test_event_writes_that_fail_stop_the_run_keeping_its_progress(tmp_path, monkeypatch, capsys):
-    """TensorBoard writes from its own thread; its full disk surfaces at the next write."""
-    left = [6]  # records written before the disk is full
+def event_records_fail_after(monkeypatch, records: int) -> None:
+    """Let TensorBoard write ``records`` more records, then fail each as a full disk does."""
+    left = [records]
     real = RecordWriter.write
 
     def write(writer: RecordWriter, data: bytes) -> None:
@@ -259,6 +258,12 @@ def test_event_writes_that_fail_stop_the_run_keeping_its_progress(tmp_path, monk
         real(writer, data)
 
     monkeypatch.setattr(RecordWriter, "write", write)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_event_writes_that_fail_stop_the_run_keeping_its_progress(tmp_path, monkeypatch, capsys):
+    """TensorBoard writes from its own thread; its full disk surfaces at the next write."""
+    event_records_fail_after(monkeypatch, 6)
     run = tmp_path / "run"
     argv = ["train", "--run-dir", str(run), "--total-steps", "96", *TINY]
     assert main([*argv, "--checkpoint-every", "10"]) == 1
@@ -274,6 +279,28 @@ def test_event_writes_that_fail_stop_the_run_keeping_its_progress(tmp_path, monk
     monkeypatch.undo()
     assert main(["train", "--resume", "--run-dir", str(run)]) == 0
     assert load_checkpoint(latest)["global_step"] == 96
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_event_file_that_cannot_be_started_is_one_line(tmp_path, monkeypatch, capsys):
+    """The writer writes its file's first record as it is made: before any training."""
+    run = tmp_path / "run"
+    latest = run / "checkpoints" / "latest.pt"
+    event_records_fail_after(monkeypatch, 0)
+    assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"rims: cannot write the TensorBoard events in {run}: No space left on device; nothing "
+        "was trained and no checkpoint was written"
+    )
+    monkeypatch.undo()
+    assert main(["train", "--run-dir", str(run), "--total-steps", "32", *TINY, "--overwrite"]) == 0
+    event_records_fail_after(monkeypatch, 0)
+    resume = ["train", "--resume", "--run-dir", str(run), "--total-steps", "64"]
+    assert main(resume) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"nothing was trained and {latest} still holds step 32")
+    assert len(err.splitlines()) == 1 and load_checkpoint(latest)["global_step"] == 32
 
 
 def test_only_tensorboards_writer_threads_are_kept_from_printing_a_traceback(monkeypatch):
