@@ -205,6 +205,21 @@ def success_rate(episodes: Sequence[Episode], cue: int, seen: bool) -> float | N
     return float(np.mean(outcomes)) if len(outcomes) >= 5 else None
 
 
+def agreement(probe: Probe, episodes: Sequence[Episode]) -> float | None:
+    """How often ``probe``'s reading of the state at an episode's last step at the junction
+    names the object the policy then chose (the cue where it succeeded, the other where it
+    failed), over the episodes that saw the cue and reached the junction; None under 20."""
+    read, chose = [], []
+    for e in episodes:
+        at_junction = [s for s, d in zip(e.states, e.distances) if d == 0]
+        if at_junction and e.outcome in ("success", "failure"):
+            read.append(at_junction[-1])
+            chose.append(e.cue if e.outcome == "success" else 1 - e.cue)
+    if len(read) < 20:
+        return None
+    return float(np.mean(probe.predict(np.stack(read)) == np.array(chose)))
+
+
 def cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -245,6 +260,7 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
             *(held_out_accuracy(eps, lambda d, lo=lo, hi=hi: lo <= d <= hi)
               for lo, hi in DISTANCE_BINS),
             first_probe_on(*steps_where(eps, lambda d: d == 0)),
+            agreement(first, eps),
         ]  # fmt: skip
         ages[size] = [
             first_probe_on(*steps_where(eps, lambda a, lo=lo, hi=hi: lo <= a <= hi, by_age=True))
@@ -257,9 +273,10 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
           ["all", "seen", "key", "ball", "key", "ball"], behaviour)  # fmt: skip
     table("the share of episodes whose cue was seen, by the column the agent started in",
           [f"x={b}" for b in bin_names(START_BINS)], starts)  # fmt: skip
-    table(f"the cue read from the state (held out), by cells to the junction; last: by the "
-          f"size-{sizes[0]} probe at d=0", [f"d={b}" for b in bin_names(DISTANCE_BINS)]
-          + [f"{sizes[0]}:d=0"], probes)  # fmt: skip
+    table(f"the cue read from the state (held out), by cells to the junction; then by the "
+          f"size-{sizes[0]} probe at d=0, and how often its reading there names the object the "
+          "policy chose", [f"d={b}" for b in bin_names(DISTANCE_BINS)]
+          + [f"{sizes[0]}:d=0", "agrees"], probes)  # fmt: skip
     table(f"the size-{sizes[0]} probe at d=0, by steps since the cue was first seen",
           bin_names(AGE_BINS), ages)  # fmt: skip
     if units:
