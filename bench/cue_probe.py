@@ -27,9 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.checkpoint import CheckpointError, LoadedPolicy, load_policy  # noqa: E402
+from agents.config import ConfigError  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.mechanisms import sub_envs  # noqa: E402
 from agents.report import env_kwargs_for  # noqa: E402
+from envs.factory import EnvError  # noqa: E402
+from envs.shifts import ShiftError  # noqa: E402
 from policies.actor_critic import ActResult  # noqa: E402
 
 CUES = ("key", "ball")
@@ -137,16 +140,30 @@ def fit_probe(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 200) 
 MIN_STEPS = 20  # steps of each cue a score needs
 
 
+def enough(y: np.ndarray) -> bool:
+    """Whether cues ``y`` ``(N,)`` hold at least ``MIN_STEPS`` steps of each cue."""
+    return min(np.sum(y == 0), np.sum(y == 1)) >= MIN_STEPS
+
+
 def balanced_accuracy(predicted: np.ndarray, y: np.ndarray) -> float | None:
     """The mean over the two cues of the share predicted right; None where either cue has fewer
     than ``MIN_STEPS`` steps."""
-    if min(np.sum(y == 0), np.sum(y == 1)) < MIN_STEPS:
+    if not enough(y):
         return None
     return float(np.mean([(predicted[y == c] == c).mean() for c in (0, 1)]))
 
 
+def probe_score(probe: Probe | None, x: np.ndarray, y: np.ndarray) -> float | None:
+    """``probe``'s balanced accuracy on states ``x`` ``(N, S)`` with cues ``y`` ``(N,)``; None
+    without a probe or with too few steps of a cue."""
+    return balanced_accuracy(probe.predict(x), y) if probe is not None and enough(y) else None
+
+
 def steps_where(
-    episodes: Sequence[Episode], keep: Any, columns: slice | np.ndarray = slice(None), by_age=False
+    episodes: Sequence[Episode],
+    keep: Any,
+    columns: slice | np.ndarray = slice(None),
+    by_age: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The states ``(N, S')`` (``columns`` of each) and cues ``(N,)`` of the steps whose distance
     from the junction (or with ``by_age`` whose steps since the cue was first seen) ``keep``
@@ -168,10 +185,8 @@ def held_out_accuracy(
     """Fit on the even-numbered episodes, score on the odd ones (whole episodes apart: a step
     and the next are nearly the same state); None where a half has too few steps of a cue."""
     train = steps_where(episodes[0::2], keep, columns)
-    test = steps_where(episodes[1::2], keep, columns)
-    if min(np.sum(train[1] == 0), np.sum(train[1] == 1)) < MIN_STEPS:
-        return None
-    return balanced_accuracy(fit_probe(*train).predict(test[0]), test[1])
+    return probe_score(fit_probe(*train) if enough(train[1]) else None, *steps_where(
+        episodes[1::2], keep, columns))  # fmt: skip
 
 
 def unit_columns(loaded: LoadedPolicy) -> list[np.ndarray] | None:
@@ -205,7 +220,7 @@ def success_rate(episodes: Sequence[Episode], cue: int, seen: bool) -> float | N
     return float(np.mean(outcomes)) if len(outcomes) >= 5 else None
 
 
-def agreement(probe: Probe, episodes: Sequence[Episode]) -> float | None:
+def agreement(probe: Probe | None, episodes: Sequence[Episode]) -> float | None:
     """How often ``probe``'s reading of the state at an episode's last step at the junction
     names the object the policy then chose (the cue where it succeeded, the other where it
     failed), over the episodes that saw the cue and reached the junction; None under 20."""
@@ -215,7 +230,7 @@ def agreement(probe: Probe, episodes: Sequence[Episode]) -> float | None:
         if at_junction and e.outcome in ("success", "failure"):
             read.append(at_junction[-1])
             chose.append(e.cue if e.outcome == "success" else 1 - e.cue)
-    if len(read) < 20:
+    if probe is None or len(read) < 20:
         return None
     return float(np.mean(probe.predict(np.stack(read)) == np.array(chose)))
 
@@ -238,10 +253,8 @@ def bin_names(bins: Sequence[tuple[int, int]]) -> list[str]:
 
 def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int) -> None:
     played = {size: record(loaded, size, episodes, seed) for size in sizes}
-    first = fit_probe(*steps_where(played[sizes[0]], lambda d: d == 0))
-
-    def first_probe_on(x: np.ndarray, y: np.ndarray) -> float | None:
-        return balanced_accuracy(first.predict(x), y) if len(y) else None
+    at_first_junction = steps_where(played[sizes[0]], lambda d: d == 0)
+    first = fit_probe(*at_first_junction) if enough(at_first_junction[1]) else None
 
     print(f"{loaded.label} ({loaded.config.core}), {episodes} episodes a size:")
     behaviour, starts, probes, ages, units = {}, {}, {}, {}, {}
@@ -259,11 +272,13 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
         probes[size] = [
             *(held_out_accuracy(eps, lambda d, lo=lo, hi=hi: lo <= d <= hi)
               for lo, hi in DISTANCE_BINS),
-            first_probe_on(*steps_where(eps, lambda d: d == 0)),
+            probe_score(first, *steps_where(eps, lambda d: d == 0)),
             agreement(first, eps),
         ]  # fmt: skip
         ages[size] = [
-            first_probe_on(*steps_where(eps, lambda a, lo=lo, hi=hi: lo <= a <= hi, by_age=True))
+            probe_score(
+                first, *steps_where(eps, lambda a, lo=lo, hi=hi: lo <= a <= hi, by_age=True)
+            )
             for lo, hi in AGE_BINS
         ]
         columns = unit_columns(loaded)
@@ -302,8 +317,12 @@ def main() -> int:
             print(f"cue_probe: {loaded.label} was trained on {loaded.config.env}, not on a "
                   "MiniGrid-Memory env", file=sys.stderr)  # fmt: skip
             return 2
-    for loaded in runs:
-        report(loaded, args.sizes, args.episodes, args.seed)
+    try:
+        for loaded in runs:
+            report(loaded, args.sizes, args.episodes, args.seed)
+    except (ConfigError, EnvError, ShiftError) as err:  # a size it cannot draw (even, small)
+        print(f"cue_probe: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

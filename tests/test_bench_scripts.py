@@ -433,13 +433,17 @@ def test_the_cue_probe_picks_each_mechanisms_state_and_reports_a_run(tmp_path, c
     assert "memory (rims), 8 episodes a size:" in out and "u0" in out
 
 
-def test_the_cue_probe_refuses_a_run_of_another_env_in_one_line(tmp_path, monkeypatch, capsys):
-    run = tmp_path / "doorkey"
+def test_the_cue_probe_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
+    run, memory = tmp_path / "doorkey", tmp_path / "memory"
     assert main(["train", "--total-steps", "32", "--run-dir", str(run), *TINY]) == 0
+    assert main(["train", "--env", "MiniGrid-MemoryS7-v0", "--total-steps", "32",
+                 "--run-dir", str(memory), *TINY]) == 0  # fmt: skip
     capsys.readouterr()
     for argv, message in (
         ([str(run)], "was trained on MiniGrid-DoorKey-5x5-v0, not on a MiniGrid-Memory env"),
         ([str(tmp_path / "none")], "no run directory or checkpoint file"),
+        ([str(memory), "--sizes", "8"], "assert height % 2 == 1"),
+        ([str(memory), "--sizes", "3"], "shift size takes an integer >= 5, got '3'"),
     ):
         monkeypatch.setattr(sys, "argv", ["cue_probe.py", *argv])
         assert cue_probe.main() == 2
