@@ -1,13 +1,14 @@
 """Is the cue still in the recurrent state where a MemoryEnv policy fails? A linear probe.
 
 Where a run trained on MemoryS7 loses the cue on a long hallway, either the state no longer holds
-it (the memory faded) or it holds it and the policy does not read it there (the readout fails).
-This plays a run's episodes on each given hallway, keeps the core's state at every step after the
-cue was first in view, and fits a logistic-regression probe for the cue (key or ball) on half of
-the episodes, scored on the other half, at each distance from the junction where the agent must
-turn. It also scores, at the junction of each longer hallway, the probe fitted at the junction of
-the first (is the cue written the same way there?), and, for RIMs, a probe on each mechanism's
-state alone. Accuracies are balanced over the two cues (0.5 is chance).
+it (the memory faded) or it holds it and the policy does not read it there (the readout fails),
+or the agent never saw it. This plays a run's episodes on each given hallway and notes whether
+the agent saw the cue and how far it walked back toward it. It keeps the core's state at every
+step after the cue was first in view, and fits a logistic-regression probe for the cue (key or
+ball) on half of the episodes, scored on the other half, at each distance from the junction
+where the agent must turn. It also scores, on each longer hallway, the probe fitted at the
+junction of the first (is the cue written the same way there?), and, for RIMs, a probe on each
+mechanism's state alone. Accuracies are balanced over the two cues (0.5 is chance).
 
     python bench/cue_probe.py RUN [RUN ...] [--sizes 7 21] [--episodes 128]
 """
@@ -52,6 +53,7 @@ class Episode:
 
     cue: int  # index into CUES
     start: int  # the column the agent started in (the cue is in column 1)
+    lowest: int  # the lowest column the agent reached (start - lowest: cells walked back)
     outcome: str = ""
     states: list[np.ndarray] = field(default_factory=list)  # each (S,): the core's state
     distances: list[int] = field(default_factory=list)  # cells from the junction, per step
@@ -84,7 +86,9 @@ class StateRecorder:
             episode = self._open[i]
             if episode is None:
                 cue = CUES.index(grid_env.grid.get(*cue_at).type)
-                episode = self._open[i] = Episode(cue, int(grid_env.agent_pos[0]))
+                column = int(grid_env.agent_pos[0])
+                episode = self._open[i] = Episode(cue, column, column)
+            episode.lowest = min(episode.lowest, int(grid_env.agent_pos[0]))
             if episode.seen or grid_env.agent_sees(*cue_at):
                 junction = grid_env.success_pos[0]  # the column of both objects' cells
                 episode.states.append(states[i])
@@ -257,7 +261,7 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
     first = fit_probe(*at_first_junction) if enough(at_first_junction[1]) else None
 
     print(f"{loaded.label} ({loaded.config.core}), {episodes} episodes a size:")
-    behaviour, starts, probes, ages, units = {}, {}, {}, {}, {}
+    behaviour, starts, walks, probes, ages, units = {}, {}, {}, {}, {}, {}
     for size, eps in played.items():
         behaviour[size] = [
             float(np.mean([e.outcome == "success" for e in eps])),
@@ -267,6 +271,11 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
         starts[size] = [
             float(np.mean(seen)) if len(seen := [e.seen for e in eps if lo <= e.start <= hi]) >= 5
             else None
+            for lo, hi in START_BINS
+        ]  # fmt: skip
+        walks[size] = [
+            float(np.median(back)) if len(back := [e.start - e.lowest for e in eps
+                                                   if lo <= e.start <= hi]) >= 5 else None
             for lo, hi in START_BINS
         ]  # fmt: skip
         probes[size] = [
@@ -288,6 +297,8 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
           ["all", "seen", "key", "ball", "key", "ball"], behaviour)  # fmt: skip
     table("the share of episodes whose cue was seen, by the column the agent started in",
           [f"x={b}" for b in bin_names(START_BINS)], starts)  # fmt: skip
+    table("the median number of cells walked back toward the cue, by the start's column",
+          [f"x={b}" for b in bin_names(START_BINS)], walks)  # fmt: skip
     table(f"the cue read from the state (held out), by cells to the junction; then by the "
           f"size-{sizes[0]} probe at d=0, and how often its reading there names the object the "
           "policy chose", [f"d={b}" for b in bin_names(DISTANCE_BINS)]

@@ -425,7 +425,7 @@ def test_the_cue_probe_picks_each_mechanisms_state_and_reports_a_run(tmp_path, c
     for episode in episodes:
         assert len(episode.states) == len(episode.distances)
         assert all(d >= 0 for d in episode.distances)  # never past the junction's column
-        assert 1 <= episode.start <= 4  # size 7: the hallway ends in column 4
+        assert 1 <= episode.lowest <= episode.start <= 4  # size 7: the hallway ends in column 4
         assert episode.outcome in ("success", "failure", "cut")
     capsys.readouterr()
     cue_probe.report(loaded, [7], 8, seed=0)
