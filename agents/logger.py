@@ -134,16 +134,14 @@ class RunLogger:
         # so resumed curves continue from the checkpoint's step without overlaps.
         if enabled and start_step:
             wait_for_newer_event_file(run_dir)
+        self.writer: SummaryWriter | None = None
         if enabled:
             quiet_event_writer_threads()
-        try:  # the writer writes its file's first record at once
-            self.writer = (
-                SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
-                if enabled
-                else None
-            )
-        except OSError as err:
-            raise events_unwritable(run_dir, err) from None
+            try:  # the writer writes its file's first record at once
+                purge = start_step + 1 if start_step else None
+                self.writer = SummaryWriter(str(run_dir), purge_step=purge)
+            except OSError as err:
+                raise events_unwritable(run_dir, err) from None
         self.recent_returns: deque[float] = deque(maxlen=100)
         # RIMs: (units switched, units) in the last update's rollout; None for other cores.
         self.last_selection: tuple[int, int] | None = None

@@ -483,10 +483,14 @@ class Trainer:
         try:
             yield
         except CheckpointError as err:
-            raise TrainingStopped(
-                f"{err}; the run stopped at step {self.global_step:,} and {self.last_checkpoint()}",
-                1,
-            ) from None
+            raise self.stopped_unwritten(err) from None
+
+    def stopped_unwritten(self, err: Exception) -> TrainingStopped:
+        """The stop for an output that could not be written (``err`` says which), naming the
+        step the run reached and what ``latest.pt`` holds."""
+        return TrainingStopped(
+            f"{err}; the run stopped at step {self.global_step:,} and {self.last_checkpoint()}", 1
+        )
 
     def last_checkpoint(self) -> str:
         """``runs/x/checkpoints/latest.pt holds step 4,096``, or that none was written (on the
@@ -524,10 +528,7 @@ class Trainer:
         except EventsUnwritable as err:  # a full disk: keep the last update if it still fits
             with suppress(TrainingStopped):  # it did not fit: the line says what latest.pt holds
                 self.save()
-            raise TrainingStopped(
-                f"{err}; the run stopped at step {self.global_step:,} and {self.last_checkpoint()}",
-                1,
-            ) from None
+            raise self.stopped_unwritten(err) from None
         identical = parameters_identical(self.policy, self.world)
         if self.signals.received is not None:
             name = signal.Signals(self.signals.received).name
