@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.checkpoint import CheckpointError, LoadedPolicy, load_policy  # noqa: E402
 from agents.config import ConfigError  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
-from agents.mechanisms import sub_envs  # noqa: E402
+from agents.mechanisms import minigrid_situation, sub_envs  # noqa: E402
 from agents.report import env_kwargs_for  # noqa: E402
 from envs.factory import EnvError  # noqa: E402
 from envs.shifts import ShiftError  # noqa: E402
@@ -82,14 +82,13 @@ class StateRecorder:
         states = torch.cat([part.flatten(1) for part in act.state], 1).double().cpu().numpy()
         for i, env in enumerate(singles):
             grid_env = env.unwrapped
-            cue_at = (1, grid_env.height // 2 - 1)
+            situation = minigrid_situation(grid_env)  # MemoryEnv's: the cue, and whether in view
             episode = self._open[i]
             if episode is None:
-                cue = CUES.index(grid_env.grid.get(*cue_at).type)
                 column = int(grid_env.agent_pos[0])
-                episode = self._open[i] = Episode(cue, column, column)
+                episode = self._open[i] = Episode(CUES.index(situation["cue"]), column, column)
             episode.lowest = min(episode.lowest, int(grid_env.agent_pos[0]))
-            if episode.seen or grid_env.agent_sees(*cue_at):
+            if episode.seen or situation["cue in view"] == "yes":
                 junction = grid_env.success_pos[0]  # the column of both objects' cells
                 episode.states.append(states[i])
                 episode.distances.append(int(junction - grid_env.agent_pos[0]))
@@ -165,7 +164,7 @@ def probe_score(probe: Probe | None, x: np.ndarray, y: np.ndarray) -> float | No
 
 def steps_where(
     episodes: Sequence[Episode],
-    keep: Any,
+    keep: Callable[[int], bool],
     columns: slice | np.ndarray = slice(None),
     by_age: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +183,9 @@ def steps_where(
 
 
 def held_out_accuracy(
-    episodes: Sequence[Episode], keep: Any, columns: slice | np.ndarray = slice(None)
+    episodes: Sequence[Episode],
+    keep: Callable[[int], bool],
+    columns: slice | np.ndarray = slice(None),
 ) -> float | None:
     """Fit on the even-numbered episodes, score on the odd ones (whole episodes apart: a step
     and the next are nearly the same state); None where a half has too few steps of a cue."""
