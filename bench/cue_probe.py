@@ -263,6 +263,7 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
 
     print(f"{loaded.label} ({loaded.config.core}), {episodes} episodes a size:")
     behaviour, starts, walks, probes, ages, units = {}, {}, {}, {}, {}, {}
+    columns = unit_columns(loaded)  # for RIMs, each mechanism's part of a state
     for size, eps in played.items():
         behaviour[size] = [
             float(np.mean([e.outcome == "success" for e in eps])),
@@ -291,7 +292,6 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
             )
             for lo, hi in AGE_BINS
         ]
-        columns = unit_columns(loaded)
         if columns is not None:
             units[size] = [held_out_accuracy(eps, lambda d: d == 0, c) for c in columns]
     table("success; the share of episodes whose cue was seen; success by cue when seen / not",
