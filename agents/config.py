@@ -52,6 +52,13 @@ class TrainConfig:
         "One that ends at 0 makes the unshifted env what eval/return and rims eval RUN play",
         metavar="STEP:SHARE,...",
     )
+    other_shift: tuple[str, ...] = option(
+        (),
+        "with --shift-schedule, the episodes not played with --shift play the env with these "
+        "shifts instead of unshifted, KEY=VALUE as --shift takes it (repeatable): a curriculum "
+        "from one mixture to another (size=7,9 first, then --shift size=7,9,11,13)",
+        metavar="KEY=VALUE",
+    )
     core: str = option("rims", "recurrent core of the policy", CORES)
     total_steps: int = option(
         300_000, "agent-env interactions to train for, summed over envs (Atari: 4 frames each)"
@@ -232,6 +239,11 @@ class TrainConfig:
         return tuple(parse_shift(text) for text in self.shift)
 
     @property
+    def other_shifts(self) -> tuple[tuple[str, str], ...]:
+        """``other_shift`` parsed, as ``train_shifts``."""
+        return tuple(parse_shift(text) for text in self.other_shift)
+
+    @property
     def share_schedule(self) -> Schedule | None:
         """``shift_schedule`` parsed (None without one)."""
         return None if self.shift_schedule is None else Schedule.parse(self.shift_schedule)
@@ -243,15 +255,21 @@ class TrainConfig:
         return SuiteRow(self.env, self.train_shifts)
 
     @property
+    def other_row(self) -> SuiteRow:
+        """What a ``--shift-schedule`` plays in the episodes it does not give to ``--shift``:
+        the env with its ``--other-shift``, the env alone without one."""
+        return SuiteRow(self.env, self.other_shifts)
+
+    @property
     def target_row(self) -> SuiteRow:
         """What the run learns to play, and what evaluation plays unless told otherwise
-        (``eval/return``, ``rims eval RUN``): ``train_row``, or the env alone where
+        (``eval/return``, ``rims eval RUN``): ``train_row``, or ``other_row`` where
         ``--shift-schedule`` ends at a share of 0, a curriculum that moves the run onto the
-        env's own levels. A schedule that ends above 0 still trains on its shifts to the end,
-        and they stay the target."""
+        env's own levels (or its ``--other-shift``). A schedule that ends above 0 still trains
+        on its shifts to the end, and they stay the target."""
         schedule = self.share_schedule
         if schedule is not None and schedule.values[-1] == 0:
-            return SuiteRow(self.env, ())
+            return self.other_row
         return self.train_row
 
     @property
@@ -552,11 +570,16 @@ def validate_env(c: TrainConfig) -> None:
         0 <= c.sticky_actions <= 1, f"--sticky-actions must be in [0, 1], got {c.sticky_actions}"
     )
     check_env_id(c.env)  # EnvError: unknown ids fail before anything is built or written
-    try:
-        for combination in combinations(c.train_shifts):
-            shift_effect(c.env, c.family, combination)
-    except ShiftError as err:
-        raise ConfigError(f"--shift: {err}") from None
+    for flag, field in (("--shift", "train_shifts"), ("--other-shift", "other_shifts")):
+        try:  # parsing the shifts raises ShiftError too
+            for combination in combinations(getattr(c, field)):
+                shift_effect(c.env, c.family, combination)
+        except ShiftError as err:
+            raise ConfigError(f"{flag}: {err}") from None
+    _check(
+        not c.other_shift or c.shift_schedule is not None,
+        "--other-shift needs --shift-schedule (which shares episodes out between the two)",
+    )
     if c.shift_schedule is not None:
         _check(bool(c.shift), "--shift-schedule needs --shift (the shifts it shares out)")
         try:

@@ -46,7 +46,9 @@ def config_names(configs: Sequence[dict[str, Any]], with_env: bool = False) -> d
 
 def setting_text(field: str, value: Any) -> str:
     """``k=3``; the training shifts as they are given (``size=5,6 noise=0.1``, or
-    ``unshifted``)."""
+    ``unshifted``), and a schedule's other shifts after ``other`` (``other size=5``)."""
     if field == "shift":
         return " ".join(value) or "unshifted"
+    if field == "other_shift":
+        return "other " + (" ".join(value) or "unshifted")
     return f"{field}={value}"

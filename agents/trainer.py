@@ -159,11 +159,15 @@ def check_policy_fits(config: TrainConfig) -> list[EvalTarget]:
     a flat vector), ``EnvError`` if the env or a row of ``--eval-suite`` cannot make its levels
     or does not fit the policy. Returns what ``--eval-every`` evaluates. Builds one env and one
     policy on the CPU, so it draws from the global RNGs."""
-    shifts = config.train_shifts
+    shifts, other = config.train_shifts, config.other_shifts
     probe_resets(config.env, shifts, config.env_kwargs())  # EnvError if it cannot reset
-    # With --shift-schedule the unshifted env is built too: it must fit the same spaces.
+    # With --shift-schedule the other env (unshifted, or with --other-shift) is built too: it
+    # must fit the same spaces.
     share = None if config.share_schedule is None else 1.0
-    env = make_env(config.env, shifts=shifts, shift_share=share, **config.env_kwargs())
+    if share is not None:
+        probe_resets(config.env, other, config.env_kwargs())
+    env = make_env(config.env, shifts=shifts, shift_share=share, other_shifts=other,
+                   **config.env_kwargs())  # fmt: skip
     try:
         policy = build_policy(config, env.observation_space, env.action_space)
     except ValueError as err:
@@ -355,7 +359,8 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     schedule = config.share_schedule
     envs = make_vector_env(config.env, config.num_envs, config.async_envs, config.env_kwargs(),
                            config.train_shifts, config.env_timeout or None,
-                           shift_share=None if schedule is None else schedule(0))  # fmt: skip
+                           shift_share=None if schedule is None else schedule(0),
+                           other_shifts=config.other_shifts)  # fmt: skip
     try:
         with (
             StopSignals() as signals,

@@ -64,7 +64,7 @@ def eval_targets(
 ) -> list[EvalTarget]:
     """What ``config``'s ``--eval-every`` evaluates: the run's target (``target_row``), then the
     other part of what it trains on where a ``--shift-schedule`` shares its episodes out (the
-    env with its ``--shift`` where the schedule ends at 0, else the env alone), then each row of
+    env with its ``--shift`` where the schedule ends at 0, else ``other_row``), then each row of
     ``--eval-suite`` (``$RUN`` is the training env's id, unshifted; a row given twice counts
     once; the unshifted env of a run trained on shifts is named ``unshifted``).
     ``observation_space`` and ``num_actions`` are the policy's, built for the training env. Every
@@ -75,8 +75,8 @@ def eval_targets(
     if not config.eval_every:
         return []
     own, trained = config.target_row, [config.train_row]
-    if config.share_schedule is not None:  # its other episodes are unshifted
-        trained.append(SuiteRow(config.env))
+    if config.share_schedule is not None:  # its other episodes: unshifted, or --other-shift
+        trained.append(config.other_row)
     rows = [own, *trained]  # one row without a schedule; the target's row comes once
     if config.eval_suite is not None:
         rows += suite_rows(config.eval_suite, [config.env])[1]

@@ -24,7 +24,7 @@ from gymnasium.wrappers.vector import RecordEpisodeStatistics
 import envs.memory  # noqa: F401  (registers rims/CueMemory-v0)
 from envs.atari import AtariSettings, make_atari_vector_env, make_flavoured_env
 from envs.minigrid import is_minigrid, make_minigrid
-from envs.mixture import ShiftMixture, ShiftShare, combinations
+from envs.mixture import UNSHIFTED, ShiftMixture, ShiftShare, combinations
 from envs.probe import TimeLimitReached, failure_summary, time_limit
 from envs.shifts import ShiftError, shift_effect, shift_label
 from envs.watched import vector_env
@@ -79,17 +79,20 @@ def make_env(
     render_mode: str | None = None,
     shifts: Shifts = (),
     shift_share: float | None = None,
+    other_shifts: Shifts = (),
     **kwargs: Any,
 ) -> gym.Env:
     """One env with dict observations and a discrete action space, with ``shifts`` applied
     (``[("size", "8"), ...]``, see ``envs.shifts``); a shift with several values (``size=5,6``)
     makes a ``ShiftMixture`` of one env per combination of them. With ``shift_share``, a
-    ``ShiftShare``: that share of episodes is played with the shifts, the others without."""
+    ``ShiftShare``: that share of episodes is played with the shifts, the others with
+    ``other_shifts`` (none by default)."""
     check_env_id(env_id)
     if shift_share is not None:
         shifted = make_env(env_id, render_mode, shifts, **kwargs)
-        unshifted = make_env(env_id, render_mode, (), **kwargs)
-        return ShiftShare(shifted, unshifted, shift_label(shifts), shift_share)
+        other = make_env(env_id, render_mode, other_shifts, **kwargs)
+        labels = (shift_label(shifts), shift_label(other_shifts) or UNSHIFTED)
+        return ShiftShare(shifted, other, labels, shift_share)
     mixed = combinations(shifts)
     if len(mixed) > 1:
         members = [make_env(env_id, render_mode, c, **kwargs) for c in mixed]
@@ -130,6 +133,7 @@ def make_vector_env(
     timeout: float | None = None,
     atari_path: str = "auto",
     shift_share: float | None = None,
+    other_shifts: Shifts = (),
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` (sync or subprocess-async), ``SAME_STEP`` autoreset,
     episode statistics in ``info["episode"]``. Seed them with ``reset(seed=s)``: env i gets s+i.
@@ -137,13 +141,14 @@ def make_vector_env(
     Atari uses ``make_atari_vector_env`` (``atari_path`` is its ``path``: ``"flavoured"`` for
     single Gymnasium envs whose state can be read), except for a mixture: its members are
     single envs of the flavoured path (``make_env``) in a Gymnasium vector env, since ALE's C++
-    vector env plays one setting; so are a ``shift_share``'s (``make_env``). Change that share
-    with ``envs.unwrapped.call("set_shift_share", share)``."""
+    vector env plays one setting; so are a ``shift_share``'s (``make_env``, its other episodes
+    played with ``other_shifts``). Change that share with
+    ``envs.unwrapped.call("set_shift_share", share)``."""
     kwargs = dict(env_kwargs or {})
-    shifts = tuple(shifts)
+    shifts, other_shifts = tuple(shifts), tuple(other_shifts)
     probe_resets(env_id, shifts, kwargs)  # fail here in one line, not inside a worker
     if shift_share is not None:
-        probe_resets(env_id, (), kwargs)
+        probe_resets(env_id, other_shifts, kwargs)
     one_setting = len(combinations(shifts)) == 1 and shift_share is None
     if env_family(env_id) == "atari" and one_setting:
         effect = shift_effect(env_id, "atari", shifts)
@@ -152,7 +157,8 @@ def make_vector_env(
         return RecordEpisodeStatistics(envs)
 
     def make_one() -> gym.Env:
-        return make_env(env_id, shifts=shifts, shift_share=shift_share, **kwargs)
+        return make_env(env_id, shifts=shifts, shift_share=shift_share,
+                        other_shifts=other_shifts, **kwargs)  # fmt: skip
 
     def make_in_worker() -> gym.Env:
         # Ctrl-C reaches the whole process group; the trainer handles it, workers must not die.

@@ -81,13 +81,16 @@ UNSHIFTED = "unshifted"  # the name of an env without shifts beside shifted ones
 
 
 class ShiftShare(ShiftMixture):
-    """The env with its shifts (itself perhaps a mixture) and without: each reset plays the
-    shifted one with probability ``share``. ``set_shift_share`` changes it between episodes, so
-    that a run can move from shifted levels to the env's own (a curriculum:
-    ``--shift-schedule``)."""
+    """The env with its shifts and the env without them, or with other shifts (either perhaps
+    a mixture): each reset plays the shifted one with probability ``share``.
+    ``set_shift_share`` changes it between episodes, so that a run can move from shifted levels
+    to the env's own, or from one mixture to another (a curriculum: ``--shift-schedule``).
+    ``labels``: the shifted member's, then the other's (``UNSHIFTED`` for the env alone)."""
 
-    def __init__(self, shifted: gym.Env, unshifted: gym.Env, label: str, share: float) -> None:
-        super().__init__([shifted, unshifted], [label, UNSHIFTED])
+    def __init__(
+        self, shifted: gym.Env, other: gym.Env, labels: tuple[str, str], share: float
+    ) -> None:
+        super().__init__([shifted, other], list(labels))
         self.set_shift_share(share)
 
     def set_shift_share(self, share: float) -> None:
