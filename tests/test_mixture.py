@@ -226,6 +226,21 @@ def test_a_share_of_episodes_is_shifted_and_can_change_between_episodes():
         make_env(DOORKEY, shifts=[("view", "9")], shift_share=1.0)
 
 
+def test_the_other_episodes_may_play_other_shifts():
+    env = make_env(DOORKEY, shifts=[("size", "8")], shift_share=0.5, other_shifts=[("size", "6,7")])
+    played: Counter[tuple[str, int]] = Counter()
+    for i in range(300):
+        env.reset(seed=2 if i == 0 else None)
+        played[(env.label, env.unwrapped.width)] += 1
+    # Half the episodes play the shifts, the others the other mixture: no episode is unshifted.
+    assert set(played) == {("size=8", 8), ("size=6,7", 6), ("size=6,7", 7)}
+    assert 110 < played[("size=8", 8)] < 190
+    env.set_shift_share(0.0)
+    assert set(played_shifts(env, 30, seed=None)) == {"size=6,7"}
+    with pytest.raises(ShiftError, match="size=8 and view=9 do not"):
+        make_env(DOORKEY, shifts=[("size", "8")], shift_share=1.0, other_shifts=[("view", "9")])
+
+
 def test_a_vector_env_shares_out_the_share_it_is_given():
     envs = make_vector_env(DOORKEY, 3, shifts=[("size", "16")], shift_share=1.0)
     try:
@@ -311,10 +326,17 @@ def test_a_resumed_run_keeps_its_best_evaluation_only_if_it_was_of_the_target(
         ("0:1,1000:0.5", [("size=6", ""), ("", "unshifted")]),
         ("0:0,1000:1", [("size=6", ""), ("", "unshifted")]),  # starts unshifted
         ("0:1,1000:0", [("", ""), ("size=6", "size=6")]),  # ends on the env's own levels
+        # With --other-shift, its shifts take the unshifted env's place.
+        ("0:0,1000:1 size=7", [("size=6", ""), ("size=7", "size=7")]),
+        ("0:1,1000:0 size=7", [("size=7", ""), ("size=6", "size=6")]),
     ],
 )
 def test_the_target_is_where_the_schedule_ends(schedule, labels):
-    config = resolve_config({"shift": ("size=6",), "shift_schedule": schedule, "eval_every": 1})
+    schedule, _, other = (schedule or "").partition(" ")
+    config = resolve_config({
+        "shift": ("size=6",), "shift_schedule": schedule or None, "eval_every": 1,
+        "other_shift": (f"size={other.removeprefix('size=')}",) if other else (),
+    })  # fmt: skip
     env = make_env(config.env, shifts=config.train_shifts)
     targets = eval_targets(config, env.observation_space, int(env.action_space.n))
     env.close()
@@ -340,6 +362,27 @@ def test_a_run_that_ends_unshifted_is_evaluated_unshifted(tmp_path, capsys):
     assert "size=6" in capsys.readouterr().out
 
 
+def test_a_curriculum_from_one_mixture_to_another_trains_evaluates_and_plays_its_target(
+    tmp_path, capsys
+):
+    run = tmp_path / "grown"
+    flags = ["--shift", "size=6,7", "--other-shift", "size=5", "--shift-schedule", "0:0,32:1"]
+    argv = ["train", *flags, "--eval-every", "1", "--eval-episodes", "2", "--run-dir", str(run)]
+    assert main([*argv, "--total-steps", "64", *TINY]) == 0
+    logged = scalars(run)
+    evaluated = sorted(t.removesuffix("/return") for t in logged if t.endswith("/return"))
+    assert evaluated == ["eval", "eval/size=5"]  # the target (the shifts), then the other part
+    assert [(e.step, e.value) for e in logged["charts/shift_share"]] == [(32, 0.0), (64, 1.0)]
+    assert json.loads((run / "config.json").read_text())["other_shift"] == ["size=5"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "2"]) == 0  # the target: the 6x6 and 7x7 mixture
+    assert "size=6,7" in capsys.readouterr().out
+    # It is learned: a resumed run may not change it.
+    changed = ["--other-shift", "size=6", "--total-steps", "96"]
+    assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
+    assert "cannot change --other-shift" in capsys.readouterr().err
+
+
 def test_a_run_that_ends_in_part_shifted_follows_both_parts(tmp_path):
     run = tmp_path / "half"
     flags = ["--shift", "size=6", "--shift-schedule", "0:1,32:0.5", "--eval-every", "1"]
@@ -361,6 +404,19 @@ def test_a_run_that_ends_in_part_shifted_follows_both_parts(tmp_path):
         (["--shift", "size=6", "--shift-schedule", "0:2"], "a value in [0, 1], got '0:2'"),
         (["--shift", "size=6", "--shift-schedule", "9:1,5:0"], "steps must increase"),
         (["--shift", "view=9", "--shift-schedule", "0:1"], "view=9 and unshifted do not"),
+        (["--shift", "size=6", "--other-shift", "size=7"], "--other-shift needs --shift-schedule"),
+        (
+            ["--shift", "size=6", "--shift-schedule", "0:1", "--other-shift", "view=9"],
+            "size=6 and view=9 do not",
+        ),
+        (
+            ["--shift", "size=6", "--shift-schedule", "0:1", "--other-shift", "size=x"],
+            "--other-shift: shift size takes an integer",
+        ),
+        (
+            ["--shift", "size=6", "--shift-schedule", "0:1", "--other-shift", "size"],
+            "--other-shift: a shift is KEY=VALUE",
+        ),
     ],
 )
 def test_a_bad_schedule_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):

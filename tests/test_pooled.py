@@ -86,6 +86,11 @@ def test_configs_are_named_by_what_tells_them_apart():
     unshifted = {**rims4, "shift": ()}  # as TrainConfig.to_dict gives it
     assert config_key(unshifted) == config_key({**rims4, "shift": []})
     assert config_names([unshifted, mixed])[config_key(unshifted)] == "rims unshifted"
+    # A schedule's other shifts name the curriculum; a run saved before them had none.
+    curriculum = {**mixed, "other_shift": ["size=5"]}
+    assert config_names([mixed, curriculum])[config_key(curriculum)] == "rims other size=5"
+    assert config_names([mixed, curriculum])[config_key(mixed)] == "rims other unshifted"
+    assert config_key(mixed) == config_key({**mixed, "other_shift": []})
     # A run saved before --shift existed has no "shift": it is an unshifted run.
     assert config_key({"core": "rims", "env": "E"}) == config_key(
         {"core": "rims", "env": "E", "shift": []}
