@@ -548,13 +548,16 @@ def config_for_train(given: dict) -> TrainConfig:
 
 def run_train(given: dict) -> int:
     config = config_for_train(given)
-    from agents.trainer import CHECKPOINT_DIR, TrainingStopped, train  # late: `--help` stays fast
+    from agents.distributed import OtherRankStopped  # late: `--help` stays fast
+    from agents.trainer import CHECKPOINT_DIR, TrainingStopped, train
 
     try:
         result = train(config)
     except TrainingStopped as stop:
         print(f"rims: {stop}", file=sys.stderr)
         return stop.exit_code
+    except OtherRankStopped:  # the rank that stopped the job says why, and torchrun names it
+        return 0
     if not result.is_main:
         return 0
     if result.ranks > 1:

@@ -224,8 +224,9 @@ class TrainConfig:
     detect_anomaly: bool = option(False, "torch autograd anomaly detection (slow; for NaN hunts)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.shift, list):  # read back from JSON
-            object.__setattr__(self, "shift", tuple(self.shift))
+        for name in ("shift", "other_shift"):  # a list where read back from JSON
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         validate(self)
 
     # --- derived values

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -103,6 +105,33 @@ def any_rank(flag: bool, world: Distributed) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=world.collective_device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+class OtherRankStopped(Exception):
+    """Another rank stopped the job inside ``stop_together`` and says why; this one leaves with
+    it, with nothing to report (``rims train`` exits 0 on it, so that torchrun names the rank
+    that stopped as the job's cause)."""
+
+
+@contextmanager
+def stop_together(world: Distributed) -> Iterator[None]:
+    """A block, run by every rank, that may fail on some ranks alone: rank 0's writes (the run
+    directory, the event file, checkpoints) or one rank's envs. It must hold no collective after
+    a point that can fail. An error leaves the block on the ranks it happened on, as it would
+    alone; every other rank raises ``OtherRankStopped`` at the block's end. Without it the
+    others ran on to their next collective, which the stopped rank never joins, and failed
+    there with a traceback of their own (gloo: "Connection closed by peer")."""
+    if not world.enabled:
+        yield
+        return
+    try:
+        yield
+    except Exception:
+        with suppress(RuntimeError):  # the other ranks may be gone already: this error counts
+            any_rank(True, world)
+        raise
+    if any_rank(False, world):
+        raise OtherRankStopped
 
 
 def gather_lists(values: list, world: Distributed) -> list:

@@ -251,9 +251,11 @@ class RunLogger:
 
     @writes_events
     def close(self) -> None:
-        """Close the bar and the writer; the writer's flush raises an error its thread kept."""
+        """Close the bar and the writer; the writer's flush raises an error its thread kept.
+        Once closed, the logger writes nothing more, and closing it again does nothing."""
+        writer, self.writer = self.writer, None
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        if writer is not None:
+            writer.flush()
+            writer.close()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -23,16 +23,17 @@ from agents.checkpoint import CheckpointError, load_latest, save_checkpoint
 from agents.config import ConfigError, TrainConfig, check_device_name
 from agents.distributed import (
     Distributed,
+    OtherRankStopped,
     any_rank,
     average_gradients,
     average_over_ranks,
-    barrier,
     broadcast_parameters,
     gather_lists,
     init_distributed,
     local_device,
     parameters_identical,
     shutdown,
+    stop_together,
 )
 from agents.gae import compute_gae
 from agents.logger import EventsUnwritable, RunLogger
@@ -41,7 +42,7 @@ from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
 from agents.storage import RolloutStorage
-from agents.training_eval import EvalTarget, TrainingEvaluator, eval_targets
+from agents.training_eval import EvalTarget, RowResult, TrainingEvaluator, eval_targets
 from envs.factory import env_module, make_env, make_vector_env, probe_resets
 from envs.jsonfile import NotJson, read_json
 from envs.probe import TimeLimitReached, failure_summary
@@ -335,23 +336,23 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
                                resumed["mean_recent_return"], 0.0, world.world_size,
                                world.is_main, best_evaluation=best)  # fmt: skip
     replaces = resumed is None and world.is_main and holds_run(run_dir)
-    if replaces and not config.overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it "
-            "or --overwrite to start afresh"
-        )
-    targets = check_policy_fits(config)  # before anything is written or cleared, and seeding
-    if replaces:
-        clear_run(run_dir)
-    if world.is_main:
-        try:
-            with atomic_output(run_dir / CONFIG_FILE) as tmp:  # no part of it on a full disk
-                tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        except OSError as err:
+    with stop_together(world):  # rank 0 alone checks, clears and writes the run directory
+        if replaces and not config.overwrite:
             raise ConfigError(
-                f"cannot write the run directory {run_dir}: {err.strerror or err}"
-            ) from None
-    barrier(world)
+                f"{run_dir} already holds a run; pass --resume to continue it "
+                "or --overwrite to start afresh"
+            )
+        targets = check_policy_fits(config)  # before anything is written or cleared, and seeding
+        if replaces:
+            clear_run(run_dir)
+        if world.is_main:
+            try:
+                with atomic_output(run_dir / CONFIG_FILE) as tmp:  # no part of it on a full disk
+                    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot write the run directory {run_dir}: {err.strerror or err}"
+                ) from None
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -368,7 +369,10 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             tf32_matmuls(config.tf32),
         ):
             try:
-                trainer = Trainer(config, envs, device, run_dir, resumed, signals, world, targets)
+                with stop_together(world):  # rank 0 alone starts the event file
+                    trainer = Trainer(
+                        config, envs, device, run_dir, resumed, signals, world, targets
+                    )
             except EventsUnwritable as err:  # the event file could not be started
                 kept = "no checkpoint was written" if resumed is None else (
                     f"{run_dir / CHECKPOINT_DIR / 'latest.pt'} still holds step "
@@ -400,6 +404,13 @@ def close_envs(envs) -> None:
 def num_updates(config: TrainConfig, world: Distributed) -> int:
     """Updates to reach ``total_steps``, which counts the steps of all ranks together."""
     return max(1, -(-config.total_steps // (config.batch_size * world.world_size)))
+
+
+class TimedEvaluation(NamedTuple):
+    """One evaluation during training: each row's result and the seconds it took."""
+
+    results: list[RowResult]
+    seconds: float
 
 
 class Trainer:
@@ -504,19 +515,36 @@ class Trainer:
         latest = self.checkpoints.dir / "latest.pt"
         return "no checkpoint was written" if step is None else f"{latest} holds step {step:,}"
 
-    def evaluate_if_due(self, update: int) -> None:
-        """Evaluate after ``update`` where ``--eval-every`` says so; an evaluation of the
-        run's target that beats the best so far is written as ``best.pt``."""
+    def evaluate_if_due(self, update: int) -> TimedEvaluation | None:
+        """Evaluate after ``update`` where ``--eval-every`` says so (every rank must call
+        it); None where it is not due."""
         if not self.evaluator.due(update, self.num_updates):
-            return
+            return None
         tick = time.perf_counter()
         results = self.evaluator.evaluate(self.policy, should_stop=self.stop_requested)
-        self.logger.log_eval(self.global_step, results, time.perf_counter() - tick)
+        return TimedEvaluation(results, time.perf_counter() - tick)
+
+    def record_evaluation(self, evaluation: TimedEvaluation) -> None:
+        """Log ``evaluation``; one of the run's target that beats the best so far is written
+        as ``best.pt``."""
+        results = evaluation.results
+        self.logger.log_eval(self.global_step, results, evaluation.seconds)
         own = [r.result.mean_return for r in results if r.target.is_target]
         best = self.best_evaluation
         if own and (best is None or own[0] > best.mean_return):
             self.best_evaluation = BestEvaluation(own[0], self.global_step)
             self.save_best()
+
+    def checkpoint_if_due(self, update: int) -> None:
+        """Write a checkpoint after ``update`` where ``--checkpoint-every`` says so, and after
+        the last; ``best.pt`` too where the mean recent return is the best so far, unless
+        evaluations of the run's target choose it (``record_evaluation``)."""
+        if update % self.config.checkpoint_every and update != self.num_updates:
+            return
+        mean, best = self.logger.mean_recent_return, self.best_return
+        improved = mean is not None and (best is None or mean > best)
+        self.best_return = mean if improved else best
+        self.save(best=improved and not self.evaluator.evaluates_target)
 
     def stop_requested(self) -> bool:
         return self.signals.received is not None
@@ -528,8 +556,10 @@ class Trainer:
                 while self.update < self.num_updates:
                     if not self.one_update():
                         break
+                with stop_together(self.world):  # the event file's last records: rank 0's
+                    self.logger.close()
             finally:
-                self.logger.close()
+                self.logger.close()  # where an error stopped the loop; a second close is none
         except EventsUnwritable as err:  # a full disk: keep the last update if it still fits
             with suppress(TrainingStopped):  # it did not fit: the line says what latest.pt holds
                 self.save()
@@ -572,7 +602,11 @@ class Trainer:
             group["lr"] = lr
         share = self.share_shifts()
         try:
-            collected = self.collector.collect(should_stop=self.stop_requested)
+            with stop_together(self.world):  # one rank's envs may fail alone
+                collected = self.collector.collect(should_stop=self.stop_requested)
+        except OtherRankStopped:  # another rank's envs failed: rank 0 keeps the progress
+            self.save()
+            raise
         except Exception as err:  # a crashed env (e.g. an async worker that raised or died)
             path = self.save()
             if isinstance(err, (EOFError, BrokenPipeError, ConnectionResetError)):
@@ -616,17 +650,15 @@ class Trainer:
         self.update = update
         self.global_step += self.steps_per_update
         sps = self.steps_per_update / (time.perf_counter() - tick)
-        self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
-        if share is not None:
-            self.logger.log_shift_share(self.global_step, share)
-        if centring is not None:
-            factor = float(centring.scale) if centring.keep_size else None
-            self.logger.log_features(self.global_step, mean_to_spread(moments), factor)
-        self.evaluate_if_due(update)
-        if update % config.checkpoint_every == 0 or update == self.num_updates:
-            mean = self.logger.mean_recent_return
-            improved = mean is not None and (self.best_return is None or mean > self.best_return)
-            self.best_return = mean if improved else self.best_return
-            # With evaluations of the run's target, they choose best.pt (above) instead.
-            self.save(best=improved and not self.evaluator.evaluates_target)
+        evaluation = self.evaluate_if_due(update)  # every rank plays its share
+        with stop_together(self.world):  # rank 0 writes: a full disk stops every rank here
+            self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
+            if share is not None:
+                self.logger.log_shift_share(self.global_step, share)
+            if centring is not None:
+                factor = float(centring.scale) if centring.keep_size else None
+                self.logger.log_features(self.global_step, mean_to_spread(moments), factor)
+            if evaluation is not None:
+                self.record_evaluation(evaluation)
+            self.checkpoint_if_due(update)
         return True

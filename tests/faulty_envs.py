@@ -107,6 +107,15 @@ class HighSeedNoLevelEnv(LateNoLevelEnv):
         return CueMemoryEnv.reset(self, seed=seed, options=options)
 
 
+class RankOneCrashEnv(CrashEnv):
+    """``CrashEnv`` in torchrun's rank 1; the cue task itself in every other process."""
+
+    def step(self, action):
+        if os.environ.get("RANK") != "1":
+            return CueMemoryEnv.step(self, action)
+        return super().step(action)
+
+
 for name, cls in (
     ("HighSeedNoLevel", HighSeedNoLevelEnv),
     ("LateEndlessReset", LateEndlessResetEnv),
@@ -115,6 +124,7 @@ for name, cls in (
     ("LateNoLevel", LateNoLevelEnv),
     ("NaNReward", NaNRewardEnv),
     ("Crash", CrashEnv),
+    ("RankOneCrash", RankOneCrashEnv),
     ("Die", DieEnv),
     ("Hang", HangEnv),
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from agents.checkpoint import load_checkpoint
 from tests.test_cli import ROOT, TINY, scalars
+from train import main
 
 _BESIDE_PYTHON = os.path.join(os.path.dirname(sys.executable), "torchrun")
 TORCHRUN = _BESIDE_PYTHON if os.path.exists(_BESIDE_PYTHON) else shutil.which("torchrun")
@@ -96,3 +98,81 @@ def test_shutdown_leaves_no_gloo_threads_to_run_during_interpreter_exit(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     gloo_threads_left = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert gloo_threads_left == ["0", "0"]
+
+
+FAULTY = """
+import os, sys
+sys.path.insert(0, {root!r})
+import pytest
+import tests.faulty_envs  # registers rims-test/...
+from tests.test_robustness import event_records_fail_after, full_disk_after
+from train import main
+
+fault, argv = sys.argv[1], sys.argv[2:]
+if os.environ["RANK"] == "0" and fault == "checkpoint":
+    full_disk_after(pytest.MonkeyPatch(), 3)  # the first update's latest, step and best files
+if os.environ["RANK"] == "0" and fault == "events":
+    event_records_fail_after(pytest.MonkeyPatch(), 12)
+sys.exit(main(argv))
+"""
+
+
+@requires_torchrun
+@pytest.mark.parametrize(
+    ("fault", "flags", "stop", "kept"),
+    [
+        ("none", [], r"error: RUN already holds a run; pass --resume .*", None),
+        (
+            "checkpoint",
+            [],
+            r"cannot write LATEST: No space left on device; the run stopped at step 128 and "
+            r"LATEST holds step 64",
+            64,
+        ),
+        (
+            "events",
+            [],
+            r"cannot write the TensorBoard events in RUN: No space left on device; "
+            r"the run stopped at step (\d+) and LATEST holds step \1",
+            "stopped",
+        ),
+        (
+            "none",
+            ["--env", "rims-test/RankOneCrash-v0", "--checkpoint-every", "10"],
+            r"an environment failed during update 3 \(.*boom: the simulator crashed.*\); "
+            r"checkpoint LATEST",
+            128,
+        ),
+    ],
+    ids=["run-dir-taken", "checkpoint-disk-full", "events-disk-full", "env-crash-on-rank-1"],
+)
+def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flags, stop, kept):
+    """Rank 0 alone writes, and one rank's envs may fail alone: the other ranks must leave at
+    the same point, quietly, not fail at their next collective with a traceback of their own."""
+    run = tmp_path / "run"
+    if fault == "none" and not flags:  # the run directory already holds a run
+        assert main(["train", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
+                     "--total-steps", "32", *TINY]) == 0  # fmt: skip
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY.format(root=str(ROOT)))
+    result = torchrun_two_processes(
+        script, tmp_path / "tmp", fault, "train", "--env", "rims/CueMemory-v0",
+        "--run-dir", str(run), "--total-steps", "256", *TINY, "--torch-threads", "1", *flags,
+    )  # fmt: skip
+    assert result.returncode != 0
+    latest = run / "checkpoints" / "latest.pt"
+    expected = stop.replace("RUN", re.escape(str(run))).replace("LATEST", re.escape(str(latest)))
+    ours = [line for line in result.stderr.splitlines() if line.startswith("rims:")]
+    assert len(ours) == 1 and re.fullmatch(f"rims: {expected}", ours[0]), result.stderr[-3000:]
+    # One rank failed, and torchrun names it; the other left with it (exit 0, or torchrun's
+    # SIGTERM where it was not gone yet), without a traceback of its own.
+    cause = re.search(r"Root Cause \(first observed failure\):\n\[\d\]:\n.*\n.*\n +rank +: (\d)",
+                      result.stderr)  # fmt: skip
+    assert cause is not None and int(cause[1]) == (1 if "RankOne" in " ".join(flags) else 0)
+    assert "Connection" not in result.stderr and "[rank" not in result.stderr
+    assert re.findall(r"exitcode +: (-?\d+)", result.stderr) in (["1"], ["2"], ["-15", "1"],
+                                                                ["-15", "2"])  # fmt: skip
+    if kept == "stopped":
+        kept = int(re.search(r"stopped at step (\d+)", ours[0])[1])
+    if kept is not None:
+        assert load_checkpoint(latest)["global_step"] == kept

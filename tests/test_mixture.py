@@ -377,10 +377,12 @@ def test_a_curriculum_from_one_mixture_to_another_trains_evaluates_and_plays_its
     capsys.readouterr()
     assert main(["eval", str(run), "--episodes", "2"]) == 0  # the target: the 6x6 and 7x7 mixture
     assert "size=6,7" in capsys.readouterr().out
-    # It is learned: a resumed run may not change it.
+    # It is learned: a resumed run keeps it (read back from config.json) and may not change it.
     changed = ["--other-shift", "size=6", "--total-steps", "96"]
     assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
     assert "cannot change --other-shift" in capsys.readouterr().err
+    assert main(["train", "--resume", "--run-dir", str(run), "--total-steps", "96"]) == 0
+    assert scalars(run)["eval/size=5/return"][-1].step == 96
 
 
 def test_a_run_that_ends_in_part_shifted_follows_both_parts(tmp_path):
