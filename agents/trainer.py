@@ -231,32 +231,37 @@ class CheckpointWriter:
 
 class TrainingStopped(Exception):
     """Training ended early (a signal, a diverged loss, a crashed env); the message is one line
-    and ``exit_code`` is what the command exits with."""
+    and ``exit_code`` is what the command exits with. ``every_rank``: under torchrun every rank
+    stops the same way (a signal, a diverged loss), and rank 0 alone reports it."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, every_rank: bool = False) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.every_rank = exit_code, every_rank
 
-    def __reduce__(self) -> tuple[type, tuple[str, int]]:
-        """Picklable with both arguments, so a run in a worker process (a benchmark's process
+    def __reduce__(self) -> tuple[type, tuple[str, int, bool]]:
+        """Picklable with its arguments, so a run in a worker process (a benchmark's process
         pool) reports its stop to the parent instead of breaking the pool."""
-        return type(self), (str(self), self.exit_code)
+        return type(self), (str(self), self.exit_code, self.every_rank)
 
 
 class StopSignals:
-    """Within ``with``: the first SIGINT/SIGTERM asks the loop to stop after the current step;
-    a second SIGINT raises ``KeyboardInterrupt`` at once."""
+    """Within ``with``: the first SIGINT/SIGTERM asks the loop to stop after the current step
+    (said on stderr where ``announce``: under torchrun, by rank 0 alone); a second SIGINT raises
+    ``KeyboardInterrupt`` at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.received: int | None = None
+        self.announce = announce
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
+        if not self.announce:
+            return
         print(
             f"\nrims: {signal.Signals(signum).name} received; stopping after this step "
             "(press Ctrl-C again to exit at once)",
@@ -273,6 +278,41 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def resume_command(run_dir: Path, processes: int) -> str:
+    """The command that resumes ``run_dir`` with as many processes as it was trained by."""
+    if processes == 1:
+        return f"rims train --run-dir {run_dir} --resume"
+    return (
+        f"torchrun --nproc_per_node {processes} train.py --run-dir {run_dir} --resume "
+        f"({processes} processes in all, on one machine or several)"
+    )
+
+
+def check_same_processes(resumed: dict[str, Any], config: TrainConfig, world: Distributed,
+                         run_dir: Path) -> None:  # fmt: skip
+    """``ConfigError`` unless ``resumed`` was trained by as many processes as run now: each
+    process's envs make part of every update, so another count changes the batch and would
+    run past (or short of) ``--total-steps``. The count is the checkpoint's steps per update
+    over the config's (``num_envs x num_steps``) steps a process takes in one."""
+    if not resumed["update"]:
+        return
+    trained_by = resumed["global_step"] // (resumed["update"] * config.batch_size)
+    if trained_by == world.world_size:
+        return
+    if not world.is_main:  # every rank finds it; rank 0 says it once for all
+        raise OtherRankStopped
+    raise ConfigError(
+        f"{run_dir} was trained by {processes_text(trained_by)} and this run has "
+        f"{processes_text(world.world_size)}; resume it with as many: "
+        f"{resume_command(run_dir, trained_by)}"
+    )
+
+
+def processes_text(count: int) -> str:
+    """``one process``, ``2 data-parallel processes``."""
+    return "one process" if count == 1 else f"{count} data-parallel processes"
 
 
 def update_seed(seed: int, update: int) -> int:
@@ -294,6 +334,10 @@ def train(config: TrainConfig) -> TrainResult:
     world = init_distributed(device)
     try:
         return _train(config, local_device(device, world), world)
+    except TrainingStopped as stop:
+        if stop.every_rank and not world.is_main:  # rank 0 says it once for all
+            raise OtherRankStopped from None
+        raise
     except (MemoryError, RuntimeError) as err:
         why = out_of_memory(err)
         if why is None:
@@ -327,6 +371,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     resumed = None
     if config.resume:
         resumed = load_latest(run_dir / CHECKPOINT_DIR)
+        check_same_processes(resumed, config, world, run_dir)
         if resumed["update"] >= num_updates(config, world):
             if world.is_main:
                 print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing "
@@ -364,7 +409,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
                            other_shifts=config.other_shifts)  # fmt: skip
     try:
         with (
-            StopSignals() as signals,
+            StopSignals(announce=world.is_main) as signals,
             torch.autograd.set_detect_anomaly(config.detect_anomaly),
             tf32_matmuls(config.tf32),
         ):
@@ -570,8 +615,9 @@ class Trainer:
             path = self.save()
             raise TrainingStopped(
                 f"stopped by {name} at step {self.global_step:,}; checkpoint {path}; "
-                f"continue with: rims train --run-dir {self.run_dir} --resume",
+                f"continue with: {resume_command(self.run_dir, self.world.world_size)}",
                 128 + self.signals.received,
+                every_rank=True,
             )
         seconds = time.perf_counter() - started
         return TrainResult(
@@ -641,6 +687,7 @@ class Trainer:
                 f"{self.global_step + self.steps_per_update:,}); {self.last_checkpoint()}; "
                 "--detect-anomaly helps find where",
                 1,
+                every_rank=True,  # the gradients are averaged: all ranks hold the same parameters
             )
         centring = self.policy.centring
         if centring is not None:  # the next rollout's centre: this one's features

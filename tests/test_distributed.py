@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from agents.checkpoint import load_checkpoint
 from tests.test_cli import ROOT, TINY, scalars
+from tests.test_robustness import wait_for_checkpoint
 from train import main
 
 _BESIDE_PYTHON = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -176,3 +178,68 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
         kept = int(re.search(r"stopped at step (\d+)", ours[0])[1])
     if kept is not None:
         assert load_checkpoint(latest)["global_step"] == kept
+
+
+@requires_torchrun
+def test_a_run_resumes_only_with_as_many_processes_as_trained_it(tmp_path, capsys):
+    """Each process's envs make part of every update: another count would change the batch and
+    run past --total-steps (a 2-process run resumed by one process ran 320 of 256 steps)."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    flags = ["--env", "rims/CueMemory-v0", "--total-steps", "128", *TINY, "--torch-threads", "1"]
+    scratch = tmp_path / "tmp"
+    assert (
+        torchrun_two_processes(ROOT / "train.py", scratch, "--run-dir", str(two), *flags).returncode
+        == 0
+    )
+    resume = ["--resume", "--total-steps", "256", "--torch-threads", "1"]
+    assert main(["train", "--run-dir", str(two), *resume]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rims: error: {two} was trained by 2 data-parallel processes and this run has one "
+        f"process; resume it with as many: torchrun --nproc_per_node 2 train.py --run-dir {two} "
+        "--resume (2 processes in all, on one machine or several)"
+    )
+    assert load_checkpoint(two / "checkpoints" / "latest.pt")["global_step"] == 128
+    # The other way round, rank 0 says it once.
+    assert main(["train", "--run-dir", str(one), *flags]) == 0
+    result = torchrun_two_processes(ROOT / "train.py", scratch, "--run-dir", str(one), *resume)
+    assert result.returncode != 0 and "[rank" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("rims:")] == [
+        f"rims: error: {one} was trained by one process and this run has 2 data-parallel "
+        f"processes; resume it with as many: rims train --run-dir {one} --resume"
+    ]
+    # With as many processes, each resumes to the steps asked.
+    assert (
+        torchrun_two_processes(
+            ROOT / "train.py", scratch, "--run-dir", str(two), *resume
+        ).returncode
+        == 0
+    )
+    assert main(["train", "--run-dir", str(one), *resume]) == 0
+    for run in (one, two):
+        assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 256
+
+
+@requires_torchrun
+def test_ctrl_c_stops_every_rank_and_rank_0_alone_says_so(tmp_path):
+    run, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    assert TORCHRUN is not None
+    proc = subprocess.Popen(
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
+         "--env", "rims/CueMemory-v0", "--run-dir", str(run), "--total-steps", "10000000",
+         *TINY, "--torch-threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    wait_for_checkpoint(run, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches torchrun and both ranks
+    _, err = proc.communicate(timeout=120)
+    ours = [line for line in err.splitlines() if line.startswith("rims:")]
+    step = load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"]
+    assert ours == [
+        "rims: SIGINT received; stopping after this step (press Ctrl-C again to exit at once)",
+        f"rims: stopped by SIGINT at step {step:,}; checkpoint {run}/checkpoints/latest.pt; "
+        f"continue with: torchrun --nproc_per_node 2 train.py --run-dir {run} --resume (2 "
+        "processes in all, on one machine or several)",
+    ], err[-3000:]
+    assert "[rank" not in err
