@@ -319,23 +319,21 @@ def test_a_resumed_run_keeps_its_best_evaluation_only_if_it_was_of_the_target(
 
 
 @pytest.mark.parametrize(
-    ("schedule", "labels"),
+    ("schedule", "other", "labels"),
     [
-        (None, [("size=6", "")]),
+        (None, (), [("size=6", "")]),
         # Ends on the shifts, in part; the unshifted part of training is followed too.
-        ("0:1,1000:0.5", [("size=6", ""), ("", "unshifted")]),
-        ("0:0,1000:1", [("size=6", ""), ("", "unshifted")]),  # starts unshifted
-        ("0:1,1000:0", [("", ""), ("size=6", "size=6")]),  # ends on the env's own levels
+        ("0:1,1000:0.5", (), [("size=6", ""), ("", "unshifted")]),
+        ("0:0,1000:1", (), [("size=6", ""), ("", "unshifted")]),  # starts unshifted
+        ("0:1,1000:0", (), [("", ""), ("size=6", "size=6")]),  # ends on the env's own levels
         # With --other-shift, its shifts take the unshifted env's place.
-        ("0:0,1000:1 size=7", [("size=6", ""), ("size=7", "size=7")]),
-        ("0:1,1000:0 size=7", [("size=7", ""), ("size=6", "size=6")]),
+        ("0:0,1000:1", ("size=7",), [("size=6", ""), ("size=7", "size=7")]),
+        ("0:1,1000:0", ("size=7",), [("size=7", ""), ("size=6", "size=6")]),
     ],
 )
-def test_the_target_is_where_the_schedule_ends(schedule, labels):
-    schedule, _, other = (schedule or "").partition(" ")
+def test_the_target_is_where_the_schedule_ends(schedule, other, labels):
     config = resolve_config({
-        "shift": ("size=6",), "shift_schedule": schedule or None, "eval_every": 1,
-        "other_shift": (f"size={other.removeprefix('size=')}",) if other else (),
+        "shift": ("size=6",), "shift_schedule": schedule, "other_shift": other, "eval_every": 1,
     })  # fmt: skip
     env = make_env(config.env, shifts=config.train_shifts)
     targets = eval_targets(config, env.observation_space, int(env.action_space.n))
