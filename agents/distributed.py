@@ -157,11 +157,6 @@ def parameters_identical(module: nn.Module, world: Distributed) -> bool:
     return not any_rank(not torch.equal(flat, reference), world)
 
 
-def barrier(world: Distributed) -> None:
-    if world.enabled:
-        dist.barrier()
-
-
 def shutdown(world: Distributed) -> None:
     """Leave the group once every rank is done with its collectives; this joins gloo's worker
     threads, so none is left to run during interpreter exit."""
