@@ -110,7 +110,7 @@ import tests.faulty_envs  # registers rims-test/...
 from tests.test_robustness import event_records_fail_after, full_disk_after
 from train import main
 
-fault, argv = sys.argv[1], sys.argv[2:]
+fault, argv = sys.argv[1], sys.argv[2:]  # the faults made here; "taken" and "crash" need none
 if os.environ["RANK"] == "0" and fault == "checkpoint":
     full_disk_after(pytest.MonkeyPatch(), 3)  # the first update's latest, step and best files
 if os.environ["RANK"] == "0" and fault == "events":
@@ -123,7 +123,7 @@ sys.exit(main(argv))
 @pytest.mark.parametrize(
     ("fault", "flags", "stop", "kept"),
     [
-        ("none", [], r"error: RUN already holds a run; pass --resume .*", None),
+        ("taken", [], r"error: RUN already holds a run; pass --resume .*", None),
         (
             "checkpoint",
             [],
@@ -139,7 +139,7 @@ sys.exit(main(argv))
             "stopped",
         ),
         (
-            "none",
+            "crash",
             ["--env", "rims-test/RankOneCrash-v0", "--checkpoint-every", "10"],
             r"an environment failed during update 3 \(.*boom: the simulator crashed.*\); "
             r"checkpoint LATEST",
@@ -152,7 +152,7 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
     """Rank 0 alone writes, and one rank's envs may fail alone: the other ranks must leave at
     the same point, quietly, not fail at their next collective with a traceback of their own."""
     run = tmp_path / "run"
-    if fault == "none" and not flags:  # the run directory already holds a run
+    if fault == "taken":  # the run directory already holds a run
         assert main(["train", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
                      "--total-steps", "32", *TINY]) == 0  # fmt: skip
     script = tmp_path / "faulty.py"
@@ -170,7 +170,7 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
     # SIGTERM where it was not gone yet), without a traceback of its own.
     cause = re.search(r"Root Cause \(first observed failure\):\n\[\d\]:\n.*\n.*\n +rank +: (\d)",
                       result.stderr)  # fmt: skip
-    assert cause is not None and int(cause[1]) == (1 if "RankOne" in " ".join(flags) else 0)
+    assert cause is not None and int(cause[1]) == (1 if fault == "crash" else 0)
     assert "Connection" not in result.stderr and "[rank" not in result.stderr
     assert re.findall(r"exitcode +: (-?\d+)", result.stderr) in (["1"], ["2"], ["-15", "1"],
                                                                 ["-15", "2"])  # fmt: skip
