@@ -156,6 +156,12 @@ def balanced_accuracy(predicted: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.mean([(predicted[y == c] == c).mean() for c in (0, 1)]))
 
 
+def fitted_probe(x: np.ndarray, y: np.ndarray) -> Probe | None:
+    """A probe fitted on states ``x`` ``(N, S)`` with cues ``y`` ``(N,)``; None with too few
+    steps of a cue."""
+    return fit_probe(x, y) if enough(y) else None
+
+
 def probe_score(probe: Probe | None, x: np.ndarray, y: np.ndarray) -> float | None:
     """``probe``'s balanced accuracy on states ``x`` ``(N, S)`` with cues ``y`` ``(N,)``; None
     without a probe or with too few steps of a cue."""
@@ -189,9 +195,8 @@ def held_out_accuracy(
 ) -> float | None:
     """Fit on the even-numbered episodes, score on the odd ones (whole episodes apart: a step
     and the next are nearly the same state); None where a half has too few steps of a cue."""
-    train = steps_where(episodes[0::2], keep, columns)
-    return probe_score(fit_probe(*train) if enough(train[1]) else None, *steps_where(
-        episodes[1::2], keep, columns))  # fmt: skip
+    probe = fitted_probe(*steps_where(episodes[0::2], keep, columns))
+    return probe_score(probe, *steps_where(episodes[1::2], keep, columns))
 
 
 def unit_columns(loaded: LoadedPolicy) -> list[np.ndarray] | None:
@@ -256,10 +261,20 @@ def bin_names(bins: Sequence[tuple[int, int]]) -> list[str]:
     return [f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < 99 else f"{lo}+" for lo, hi in bins]
 
 
+def by_start(
+    episodes: Sequence[Episode],
+    value: Callable[[Episode], float],
+    statistic: Callable[[list[float]], Any],
+) -> list[float | None]:
+    """For each of ``START_BINS``, ``statistic`` of ``value`` over the episodes that started in
+    its columns; None where fewer than 5 did."""
+    values = [[value(e) for e in episodes if lo <= e.start <= hi] for lo, hi in START_BINS]
+    return [float(statistic(v)) if len(v) >= 5 else None for v in values]
+
+
 def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int) -> None:
     played = {size: record(loaded, size, episodes, seed) for size in sizes}
-    at_first_junction = steps_where(played[sizes[0]], lambda d: d == 0)
-    first = fit_probe(*at_first_junction) if enough(at_first_junction[1]) else None
+    first = fitted_probe(*steps_where(played[sizes[0]], lambda d: d == 0))
 
     print(f"{loaded.label} ({loaded.config.core}), {episodes} episodes a size:")
     behaviour, starts, walks, probes, ages, units = {}, {}, {}, {}, {}, {}
@@ -270,16 +285,8 @@ def report(loaded: LoadedPolicy, sizes: Sequence[int], episodes: int, seed: int)
             float(np.mean([e.seen for e in eps])),  # the share of episodes whose cue was in view
             *(success_rate(eps, cue, seen) for seen in (True, False) for cue in (0, 1)),
         ]
-        starts[size] = [
-            float(np.mean(seen)) if len(seen := [e.seen for e in eps if lo <= e.start <= hi]) >= 5
-            else None
-            for lo, hi in START_BINS
-        ]  # fmt: skip
-        walks[size] = [
-            float(np.median(back)) if len(back := [e.start - e.lowest for e in eps
-                                                   if lo <= e.start <= hi]) >= 5 else None
-            for lo, hi in START_BINS
-        ]  # fmt: skip
+        starts[size] = by_start(eps, lambda e: e.seen, np.mean)
+        walks[size] = by_start(eps, lambda e: e.start - e.lowest, np.median)
         probes[size] = [
             *(held_out_accuracy(eps, lambda d, lo=lo, hi=hi: lo <= d <= hi)
               for lo, hi in DISTANCE_BINS),
