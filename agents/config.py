@@ -224,9 +224,9 @@ class TrainConfig:
     detect_anomaly: bool = option(False, "torch autograd anomaly detection (slow; for NaN hunts)")
 
     def __post_init__(self) -> None:
-        for name in ("shift", "other_shift"):  # a list where read back from JSON
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for f in dataclasses.fields(self):  # a tuple field is a list where read back from JSON
+            if isinstance(f.default, tuple) and isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         validate(self)
 
     # --- derived values
