@@ -577,6 +577,14 @@ def run_train(given: dict) -> int:
         at = "" if best.step is None else f" at step {best.step:,}"
         path = result.run_dir / CHECKPOINT_DIR / "best.pt"
         print(f"best eval/return {best.mean_return:.3f}{at}: {path}")
+    gate = config.schedule_after_return
+    if gate is not None:
+        start = result.schedule_start
+        print(
+            f"--shift-schedule started at step {start:,}" if start is not None else
+            f"--shift-schedule never started: the mean return of the last 100 episodes stayed "
+            f"below {gate:g} (--schedule-after-return)"
+        )  # fmt: skip
     return 0
 
 

@@ -59,6 +59,14 @@ class TrainConfig:
         "from one mixture to another (size=7,9 first, then --shift size=7,9,11,13)",
         metavar="KEY=VALUE",
     )
+    schedule_after_return: float | None = option(
+        None,
+        "--shift-schedule's steps count from the first update after which the mean return of "
+        "the last 100 training episodes reaches this; before it, the share stays at its step "
+        "0 (a curriculum that moves on once its first levels are learned). None: from the "
+        "run's start",
+        metavar="RETURN",
+    )
     core: str = option("rims", "recurrent core of the policy", CORES)
     total_steps: int = option(
         300_000, "agent-env interactions to train for, summed over envs (Atari: 4 frames each)"
@@ -580,6 +588,14 @@ def validate_env(c: TrainConfig) -> None:
     _check(
         not c.other_shift or c.shift_schedule is not None,
         "--other-shift needs --shift-schedule (which shares episodes out between the two)",
+    )
+    _check(
+        c.schedule_after_return is None or c.shift_schedule is not None,
+        "--schedule-after-return needs --shift-schedule (whose start it delays)",
+    )
+    _check(
+        c.schedule_after_return is None or math.isfinite(c.schedule_after_return),
+        f"--schedule-after-return must be a finite number, got {c.schedule_after_return}",
     )
     if c.shift_schedule is not None:
         _check(bool(c.shift), "--shift-schedule needs --shift (the shifts it shares out)")

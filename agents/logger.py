@@ -226,6 +226,15 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_scalar("charts/shift_share", share, global_step)
 
+    def log_schedule_start(self, global_step: int, mean_return: float | None) -> None:
+        """With ``--schedule-after-return``: one line on the terminal where the schedule
+        starts (``charts/shift_share`` shows it in the curves)."""
+        if self.bar is not None:
+            self.bar.write(
+                f"step {global_step:,}: mean return of the last 100 episodes {mean_return:.3f}; "
+                "--shift-schedule starts"
+            )
+
     @writes_events
     def log_eval(self, global_step: int, results: list[RowResult], seconds: float) -> None:
         """Each row's ``eval/.../return``, ``success_rate`` (where defined), ``length`` and

@@ -4,6 +4,7 @@ between the points around it and held constant before the first point and after 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,3 +48,36 @@ class Schedule:
     def __call__(self, step: int) -> float:
         """The value at ``step``."""
         return float(np.interp(step, self.steps, self.values))
+
+
+@dataclass
+class ScheduleStart:
+    """Where a schedule's step 0 lies in a run: at the run's start, or, with ``after_return``,
+    at the end of the first update after which the mean return of the last ``window`` training
+    episodes reaches ``after_return`` (a curriculum that moves on once its first levels are
+    learned). Until then the schedule stays at its step 0."""
+
+    after_return: float | None = None
+    start: int | None = 0  # the run's step at the schedule's step 0; None while waiting
+    window: int = 100
+
+    @classmethod
+    def new_run(cls, after_return: float | None) -> ScheduleStart:
+        """A new run's: waiting where ``after_return`` is given, else at step 0."""
+        return cls(after_return, None if after_return is not None else 0)
+
+    def step(self, global_step: int) -> int:
+        """The schedule's step at the run's ``global_step`` (0 while waiting)."""
+        return 0 if self.start is None else global_step - self.start
+
+    def reached(self, global_step: int, recent_returns: Sequence[float]) -> bool:
+        """Start the schedule at ``global_step`` if it waits and ``recent_returns`` (the last
+        training episodes' returns, newest last) hold a full window whose mean reaches
+        ``after_return``. True where it started now."""
+        if self.start is not None or self.after_return is None:
+            return False
+        last = list(recent_returns)[-self.window :]
+        if len(last) < self.window or float(np.mean(last)) < self.after_return:
+            return False
+        self.start = global_step
+        return True

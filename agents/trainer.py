@@ -41,6 +41,7 @@ from agents.ppo import ppo_update
 from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
 from agents.rollout import RolloutCollector
+from agents.schedule import ScheduleStart
 from agents.storage import RolloutStorage
 from agents.training_eval import EvalTarget, RowResult, TrainingEvaluator, eval_targets
 from envs.factory import env_module, make_env, make_vector_env, probe_resets
@@ -90,6 +91,8 @@ class TrainResult:
     # RIMs: (units selection switched, units) in the last update's rollout; None otherwise
     selection: tuple[int, int] | None = None
     best_evaluation: BestEvaluation | None = None  # with --eval-every: what best.pt holds
+    # the step --shift-schedule's step 0 fell on (None: --schedule-after-return never reached)
+    schedule_start: int | None = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,6 +190,7 @@ def checkpoint_payload(
     mean_return: float | None,
     best_return: float | None,
     best_evaluation: BestEvaluation | None = None,
+    schedule_start: int | None = 0,
 ) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
@@ -201,6 +205,7 @@ def checkpoint_payload(
         "best_eval_return": None if best_evaluation is None else best_evaluation.mean_return,
         "best_eval_step": None if best_evaluation is None else best_evaluation.step,
         "best_eval_shifts": config.target_row.label,  # what best_eval_return was measured on
+        "schedule_start": schedule_start,  # ScheduleStart.start: None while it waits
         **capture_rng_states(),
     }
 
@@ -379,7 +384,8 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             best = resumed_best_evaluation(resumed, config)
             return TrainResult(run_dir, resumed["global_step"], resumed["update"],
                                resumed["mean_recent_return"], 0.0, world.world_size,
-                               world.is_main, best_evaluation=best)  # fmt: skip
+                               world.is_main, best_evaluation=best,
+                               schedule_start=resumed.get("schedule_start", 0))  # fmt: skip
     replaces = resumed is None and world.is_main and holds_run(run_dir)
     with stop_together(world):  # rank 0 alone checks, clears and writes the run directory
         if replaces and not config.overwrite:
@@ -496,6 +502,9 @@ class Trainer:
             self.global_step, self.update = resumed["global_step"], resumed["update"]
             self.best_return = resumed["best_return"]
             self.best_evaluation = resumed_best_evaluation(resumed, config)
+        self.schedule_start = ScheduleStart.new_run(config.schedule_after_return)
+        if resumed is not None:  # a checkpoint from before the key: its schedule began at 0
+            self.schedule_start.start = resumed.get("schedule_start", 0)
         self.storage = RolloutStorage(
             config.num_steps, config.num_envs, envs.single_observation_space,
             self.policy.initial_state(config.num_envs, device), config.sequence_length, device,
@@ -522,6 +531,7 @@ class Trainer:
         return checkpoint_payload(
             self.config, self.policy, self.optimizer, self.global_step, self.update,
             self.logger.mean_recent_return, self.best_return, self.best_evaluation,
+            self.schedule_start.start,
         )  # fmt: skip
 
     def save(self, best: bool = False) -> Path:
@@ -623,7 +633,7 @@ class Trainer:
         return TrainResult(
             self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds,
             self.world.world_size, self.world.is_main, identical, self.logger.last_selection,
-            self.best_evaluation,
+            self.best_evaluation, self.schedule_start.start,
         )  # fmt: skip
 
     def share_shifts(self) -> float | None:
@@ -632,7 +642,7 @@ class Trainer:
         schedule = self.config.share_schedule
         if schedule is None:
             return None
-        share = schedule(self.global_step)
+        share = schedule(self.schedule_start.step(self.global_step))
         self.collector.envs.unwrapped.call("set_shift_share", share)  # each env, in each worker
         return share
 
@@ -700,6 +710,9 @@ class Trainer:
         evaluation = self.evaluate_if_due(update)  # every rank plays its share
         with stop_together(self.world):  # rank 0 writes: a full disk stops every rank here
             self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
+            recent = self.logger.recent_returns  # every rank's episodes: the same on every rank
+            if self.schedule_start.reached(self.global_step, recent):
+                self.logger.log_schedule_start(self.global_step, self.logger.mean_recent_return)
             if share is not None:
                 self.logger.log_shift_share(self.global_step, share)
             if centring is not None:

@@ -15,7 +15,7 @@ from agents.checkpoint import load_policy
 from agents.config import resolve_config
 from agents.evaluate import evaluate
 from agents.record import fit
-from agents.schedule import Schedule, ScheduleError
+from agents.schedule import Schedule, ScheduleError, ScheduleStart
 from agents.training_eval import eval_targets
 from envs.factory import make_env, make_vector_env
 from envs.mixture import UNSHIFTED, ShiftShare, combinations
@@ -279,6 +279,63 @@ def test_a_run_follows_its_schedule_and_a_resumed_run_picks_it_up(tmp_path, monk
     assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
 
 
+def test_a_schedule_start_waits_for_a_full_window_whose_mean_reaches_the_return():
+    start = ScheduleStart.new_run(0.5)
+    assert start.start is None and start.step(1_000) == 0
+    assert not start.reached(100, [1.0] * 99)  # a window not yet full: a lucky few don't count
+    assert not start.reached(200, [0.0] * 60 + [1.0] * 40)  # mean 0.4
+    assert start.step(200) == 0
+    assert start.reached(300, [0.0] * 60 + [1.0] * 50)  # the last 100: mean 0.5
+    assert (start.start, start.step(300), start.step(450)) == (300, 0, 150)
+    assert not start.reached(400, [1.0] * 100)  # started once, for good
+    assert start.start == 300
+    always = ScheduleStart.new_run(None)  # no return asked for: the run's own steps
+    assert always.step(450) == 450 and not always.reached(10, [1.0] * 100)
+
+
+def gated_flags(run, after_return: str) -> list[str]:
+    """A curriculum whose first episodes (``max_steps=1``) end at every step, so that 2 envs x
+    16 steps finish 32 episodes an update and the window of 100 fills in the 4th update."""
+    return [
+        "--shift", "size=6", "--other-shift", "max_steps=1", "--shift-schedule", "0:0,64:1",
+        "--schedule-after-return", after_return, "--run-dir", str(run), *TINY,
+    ]  # fmt: skip
+
+
+def test_a_schedule_after_a_return_starts_where_the_return_is_reached_and_resumes(
+    tmp_path, capsys
+):
+    run = tmp_path / "gated"
+    flags = gated_flags(run, "-1")  # any full window reaches it
+    assert main(["train", "--total-steps", "192", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "step 128: mean return of the last 100 episodes" in out
+    assert "--shift-schedule started at step 128" in out
+    shares = [(e.step, e.value) for e in scalars(run)["charts/shift_share"]]
+    # Waiting through updates 1-4 (share 0), then 0:0,64:1 from step 128: 0 at 128, 0.5 at 160.
+    assert shares == [(32, 0.0), (64, 0.0), (96, 0.0), (128, 0.0), (160, 0.0), (192, 0.5)]
+    latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert latest["schedule_start"] == 128
+    assert main(["train", "--resume", "--total-steps", "256", *flags]) == 0
+    assert "--shift-schedule started at step 128" in capsys.readouterr().out
+    resumed = [(e.step, e.value) for e in scalars(run)["charts/shift_share"]][-2:]
+    assert resumed == [(224, 1.0), (256, 1.0)]  # steps 192 and 224 are 64 and 96 past 128
+
+
+def test_a_schedule_whose_return_is_never_reached_stays_at_its_start(tmp_path, capsys):
+    run = tmp_path / "waiting"
+    flags = gated_flags(run, "2")  # DoorKey's return is at most 1
+    assert main(["train", "--total-steps", "160", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "--shift-schedule never started" in out and "below 2" in out
+    assert {e.value for e in scalars(run)["charts/shift_share"]} == {0.0}
+    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["schedule_start"] is None
+    assert main(["train", "--resume", "--total-steps", "224", *flags]) == 0
+    assert {e.value for e in scalars(run)["charts/shift_share"]} == {0.0}  # still waiting
+    changed = ["--schedule-after-return", "-1", "--total-steps", "256"]  # it is learned
+    assert exit_code(["train", "--resume", "--run-dir", str(run), *changed]) == 2
+
+
 @pytest.mark.parametrize(
     ("saved_by", "kept"),
     [("this version", True), ("one without the step", True), ("an older one", False)],
@@ -416,6 +473,14 @@ def test_a_run_that_ends_in_part_shifted_follows_both_parts(tmp_path):
         (
             ["--shift", "size=6", "--shift-schedule", "0:1", "--other-shift", "size"],
             "--other-shift: a shift is KEY=VALUE",
+        ),
+        (
+            ["--shift", "size=6", "--schedule-after-return", "0.9"],
+            "--schedule-after-return needs --shift-schedule",
+        ),
+        (
+            ["--shift", "size=6", "--shift-schedule", "0:1", "--schedule-after-return", "inf"],
+            "--schedule-after-return must be a finite number",
         ),
     ],
 )
