@@ -34,10 +34,19 @@ from envs.suites import Suite, SuiteRow
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
 
 
+def quiet_rank() -> bool:
+    """A torchrun rank other than 0. What every rank finds in the command line alone, before
+    the process group exists, rank 0 says once; the others exit 0 without a word (a non-zero
+    code would make torchrun stop rank 0, maybe before it says it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if quiet_rank():
+            self.exit(0)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -547,7 +556,12 @@ def config_for_train(given: dict) -> TrainConfig:
 
 
 def run_train(given: dict) -> int:
-    config = config_for_train(given)
+    try:
+        config = config_for_train(given)
+    except USAGE_ERRORS:
+        if quiet_rank() and not given.get("resume"):  # decided by the flags: rank 0 says it
+            return 0
+        raise  # a resumed run's files may differ from node to node: every rank says its own
     from agents.distributed import OtherRankStopped  # late: `--help` stays fast
     from agents.trainer import CHECKPOINT_DIR, TrainingStopped, train
 

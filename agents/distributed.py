@@ -107,6 +107,16 @@ def any_rank(flag: bool, world: Distributed) -> bool:
     return bool(value.item())
 
 
+def failed_ranks(failed: bool, world: Distributed) -> list[int]:
+    """The ranks on which ``failed`` is true, in order (every rank must call it)."""
+    if not world.enabled:
+        return [world.rank] if failed else []
+    flags = torch.zeros(world.world_size, device=world.collective_device)
+    flags[world.rank] = 1.0 if failed else 0.0
+    dist.all_reduce(flags)  # each rank fills its own slot of the (world_size,) flags
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
 class OtherRankStopped(Exception):
     """Another rank stopped the job inside ``stop_together`` and says why; this one leaves with
     it, with nothing to report (``rims train`` exits 0 on it, so that torchrun names the rank
@@ -115,22 +125,27 @@ class OtherRankStopped(Exception):
 
 @contextmanager
 def stop_together(world: Distributed) -> Iterator[None]:
-    """A block, run by every rank, that may fail on some ranks alone: rank 0's writes (the run
-    directory, the event file, checkpoints) or one rank's envs. It must hold no collective after
-    a point that can fail. An error leaves the block on the ranks it happened on, as it would
-    alone; every other rank raises ``OtherRankStopped`` at the block's end. Without it the
-    others ran on to their next collective, which the stopped rank never joins, and failed
-    there with a traceback of their own (gloo: "Connection closed by peer")."""
+    """A block, run by every rank, that may fail on some ranks or on all: rank 0's writes (the
+    run directory, the event file, checkpoints), one rank's envs, or what every rank finds (a
+    corrupt checkpoint, a diverged loss, a signal). It must hold no collective after a point
+    that can fail. The lowest rank that failed leaves the block with its error, as it would
+    alone; every other rank raises ``OtherRankStopped``, so the job stops with one line from
+    one rank. Without it the others ran on to their next collective, which the stopped rank
+    never joins, and failed there with a traceback of their own (gloo: "Connection closed by
+    peer"); and an error every rank met was printed once per rank."""
     if not world.enabled:
         yield
         return
     try:
         yield
     except Exception:
+        failed = [world.rank]
         with suppress(RuntimeError):  # the other ranks may be gone already: this error counts
-            any_rank(True, world)
+            failed = failed_ranks(True, world)
+        if failed[0] < world.rank:  # a lower rank failed here too, and says why
+            raise OtherRankStopped from None
         raise
-    if any_rank(False, world):
+    if failed_ranks(False, world):
         raise OtherRankStopped
 
 

@@ -236,17 +236,16 @@ class CheckpointWriter:
 
 class TrainingStopped(Exception):
     """Training ended early (a signal, a diverged loss, a crashed env); the message is one line
-    and ``exit_code`` is what the command exits with. ``every_rank``: under torchrun every rank
-    stops the same way (a signal, a diverged loss), and rank 0 alone reports it."""
+    and ``exit_code`` is what the command exits with."""
 
-    def __init__(self, message: str, exit_code: int, every_rank: bool = False) -> None:
+    def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code, self.every_rank = exit_code, every_rank
+        self.exit_code = exit_code
 
-    def __reduce__(self) -> tuple[type, tuple[str, int, bool]]:
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
         """Picklable with its arguments, so a run in a worker process (a benchmark's process
         pool) reports its stop to the parent instead of breaking the pool."""
-        return type(self), (str(self), self.exit_code, self.every_rank)
+        return type(self), (str(self), self.exit_code)
 
 
 class StopSignals:
@@ -306,8 +305,6 @@ def check_same_processes(resumed: dict[str, Any], config: TrainConfig, world: Di
     trained_by = resumed["global_step"] // (resumed["update"] * config.batch_size)
     if trained_by == world.world_size:
         return
-    if not world.is_main:  # every rank finds it; rank 0 says it once for all
-        raise OtherRankStopped
     raise ConfigError(
         f"{run_dir} was trained by {processes_text(trained_by)} and this run has "
         f"{processes_text(world.world_size)}; resume it with as many: "
@@ -339,10 +336,6 @@ def train(config: TrainConfig) -> TrainResult:
     world = init_distributed(device)
     try:
         return _train(config, local_device(device, world), world)
-    except TrainingStopped as stop:
-        if stop.every_rank and not world.is_main:  # rank 0 says it once for all
-            raise OtherRankStopped from None
-        raise
     except (MemoryError, RuntimeError) as err:
         why = out_of_memory(err)
         if why is None:
@@ -375,8 +368,9 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
     run_dir = Path(config.run_dir or config.default_run_dir())
     resumed = None
     if config.resume:
-        resumed = load_latest(run_dir / CHECKPOINT_DIR)
-        check_same_processes(resumed, config, world, run_dir)
+        with stop_together(world):  # every rank reads it: rank 0 says what is wrong with it
+            resumed = load_latest(run_dir / CHECKPOINT_DIR)
+            check_same_processes(resumed, config, world, run_dir)
         if resumed["update"] >= num_updates(config, world):
             if world.is_main:
                 print(f"{run_dir} already finished its {config.total_steps:,} steps; nothing "
@@ -622,13 +616,13 @@ class Trainer:
         identical = parameters_identical(self.policy, self.world)
         if self.signals.received is not None:
             name = signal.Signals(self.signals.received).name
-            path = self.save()
-            raise TrainingStopped(
-                f"stopped by {name} at step {self.global_step:,}; checkpoint {path}; "
-                f"continue with: {resume_command(self.run_dir, self.world.world_size)}",
-                128 + self.signals.received,
-                every_rank=True,
-            )
+            with stop_together(self.world):  # every rank stops; rank 0 writes and says so
+                path = self.save()
+                raise TrainingStopped(
+                    f"stopped by {name} at step {self.global_step:,}; checkpoint {path}; "
+                    f"continue with: {resume_command(self.run_dir, self.world.world_size)}",
+                    128 + self.signals.received,
+                )
         seconds = time.perf_counter() - started
         return TrainResult(
             self.run_dir, self.global_step, self.update, self.logger.mean_recent_return, seconds,
@@ -691,14 +685,15 @@ class Trainer:
             self.policy, self.optimizer, storage, advantages, returns, config, self.generator,
             after_backward=lambda: average_gradients(self.policy, self.world),
         )  # fmt: skip
-        if not (stats.finite and all_finite(self.policy.parameters())):
-            raise TrainingStopped(
-                f"the loss or the parameters became NaN/inf in update {update} (step "
-                f"{self.global_step + self.steps_per_update:,}); {self.last_checkpoint()}; "
-                "--detect-anomaly helps find where",
-                1,
-                every_rank=True,  # the gradients are averaged: all ranks hold the same parameters
-            )
+        diverged = not (stats.finite and all_finite(self.policy.parameters()))
+        with stop_together(self.world):  # the same on every rank (the gradients are averaged)
+            if diverged:
+                raise TrainingStopped(
+                    f"the loss or the parameters became NaN/inf in update {update} (step "
+                    f"{self.global_step + self.steps_per_update:,}); {self.last_checkpoint()}; "
+                    "--detect-anomaly helps find where",
+                    1,
+                )
         centring = self.policy.centring
         if centring is not None:  # the next rollout's centre: this one's features
             moments = self.policy.feature_moments(storage.obs)

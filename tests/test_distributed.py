@@ -110,7 +110,7 @@ import tests.faulty_envs  # registers rims-test/...
 from tests.test_robustness import event_records_fail_after, full_disk_after
 from train import main
 
-fault, argv = sys.argv[1], sys.argv[2:]  # the faults made here; "taken" and "crash" need none
+fault, argv = sys.argv[1], sys.argv[2:]  # the faults made here; others ("taken") need none
 if os.environ["RANK"] == "0" and fault == "checkpoint":
     full_disk_after(pytest.MonkeyPatch(), 3)  # the first update's latest, step and best files
 if os.environ["RANK"] == "0" and fault == "events":
@@ -178,6 +178,44 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
         kept = int(re.search(r"stopped at step (\d+)", ours[0])[1])
     if kept is not None:
         assert load_checkpoint(latest)["global_step"] == kept
+
+
+@requires_torchrun
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--k", "9"], "rims: error: --k must be in 1..num_units=3, got 9"),
+        (["--no-such-flag"], "rims: error: unrecognized arguments: --no-such-flag"),
+        (["--resume"], r"rims: error: .*latest\.pt.*"),
+        (["--env", "rims-test/NaNReward-v0"], "rims: the loss or the parameters became NaN.*"),
+    ],
+    ids=["bad-value", "unknown-flag", "corrupt-checkpoint", "diverged-loss"],
+)
+def test_an_error_every_rank_meets_is_said_once(tmp_path, flags, said):
+    """Before the process group exists (the command line), and after it (a checkpoint every
+    rank reads, a loss that diverges on every rank): rank 0 says it, the other leaves quietly."""
+    run = tmp_path / "run"
+    if "--resume" in flags:
+        assert main(["train", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
+                     "--total-steps", "32", *TINY]) == 0  # fmt: skip
+        latest = run / "checkpoints" / "latest.pt"
+        latest.write_bytes(latest.read_bytes()[:100])  # cut short
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY.format(root=str(ROOT)))
+    result = torchrun_two_processes(
+        script, tmp_path / "tmp", "none", "train", "--env", "rims/CueMemory-v0",
+        "--run-dir", str(run), "--total-steps", "256", *TINY, "--torch-threads", "1", *flags,
+    )  # fmt: skip
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("rims")]
+    assert len(ours) == 1 and re.match(said, ours[0]), result.stderr[-3000:]
+    assert "[rank" not in result.stderr and "Connection" not in result.stderr
+    # Rank 0's code, and torchrun's SIGTERM of the other where it was still leaving.
+    codes = sorted(re.findall(r"exitcode +: (-?\d+)", result.stderr))
+    assert codes in (["1"], ["2"], ["-15", "1"], ["-15", "2"])
+    cause = re.search(r"Root Cause \(first observed failure\):\n\[\d\]:\n.*\n.*\n +rank +: (\d)",
+                      result.stderr)  # fmt: skip
+    assert cause is not None and cause[1] == "0"
 
 
 @requires_torchrun

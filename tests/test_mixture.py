@@ -302,9 +302,7 @@ def gated_flags(run, after_return: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_schedule_after_a_return_starts_where_the_return_is_reached_and_resumes(
-    tmp_path, capsys
-):
+def test_a_schedule_after_a_return_starts_where_the_return_is_reached_and_resumes(tmp_path, capsys):
     run = tmp_path / "gated"
     flags = gated_flags(run, "-1")  # any full window reaches it
     assert main(["train", "--total-steps", "192", *flags]) == 0
@@ -329,7 +327,9 @@ def test_a_schedule_whose_return_is_never_reached_stays_at_its_start(tmp_path, c
     out = capsys.readouterr().out
     assert "--shift-schedule never started" in out and "below 2" in out
     assert {e.value for e in scalars(run)["charts/shift_share"]} == {0.0}
-    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["schedule_start"] is None
+    assert (
+        torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["schedule_start"] is None
+    )
     assert main(["train", "--resume", "--total-steps", "224", *flags]) == 0
     assert {e.value for e in scalars(run)["charts/shift_share"]} == {0.0}  # still waiting
     changed = ["--schedule-after-return", "-1", "--total-steps", "256"]  # it is learned
