@@ -22,6 +22,10 @@ from agents.rollout import RolloutStats
 from agents.selection import switched_units
 from agents.training_eval import RowResult, mean_shifted_return, summary_line
 
+RECENT_EPISODES = 100
+"""The training episodes whose mean return is the run's "mean recent return" (the final line,
+``best.pt``, ``--schedule-after-return``)."""
+
 
 def activation_image(masks: Tensor, env: int = 0, row_height: int = 8) -> np.ndarray:
     """``(T, B, U)`` bool masks -> ``(U * row_height, T)`` uint8: env ``env``'s mechanisms
@@ -142,7 +146,7 @@ class RunLogger:
                 self.writer = SummaryWriter(str(run_dir), purge_step=purge)
             except OSError as err:
                 raise events_unwritable(run_dir, err) from None
-        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         # RIMs: (units switched, units) in the last update's rollout; None for other cores.
         self.last_selection: tuple[int, int] | None = None
         self.bar = tqdm(
@@ -226,7 +230,7 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_scalar("charts/shift_share", share, global_step)
 
-    def log_schedule_start(self, global_step: int, mean_return: float | None) -> None:
+    def log_schedule_start(self, global_step: int, mean_return: float) -> None:
         """With ``--schedule-after-return``: one line on the terminal where the schedule
         starts (``charts/shift_share`` shows it in the curves)."""
         if self.bar is not None:

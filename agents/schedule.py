@@ -62,22 +62,23 @@ class ScheduleStart:
     window: int = 100
 
     @classmethod
-    def new_run(cls, after_return: float | None) -> ScheduleStart:
+    def new_run(cls, after_return: float | None, window: int = 100) -> ScheduleStart:
         """A new run's: waiting where ``after_return`` is given, else at step 0."""
-        return cls(after_return, None if after_return is not None else 0)
+        return cls(after_return, None if after_return is not None else 0, window)
 
     def step(self, global_step: int) -> int:
         """The schedule's step at the run's ``global_step`` (0 while waiting)."""
         return 0 if self.start is None else global_step - self.start
 
-    def reached(self, global_step: int, recent_returns: Sequence[float]) -> bool:
+    def reached(self, global_step: int, recent_returns: Sequence[float]) -> float | None:
         """Start the schedule at ``global_step`` if it waits and ``recent_returns`` (the last
         training episodes' returns, newest last) hold a full window whose mean reaches
-        ``after_return``. True where it started now."""
+        ``after_return``. That mean where it started now, else None."""
         if self.start is not None or self.after_return is None:
-            return False
+            return None
         last = list(recent_returns)[-self.window :]
-        if len(last) < self.window or float(np.mean(last)) < self.after_return:
-            return False
+        mean = float(np.mean(last)) if len(last) == self.window else None
+        if mean is None or mean < self.after_return:
+            return None
         self.start = global_step
-        return True
+        return mean

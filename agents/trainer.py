@@ -36,7 +36,7 @@ from agents.distributed import (
     stop_together,
 )
 from agents.gae import compute_gae
-from agents.logger import EventsUnwritable, RunLogger
+from agents.logger import RECENT_EPISODES, EventsUnwritable, RunLogger
 from agents.ppo import ppo_update
 from agents.precision import tf32_matmuls
 from agents.rng import capture_rng_states, restore_rng_states, seed_everything
@@ -496,7 +496,7 @@ class Trainer:
             self.global_step, self.update = resumed["global_step"], resumed["update"]
             self.best_return = resumed["best_return"]
             self.best_evaluation = resumed_best_evaluation(resumed, config)
-        self.schedule_start = ScheduleStart.new_run(config.schedule_after_return)
+        self.schedule_start = ScheduleStart.new_run(config.schedule_after_return, RECENT_EPISODES)
         if resumed is not None:  # a checkpoint from before the key: its schedule began at 0
             self.schedule_start.start = resumed.get("schedule_start", 0)
         self.storage = RolloutStorage(
@@ -706,8 +706,9 @@ class Trainer:
         with stop_together(self.world):  # rank 0 writes: a full disk stops every rank here
             self.logger.log_update(self.global_step, self.steps_per_update, rollout, stats, lr, sps)
             recent = self.logger.recent_returns  # every rank's episodes: the same on every rank
-            if self.schedule_start.reached(self.global_step, recent):
-                self.logger.log_schedule_start(self.global_step, self.logger.mean_recent_return)
+            reached = self.schedule_start.reached(self.global_step, recent)
+            if reached is not None:
+                self.logger.log_schedule_start(self.global_step, reached)
             if share is not None:
                 self.logger.log_shift_share(self.global_step, share)
             if centring is not None:

@@ -282,15 +282,16 @@ def test_a_run_follows_its_schedule_and_a_resumed_run_picks_it_up(tmp_path, monk
 def test_a_schedule_start_waits_for_a_full_window_whose_mean_reaches_the_return():
     start = ScheduleStart.new_run(0.5)
     assert start.start is None and start.step(1_000) == 0
-    assert not start.reached(100, [1.0] * 99)  # a window not yet full: a lucky few don't count
-    assert not start.reached(200, [0.0] * 60 + [1.0] * 40)  # mean 0.4
+    assert start.reached(100, [1.0] * 99) is None  # a window not yet full: a lucky few don't count
+    assert start.reached(200, [0.0] * 60 + [1.0] * 40) is None  # mean 0.4
     assert start.step(200) == 0
-    assert start.reached(300, [0.0] * 60 + [1.0] * 50)  # the last 100: mean 0.5
+    assert start.reached(300, [0.0] * 60 + [1.0] * 50) == 0.5  # the last 100: mean 0.5
     assert (start.start, start.step(300), start.step(450)) == (300, 0, 150)
-    assert not start.reached(400, [1.0] * 100)  # started once, for good
+    assert start.reached(400, [1.0] * 100) is None  # started once, for good
     assert start.start == 300
     always = ScheduleStart.new_run(None)  # no return asked for: the run's own steps
-    assert always.step(450) == 450 and not always.reached(10, [1.0] * 100)
+    assert always.step(450) == 450 and always.reached(10, [1.0] * 100) is None
+    assert ScheduleStart.new_run(0.5, window=3).reached(7, [0.0, 1.0, 1.0, 0.5]) == (2.5 / 3)
 
 
 def gated_flags(run, after_return: str) -> list[str]:
