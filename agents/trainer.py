@@ -10,12 +10,13 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from agents.atomic import atomic_output
@@ -187,11 +188,15 @@ def checkpoint_payload(
     optimizer: torch.optim.Optimizer,
     global_step: int,
     update: int,
-    mean_return: float | None,
+    recent_returns: Sequence[float],
     best_return: float | None,
     best_evaluation: BestEvaluation | None = None,
     schedule_start: int | None = 0,
 ) -> dict[str, Any]:
+    """What a checkpoint holds. ``recent_returns``: the last training episodes' returns (at
+    most ``RECENT_EPISODES``), whose mean is the run's mean recent return; a resumed run goes
+    on from them."""
+    recent = [float(r) for r in recent_returns]
     return {
         "config": config.to_dict(),
         "policy_spec": policy.spec.to_dict(),
@@ -200,7 +205,8 @@ def checkpoint_payload(
         "optimizer": optimizer.state_dict(),
         "global_step": global_step,
         "update": update,
-        "mean_recent_return": mean_return,
+        "mean_recent_return": float(np.mean(recent)) if recent else None,
+        "recent_returns": recent,
         "best_return": best_return,
         "best_eval_return": None if best_evaluation is None else best_evaluation.mean_return,
         "best_eval_step": None if best_evaluation is None else best_evaluation.step,
@@ -516,6 +522,8 @@ class Trainer:
             run_dir, self.num_updates * self.steps_per_update, self.global_step,
             config.progress, config.image_every, enabled=world.is_main,
         )  # fmt: skip
+        if resumed is not None:  # a checkpoint from before the key: none; the window refills
+            self.logger.recent_returns.extend(resumed.get("recent_returns", []))
         resumed_step = None if resumed is None else resumed["global_step"]
         self.checkpoints = CheckpointWriter(run_dir, config.keep_checkpoints, resumed_step)
         self.generator = torch.Generator()
@@ -524,7 +532,7 @@ class Trainer:
     def _payload(self) -> dict[str, Any]:
         return checkpoint_payload(
             self.config, self.policy, self.optimizer, self.global_step, self.update,
-            self.logger.mean_recent_return, self.best_return, self.best_evaluation,
+            self.logger.recent_returns, self.best_return, self.best_evaluation,
             self.schedule_start.start,
         )  # fmt: skip
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -113,6 +114,20 @@ def test_resume_continues_the_step_counter_and_curves(tmp_path):
     assert int(first.name.split(".")[3]) < int(resumed.name.split(".")[3])
     # Changing the architecture on resume is refused.
     assert main(["train", "--resume", "--run-dir", str(run), "--core", "lstm"]) == 2
+
+
+def test_a_resumed_run_goes_on_from_the_returns_of_its_last_episodes(tmp_path):
+    """The mean recent return (the final line, best.pt, --schedule-after-return) is over the
+    last 100 episodes whether or not the run was stopped and resumed among them."""
+    run = tmp_path / "run"
+    flags = ["--shift", "max_steps=1", "--run-dir", str(run), *TINY]  # 32 episodes an update
+    assert main(["train", "--total-steps", "64", *flags]) == 0
+    first = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert len(first["recent_returns"]) == 64
+    assert first["mean_recent_return"] == pytest.approx(np.mean(first["recent_returns"]))
+    assert main(["train", "--resume", "--total-steps", "128", *flags]) == 0
+    resumed = load_checkpoint(run / "checkpoints" / "latest.pt")["recent_returns"]
+    assert len(resumed) == 100 and resumed[:36] == first["recent_returns"][-36:]
 
 
 def test_resume_from_a_corrupt_latest_checkpoint_names_the_newest_readable_one(tmp_path, capsys):
