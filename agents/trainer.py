@@ -66,6 +66,12 @@ class BestEvaluation:
     step: int | None
 
 
+def resumed_schedule_start(resumed: dict[str, Any]) -> int | None:
+    """The step the checkpoint's ``--shift-schedule`` started at (None: still waiting); 0 for a
+    checkpoint from before the key, whose schedule began with the run."""
+    return resumed.get("schedule_start", 0)
+
+
 def resumed_best_evaluation(resumed: dict[str, Any], config: TrainConfig) -> BestEvaluation | None:
     """The best evaluation a checkpoint holds, where it was of ``config``'s target. Absent
     before ``--eval-every``; a checkpoint from before ``target_row`` measured it on the
@@ -385,7 +391,7 @@ def _train(config: TrainConfig, device: torch.device, world: Distributed) -> Tra
             return TrainResult(run_dir, resumed["global_step"], resumed["update"],
                                resumed["mean_recent_return"], 0.0, world.world_size,
                                world.is_main, best_evaluation=best,
-                               schedule_start=resumed.get("schedule_start", 0))  # fmt: skip
+                               schedule_start=resumed_schedule_start(resumed))  # fmt: skip
     replaces = resumed is None and world.is_main and holds_run(run_dir)
     with stop_together(world):  # rank 0 alone checks, clears and writes the run directory
         if replaces and not config.overwrite:
@@ -503,8 +509,8 @@ class Trainer:
             self.best_return = resumed["best_return"]
             self.best_evaluation = resumed_best_evaluation(resumed, config)
         self.schedule_start = ScheduleStart.new_run(config.schedule_after_return, RECENT_EPISODES)
-        if resumed is not None:  # a checkpoint from before the key: its schedule began at 0
-            self.schedule_start.start = resumed.get("schedule_start", 0)
+        if resumed is not None:
+            self.schedule_start.start = resumed_schedule_start(resumed)
         self.storage = RolloutStorage(
             config.num_steps, config.num_envs, envs.single_observation_space,
             self.policy.initial_state(config.num_envs, device), config.sequence_length, device,

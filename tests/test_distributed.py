@@ -119,6 +119,24 @@ sys.exit(main(argv))
 """
 
 
+def run_faulty(tmp_path: Path, fault: str, run: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``rims train`` on the cue task under torchrun (two ranks), with ``fault`` made by
+    ``FAULTY`` ("none": no fault of its own)."""
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY.format(root=str(ROOT)))
+    return torchrun_two_processes(
+        script, tmp_path / "tmp", fault, "train", "--env", "rims/CueMemory-v0",
+        "--run-dir", str(run), "--total-steps", "256", *TINY, "--torch-threads", "1", *flags,
+    )  # fmt: skip
+
+
+def root_cause_rank(stderr: str) -> int | None:
+    """The rank torchrun names as the job's root cause (None where it names none)."""
+    cause = re.search(r"Root Cause \(first observed failure\):\n\[\d\]:\n.*\n.*\n +rank +: (\d)",
+                      stderr)  # fmt: skip
+    return None if cause is None else int(cause[1])
+
+
 @requires_torchrun
 @pytest.mark.parametrize(
     ("fault", "flags", "stop", "kept"),
@@ -155,12 +173,7 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
     if fault == "taken":  # the run directory already holds a run
         assert main(["train", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
                      "--total-steps", "32", *TINY]) == 0  # fmt: skip
-    script = tmp_path / "faulty.py"
-    script.write_text(FAULTY.format(root=str(ROOT)))
-    result = torchrun_two_processes(
-        script, tmp_path / "tmp", fault, "train", "--env", "rims/CueMemory-v0",
-        "--run-dir", str(run), "--total-steps", "256", *TINY, "--torch-threads", "1", *flags,
-    )  # fmt: skip
+    result = run_faulty(tmp_path, fault, run, *flags)
     assert result.returncode != 0
     latest = run / "checkpoints" / "latest.pt"
     expected = stop.replace("RUN", re.escape(str(run))).replace("LATEST", re.escape(str(latest)))
@@ -168,9 +181,7 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
     assert len(ours) == 1 and re.fullmatch(f"rims: {expected}", ours[0]), result.stderr[-3000:]
     # One rank failed, and torchrun names it; the other left with it (exit 0, or torchrun's
     # SIGTERM where it was not gone yet), without a traceback of its own.
-    cause = re.search(r"Root Cause \(first observed failure\):\n\[\d\]:\n.*\n.*\n +rank +: (\d)",
-                      result.stderr)  # fmt: skip
-    assert cause is not None and int(cause[1]) == (1 if fault == "crash" else 0)
+    assert root_cause_rank(result.stderr) == (1 if fault == "crash" else 0)
     assert "Connection" not in result.stderr and "[rank" not in result.stderr
     assert re.findall(r"exitcode +: (-?\d+)", result.stderr) in (["1"], ["2"], ["-15", "1"],
                                                                 ["-15", "2"])  # fmt: skip
@@ -200,12 +211,7 @@ def test_an_error_every_rank_meets_is_said_once(tmp_path, flags, said):
                      "--total-steps", "32", *TINY]) == 0  # fmt: skip
         latest = run / "checkpoints" / "latest.pt"
         latest.write_bytes(latest.read_bytes()[:100])  # cut short
-    script = tmp_path / "faulty.py"
-    script.write_text(FAULTY.format(root=str(ROOT)))
-    result = torchrun_two_processes(
-        script, tmp_path / "tmp", "none", "train", "--env", "rims/CueMemory-v0",
-        "--run-dir", str(run), "--total-steps", "256", *TINY, "--torch-threads", "1", *flags,
-    )  # fmt: skip
+    result = run_faulty(tmp_path, "none", run, *flags)
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("rims")]
     assert len(ours) == 1 and re.match(said, ours[0]), result.stderr[-3000:]
@@ -213,9 +219,7 @@ def test_an_error_every_rank_meets_is_said_once(tmp_path, flags, said):
     # Rank 0's code, and torchrun's SIGTERM of the other where it was still leaving.
     codes = sorted(re.findall(r"exitcode +: (-?\d+)", result.stderr))
     assert codes in (["1"], ["2"], ["-15", "1"], ["-15", "2"])
-    cause = re.search(r"Root Cause \(first observed failure\):\n\[\d\]:\n.*\n.*\n +rank +: (\d)",
-                      result.stderr)  # fmt: skip
-    assert cause is not None and cause[1] == "0"
+    assert root_cause_rank(result.stderr) == 0
 
 
 @requires_torchrun
