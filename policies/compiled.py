@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch._dynamo
 
 RECOMPILE_LIMIT = 64
 """Compiled versions dynamo keeps per function (its default, 8, is reached by a benchmark that
@@ -41,6 +40,10 @@ class CompiledStep:
         if self.failed:
             return self.fn(*args)
         if self.compiled is None:
+            # Late: 2 s of imports that `--help`, eval and record never need. Imported here, it
+            # is there for the except clause below too.
+            import torch._dynamo
+
             try:
                 config = torch._dynamo.config
                 config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
