@@ -11,9 +11,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agents.checkpoint import CheckpointError, LoadedPolicy
 from agents.config import (
     HELP_SECTIONS,
     MAX_SEED,
@@ -25,11 +24,17 @@ from agents.config import (
     resolve_config,
     saved_fields,
 )
+from agents.errors import CheckpointError
 from agents.flags import add_flags, given_flags
-from agents.selection import selection_line
 from envs.factory import EnvError
 from envs.shifts import SHIFTS, ShiftError
 from envs.suites import Suite, SuiteRow
+
+if TYPE_CHECKING:
+    from agents.checkpoint import LoadedPolicy
+
+# Nothing imported above imports torch (2 s on a 2-core CPU; tests/test_cli.py checks it):
+# `rims --help` and bad flags are answered without it. Each command imports what it runs.
 
 USAGE_ERRORS = (ConfigError, EnvError, CheckpointError, ShiftError)
 
@@ -562,7 +567,8 @@ def run_train(given: dict) -> int:
         if quiet_rank() and not given.get("resume"):  # decided by the flags: rank 0 says it
             return 0
         raise  # a resumed run's files may differ from node to node: every rank says its own
-    from agents.distributed import OtherRankStopped  # late: `--help` stays fast
+    from agents.distributed import OtherRankStopped
+    from agents.selection import selection_line
     from agents.trainer import CHECKPOINT_DIR, TrainingStopped, train
 
     try:

@@ -16,14 +16,11 @@ from typing import Any
 import torch
 
 from agents.atomic import atomic_output
+from agents.errors import CheckpointError
 from agents.flags import type_mismatch
 
 FORMAT = "rims-rl-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, corrupt, foreign or of another version."""
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -144,7 +141,8 @@ def load_policy(
     """
     from agents.config import ConfigError, TrainConfig
     from envs.factory import EnvError, make_env
-    from policies.actor_critic import ActorCritic, PolicySpec
+    from policies.actor_critic import ActorCritic
+    from policies.spec import PolicySpec
 
     file = resolve_checkpoint(path, which)
     data = load_checkpoint(file)

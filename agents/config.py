@@ -22,10 +22,14 @@ from envs.mission import missions_vary
 from envs.mixture import combinations
 from envs.shifts import ShiftError, parse_shift, shift_effect
 from envs.suites import SuiteRow
-from policies.actor_critic import CORES, SAVED_BEFORE_FIELD, PolicySpec
-from policies.encoders import ENCODERS
-from policies.rims import CELLS
-from policies.triton_steps import unsupported as triton_unsupported
+from policies.spec import (
+    CELLS,
+    CORES,
+    ENCODERS,
+    SAVED_BEFORE_FIELD,
+    PolicySpec,
+    triton_unsupported,
+)
 
 
 class ConfigError(ValueError):

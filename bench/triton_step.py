@@ -38,6 +38,7 @@ from torch import Tensor
 
 from policies import RIMs, triton_steps
 from policies.rims_grad import _COMPILED_STEP_BACKWARD, step_backward
+from policies.spec import triton_unsupported
 from policies.step_grads import StepGrads
 from policies.triton_steps import kernels
 
@@ -47,7 +48,7 @@ KERNELS = triton_steps.KERNEL_NAMES
 def supported(core: RIMs) -> bool:
     """The configuration the kernels are written for, in train mode."""
     dropout = core.dropout if core._attention_dropout_on() else 0.0
-    return triton_steps.unsupported(core.input_heads, dropout) is None
+    return triton_unsupported(core.input_heads, dropout) is None
 
 
 def _run_step(body, core: RIMs, hs: list[Tensor], t: int, inp) -> tuple[list[Tensor], Tensor, dict]:

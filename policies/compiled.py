@@ -13,6 +13,7 @@ instead, after one warning; it computes the same values.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,12 +41,11 @@ class CompiledStep:
         if self.failed:
             return self.fn(*args)
         if self.compiled is None:
-            # Late: 2 s of imports that `--help`, eval and record never need. Imported here, it
-            # is there for the except clause below too.
-            import torch._dynamo
-
+            # Late: 2 s of imports that `--help`, eval and record never need. Once imported,
+            # it is there for the except clause below on every later call too.
+            dynamo = importlib.import_module("torch._dynamo")
             try:
-                config = torch._dynamo.config
+                config = dynamo.config
                 config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
                 # Static shapes: a handful of fixed shapes per run, and the kernels
                 # specialised to them are faster than dynamic-shape ones (0.71x against 0.83x

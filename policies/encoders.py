@@ -10,6 +10,8 @@ from gymnasium import spaces
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from torch import Tensor, nn
 
+from policies.spec import ENCODERS
+
 # Sizes of Minigrid's three symbolic channels (object, colour, state).
 CHANNEL_SIZES = (len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX))
 
@@ -268,7 +270,6 @@ class ImpalaCNN(_ImageEncoder):
         self._finish(image_shape, feature_size, spatial)
 
 
-ENCODERS = ("auto", "minigrid", "minigrid-cells", "mlp", "nature", "impala")
 # The observation kind each encoder reads.
 _READS = {"minigrid": "minigrid", "minigrid-cells": "minigrid", "mlp": "mlp", "nature": "image",
           "impala": "image"}  # fmt: skip

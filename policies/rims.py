@@ -76,9 +76,7 @@ from policies.core import (
     keep_factor,
 )
 from policies.graphs import SequenceGraphs
-from policies.triton_steps import unsupported as triton_unsupported
-
-CELLS = ("lstm", "gru")
+from policies.spec import CELLS, triton_unsupported
 
 
 @dataclass

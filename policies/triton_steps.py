@@ -9,11 +9,11 @@ Here a step is the same three cuBLAS matmuls with one hand-written kernel after 
 intermediates, so the rest of the hand-written backward (the weight gradients over the whole
 sequence) is shared.
 
-What is covered (``unsupported`` says why another configuration is not): LSTM and GRU cells,
-one input element and head (the fused input path), the gated or the linear communication
-output, no attention dropout; any sizes. Triton is not a dependency; where it is
-missing, or the tensors are not on a CUDA device (``unavailable``), ``RIMs`` runs its usual
-steps after one warning. On a CPU the kernels run in Triton's interpreter
+What is covered (``policies.spec.triton_unsupported`` says why another configuration is
+not): LSTM and GRU cells, one input element and head (the fused input path), the gated or the
+linear communication output, no attention dropout; any sizes. Triton is not a dependency;
+where it is missing, or the tensors are not on a CUDA device (``unavailable``), ``RIMs`` runs
+its usual steps after one warning. On a CPU the kernels run in Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the tests check them.
 """
 
@@ -42,16 +42,6 @@ KERNEL_NAMES = ("cell_kernel", "attention_kernel", "output_kernel", "out_grad_ke
 NUM_WARPS: dict[str, int] = dict.fromkeys(KERNEL_NAMES, 4)
 """Warps per program of each kernel: Triton's default until a GPU measures better ones
 (``bench/triton_step.py --time --warps``, which sets them)."""
-
-
-def unsupported(input_heads: int, dropout: float) -> str | None:
-    """Why the kernels cannot run a RIMs configuration (either cell, either communication
-    output, any sizes), or None where they can."""
-    if input_heads != 1:
-        return f"the kernels implement one input head, not {input_heads}"
-    if dropout > 0:
-        return f"the kernels implement no attention dropout, not {dropout}"
-    return None
 
 
 def fallback_message(problem: str, compiled: bool) -> str:

@@ -18,7 +18,8 @@ from envs.atari import AtariSettings, fold_seed, make_atari_vector_env
 from envs.factory import make_env, make_vector_env
 from envs.shifts import ShiftError
 from envs.suites import SuiteRow
-from policies.actor_critic import ActorCritic, PolicySpec
+from policies.actor_critic import ActorCritic
+from policies.spec import PolicySpec
 from tests.test_cli import exit_code
 from train import main
 

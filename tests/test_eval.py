@@ -12,7 +12,8 @@ from agents.evaluate import evaluate
 from agents.report import FIELDS, EvalRow, format_table
 from envs.factory import make_env
 from envs.memory import ENV_ID
-from policies.actor_critic import ActorCritic, PolicySpec
+from policies.actor_critic import ActorCritic
+from policies.spec import PolicySpec
 from tests.test_cli import TINY, exit_code
 from train import main
 

@@ -26,8 +26,9 @@ from envs.mission import (
     words,
 )
 from envs.shifts import COLOR_PERMUTATION, COLOR_WORD_PERMUTATION
-from policies.actor_critic import ActorCritic, PolicySpec
+from policies.actor_critic import ActorCritic
 from policies.encoders import MissionEncoder
+from policies.spec import PolicySpec
 from tests.test_agent import collect
 from tests.test_cli import TINY, exit_code
 from train import main

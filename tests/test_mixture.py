@@ -20,7 +20,8 @@ from agents.training_eval import eval_targets
 from envs.factory import make_env, make_vector_env
 from envs.mixture import UNSHIFTED, ShiftShare, combinations
 from envs.shifts import ShiftError
-from policies.actor_critic import ActorCritic, PolicySpec
+from policies.actor_critic import ActorCritic
+from policies.spec import PolicySpec
 from tests.test_cli import TINY, exit_code, scalars
 from tests.test_training_eval import suite_file
 from train import main

@@ -22,7 +22,8 @@ from agents.training_eval import (
 )
 from envs.factory import make_env
 from envs.suites import SuiteRow
-from policies.actor_critic import ActorCritic, PolicySpec
+from policies.actor_critic import ActorCritic
+from policies.spec import PolicySpec
 from tests.test_cli import TINY, scalars
 from train import main
 

@@ -19,15 +19,16 @@ import pytest
 import torch
 
 from policies import RIMs, triton_steps
+from policies.spec import triton_unsupported
 
 SMALL = dict(input_size=16, num_units=6, k=4, hidden_size=12, input_key_size=8, comm_heads=2,
              comm_key_size=4, comm_value_size=8, dropout=0.0)  # fmt: skip
 
 
 def test_the_kernels_say_which_configurations_they_do_not_serve():
-    assert triton_steps.unsupported(input_heads=1, dropout=0.0) is None
-    assert "one input head, not 2" in triton_steps.unsupported(input_heads=2, dropout=0.0)
-    assert "no attention dropout, not 0.1" in triton_steps.unsupported(input_heads=1, dropout=0.1)
+    assert triton_unsupported(input_heads=1, dropout=0.0) is None
+    assert "one input head, not 2" in triton_unsupported(input_heads=2, dropout=0.0)
+    assert "no attention dropout, not 0.1" in triton_unsupported(input_heads=1, dropout=0.1)
 
 
 def test_a_core_that_the_kernels_cannot_run_is_refused_when_built():
