@@ -136,10 +136,13 @@ def ppo_update(
     config: TrainConfig,
     generator: torch.Generator | None = None,
     after_backward: Callable[[], None] | None = None,
+    mean_over_ranks: Callable[[Tensor], Tensor] | None = None,
 ) -> UpdateStats:
     """``update_epochs`` passes over the rollout in minibatches of whole sequences.
     ``after_backward`` runs between each backward and the clip/step (e.g. averaging gradients
-    over data-parallel ranks)."""
+    over data-parallel ranks). ``mean_over_ranks`` averages an epoch's approximate KL over
+    data-parallel ranks before ``target_kl`` is checked: every rank must stop after the same
+    epoch, or one rank's next gradient all-reduce meets another's next collective."""
     started = time.perf_counter()
     policy.train()
     sums = torch.zeros(7, device=advantages.device)
@@ -166,8 +169,12 @@ def ppo_update(
             sums += torch.stack([p.detach().float() for p in detached])
             count += 1
             kls.append(parts.approx_kl)
-        if config.target_kl is not None and torch.stack(kls).mean() > config.target_kl:
-            break
+        if config.target_kl is not None:
+            kl = torch.stack(kls).mean()  # this rank's minibatches: () scalar
+            if mean_over_ranks is not None:
+                kl = mean_over_ranks(kl)
+            if kl > config.target_kl:
+                break
     *means, balance = (sums / count).tolist()  # one host sync per update
     variance = explained_variance(storage.values, returns)
     return UpdateStats(

@@ -698,6 +698,7 @@ class Trainer:
         stats = ppo_update(
             self.policy, self.optimizer, storage, advantages, returns, config, self.generator,
             after_backward=lambda: average_gradients(self.policy, self.world),
+            mean_over_ranks=lambda kl: average_over_ranks(kl, self.world),
         )  # fmt: skip
         diverged = not (stats.finite and all_finite(self.policy.parameters()))
         with stop_together(self.world):  # the same on every rank (the gradients are averaged)

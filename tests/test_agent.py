@@ -9,7 +9,7 @@ import torch
 
 from agents.config import TrainConfig
 from agents.gae import compute_gae
-from agents.ppo import minibatch_loss
+from agents.ppo import minibatch_loss, ppo_update
 from agents.rollout import RolloutCollector
 from agents.sampler import sequence_minibatches
 from agents.storage import RolloutStorage
@@ -235,3 +235,22 @@ def test_minigrid_encoder_reads_each_code_as_one_channel():
     expected = F.one_hot(codes, encoder.num_codes).sum(-2).float()  # (1, 1, 7, 7, 20)
     assert torch.equal(seen[0], expected.flatten(0, 1).permute(0, 3, 1, 2))
     assert seen[0].sum() == 3 * 49 and len(codes.unique()) > 3
+
+
+@pytest.mark.parametrize(("ranks_kl", "epochs"), [(0.0, 3), (1.0, 1)])
+def test_the_kl_stop_follows_the_mean_over_ranks(ranks_kl, epochs):
+    """Each epoch's KL goes through ``mean_over_ranks`` before ``target_kl`` is checked, so that
+    under torchrun every rank stops after the same epoch: the mean (here ``ranks_kl``, as if
+    from the other ranks) decides, whatever this rank's own KL."""
+    config, policy, storage, adv, ret, _ = collect("rims", update_epochs=3, target_kl=0.5)
+    seen: list[float] = []
+
+    def mean_over_ranks(kl: torch.Tensor) -> torch.Tensor:
+        seen.append(float(kl))
+        return torch.tensor(ranks_kl)
+
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    stats = ppo_update(policy, optimizer, storage, adv, ret, config,
+                       torch.Generator().manual_seed(0), mean_over_ranks=mean_over_ranks)  # fmt: skip
+    assert stats.epochs == epochs and len(seen) == epochs
+    assert all(0.0 <= kl < config.target_kl for kl in seen)  # its own KL would not stop it

@@ -53,6 +53,19 @@ def test_two_processes_keep_identical_parameters_and_count_all_steps(tmp_path):
 
 
 @requires_torchrun
+def test_every_rank_stops_its_epochs_where_the_mean_kl_says(tmp_path):
+    """--target-kl stops an update's epochs early. Rank 1's KL (1.0) alone is past the target,
+    rank 0's is not: each deciding alone, rank 0 went on to another epoch and its gradient
+    all-reduce met rank 1's next collective (gloo: "Received data size doesn't match expected
+    size"). The KL averaged over ranks stops both."""
+    run = tmp_path / "run"
+    result = run_faulty(tmp_path, "kl", run, "--update-epochs", "3", "--target-kl", "0.3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data-parallel over 2 processes; parameters identical on all: yes" in result.stdout
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["global_step"] == 256
+
+
+@requires_torchrun
 def test_two_processes_share_each_evaluation_during_training(tmp_path):
     run = tmp_path / "run"
     result = torchrun_two_processes(
@@ -115,6 +128,14 @@ if os.environ["RANK"] == "0" and fault == "checkpoint":
     full_disk_after(pytest.MonkeyPatch(), 3)  # the first update's latest, step and best files
 if os.environ["RANK"] == "0" and fault == "events":
     event_records_fail_after(pytest.MonkeyPatch(), 12)
+if os.environ["RANK"] == "1" and fault == "kl":  # rank 1's policy seems to move far
+    import torch, agents.ppo
+    loss = agents.ppo.minibatch_loss
+    def high_kl(*args):
+        parts = loss(*args)
+        parts.approx_kl = torch.tensor(1.0)
+        return parts
+    agents.ppo.minibatch_loss = high_kl
 sys.exit(main(argv))
 """
 
