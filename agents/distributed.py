@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -75,17 +76,42 @@ def broadcast_parameters(module: nn.Module, world: Distributed) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def average_gradients(module: nn.Module, world: Distributed) -> None:
-    """Replace each gradient by its mean over ranks (one all-reduce of a flat buffer)."""
+def average_gradients(
+    module: nn.Module, world: Distributed, error: Exception | None = None
+) -> None:
+    """Replace each gradient by its mean over ranks (one all-reduce of a flat buffer). ``error``:
+    this rank could not compute its gradients (an out-of-memory error, say). The same
+    all-reduce tells every rank which ranks failed, so that they stop together, as in
+    ``stop_together``: the lowest rank that failed raises its error, every other rank
+    ``OtherRankStopped``. Without it the others waited in this all-reduce for the rank that
+    had left (NCCL: until the 10-minute timeout) and then failed with a traceback of their own.
+    Alone, ``error`` is raised as it is."""
     if not world.enabled:
+        if error is not None:
+            raise error
         return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])  # every grad -> one (n,) buffer
+    failed = error is not None
+    if failed:  # free the failed pass's activations (its frames' locals) for the buffer below
+        traceback.clear_frames(error.__traceback__)
+    # Every rank sends the same layout: a slot for each parameter's gradient (zeros where this
+    # rank has none, or failed), then one flag per rank.
+    params = list(module.parameters())
+    grads = [p.grad if p.grad is not None and not failed else torch.zeros_like(p) for p in params]
+    flags = torch.zeros(world.world_size, dtype=grads[0].dtype, device=grads[0].device)
+    flags[world.rank] = 1.0 if failed else 0.0
+    # every grad (n,) and the (world_size,) flags -> one (n + world_size,) buffer
+    flat = torch.cat([*(g.reshape(-1) for g in grads), flags])
     dist.all_reduce(flat)
+    ranks_failed = [rank for rank, flag in enumerate(flat[-world.world_size :].tolist()) if flag]
+    if ranks_failed:
+        if error is not None and ranks_failed[0] == world.rank:
+            raise error
+        raise OtherRankStopped
     flat /= world.world_size
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))  # (n,) slice -> grad shape
+    for p, g in zip(params, grads):
+        if p.grad is not None:
+            p.grad.copy_(flat[offset : offset + g.numel()].view_as(g))  # (n,) slice -> grad shape
         offset += g.numel()
 
 

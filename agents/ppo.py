@@ -135,14 +135,16 @@ def ppo_update(
     returns: Tensor,
     config: TrainConfig,
     generator: torch.Generator | None = None,
-    after_backward: Callable[[], None] | None = None,
+    after_backward: Callable[[Exception | None], None] | None = None,
     mean_over_ranks: Callable[[Tensor], Tensor] | None = None,
 ) -> UpdateStats:
     """``update_epochs`` passes over the rollout in minibatches of whole sequences.
     ``after_backward`` runs between each backward and the clip/step (e.g. averaging gradients
-    over data-parallel ranks). ``mean_over_ranks`` averages an epoch's approximate KL over
-    data-parallel ranks before ``target_kl`` is checked: every rank must stop after the same
-    epoch, or one rank's next gradient all-reduce meets another's next collective."""
+    over data-parallel ranks); where the loss or its backward raised, it runs with the error
+    first (to stop the other ranks with this one), then the error is raised. ``mean_over_ranks``
+    averages an epoch's approximate KL over data-parallel ranks before ``target_kl`` is
+    checked: every rank must stop after the same epoch, or one rank's next gradient all-reduce
+    meets another's next collective."""
     started = time.perf_counter()
     policy.train()
     sums = torch.zeros(7, device=advantages.device)
@@ -154,11 +156,16 @@ def ppo_update(
         for batch in sequence_minibatches(
             storage, advantages, returns, config.num_minibatches, generator
         ):
-            parts = minibatch_loss(policy, batch, config)
             optimizer.zero_grad(set_to_none=True)
-            parts.loss.backward()
+            try:
+                parts = minibatch_loss(policy, batch, config)
+                parts.loss.backward()
+            except Exception as err:
+                if after_backward is not None:
+                    after_backward(err)
+                raise
             if after_backward is not None:
-                after_backward()
+                after_backward(None)
             grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
             balance = parts.selection_balance

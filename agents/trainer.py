@@ -697,7 +697,7 @@ class Trainer:
         self.generator.manual_seed(update_seed(config.seed, update))
         stats = ppo_update(
             self.policy, self.optimizer, storage, advantages, returns, config, self.generator,
-            after_backward=lambda: average_gradients(self.policy, self.world),
+            after_backward=lambda error: average_gradients(self.policy, self.world, error),
             mean_over_ranks=lambda kl: average_over_ranks(kl, self.world),
         )  # fmt: skip
         diverged = not (stats.finite and all_finite(self.policy.parameters()))

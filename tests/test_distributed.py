@@ -136,6 +136,16 @@ if os.environ["RANK"] == "1" and fault == "kl":  # rank 1's policy seems to move
         parts.approx_kl = torch.tensor(1.0)
         return parts
     agents.ppo.minibatch_loss = high_kl
+if os.environ["RANK"] == "1" and fault == "oom":  # rank 1 alone runs out of memory, in update 2
+    import agents.ppo
+    loss, calls = agents.ppo.minibatch_loss, []
+    def out_of_memory(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: "
+                               "can't allocate memory: you tried to allocate 123456789 bytes.")
+        return loss(*args)
+    agents.ppo.minibatch_loss = out_of_memory
 sys.exit(main(argv))
 """
 
@@ -184,12 +194,20 @@ def root_cause_rank(stderr: str) -> int | None:
             r"checkpoint LATEST",
             128,
         ),
+        ("oom", [], r"out of memory: 123,456,789 bytes could not be allocated; a smaller .*", 64),
     ],
-    ids=["run-dir-taken", "checkpoint-disk-full", "events-disk-full", "env-crash-on-rank-1"],
+    ids=[
+        "run-dir-taken",
+        "checkpoint-disk-full",
+        "events-disk-full",
+        "env-crash-on-rank-1",
+        "out-of-memory-on-rank-1",
+    ],
 )
 def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flags, stop, kept):
-    """Rank 0 alone writes, and one rank's envs may fail alone: the other ranks must leave at
-    the same point, quietly, not fail at their next collective with a traceback of their own."""
+    """Rank 0 alone writes, and one rank's envs or memory may fail alone: the other ranks must
+    leave at the same point, quietly, not fail at their next collective with a traceback of
+    their own (or, under NCCL, wait in it for 10 minutes)."""
     run = tmp_path / "run"
     if fault == "taken":  # the run directory already holds a run
         assert main(["train", "--env", "rims/CueMemory-v0", "--run-dir", str(run),
@@ -202,7 +220,7 @@ def test_a_stop_on_one_rank_stops_every_rank_with_one_line(tmp_path, fault, flag
     assert len(ours) == 1 and re.fullmatch(f"rims: {expected}", ours[0]), result.stderr[-3000:]
     # One rank failed, and torchrun names it; the other left with it (exit 0, or torchrun's
     # SIGTERM where it was not gone yet), without a traceback of its own.
-    assert root_cause_rank(result.stderr) == (1 if fault == "crash" else 0)
+    assert root_cause_rank(result.stderr) == (1 if fault in ("crash", "oom") else 0)
     assert "Connection" not in result.stderr and "[rank" not in result.stderr
     assert re.findall(r"exitcode +: (-?\d+)", result.stderr) in (["1"], ["2"], ["-15", "1"],
                                                                 ["-15", "2"])  # fmt: skip
