@@ -402,7 +402,7 @@ sys.exit(code)
 """
 
 
-def test_help_and_bad_flags_do_not_import_torch_nor_eval_the_compiler(tmp_path):
+def test_help_and_bad_flags_skip_torch_and_eval_skips_the_compiler(tmp_path):
     """On a 2-core CPU torch takes 2 s to import and ``torch._dynamo`` 2 s more: ``rims --help``
     and a bad flag need neither, and evaluating needs no compiler (training's optimizer and
     ``--compile`` import it)."""
