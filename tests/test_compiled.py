@@ -48,6 +48,30 @@ def test_a_failed_compile_warns_once_and_runs_eagerly_from_then_on(monkeypatch):
     assert calls == ["compiled"] and step.failed  # the compiled function is not tried again
 
 
+def test_a_compile_failing_on_a_later_call_falls_back_too(monkeypatch):
+    """Dynamo compiles again for new shapes (acting, then learning), so a compile may fail on
+    any call, not only the first: the fallback must work then too (an ``import torch._dynamo``
+    inside ``__call__`` once made ``torch`` a local name, unbound on later calls)."""
+    calls: list[str] = []
+
+    def compile_(fn, **options):
+        def compiled(*args):
+            calls.append("compiled")
+            if len(calls) == 2:  # the second shapes
+                raise torch._dynamo.exc.TorchDynamoException("CppCompileError: out of disk")
+            return fn(*args)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    step = CompiledStep(affine, "test step")
+    torch.testing.assert_close(step(torch.ones(2), 2.0), torch.full((2,), 3.0))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed for the test step"):
+        out = step(torch.ones(3), 2.0)
+    torch.testing.assert_close(out, torch.full((3,), 3.0))
+    assert calls == ["compiled", "compiled"] and step.failed
+
+
 def test_torch_compile_itself_failing_falls_back_too(monkeypatch):
     def unsupported(fn, **options):
         raise RuntimeError("Dynamo is not supported on this Python")
