@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -97,16 +98,13 @@ def average_gradients(
     # rank has none, or failed), then one flag per rank.
     params = list(module.parameters())
     grads = [p.grad if p.grad is not None and not failed else torch.zeros_like(p) for p in params]
-    flags = torch.zeros(world.world_size, dtype=grads[0].dtype, device=grads[0].device)
-    flags[world.rank] = 1.0 if failed else 0.0
+    flags = rank_flags(failed, world, grads[0].dtype, grads[0].device)
     # every grad (n,) and the (world_size,) flags -> one (n + world_size,) buffer
     flat = torch.cat([*(g.reshape(-1) for g in grads), flags])
     dist.all_reduce(flat)
-    ranks_failed = [rank for rank, flag in enumerate(flat[-world.world_size :].tolist()) if flag]
+    ranks_failed = flagged_ranks(flat[-world.world_size :])
     if ranks_failed:
-        if error is not None and ranks_failed[0] == world.rank:
-            raise error
-        raise OtherRankStopped
+        leave_together(ranks_failed, world, error)
     flat /= world.world_size
     offset = 0
     for p, g in zip(params, grads):
@@ -133,20 +131,46 @@ def any_rank(flag: bool, world: Distributed) -> bool:
     return bool(value.item())
 
 
+def rank_flags(
+    failed: bool,
+    world: Distributed,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``(world_size,)`` zeros with this rank's slot 1 where ``failed`` (on ``device``, else
+    the collectives' device): summed over ranks by an all-reduce, it says which ranks failed."""
+    device = world.collective_device if device is None else device
+    flags = torch.zeros(world.world_size, dtype=dtype, device=device)
+    flags[world.rank] = 1.0 if failed else 0.0
+    return flags
+
+
+def flagged_ranks(flags: Tensor) -> list[int]:
+    """The ranks whose slot of the all-reduced ``rank_flags`` is set, in order."""
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
 def failed_ranks(failed: bool, world: Distributed) -> list[int]:
     """The ranks on which ``failed`` is true, in order (every rank must call it)."""
     if not world.enabled:
         return [world.rank] if failed else []
-    flags = torch.zeros(world.world_size, device=world.collective_device)
-    flags[world.rank] = 1.0 if failed else 0.0
+    flags = rank_flags(failed, world)
     dist.all_reduce(flags)  # each rank fills its own slot of the (world_size,) flags
-    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+    return flagged_ranks(flags)
 
 
 class OtherRankStopped(Exception):
     """Another rank stopped the job inside ``stop_together`` and says why; this one leaves with
     it, with nothing to report (``rims train`` exits 0 on it, so that torchrun names the rank
     that stopped as the job's cause)."""
+
+
+def leave_together(failed: list[int], world: Distributed, error: Exception | None) -> NoReturn:
+    """Stop every rank where ``failed`` (the ranks that failed, in order) is not empty: the
+    lowest of them raises its own ``error``, every other rank ``OtherRankStopped``."""
+    if error is not None and failed[0] == world.rank:
+        raise error
+    raise OtherRankStopped from None
 
 
 @contextmanager
@@ -164,15 +188,14 @@ def stop_together(world: Distributed) -> Iterator[None]:
         return
     try:
         yield
-    except Exception:
+    except Exception as err:
         failed = [world.rank]
         with suppress(RuntimeError):  # the other ranks may be gone already: this error counts
             failed = failed_ranks(True, world)
-        if failed[0] < world.rank:  # a lower rank failed here too, and says why
-            raise OtherRankStopped from None
-        raise
-    if failed_ranks(False, world):
-        raise OtherRankStopped
+        leave_together(failed, world, err)  # a lower rank that failed here too says why
+    failed = failed_ranks(False, world)
+    if failed:
+        leave_together(failed, world, None)
 
 
 def gather_lists(values: list, world: Distributed) -> list:
